@@ -1,0 +1,3 @@
+"""chargen: character-level (and MIDI-event) recurrent language models."""
+
+__version__ = "0.1.0"

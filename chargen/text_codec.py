@@ -1,0 +1,107 @@
+"""Text codec: one token per Unicode code point (é and 你 are one token each)."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chargen.codec import Codec, register
+from chargen.errors import CorpusError
+
+CHUNK_BYTES = 8 << 20  # decode big corpora in pieces, never as one Python str
+
+
+def iter_text_chunks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+    """Decoded text of ``path`` in chunks; errors name the file and byte offset."""
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    except LookupError:
+        raise CorpusError(f"unknown encoding {encoding!r}") from None
+    consumed = 0
+    try:
+        with open(path, "rb") as handle:
+            while True:
+                chunk = handle.read(CHUNK_BYTES)
+                final = not chunk
+                pending = len(decoder.getstate()[0])
+                if b"\x00" in chunk and encoding.replace("-", "").lower() in ("utf8", "ascii", "latin1"):
+                    offset = consumed + chunk.index(b"\x00")
+                    raise CorpusError(
+                        f"{path}: looks like a binary file (NUL byte at offset {offset}); "
+                        "give a text file or a folder of .mid files"
+                    )
+                try:
+                    text = decoder.decode(chunk, final=final)
+                except UnicodeDecodeError as exc:
+                    offset = consumed - pending + exc.start
+                    raise CorpusError(
+                        f"{path}: not valid {encoding} at byte offset {offset} "
+                        f"({exc.reason}); use --encoding to read it as another encoding"
+                    ) from None
+                consumed += len(chunk)
+                if text:
+                    yield text
+                if final:
+                    return
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+@register
+class TextCodec(Codec):
+    name = "text"
+    suffixes = (".txt",)
+
+    def __init__(self, alphabet: str, encoding: str = "utf-8"):
+        if not alphabet:
+            raise CorpusError("the corpus is empty: no characters to learn")
+        self._alphabet = "".join(sorted(set(alphabet)))
+        self.encoding = encoding
+        self._points = code_points(self._alphabet)  # sorted, for searchsorted
+
+    @classmethod
+    def fit(cls, paths: Sequence[Path], encoding: str = "utf-8") -> TextCodec:
+        """Vocabulary of every code point that occurs in ``paths``."""
+        seen = np.zeros(0, dtype="<u4")
+        for path in paths:
+            for chunk in iter_text_chunks(path, encoding):
+                seen = np.union1d(seen, np.unique(code_points(chunk)))
+        alphabet = seen.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+        return cls(alphabet, encoding)
+
+    @property
+    def symbols(self) -> str:
+        return self._alphabet
+
+    @property
+    def default_prime(self) -> str:
+        return "\n" if "\n" in self._alphabet else self._alphabet[0]
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "alphabet": self._alphabet, "encoding": self.encoding}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> TextCodec:
+        return cls(meta["alphabet"], meta.get("encoding", "utf-8"))
+
+    def encode_chunk(self, text: str) -> np.ndarray:
+        points = code_points(text)
+        ids = np.searchsorted(self._points, points)
+        ids = np.minimum(ids, len(self._points) - 1)
+        bad = self._points[ids] != points
+        if bad.any():
+            missing = sorted({chr(p) for p in points[bad][:1000]})
+            raise CorpusError(f"text contains characters outside the vocabulary: {missing[:10]}")
+        return ids.astype(np.int64)
+
+    def encode_file(self, path: Path) -> np.ndarray:
+        parts = [self.encode_chunk(chunk) for chunk in iter_text_chunks(path, self.encoding)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
