@@ -1,0 +1,32 @@
+# One command sets up and runs each job; everything lands in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch (a bare `torch` pulls a multi-GB CUDA build on Linux).
+# GPU users: make install TORCH='torch'
+TORCH ?= torch==2.13.0
+MINUTES ?= 1
+
+.PHONY: install demo demo-midi test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e . -r requirements-dev.txt
+	touch $@
+
+demo: install
+	$(BIN)/chargen train corpora/fables.txt --size small --minutes $(MINUTES) --run-name demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/chargen sample --len 500 --temperature 0.8 --prime "The "
+
+test: install
+	$(BIN)/ruff check chargen tests benchmarks scripts
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,267 @@
+"""``chargen`` command line: thin click code over the engine library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from chargen import __version__
+from chargen.errors import ChargenError
+
+SIZES = ("tiny", "small", "medium", "large")
+
+
+def _warn(message: str) -> None:
+    click.echo(f"chargen: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="chargen")
+def cli() -> None:
+    """Train character-level (and MIDI-event) LSTM/GRU/RNN language models and generate from them.
+
+    \b
+    Quick start:
+      chargen train corpora/fables.txt --minutes 2
+      chargen sample --len 300 --temperature 0.8
+    """
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--resume", "resume", metavar="RUN", help="Continue the run RUN (name or folder) where it stopped.")
+@click.option("--codec", type=click.Choice(["auto", "text", "midi"]), default="auto", show_default=True,
+              help="How to read the corpus; auto picks by file type.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus files.")
+@click.option("--size", type=click.Choice(SIZES), help="Model preset [default: medium = 2x512 LSTM].")
+@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="Recurrent cell [default: lstm].")
+@click.option("--layers", type=click.IntRange(min=1), help="Recurrent layers (overrides the preset).")
+@click.option("--hidden", type=click.IntRange(min=1), help="Hidden units per layer (overrides the preset).")
+@click.option("--embedding", type=click.IntRange(min=1), help="Embedding width (overrides the preset).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout (overrides the preset).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Parallel streams per batch.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Tokens per stream per step (truncated BPTT length).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True,
+              help="Peak learning rate (linear warmup, cosine decay to 10%).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True, help="AdamW decay.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many epochs.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Wall-clock budget; the schedule is fitted to it. Default when no stop is given: 10.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Validate and checkpoint every N steps.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Last fraction of the corpus held out for validation.")
+@click.option("--seed", type=int, default=1337, show_default=True, help="Seed for weights, dropout and order.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPUs.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: torch's choice).")
+@click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Parent folder of run folders [default: $CHARGEN_CHECKPOINTS or ./checkpoints].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: str, size: str | None,
+          cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
+          batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
+          max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
+          device: str, precision: str, threads: int | None, run_name: str | None, out: Path | None,
+          quiet: bool, as_json: bool) -> None:
+    """Train a model on CORPUS: text files, a folder of .txt, or a folder of .mid files.
+
+    Writes checkpoints/<run>/ with best and last weights (safetensors) and the
+    state to --resume from. Ctrl-C saves and stops; --resume goes on exactly.
+    """
+    from chargen.runs import resume_run, start_run
+    from chargen.train import TrainConfig
+
+    if resume:
+        if corpus:
+            raise click.UsageError("give either CORPUS or --resume RUN, not both")
+        result = resume_run(resume, TrainConfig(minutes=minutes, device=device, threads=threads),
+                            progress=not quiet, warn=_warn)
+    else:
+        if not corpus:
+            raise click.UsageError("missing CORPUS: a text file, several files, or a folder")
+        if epochs is None and max_steps is None and minutes is None:
+            minutes = 10.0
+        config = TrainConfig(batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay,
+                             epochs=epochs, max_steps=max_steps, minutes=minutes, eval_every=eval_every,
+                             val_fraction=val_fraction, seed=seed, device=device, precision=precision,
+                             threads=threads)
+        overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
+        result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
+                           progress=not quiet, warn=_warn)
+    if as_json:
+        click.echo(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "best_val_loss":
+                               result.best_val_loss, "interrupted": result.interrupted,
+                               "chars_per_s": result.chars_per_s, "elapsed_s": result.elapsed_s}))
+    if result.interrupted:
+        _warn(f"stopped at step {result.step}; saved. Continue with: chargen train --resume {result.run_dir}")
+        sys.exit(130)
+    _warn(f"saved {result.run_dir} (best val {result.best_val_loss:.4f} nats/char)")
+
+
+@cli.command()
+@click.option("--checkpoint", "-c", metavar="PATH|RUN",
+              help="Weights file, run folder or run name [default: newest run].")
+@click.option("--len", "length", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Tokens (characters) to generate.")
+@click.option("--temperature", "-t", type=click.FloatRange(min=0, min_open=True),
+              help="Softmax temperature (> 0) [default: 1.0].")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the k likeliest tokens.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling threshold.")
+@click.option("--greedy", is_flag=True, help="Always take the likeliest token.")
+@click.option("--beam-width", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Beam search with K beams advanced as one batch.")
+@click.option("--beam-sample", is_flag=True, help="Stochastic beam search: draw candidates, keep the likeliest.")
+@click.option("--no-repeat-ngram", type=click.IntRange(min=0),
+              help="Never repeat an n-gram of this length [default: 12 for greedy/beam, off for sampling].")
+@click.option("--prime", help="Text to start from (must use the model's characters).")
+@click.option("--prime-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Read the prime text from a file.")
+@click.option("--seed", type=int, help="Seed: same seed + checkpoint + options = identical output.")
+@click.option("--num-samples", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Samples generated together as one batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
+def sample(checkpoint: str | None, length: int, temperature: float | None, top_k: int | None,
+           top_p: float | None, greedy: bool, beam_width: int, beam_sample: bool, no_repeat_ngram: int | None,
+           prime: str | None, prime_file: Path | None, seed: int | None, num_samples: int, as_json: bool,
+           quiet: bool) -> None:
+    """Generate from a trained model; only generated text goes to stdout."""
+    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+    from chargen.sampling import DecodeConfig, Generator
+
+    if greedy and temperature is not None:
+        raise click.UsageError("--greedy takes no --temperature: greedy decoding always picks the likeliest token")
+    if greedy and (beam_width > 1 or beam_sample):
+        raise click.UsageError("--greedy and --beam-width/--beam-sample are different decoders; choose one")
+    if prime is not None and prime_file is not None:
+        raise click.UsageError("give --prime or --prime-file, not both")
+    if prime_file is not None:
+        try:
+            prime = prime_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ChargenError(f"{prime_file}: cannot read prime text ({exc})") from None
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    config = DecodeConfig(length=length, temperature=temperature or 1.0, top_k=top_k, top_p=top_p, greedy=greedy,
+                          beam_width=beam_width, beam_sample=beam_sample, num_samples=num_samples,
+                          no_repeat_ngram=no_repeat_ngram, seed=seed)
+    if config.beam_width > loaded.codec.vocab_size:
+        raise click.UsageError(f"--beam-width {beam_width} exceeds the model's vocabulary of "
+                               f"{loaded.codec.vocab_size} tokens")
+    if config.decoder == "beam" and num_samples > beam_width:
+        raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
+    config.validate(loaded.codec.vocab_size)
+    loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
+    generator = Generator(loaded.model, loaded.codec)
+    stream = not as_json and num_samples == 1 and config.decoder != "beam"
+    out = click.get_text_stream("stdout")
+    if stream and prime:
+        out.write(prime)
+
+    def on_token(index: int, text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    result = generator.generate(prime, config, on_token if stream else None)
+    if as_json:
+        click.echo(json.dumps(dict(result.to_dict(), checkpoint=str(loaded.path)), ensure_ascii=False))
+    elif stream:
+        out.write("\n")
+    else:
+        for i, item in enumerate(result.samples):
+            if i:
+                out.write("\n")
+            out.write((prime or "") + item.text + "\n")
+    out.flush()
+    if not quiet:
+        logprob = sum(s.logprob for s in result.samples)
+        tokens = sum(len(s.ids) for s in result.samples)
+        _warn(f"{result.config.decoder}, seed {result.config.seed}: {result.tokens} tokens in "
+              f"{result.duration_s:.2f}s ({result.tokens_per_s:,.0f}/s), log-prob {logprob:.2f} "
+              f"({-logprob / max(tokens, 1):.3f} nats/token)")
+
+
+@cli.command()
+@click.argument("checkpoint", required=False, metavar="[PATH|RUN]")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(checkpoint: str | None, as_json: bool) -> None:
+    """Describe a checkpoint: model, vocabulary, corpus, training progress."""
+    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    training = loaded.training
+    best = training.get("best_val_loss")
+    data = {
+        "path": str(loaded.path),
+        "sha256": loaded.sha256,
+        "model_config": loaded.config.to_dict(),
+        "parameters": loaded.model.num_parameters(),
+        "codec": loaded.codec.name,
+        "vocab_size": loaded.codec.vocab_size,
+        "vocabulary": loaded.codec.symbols,
+        "corpus_sha256": training.get("corpus_sha256"),
+        "corpus_tokens": training.get("corpus_tokens"),
+        "corpus_paths": training.get("corpus_paths"),
+        "steps": training.get("step"),
+        "best_val_loss_nats": best,
+        "best_val_loss_bpc": best / 0.6931471805599453 if best is not None else None,
+        "chargen_version": training.get("chargen_version"),
+    }
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    cfg = loaded.config
+    click.echo(f"checkpoint   {data['path']}")
+    click.echo(f"model        {cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, embedding {cfg.embedding}, "
+               f"dropout {cfg.dropout}, {data['parameters']:,} parameters")
+    symbols = json.dumps(loaded.codec.symbols, ensure_ascii=False)
+    click.echo(f"codec        {data['codec']}, {data['vocab_size']} tokens: {symbols}")
+    click.echo(f"corpus       {', '.join(data['corpus_paths'] or [])} ({data['corpus_tokens']:,} tokens, "
+               f"sha256 {str(data['corpus_sha256'])[:16]}...)")
+    click.echo(f"trained      {data['steps']} steps")
+    if best is not None:
+        click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
+
+
+def main() -> None:
+    """Console entry point: every failure is one line on stderr and a non-zero exit."""
+    try:
+        cli.main(prog_name="chargen", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "chargen"
+        click.echo(f"{command}: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"chargen: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("chargen: aborted", err=True)
+        sys.exit(130)
+    except ChargenError as exc:
+        click.echo(f"chargen: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("chargen: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()  # stdout closed by `| head`: not an error worth a message
+        sys.exit(1)
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("CHARGEN_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"chargen: internal error: {type(exc).__name__}: {exc} (set CHARGEN_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(1)

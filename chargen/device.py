@@ -1,0 +1,68 @@
+"""Device and precision choices, shared by training and sampling."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from chargen.errors import ChargenError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ChargenError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ChargenError("--device mps: Apple's MPS backend is not available here")
+    if name not in DEVICES:
+        raise ChargenError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA GPUs that have it (else fp16), fp32 on CPUs.
+
+    On the CPU, bf16 autocast is slower than fp32 unless the CPU multiplies
+    bf16 natively, and oneDNN's bf16 LSTM needs it; so auto keeps fp32 there.
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if name not in PRECISIONS:
+        raise ChargenError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and name == "bf16" and not cpu_has_native_bf16():
+        raise ChargenError("--precision bf16: this CPU has no native bf16 (avx512_bf16/amx_bf16); use fp32")
+    if device.type == "cpu" and name == "fp16":
+        raise ChargenError("--precision fp16 is for GPUs; use fp32 or bf16 on the CPU")
+    return name
+
+
+@contextlib.contextmanager
+def autocast_context(device: torch.device, precision: str) -> Iterator[None]:
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device.type, dtype=dtype):
+        yield

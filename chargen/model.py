@@ -1,0 +1,111 @@
+"""The recurrent language model: embedding -> LSTM/GRU/RNN stack -> logits.
+
+Built on torch's fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` for training. One-token
+generation steps use :mod:`chargen.inference`, which reads the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from chargen.errors import ChargenError
+
+CELLS = ("lstm", "gru", "rnn")
+
+#: Recurrent state: (h, c) for an LSTM, (h,) otherwise; each [layers, batch, hidden].
+State = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 512
+    embedding: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ChargenError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.vocab_size < 1 or self.layers < 1 or self.hidden < 1 or self.embedding < 1:
+            raise ChargenError("vocab_size, layers, hidden and embedding must all be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ChargenError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+#: Named sizes for users who do not tune: (layers, hidden, embedding, dropout).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"layers": 1, "hidden": 128, "embedding": 32, "dropout": 0.0},
+    "small": {"layers": 2, "hidden": 256, "embedding": 64, "dropout": 0.0},
+    "medium": {"layers": 2, "hidden": 512, "embedding": 128, "dropout": 0.0},
+    "large": {"layers": 3, "hidden": 768, "embedding": 128, "dropout": 0.2},
+}
+DEFAULT_PRESET = "medium"
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.cell]
+        self.embed = nn.Embedding(config.vocab_size, config.embedding)
+        self.rnn = rnn_class(
+            config.embedding,
+            config.hidden,
+            num_layers=config.layers,
+            batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
+        shape = (self.config.layers, batch, self.config.hidden)
+        n = 2 if self.config.cell == "lstm" else 1
+        dtype = self.head.weight.dtype
+        return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(n))
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        x = self.embed(tokens)  # [B, T, E]
+        if state is None:
+            out, new_state = self.rnn(x)  # out: [B, T, H]
+        elif self.config.cell == "lstm":
+            out, new_state = self.rnn(x, (state[0], state[1]))
+        else:
+            out, new_state = self.rnn(x, state[0])
+        logits = self.head(self.drop(out))  # [B, T, V]
+        if not isinstance(new_state, tuple):
+            new_state = (new_state,)
+        return logits, new_state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    return tuple(s.detach() for s in state)
+
+
+def flops_per_token(config: ModelConfig) -> int:
+    """Multiply-add FLOPs (x2) of one forward token; training costs ~3x this."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    total = 0
+    width = config.embedding
+    for _ in range(config.layers):
+        total += 2 * gates * config.hidden * (width + config.hidden)
+        width = config.hidden
+    total += 2 * config.hidden * config.vocab_size
+    return total

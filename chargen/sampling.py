@@ -1,0 +1,288 @@
+"""Decoders: temperature/top-k/top-p sampling, greedy, and batched beam search.
+
+Every decoder reports the model's own log-probability (at temperature 1) of
+what it produced, and all of them step through :class:`chargen.inference.Stepper`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from chargen.codec import Codec
+from chargen.errors import ChargenError
+from chargen.inference import Stepper, expand_state, reorder_state
+from chargen.model import CharRNN, State
+
+#: n-gram length blocked by default for the deterministic decoders, whose
+#: character-level output otherwise loops ("the same the same the same ...").
+DEFAULT_NO_REPEAT_NGRAM = 12
+TokenCallback = Callable[[int, str], None]
+
+
+@dataclass
+class DecodeConfig:
+    length: int = 500
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    beam_width: int = 1
+    beam_sample: bool = False
+    num_samples: int = 1
+    no_repeat_ngram: int | None = None  # None: DEFAULT for greedy/beam, off for sampling
+    seed: int | None = None
+
+    @property
+    def decoder(self) -> str:
+        if self.beam_width > 1 or self.beam_sample:
+            return "beam"
+        return "greedy" if self.greedy else "sample"
+
+    def resolved(self) -> DecodeConfig:
+        """A copy with every default made explicit (a seed drawn if none), for logging and replay."""
+        data = asdict(self)
+        if data["seed"] is None:
+            data["seed"] = random.SystemRandom().randrange(2**31)
+        if data["no_repeat_ngram"] is None:
+            data["no_repeat_ngram"] = DEFAULT_NO_REPEAT_NGRAM if self.decoder in ("greedy", "beam") else 0
+        return DecodeConfig(**data)
+
+    def validate(self, vocab_size: int) -> None:
+        if self.length < 0:
+            raise ChargenError(f"length must be >= 0 (got {self.length})")
+        if not self.temperature > 0:
+            raise ChargenError(f"temperature must be > 0 (got {self.temperature}); use --greedy for argmax decoding")
+        if self.top_k is not None and self.top_k < 1:
+            raise ChargenError(f"top-k must be >= 1 (got {self.top_k})")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ChargenError(f"top-p must be in (0, 1] (got {self.top_p})")
+        if self.beam_width < 1:
+            raise ChargenError(f"beam width must be >= 1 (got {self.beam_width})")
+        if self.beam_width > vocab_size:
+            raise ChargenError(f"beam width {self.beam_width} exceeds the vocabulary size {vocab_size}")
+        if self.num_samples < 1:
+            raise ChargenError(f"num-samples must be >= 1 (got {self.num_samples})")
+        if self.decoder == "beam" and self.num_samples > self.beam_width:
+            raise ChargenError(f"num-samples {self.num_samples} exceeds the beam width {self.beam_width}")
+        if self.greedy and self.decoder == "beam":
+            raise ChargenError("--greedy and --beam-width > 1 are different decoders; choose one")
+        if self.no_repeat_ngram is not None and self.no_repeat_ngram < 0:
+            raise ChargenError("no-repeat-ngram must be >= 0")
+
+
+@dataclass
+class Sample:
+    ids: list[int]
+    text: str
+    logprob: float  # natural log, the model's own (temperature 1)
+
+    @property
+    def nats_per_token(self) -> float:
+        return -self.logprob / len(self.ids) if self.ids else 0.0
+
+
+@dataclass
+class GenerationResult:
+    samples: list[Sample]
+    config: DecodeConfig  # resolved: explicit seed and n-gram block
+    prime: str
+    duration_s: float
+    tokens: int = field(default=0)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decoder": self.config.decoder,
+            "params": asdict(self.config),
+            "prime": self.prime,
+            "duration_s": self.duration_s,
+            "tokens_per_s": self.tokens_per_s,
+            "samples": [
+                {"text": s.text, "logprob": s.logprob, "nats_per_token": s.nats_per_token} for s in self.samples
+            ],
+        }
+
+
+class NgramBlocker:
+    """Bans the next token that would repeat an n-gram already in the sequence.
+
+    Keeps, per sequence, a map from each (n-1)-gram to the tokens that have
+    followed it. Values are tuples so a forked beam can share a shallow copy.
+    """
+
+    def __init__(self, n: int, history: list[int]):
+        self.n = n
+        self.seen: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.tail: list[int] = []
+        for token in history:
+            self.push(token)
+
+    def push(self, token: int) -> None:
+        if self.n <= 0:
+            return
+        self.tail.append(token)
+        if len(self.tail) >= self.n:
+            key = tuple(self.tail[-self.n : -1])
+            self.seen[key] = self.seen.get(key, ()) + (token,)
+        if len(self.tail) > self.n:
+            del self.tail[0]
+
+    def banned(self) -> tuple[int, ...]:
+        if self.n <= 0 or len(self.tail) < self.n - 1:
+            return ()
+        return self.seen.get(tuple(self.tail[len(self.tail) - self.n + 1 :]), ())
+
+    def fork(self) -> NgramBlocker:
+        twin = NgramBlocker(0, [])
+        twin.n, twin.seen, twin.tail = self.n, dict(self.seen), list(self.tail)
+        return twin
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Mask all but the top-k / nucleus tokens with -inf. logits: [B, V]."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+class Generator:
+    """Generation from one loaded model; reusable across calls (weights fused once)."""
+
+    def __init__(self, model: CharRNN, codec: Codec):
+        self.model = model.cpu().eval()
+        self.codec = codec
+        self.stepper = Stepper(self.model)
+
+    @torch.inference_mode()
+    def prime_state(self, prime_ids: list[int]) -> tuple[torch.Tensor, State]:
+        """Run all but the last prime token through the fused model; step the last."""
+        state = self.stepper.initial_state(1)
+        if len(prime_ids) > 1:
+            _, state = self.model(torch.tensor([prime_ids[:-1]]), state)  # [1, P-1, V]
+        return self.stepper.step(torch.tensor([prime_ids[-1]]), state)  # logits [1, V]
+
+    def generate(
+        self, prime: str | None, config: DecodeConfig, on_token: TokenCallback | None = None
+    ) -> GenerationResult:
+        config.validate(self.codec.vocab_size)
+        config = config.resolved()
+        prime_text = prime if prime else self.codec.default_prime
+        prime_ids = self.codec.encode(prime_text)
+        start = time.perf_counter()
+        rng = torch.Generator().manual_seed(config.seed)
+        if config.decoder == "beam":
+            samples = self._beam(prime_ids, config, rng)
+        else:
+            samples = self._sample(prime_ids, config, rng, on_token)
+        duration = time.perf_counter() - start
+        return GenerationResult(samples=samples, config=config, prime=prime or "", duration_s=duration,
+                                tokens=config.length * (1 if config.decoder == "beam" else config.num_samples))
+
+    @torch.inference_mode()
+    def _sample(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator,
+                on_token: TokenCallback | None) -> list[Sample]:
+        n = cfg.num_samples
+        logits, state = self.prime_state(prime_ids)
+        logits, state = logits.expand(n, -1), expand_state(state, n)
+        blockers = [NgramBlocker(cfg.no_repeat_ngram or 0, prime_ids) for _ in range(n)]
+        out = torch.empty(n, cfg.length, dtype=torch.long)
+        total = torch.zeros(n, dtype=torch.float64)
+        symbols = self.codec.symbols
+        for t in range(cfg.length):
+            logprobs = torch.log_softmax(logits.float(), dim=-1)  # [n, V], the model's own
+            scores = logits.float()
+            for i, blocker in enumerate(blockers):
+                banned = blocker.banned()
+                if banned:
+                    scores = scores.clone() if scores is logits else scores
+                    scores[i, list(banned)] = float("-inf")
+            if cfg.greedy:
+                tokens = scores.argmax(dim=-1)  # [n]
+            else:
+                filtered = filter_logits(scores / cfg.temperature, cfg.top_k, cfg.top_p)
+                tokens = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=rng).squeeze(1)
+            total += logprobs.gather(1, tokens[:, None]).squeeze(1).double()
+            out[:, t] = tokens
+            token_list = tokens.tolist()
+            for i, token in enumerate(token_list):
+                blockers[i].push(token)
+                if on_token is not None:
+                    on_token(i, symbols[token])
+            logits, state = self.stepper.step(tokens, state)
+        return [
+            Sample(ids=row, text=self.codec.decode(row), logprob=float(total[i]))
+            for i, row in enumerate(out.tolist())
+        ]
+
+    @torch.inference_mode()
+    def _beam(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator) -> list[Sample]:
+        """All K beams advance as one batch: one model step per generated token."""
+        k = cfg.beam_width
+        vocab = self.codec.vocab_size
+        logits, state = self.prime_state(prime_ids)
+        logits, state = logits.expand(k, -1), expand_state(state, k)
+        scores = torch.full((k,), float("-inf"), dtype=torch.float64)
+        scores[0] = 0.0  # all beams start identical: expand only the first
+        sequences: list[list[int]] = [[] for _ in range(k)]
+        blockers = [NgramBlocker(cfg.no_repeat_ngram or 0, prime_ids)] * k
+        for _ in range(cfg.length):
+            logprobs = torch.log_softmax(logits.double(), dim=-1)  # [K, V]
+            candidates = scores[:, None] + logprobs  # [K, V] total log-likelihood
+            for i, blocker in enumerate(blockers):
+                banned = blocker.banned()
+                if banned:
+                    candidates[i, list(banned)] = float("-inf")
+            if cfg.beam_sample:
+                # Magenta-style: draw candidates from the tempered distribution, keep the likeliest.
+                probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), -1)
+                probs = probs.masked_fill(~torch.isfinite(candidates), 0.0)
+                alive = probs.sum(-1) > 0
+                probs[~alive] = 1.0 / vocab  # rows that are dead anyway; keeps multinomial defined
+                drawn = torch.multinomial(probs, k, replacement=False, generator=rng)  # [K, K]
+                drawn_scores = candidates.gather(1, drawn)  # [K, K]
+                best = torch.topk(drawn_scores.flatten(), k)
+                parents = torch.div(best.indices, k, rounding_mode="floor")
+                tokens = drawn.flatten()[best.indices]
+            else:
+                best = torch.topk(candidates.flatten(), k)
+                parents = torch.div(best.indices, vocab, rounding_mode="floor")
+                tokens = best.indices % vocab
+            scores = best.values
+            parent_list, token_list = parents.tolist(), tokens.tolist()
+            if cfg.no_repeat_ngram:  # each child gets its own copy of its parent's n-grams
+                blockers = [blockers[p].fork() for p in parent_list]
+                for blocker, token in zip(blockers, token_list):
+                    blocker.push(token)
+            sequences = [sequences[p] + [t] for p, t in zip(parent_list, token_list)]
+            state = reorder_state(state, parents)
+            logits, state = self.stepper.step(tokens, state)
+        order = sorted(range(k), key=lambda i: float(scores[i]), reverse=True)
+        finite = [i for i in order if torch.isfinite(scores[i])]
+        return [
+            Sample(ids=sequences[i], text=self.codec.decode(sequences[i]), logprob=float(scores[i]))
+            for i in finite[: cfg.num_samples]
+        ]
+
+
+def sequence_logprob(model: CharRNN, prime_ids: list[int], ids: list[int]) -> float:
+    """Log-probability of ``ids`` after ``prime_ids`` by one full forward pass (for checks)."""
+    with torch.inference_mode():
+        tokens = torch.tensor([prime_ids + ids])
+        logits, _ = model.cpu().eval()(tokens[:, :-1])  # [1, P+N-1, V]
+        logprobs = torch.log_softmax(logits.double(), dim=-1)[0, len(prime_ids) - 1 :]  # [N, V]
+        return float(logprobs.gather(1, torch.tensor(ids)[:, None]).sum())
