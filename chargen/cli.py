@@ -120,8 +120,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the k likeliest tokens.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling threshold.")
 @click.option("--greedy", is_flag=True, help="Always take the likeliest token.")
-@click.option("--beam-width", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Beam search with K beams advanced as one batch.")
+@click.option("--beam-width", type=click.IntRange(min=1),
+              help="Beam search with K beams advanced as one batch (1 = greedy).")
 @click.option("--beam-sample", is_flag=True, help="Stochastic beam search: draw candidates, keep the likeliest.")
 @click.option("--no-repeat-ngram", type=click.IntRange(min=0),
               help="Never repeat an n-gram of this length [default: 12 for greedy/beam, off for sampling].")
@@ -134,7 +134,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 def sample(checkpoint: str | None, length: int, temperature: float | None, top_k: int | None,
-           top_p: float | None, greedy: bool, beam_width: int, beam_sample: bool, no_repeat_ngram: int | None,
+           top_p: float | None, greedy: bool, beam_width: int | None, beam_sample: bool, no_repeat_ngram: int | None,
            prime: str | None, prime_file: Path | None, seed: int | None, num_samples: int, as_json: bool,
            quiet: bool) -> None:
     """Generate from a trained model; only generated text goes to stdout."""
@@ -143,7 +143,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 
     if greedy and temperature is not None:
         raise click.UsageError("--greedy takes no --temperature: greedy decoding always picks the likeliest token")
-    if greedy and (beam_width > 1 or beam_sample):
+    if greedy and (beam_width is not None or beam_sample):
         raise click.UsageError("--greedy and --beam-width/--beam-sample are different decoders; choose one")
     if prime is not None and prime_file is not None:
         raise click.UsageError("give --prime or --prime-file, not both")
@@ -156,10 +156,10 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     config = DecodeConfig(length=length, temperature=temperature or 1.0, top_k=top_k, top_p=top_p, greedy=greedy,
                           beam_width=beam_width, beam_sample=beam_sample, num_samples=num_samples,
                           no_repeat_ngram=no_repeat_ngram, seed=seed)
-    if config.beam_width > loaded.codec.vocab_size:
+    if (beam_width or 1) > loaded.codec.vocab_size:
         raise click.UsageError(f"--beam-width {beam_width} exceeds the model's vocabulary of "
                                f"{loaded.codec.vocab_size} tokens")
-    if config.decoder == "beam" and num_samples > beam_width:
+    if config.decoder == "beam" and num_samples > (beam_width or 1):
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
     config.validate(loaded.codec.vocab_size)
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed

@@ -32,7 +32,7 @@ class DecodeConfig:
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False
-    beam_width: int = 1
+    beam_width: int | None = None  # set (even to 1) = beam search
     beam_sample: bool = False
     num_samples: int = 1
     no_repeat_ngram: int | None = None  # None: DEFAULT for greedy/beam, off for sampling
@@ -40,7 +40,7 @@ class DecodeConfig:
 
     @property
     def decoder(self) -> str:
-        if self.beam_width > 1 or self.beam_sample:
+        if self.beam_width is not None or self.beam_sample:
             return "beam"
         return "greedy" if self.greedy else "sample"
 
@@ -62,16 +62,17 @@ class DecodeConfig:
             raise ChargenError(f"top-k must be >= 1 (got {self.top_k})")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ChargenError(f"top-p must be in (0, 1] (got {self.top_p})")
-        if self.beam_width < 1:
+        width = self.beam_width or 1
+        if width < 1:
             raise ChargenError(f"beam width must be >= 1 (got {self.beam_width})")
-        if self.beam_width > vocab_size:
+        if width > vocab_size:
             raise ChargenError(f"beam width {self.beam_width} exceeds the vocabulary size {vocab_size}")
         if self.num_samples < 1:
             raise ChargenError(f"num-samples must be >= 1 (got {self.num_samples})")
-        if self.decoder == "beam" and self.num_samples > self.beam_width:
+        if self.decoder == "beam" and self.num_samples > width:
             raise ChargenError(f"num-samples {self.num_samples} exceeds the beam width {self.beam_width}")
         if self.greedy and self.decoder == "beam":
-            raise ChargenError("--greedy and --beam-width > 1 are different decoders; choose one")
+            raise ChargenError("--greedy and --beam-width are different decoders; choose one")
         if self.no_repeat_ngram is not None and self.no_repeat_ngram < 0:
             raise ChargenError("no-repeat-ngram must be >= 0")
 
@@ -232,7 +233,7 @@ class Generator:
     @torch.inference_mode()
     def _beam(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator) -> list[Sample]:
         """All K beams advance as one batch: one model step per generated token."""
-        k = cfg.beam_width
+        k = cfg.beam_width or 1
         vocab = self.codec.vocab_size
         logits, state = self.prime_state(prime_ids)
         logits, state = logits.expand(k, -1), expand_state(state, k)

@@ -234,6 +234,8 @@ def train(
             {"corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
              "train_config": config.to_dict(), "chargen_version": __version__},
         )
+    for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed half-way
+        stale.unlink(missing_ok=True)
     start = time.monotonic()
     deadline = start + config.minutes * 60 if config.minutes else math.inf
     if state is None:

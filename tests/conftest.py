@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny corpora and models, isolated checkpoint and history folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "corpora"
+FABLES = REPO / "corpora" / "fables.txt"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path in ../shared/corpora, or skip: a user's clone does not have it."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared material {path} is absent (only present in the team's workspace)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own checkpoint root and CHARGEN_HOME."""
+    monkeypatch.setenv("CHARGEN_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("CHARGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CHARGEN_DATABASE_URL", raising=False)
+    return tmp_path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real ``chargen`` entry point in a subprocess (as a user would)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), CHARGEN_DEBUG="")
+    env.pop("CHARGEN_DEBUG")
+    return subprocess.run(
+        [sys.executable, "-m", "chargen", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, **kwargs,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small LSTM trained briefly on the embedded fables corpus (shared by tests)."""
+    from chargen.runs import start_run
+    from chargen.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("session-checkpoints")
+    config = TrainConfig(batch_size=16, seq_len=64, lr=1e-2, max_steps=150, eval_every=50, seed=7, threads=1)
+    result = start_run([FABLES], config, preset="tiny", run_name="fables-tiny", out=root, progress=False,
+                       warn=lambda message: None)
+    return result.run_dir

@@ -1,0 +1,143 @@
+"""Training: overfitting, exact resume, crash safety, every cell type."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from chargen.checkpoint import BEST, LAST, STATE, TOKENS, load_checkpoint, load_state
+from chargen.data import build_corpus
+from chargen.runs import model_config_for, resume_run, start_run
+from chargen.sampling import DecodeConfig, Generator
+from chargen.train import TrainConfig, train
+from tests.conftest import FABLES, REPO, run_cli
+
+PASSAGE = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, "
+    "it was the age of foolishness, it was the epoch of belief, it was the epoch of "
+    "incredulity, it was the season of Light."
+)
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def test_overfit_a_short_passage_and_reproduce_it(tmp_path: Path) -> None:
+    corpus = tmp_path / "passage.txt"
+    corpus.write_text((PASSAGE + "\n") * 12)
+    config = TrainConfig(batch_size=4, seq_len=50, lr=1e-2, warmup_steps=10, max_steps=300, eval_every=100,
+                         seed=1, threads=1)
+    result = start_run([corpus], config, preset="tiny", model_overrides={"hidden": 128}, out=tmp_path / "ck",
+                       run_name="overfit", progress=False, warn=quiet)
+    assert result.last_train_loss < 0.05, result
+    loaded = load_checkpoint(result.run_dir / LAST)
+    prime = PASSAGE[:20]
+    out = Generator(loaded.model, loaded.codec).generate(
+        prime, DecodeConfig(length=len(PASSAGE) - 20, greedy=True, no_repeat_ngram=0)
+    )
+    assert out.samples[0].text == PASSAGE[20:]
+
+
+def _small_corpus(tmp_path: Path) -> Path:
+    corpus = tmp_path / "fables.txt"
+    corpus.write_text(FABLES.read_text()[:20000])
+    return corpus
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """N steps straight == N/2 steps, stop, resume N/2 (same data, schedule and RNG streams)."""
+    corpus = _small_corpus(tmp_path)
+    config = TrainConfig(batch_size=8, seq_len=32, max_steps=40, eval_every=10, seed=3, threads=1)
+    overrides = {"dropout": 0.1, "layers": 2}  # dropout makes the RNG stream matter
+    straight = start_run([corpus], config, "tiny", overrides, "straight", tmp_path / "ck", progress=False, warn=quiet)
+
+    run_dir = tmp_path / "ck" / "paused"
+    codec, info = build_corpus([corpus], run_dir / TOKENS)
+    paused = train(run_dir, codec, info, model_config_for(codec.vocab_size, "tiny", **overrides), config,
+                   progress=False, report=quiet, pause_at_step=20)
+    assert paused.interrupted and paused.step == 20
+    resumed = resume_run(run_dir, progress=False, warn=quiet)
+
+    assert resumed.step == straight.step == 40
+    assert resumed.last_train_loss == pytest.approx(straight.last_train_loss, abs=1e-5)
+    assert resumed.last_val_loss == pytest.approx(straight.last_val_loss, abs=1e-5)
+    a = load_state(straight.run_dir / STATE)["model"]
+    b = load_state(run_dir / STATE)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_other_cells_train_and_sample(tmp_path: Path, cell: str) -> None:
+    corpus = _small_corpus(tmp_path)
+    config = TrainConfig(batch_size=8, seq_len=32, max_steps=30, eval_every=15, threads=1)
+    result = start_run([corpus], config, "tiny", {"cell": cell, "layers": 2}, cell, tmp_path / "ck",
+                       progress=False, warn=quiet)
+    assert result.best_val_loss < 3.5
+    loaded = load_checkpoint(result.run_dir / BEST)
+    assert loaded.config.cell == cell
+    out = Generator(loaded.model, loaded.codec).generate("The ", DecodeConfig(length=40, seed=1))
+    assert len(out.samples[0].text) == 40
+
+
+def _train_process(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    corpus = _small_corpus(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, "-m", "chargen", "train", str(corpus), "--size", "tiny", "--batch-size", "8",
+         "--seq-len", "32", "--eval-every", "2", "--max-steps", "100000", "--threads", "1", "--run-name", "crash",
+         "--quiet", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_ctrl_c_saves_and_resume_continues(tmp_path: Path) -> None:
+    proc = _train_process(tmp_path)
+    run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "crash"
+    deadline = time.time() + 60
+    while not (run_dir / STATE).exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    step = load_state(run_dir / STATE)["step"]
+    assert step > 0
+    resumed = run_cli("train", "--resume", "crash", "--minutes", "0.05", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_state(run_dir / STATE)["step"] > step
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_resumable_run(tmp_path: Path) -> None:
+    proc = _train_process(tmp_path)
+    run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "crash"
+    deadline = time.time() + 60
+    while not (run_dir / STATE).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    rng = random.Random(0)
+    for _ in range(3):  # checkpoints are written every 2 steps: kills often land mid-write
+        time.sleep(rng.uniform(0.2, 1.2))
+        proc.kill()
+        proc.wait()
+        load_checkpoint(run_dir / LAST)
+        load_checkpoint(run_dir / BEST)
+        load_state(run_dir / STATE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chargen", "train", "--resume", "crash", "--quiet"],
+            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert not list(run_dir.glob(".*.tmp")), "a resumed run clears temp files of killed writes"
+    assert load_state(run_dir / STATE)["step"] > 0
