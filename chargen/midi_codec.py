@@ -191,6 +191,9 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, EOFError):
         return "unexpected end of file" + (f" ({text})" if text else "")
+    if isinstance(exc, KeyError | IndexError | TypeError | struct.error):
+        # Their messages alone ("7", "list index out of range") say nothing useful.
+        return f"malformed event data ({type(exc).__name__}: {text})"
     return text or type(exc).__name__
 
 
