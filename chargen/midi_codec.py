@@ -526,6 +526,11 @@ class MidiCodec(Codec):
         self.vocab = vocab
         self._symbols = "".join(chr(SYMBOL_BASE + i) for i in range(vocab.size))
 
+    @classmethod
+    def fit(cls, paths: Sequence[Path] = ()) -> MidiCodec:
+        """Same shape as TextCodec.fit; the MIDI vocabulary never depends on the data."""
+        return cls()
+
     @property
     def symbols(self) -> str:
         return self._symbols

@@ -130,6 +130,7 @@ def test_metadata_round_trip_and_registry() -> None:
     again = codec_from_metadata(codec.to_metadata())
     assert isinstance(again, MidiCodec) and again.vocab == codec.vocab
     assert again.symbols == codec.symbols and again.vocab_size == 256 + 50 + 16
+    assert MidiCodec.fit(own_files()).to_metadata() == MidiCodec().to_metadata()
 
 
 @pytest.mark.parametrize(
