@@ -109,7 +109,7 @@ def codec_names() -> list[str]:
 
 def _load_builtin_codecs() -> None:
     # Imported lazily so that the text path never pays for mido.
-    import chargen.text_codec  # noqa: F401
+    import chargen.text_codec
 
     try:
         import chargen.midi_codec  # noqa: F401

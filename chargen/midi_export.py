@@ -1,0 +1,128 @@
+"""Writing token streams as Standard MIDI Files.
+
+The stream's timing is absolute (steps of ``vocab.step_ms``), so ``tempo_bpm``
+does not change how the file sounds: it sets the tempo meta event, i.e. the
+beat grid a notation program or DAW shows. The file is type 1: a conductor
+track (tempo, 4/4 time signature, both at tick 0) and one note track on
+channel 1 with a program change to ``program``. Ticks are chosen fine enough
+(at least 4 per step) that reading the file back lands on the same steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+import mido
+import numpy as np
+
+from chargen.errors import ChargenError
+from chargen.midi_codec import (
+    DEFAULT_VOCAB,
+    MidiStats,
+    MidiVocab,
+    ids_to_notes,
+    midi_stats,
+)
+
+BASE_TICKS_PER_BEAT = 960
+MAX_TICKS_PER_BEAT = 0x7FFF  # 15 bits: the top bit would mean an SMPTE division
+MIN_BPM, MAX_BPM = 20.0, 400.0
+
+
+def _ticks_per_beat(tempo_us: int, step_us: int) -> int:
+    # A tick at most a quarter step keeps rounding error far below half a step.
+    tpb = BASE_TICKS_PER_BEAT
+    while tempo_us > tpb * step_us // 4:
+        tpb *= 2
+    if tpb > MAX_TICKS_PER_BEAT:
+        raise ChargenError(f"time step too fine for a MIDI file at this tempo ({step_us} us)")
+    return tpb
+
+
+def decode_to_midi(
+    ids: Sequence[int] | np.ndarray,
+    tempo_bpm: float = 120.0,
+    program: int = 0,
+    vocab: MidiVocab = DEFAULT_VOCAB,
+) -> mido.MidiFile:
+    """A type-1 MidiFile playing ``ids``; raises ChargenError if no note results."""
+    if not (isinstance(tempo_bpm, int | float) and MIN_BPM <= tempo_bpm <= MAX_BPM):
+        raise ChargenError(f"tempo must be between {MIN_BPM:g} and {MAX_BPM:g} bpm, not {tempo_bpm!r}")
+    if not (isinstance(program, int) and not isinstance(program, bool) and 0 <= program <= 127):
+        raise ChargenError(f"MIDI program must be an integer 0..127, not {program!r}")
+    notes = ids_to_notes(ids, vocab)  # closes dangling notes, drops stray offs, resolves overlaps
+    if not notes:
+        raise ChargenError(
+            f"generated stream contains no notes ({len(ids)} tokens); nothing to write as MIDI"
+        )
+    tempo_us = round(60_000_000 / tempo_bpm)
+    step_us = vocab.step_ms * 1000
+    tpb = _ticks_per_beat(tempo_us, step_us)
+
+    def tick(step: int) -> int:  # exact integer rounding of step * step_us / (tempo_us / tpb)
+        return (2 * step * step_us * tpb + tempo_us) // (2 * tempo_us)
+
+    velocities = [vocab.bin_velocity(b) for b in range(vocab.velocity_bins)]
+    events: list[tuple[int, int, int, int]] = []
+    for note in notes:
+        events.append((tick(note.start), 1, note.pitch, velocities[note.velocity]))
+        events.append((tick(note.end), 0, note.pitch, 0))
+    events.sort()  # on one tick, offs first: a repeated pitch ends before it restarts
+
+    conductor = mido.MidiTrack(
+        [
+            mido.MetaMessage("track_name", name="chargen", time=0),
+            mido.MetaMessage("set_tempo", tempo=tempo_us, time=0),
+            mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0),
+            mido.MetaMessage("end_of_track", time=0),
+        ]
+    )
+    track = mido.MidiTrack(
+        [
+            mido.MetaMessage("track_name", name=f"program {program}", time=0),
+            mido.Message("program_change", channel=0, program=program, time=0),
+        ]
+    )
+    now = 0
+    for at, is_on, pitch, velocity in events:
+        kind = "note_on" if is_on else "note_off"
+        track.append(mido.Message(kind, channel=0, note=pitch, velocity=velocity, time=at - now))
+        now = at
+    track.append(mido.MetaMessage("end_of_track", time=0))
+    return mido.MidiFile(type=1, ticks_per_beat=tpb, tracks=[conductor, track])
+
+
+def write_midi(
+    ids: Sequence[int] | np.ndarray,
+    path: Path | str,
+    tempo_bpm: float = 120.0,
+    program: int = 0,
+    vocab: MidiVocab = DEFAULT_VOCAB,
+) -> MidiStats:
+    """Write ``ids`` to ``path`` atomically (temp file + os.replace); returns what was written."""
+    mid = decode_to_midi(ids, tempo_bpm=tempo_bpm, program=program, vocab=vocab)
+    target = Path(path)
+    # Same folder, so os.replace is a rename: readers never see half a file.
+    # os.open with 0o666 (not tempfile's 0o600) lets the umask decide the mode.
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    created = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+        with os.fdopen(fd, "wb") as handle:
+            mid.save(file=handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        created = False
+    except OSError as exc:
+        raise ChargenError(f"{target}: cannot write MIDI file ({exc.strerror or exc})") from None
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return midi_stats(ids, vocab)
