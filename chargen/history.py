@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import (
@@ -85,6 +85,7 @@ class HistoryLookupError(ChargenError):
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _id_lock = threading.Lock()
 _last_id: tuple[int, int] = (-1, 0)
 
@@ -97,7 +98,8 @@ def new_id(at: datetime | None = None) -> str:
     order because the random part is incremented instead of redrawn.
     """
     global _last_id
-    ms = int(at.timestamp() * 1000) if at is not None else time.time_ns() // 1_000_000
+    # Integer arithmetic: float timestamps can round a millisecond down.
+    ms = (at - _EPOCH) // timedelta(milliseconds=1) if at is not None else time.time_ns() // 1_000_000
     with _id_lock:
         last_ms, last_rand = _last_id
         if ms == last_ms and last_rand < (1 << 80) - 1:
@@ -114,7 +116,7 @@ def id_time(record_id: str) -> datetime:
     value = 0
     for ch in record_id.upper():
         value = value * 32 + _CROCKFORD.index(ch)
-    return datetime.fromtimestamp((value >> 80) / 1000, timezone.utc)
+    return _EPOCH + timedelta(milliseconds=value >> 80)
 
 
 # --------------------------------------------------------------------------
@@ -336,15 +338,32 @@ def resolve_database_url(explicit: str | None = None) -> str:
     return f"sqlite:///{home / 'history.db'}"
 
 
+def sqlite_file(url: str) -> str | None:
+    """Filesystem path of a SQLite database URL; None for in-memory or other backends."""
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError:
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):  # sqlite:///file:path?mode=ro&uri=true
+        if parsed.query.get("mode") == "memory":
+            return None
+        database = database[len("file:") :]
+    return database
+
+
 def display_url(url: str) -> str:
     """The file path of a SQLite URL, else the URL with its password hidden."""
+    path = sqlite_file(url)
+    if path is not None:
+        return path
     try:
         parsed = make_url(url)
     except SQLAlchemyError:
         return url
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        return parsed.database
-    return parsed.render_as_string(hide_password=True)
+    return url if parsed.get_backend_name() == "sqlite" else parsed.render_as_string(hide_password=True)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -728,8 +747,9 @@ class History:
             raise HistoryLookupError(f"no {kind} with id {id_or_prefix!r}")
         if len(found) > 1:
             shown = ", ".join(row.id for row in found[:2])  # type: ignore[attr-defined]
+            more = ", ..." if len(found) > 2 else ""
             raise HistoryLookupError(
-                f"id prefix {id_or_prefix!r} matches more than one {kind} ({shown}, ...); give more characters"
+                f"id prefix {id_or_prefix!r} matches more than one {kind} ({shown}{more}); give more characters"
             )
         return found[0]
 
@@ -875,4 +895,5 @@ __all__ = [
     "id_time",
     "new_id",
     "resolve_database_url",
+    "sqlite_file",
 ]
