@@ -8,6 +8,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from history_helpers import SHA_A, SHA_B, record
@@ -25,6 +26,7 @@ from chargen.history import (
     new_id,
     resolve_database_url,
 )
+from chargen.paths import chargen_home
 
 
 @pytest.fixture
@@ -208,6 +210,21 @@ def test_resolve_database_url_precedence(tmp_path: Path, monkeypatch: pytest.Mon
     assert resolve_database_url("sqlite:///x.db") == "sqlite:///x.db"
     monkeypatch.chdir(tmp_path)
     assert resolve_database_url("plain/file.db") == f"sqlite:///{tmp_path / 'plain' / 'file.db'}"
+
+
+def test_chargen_home_defaults_to_the_app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHARGEN_HOME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # keeps click.get_app_dir in tmp on Linux
+    assert chargen_home(create=False) == Path(click.get_app_dir("chargen"))
+    assert chargen_home().is_dir()
+
+
+def test_uncreatable_home_is_history_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("CHARGEN_HOME", str(tmp_path / "file" / "home"))
+    monkeypatch.delenv("CHARGEN_DATABASE_URL", raising=False)
+    with pytest.raises(HistoryUnavailable, match="cannot create chargen home folder"):
+        History()
 
 
 def test_default_location_is_used_and_reopened_without_loss(tmp_path: Path, monkeypatch) -> None:
