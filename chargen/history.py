@@ -579,9 +579,9 @@ class History:
         logprobs = [s.logprob for s in samples]
         total = math.fsum(lp for lp in logprobs if lp is not None) if samples and None not in logprobs else None
         chars = sum(len(s.text) for s in samples)
-        created = created_at or datetime.now(timezone.utc)
+        record_id, created = _new_record_id(created_at)
         row = Generation(
-            id=new_id(created if created_at else None),
+            id=record_id,
             created_at=created,
             duration_s=float(duration_s),
             chargen_version=chargen_version,
@@ -605,7 +605,6 @@ class History:
                 for i, s in enumerate(samples)
             ],
         )
-        record_id = row.id  # the row is expired and detached after commit
         with self._session(write=True) as session:
             if run_id is None:
                 row.run_id = self._find_run(session, row.checkpoint_sha256)
@@ -631,9 +630,9 @@ class History:
         created_at: datetime | None = None,
     ) -> str:
         """Store one training run; returns its id. ``best_val_loss`` is in nats."""
-        created = created_at or datetime.now(timezone.utc)
+        record_id, created = _new_record_id(created_at)
         row = TrainingRun(
-            id=new_id(created if created_at else None),
+            id=record_id,
             created_at=created,
             chargen_version=chargen_version,
             corpus_path=_abspath(corpus_path),
@@ -647,7 +646,6 @@ class History:
             checkpoint_path=_abspath(checkpoint_path),
             checkpoint_sha256=None if checkpoint_sha256 is None else checkpoint_sha256.lower(),
         )
-        record_id = row.id
         with self._session(write=True) as session:
             session.add(row)
         return record_id
@@ -791,6 +789,15 @@ def _common_prefix(a: str, b: str) -> int:
 
 def _abspath(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _new_record_id(created_at: datetime | None) -> tuple[str, datetime]:
+    """A fresh id and the creation time it encodes (now, unless given)."""
+    if created_at is None:
+        created_at = datetime.now(timezone.utc)
+    elif created_at.tzinfo is None:
+        raise ValueError("created_at must be timezone-aware")
+    return new_id(created_at), created_at
 
 
 def _sample_record(item: SampleRecord | SampleLike | str) -> SampleRecord:

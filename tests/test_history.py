@@ -108,6 +108,16 @@ def test_bad_arguments_are_programming_errors(history: History) -> None:
         record(history, seed=2**64)
     with pytest.raises(TypeError, match="cannot store"):
         record(history, params={"fn": object()})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        record(history, created_at=datetime(2024, 1, 1))
+
+
+def test_explicit_creation_time_is_kept_and_encoded_in_the_id(history: History) -> None:
+    when = datetime(2021, 5, 4, 3, 2, 1, 500000, tzinfo=timezone(timedelta(hours=2)))
+    gid = record(history, created_at=when)
+    got = history.get_generation(gid)
+    assert got.created_at == when and got.created_at.utcoffset() == timedelta(0)
+    assert id_time(gid) == when
 
 
 def test_list_is_newest_first_with_limit(history: History) -> None:
