@@ -8,6 +8,20 @@ line, so that callers can warn and carry on with their real work.
 Callers get plain frozen dataclasses (:class:`GenerationRecord`,
 :class:`TrainingRunRecord`), never live ORM objects, and no session outlives a
 method call.
+
+Logging a ``chargen sample`` run, after its output has been printed (import
+this module lazily: SQLAlchemy costs ~0.3 s to import)::
+
+    try:
+        with History(database) as history:  # --database value, or None
+            history.record_generation(
+                checkpoint_path=loaded.path, checkpoint_sha256=loaded.sha256,
+                model_config=loaded.config, codec=loaded.codec.to_metadata(),
+                decoder=result.config.decoder, params=result.config,
+                seed=result.config.seed, prime=result.prime,
+                outputs=result.samples, duration_s=result.duration_s)
+    except HistoryUnavailable as exc:
+        warn(f"not logged: {exc}")
 """
 
 from __future__ import annotations
