@@ -278,12 +278,15 @@ def _export_midi(record: GenerationRecord, content: str, output: Path, tempo_bpm
     def logged(key: str, default: Any) -> Any:
         return record.params.get(key, record.codec.get(key, default))
 
-    ids = codec_from_metadata(record.codec).encode(content)
+    codec = codec_from_metadata(record.codec)
+    # The codec's own vocabulary (step size, ranges) decides how ids become notes.
+    extra = {"vocab": codec.vocab} if hasattr(codec, "vocab") else {}
     write_midi(
-        ids,
+        codec.encode(content),
         output,
         tempo_bpm=tempo_bpm if tempo_bpm is not None else logged("tempo_bpm", 120),
         program=program if program is not None else logged("program", 0),
+        **extra,
     )
 
 

@@ -178,3 +178,24 @@ def test_unusable_database_is_a_clean_error(tmp_path: Path) -> None:
     result = run("list", "--database", str(corrupt))
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("chargen: error: history database") and "not a database" in result.stderr
+
+
+def test_export_midi_rebuilds_the_file(db: str, tmp_path: Path) -> None:
+    """Runs once the MIDI codec and exporter are present (skipped on a branch without them)."""
+    pytest.importorskip("chargen.midi_export", reason="chargen.midi_export is not on this branch")
+    mido = pytest.importorskip("mido")
+    from chargen.codec import codec_class
+
+    corpus = sorted((Path(__file__).resolve().parents[1] / "corpora" / "midi-basics").glob("*.mid"))
+    if not corpus:
+        pytest.skip("no MIDI corpus on this branch")
+    codec = codec_class("midi")()
+    text = codec.decode(codec.encode_file(corpus[0])[:80].tolist())
+    with History(db) as h:
+        gid = record(h, codec=codec.to_metadata(), prime=text[:10], outputs=[text[10:]])
+    out = tmp_path / "out.mid"
+    result = run("export", gid, "-o", str(out), "--program", "5", "--database", db)
+    assert result.exit_code == 0, result.stderr
+    notes = [m for track in mido.MidiFile(out).tracks for m in track if m.type == "note_on" and m.velocity > 0]
+    programs = [m.program for track in mido.MidiFile(out).tracks for m in track if m.type == "program_change"]
+    assert notes and programs == [5]
