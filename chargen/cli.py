@@ -88,13 +88,15 @@ def cli() -> None:
               help="Parent folder of run folders [default: $CHARGEN_CHECKPOINTS or ./checkpoints].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--database", metavar="URL", help="History database for the run record.")
+@click.option("--no-log", is_flag=True, help="Do not record this run in the history.")
 def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: str, size: str | None,
           cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
           batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
           device: str, precision: str, threads: int | None, transpose: tuple[int, int] | None,
           run_name: str | None, out: Path | None,
-          quiet: bool, as_json: bool) -> None:
+          quiet: bool, as_json: bool, database: str | None, no_log: bool) -> None:
     """Train a model on CORPUS: text files, a folder of .txt, or a folder of .mid files.
 
     Writes checkpoints/<run>/ with best and last weights (safetensors) and the
@@ -120,6 +122,17 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
         overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
                            progress=not quiet, warn=_warn)
+    if not no_log:
+        from chargen.checkpoint import LAST, read_metadata
+        from chargen.codec import codec_from_metadata
+        from chargen.history import HistoryUnavailable
+        from chargen.records import log_training_run
+
+        try:
+            codec_used = codec_from_metadata(json.loads(read_metadata(result.run_dir / LAST)["codec"]))
+            log_training_run(database, result, codec_used)
+        except HistoryUnavailable as exc:
+            _warn(f"warning: training run not logged: {exc}")
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "best_val_loss":
                                result.best_val_loss, "interrupted": result.interrupted,
@@ -165,11 +178,15 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
               help="MIDI export: General MIDI instrument (0 = piano).")
 @click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
+@click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
+              "else $CHARGEN_HOME/history.db].")
+@click.option("--no-log", is_flag=True, help="Do not record this generation in the history.")
+@click.option("--require-log", is_flag=True, help="Exit 1 if the generation could not be logged.")
 def sample(checkpoint: str | None, length: int, temperature: float | None, top_k: int | None,
            top_p: float | None, greedy: bool, beam_width: int | None, beam_sample: bool, no_repeat_ngram: int | None,
            prime: str | None, prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None,
            num_samples: int, output_format: str | None, output: Path | None, tempo: float, program: int,
-           as_json: bool, quiet: bool) -> None:
+           as_json: bool, quiet: bool, database: str | None, no_log: bool, require_log: bool) -> None:
     """Generate from a trained model; only generated text goes to stdout.
 
     For MIDI models the samples are written as .mid files (-o) and their paths
@@ -208,6 +225,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
     config.validate(loaded.codec.vocab_size)
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
+    checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
     generator = Generator(loaded.model, loaded.codec)
     stream = not as_json and num_samples == 1 and config.decoder != "beam" and output_format == "text"
     out = click.get_text_stream("stdout")
@@ -243,12 +261,24 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
                 out.write("\n")
             out.write((prime or "") + item.text + "\n")
     out.flush()
+    logged_id = None
+    if not no_log:
+        from chargen.history import HistoryUnavailable
+        from chargen.records import log_generation
+
+        export = {"format": output_format, "tempo_bpm": tempo, "program": program} if is_midi else None
+        try:
+            logged_id = log_generation(database, loaded, result, midi_paths, export, checkpoint_sha256)
+        except HistoryUnavailable as exc:
+            _warn(f"warning: generation not logged: {exc}")
+            if require_log:
+                sys.exit(1)
     if not quiet:
         logprob = sum(s.logprob for s in result.samples)
         tokens = sum(len(s.ids) for s in result.samples)
         _warn(f"{result.config.decoder}, seed {result.config.seed}: {result.tokens} tokens in "
               f"{result.duration_s:.2f}s ({result.tokens_per_s:,.0f}/s), log-prob {logprob:.2f} "
-              f"({-logprob / max(tokens, 1):.3f} nats/token)")
+              f"({-logprob / max(tokens, 1):.3f} nats/token)" + (f", logged {logged_id}" if logged_id else ""))
 
 
 @cli.command()
@@ -314,6 +344,38 @@ def midi_tokens(file: Path, as_json: bool) -> None:
                               ensure_ascii=False))
     else:
         click.echo(codec.decode(ids))
+
+
+from chargen.history_cli import history  # noqa: E402  (the group lives beside its store)
+
+cli.add_command(history)
+
+
+@history.command()
+@click.argument("generation_id", metavar="ID")
+@click.option("--database", metavar="URL", help="History database URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def replay(generation_id: str, database: str | None, as_json: bool) -> None:
+    """Re-run generation ID with its logged checkpoint, seed and parameters, and compare.
+
+    Exits 0 when the output is identical byte for byte, 1 when it differs or
+    cannot be replayed (the checkpoint is missing or has changed).
+    """
+    from chargen.records import replay as replay_generation
+
+    from chargen.history_cli import database_url
+
+    outcome = replay_generation(database_url(database), generation_id)
+    if as_json:
+        click.echo(json.dumps({"id": outcome.generation_id, "identical": outcome.identical,
+                               "recorded": outcome.recorded, "replayed": outcome.replayed}, ensure_ascii=False))
+    for text in outcome.replayed if not as_json else ():
+        click.echo(text)
+    if outcome.identical:
+        _warn(f"replay of {outcome.generation_id}: identical to the logged output")
+    else:
+        _warn(f"replay of {outcome.generation_id}: DIFFERENT from the logged output ({outcome.first_difference()})")
+        sys.exit(1)
 
 
 def main() -> None:

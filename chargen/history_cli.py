@@ -57,6 +57,11 @@ def _errors_to_exit(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def database_url(database: str | None) -> str:
+    """The URL a history subcommand uses: its own --database, the group's, env, default."""
+    return _url(database)
+
+
 def _url(database: str | None) -> str:
     # A --database on the command wins over one given to the group.
     chosen = database or click.get_current_context().meta.get(_DATABASE_KEY)
