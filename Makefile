@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 MINUTES ?= 1
 
-.PHONY: install demo demo-midi test lint bench clean
+.PHONY: install demo demo-midi test bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml requirements-dev.txt
 demo: install
 	$(BIN)/chargen train corpora/fables.txt --size small --minutes $(MINUTES) --run-name demo-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/chargen sample --len 500 --temperature 0.8 --prime "The "
+
+demo-midi: install
+	$(BIN)/chargen train corpora/midi-basics --size small --minutes $(MINUTES) --transpose -3..3 --run-name demo-midi-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/chargen sample --len 1500 --temperature 0.9 -o demo.mid
 
 test: install
 	$(BIN)/ruff check chargen tests benchmarks scripts

@@ -361,9 +361,8 @@ def replay(generation_id: str, database: str | None, as_json: bool) -> None:
     Exits 0 when the output is identical byte for byte, 1 when it differs or
     cannot be replayed (the checkpoint is missing or has changed).
     """
-    from chargen.records import replay as replay_generation
-
     from chargen.history_cli import database_url
+    from chargen.records import replay as replay_generation
 
     outcome = replay_generation(database_url(database), generation_id)
     if as_json:

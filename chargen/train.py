@@ -261,8 +261,11 @@ def train(
                unit="step", dynamic_ncols=True, leave=True)
     last_train = last_val = None
     interrupted = False
-    calibrate_at = step + 10
-    step_start = time.monotonic()
+    # --minutes: the schedule's length is fitted to the measured speed, first after a
+    # few warm-up steps, then again at every evaluation (which then counts too).
+    fit_budget = not total_steps and math.isfinite(deadline)
+    first_step = step
+    mark: tuple[int, float] | None = None
     model.train()
     with _StopFlag() as flag:
         while True:
@@ -274,12 +277,13 @@ def train(
             if flag.stop or time.monotonic() >= deadline:
                 interrupted = flag.stop
                 break
-            if not total_steps and step >= calibrate_at:
-                # --minutes: fix the schedule's length from measured speed (eval cost included).
-                per_step = (time.monotonic() - step_start) / (step - calibrate_at + 10)
-                eval_cost = per_step * len(split.val) / tokens_per_step / 3
-                remaining = deadline - time.monotonic()
-                total_steps = step + max(1, int(remaining / (per_step + eval_cost / config.eval_every)))
+            if fit_budget and step == first_step + 5:
+                mark = (step, time.monotonic())
+            refit = not total_steps or (step % 25 == 0 and time.monotonic() - start < 0.6 * (deadline - start))
+            if fit_budget and mark and refit and step >= mark[0] + 20:
+                per_step = (time.monotonic() - mark[1]) / (step - mark[0])  # includes evals so far
+                eval_cost = per_step * len(split.val) / tokens_per_step / 3  # forward only
+                total_steps = _fit_steps(step, deadline, per_step + eval_cost / config.eval_every)
                 bar.reset(total=total_steps)
                 bar.update(step)
             if batcher.starts_epoch(step):
@@ -338,6 +342,11 @@ def train(
     if last_val is not None:
         report(_eval_line(step, last_train, last_val, result.chars_per_s, final=True))
     return result
+
+
+def _fit_steps(step: int, deadline: float, seconds_per_step: float) -> int:
+    """Total steps that fit before ``deadline`` at the measured pace."""
+    return step + max(1, int((deadline - time.monotonic()) / seconds_per_step))
 
 
 def _eval_line(step: int, train_loss: float | None, val_loss: float, chars_per_s: float, final: bool = False) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = start_run([FABLES], config, preset="tiny", run_name="fables-tiny", out=root, progress=False,
                        warn=lambda message: None)
     return result.run_dir
+
+
+@pytest.fixture
+def run(trained_run: Path, isolated_home: Path) -> Path:
+    """A private copy of the session's trained run under this test's checkpoint root."""
+    target = isolated_home / "checkpoints" / trained_run.name
+    shutil.copytree(trained_run, target)
+    return target

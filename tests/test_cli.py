@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
 
 from chargen.checkpoint import BEST, LAST, sha256_file
 from tests.conftest import assert_one_line_error, run_cli
-
-
-@pytest.fixture
-def run(trained_run: Path, isolated_home: Path) -> Path:
-    """A private copy of the session's trained run under this test's checkpoint root."""
-    target = isolated_home / "checkpoints" / trained_run.name
-    shutil.copytree(trained_run, target)
-    return target
 
 
 def test_sample_streams_only_text_and_is_reproducible_with_a_seed(run: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,13 +14,6 @@ import pytest
 
 from chargen.history import History
 from tests.conftest import REPO, assert_one_line_error, run_cli
-
-
-@pytest.fixture
-def run(trained_run: Path, isolated_home: Path) -> Path:
-    target = isolated_home / "checkpoints" / trained_run.name
-    shutil.copytree(trained_run, target)
-    return target
 
 
 def db_url(tmp_path: Path) -> str:
