@@ -49,6 +49,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -68,6 +69,7 @@ TOKEN_ENV = "CHARGEN_API_TOKEN"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 _ID_PATTERN = r"^[0-9A-Za-z]{1,64}$"
+DEFAULT_LENGTH = 200
 OPEN_PATHS = frozenset({"/healthz"})
 SHUTDOWN_MESSAGE = "server is shutting down; the generation was stopped and not recorded"
 
@@ -454,10 +456,12 @@ class GenerateRequest(BaseModel):
                               description="Name of a served model (GET /v1/models); optional when one is served.")
     prime: str | None = Field(None, description="Text to continue; for music models, MIDI tokens in their "
                               "printable form. Default: the model's default prime.")
-    length: int = Field(200, ge=0, description="Tokens to generate per sample (capped by max_length).")
+    length: int | None = Field(None, ge=0, description=f"Tokens to generate per sample (capped by max_length). "
+                               f"Default: {DEFAULT_LENGTH}, or max_length if that is smaller.")
     temperature: float = Field(1.0, ge=0.01, le=100.0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1, le=1_000_000)
-    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    # Not below 1e-6: filter_logits compares in float32, where a tinier top_p is 0 and drops every token.
+    top_p: float | None = Field(None, ge=1e-6, le=1.0, allow_inf_nan=False)
     greedy: bool = False
     beam_width: int | None = Field(None, ge=1, description="Beam search with this many beams; given at all "
                                    "(even 1) means beam search. Capped by max_beam_width.")
@@ -563,6 +567,8 @@ class Service:
     def prepare(self, served: Served, body: GenerateRequest) -> tuple[DecodeConfig, list[int]]:
         """Validate against the limits and the model; the resolved config (seed drawn) and prime ids."""
         limits, codec = self.limits, served.checkpoint.codec
+        if body.length is None:  # a default that always fits this server's cap
+            body.length = min(DEFAULT_LENGTH, limits.max_length)
         if body.length > limits.max_length:
             raise _over_limit("length", body.length, "max_length", limits.max_length)
         if body.beam_width is not None and body.beam_width > limits.max_beam_width:
@@ -788,6 +794,15 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
                   redoc_url=None)
     app.state.service = service
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            _document_served(schema, sorted(service.models), limits)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -898,6 +913,26 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
 
     app.add_middleware(_Guard, token=api_token, max_body=limits.max_body_bytes)
     return app
+
+
+def _document_served(schema: dict[str, Any], names: list[str], limits: Limits) -> None:
+    """Put this server's model names and limits into its OpenAPI document, so clients
+    (and schema-driven fuzzers) know the valid values; requests are still checked in code."""
+
+    def branch(prop: dict[str, Any], kind: str) -> dict[str, Any]:
+        return next((b for b in prop.get("anyOf", []) if b.get("type") == kind), prop)
+
+    props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    branch(props["model"], "string").update(enum=names)
+    branch(props["prime"], "string")["maxLength"] = limits.max_prime_chars
+    branch(props["length"], "integer")["maximum"] = limits.max_length
+    props["num_samples"]["maximum"] = limits.max_samples
+    branch(props["beam_width"], "integer")["maximum"] = limits.max_beam_width
+    for param in schema["paths"]["/v1/generations"]["get"].get("parameters", []):
+        if param["name"] == "model":
+            branch(param["schema"], "string").update(enum=names)
+        elif param["name"] == "limit":
+            param["schema"]["maximum"] = limits.max_list
 
 
 async def _events(service: Service, handle: _Handle, body: GenerateRequest,
