@@ -71,6 +71,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 _ID_PATTERN = r"^[0-9A-Za-z]{1,64}$"
 DEFAULT_LENGTH = 200
 OPEN_PATHS = frozenset({"/healthz"})
+PAGE_CSP = ("default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self' blob:")
 SHUTDOWN_MESSAGE = "server is shutting down; the generation was stopped and not recorded"
 
 
@@ -821,8 +823,8 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
     async def page() -> HTMLResponse:
         from chargen.service_page import PAGE
 
-        return HTMLResponse(PAGE, headers={"Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-                                           "script-src 'unsafe-inline'; img-src 'self' data: blob:"})
+        # Nothing but this page's own inline code and this server: no third-party assets can load.
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": PAGE_CSP})
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

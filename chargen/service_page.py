@@ -48,7 +48,7 @@ PAGE = r"""<!doctype html>
       </select>
     </label>
     <label>Length <input id="length" type="number" min="0" value="300"></label>
-    <label id="temperature-box">Temperature <input id="temperature" type="number" min="0.01" step="0.05"
+    <label id="temperature-box">Temperature <input id="temperature" type="number" min="0.01" step="any"
       value="0.8"></label>
     <label id="beam-box" hidden>Beam width <input id="beam" type="number" min="2" value="4"></label>
     <label>Seed <input id="seed" type="number" min="0" placeholder="random"></label>
