@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's chargen, not an installed one
 
-from chargen.errors import CorruptFileError
-from chargen.midi_codec import MidiCodec
+from chargen.errors import CorruptFileError  # noqa: E402
+from chargen.midi_codec import MidiCodec  # noqa: E402
 
 DEFAULT_FOLDER = REPO.parent / "shared" / "corpora" / "midi"
 TARGET_S = 5.0
@@ -59,7 +59,8 @@ def main() -> int:
     print(f"### MIDI tokenization ({args.folder.name}/, {len(files)} files, {size / 1024:.0f} KiB)\n")
     print("| files | tokens | median of runs | files/s | tokens/s |")
     print("|---:|---:|---:|---:|---:|")
-    print(f"| {len(files)} | {tokens:,} | {median:.3f} s ({args.runs}) | {len(files) / median:,.0f} | {tokens / median:,.0f} |")
+    print(f"| {len(files)} | {tokens:,} | {median:.3f} s ({args.runs}) | {len(files) / median:,.0f} "
+          f"| {tokens / median:,.0f} |")
     print(f"\n{skipped} file(s) skipped as corrupt. Target < {TARGET_S:g} s: {verdict}. "
           f"Python {platform.python_version()}, {platform.machine()}.")
     return 0

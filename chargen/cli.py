@@ -20,6 +20,23 @@ def _warn(message: str) -> None:
     click.echo(f"chargen: {message}", err=True)
 
 
+class SemitoneRange(click.ParamType):
+    """``LOW..HIGH`` semitones, e.g. ``-5..6``."""
+
+    name = "LOW..HIGH"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, tuple):
+            return value
+        try:
+            low, high = (int(part) for part in str(value).split(".."))
+        except ValueError:
+            self.fail(f"{value!r} is not a range like -5..6", param, ctx)
+        if not -24 <= low <= high <= 24:
+            self.fail(f"{value!r}: need -24 <= LOW <= HIGH <= 24", param, ctx)
+        return (low, high)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="chargen")
 def cli() -> None:
@@ -64,17 +81,22 @@ def cli() -> None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPUs.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: torch's choice).")
+@click.option("--transpose", type=SemitoneRange(),
+              help="MIDI only: transpose each training stream by a random shift in LOW..HIGH, e.g. -5..6.")
 @click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Parent folder of run folders [default: $CHARGEN_CHECKPOINTS or ./checkpoints].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--database", metavar="URL", help="History database for the run record.")
+@click.option("--no-log", is_flag=True, help="Do not record this run in the history.")
 def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: str, size: str | None,
           cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
           batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
-          device: str, precision: str, threads: int | None, run_name: str | None, out: Path | None,
-          quiet: bool, as_json: bool) -> None:
+          device: str, precision: str, threads: int | None, transpose: tuple[int, int] | None,
+          run_name: str | None, out: Path | None,
+          quiet: bool, as_json: bool, database: str | None, no_log: bool) -> None:
     """Train a model on CORPUS: text files, a folder of .txt, or a folder of .mid files.
 
     Writes checkpoints/<run>/ with best and last weights (safetensors) and the
@@ -96,10 +118,21 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
         config = TrainConfig(batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay,
                              epochs=epochs, max_steps=max_steps, minutes=minutes, eval_every=eval_every,
                              val_fraction=val_fraction, seed=seed, device=device, precision=precision,
-                             threads=threads)
+                             threads=threads, transpose=transpose)
         overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
                            progress=not quiet, warn=_warn)
+    if not no_log:
+        from chargen.checkpoint import LAST, read_metadata
+        from chargen.codec import codec_from_metadata
+        from chargen.history import HistoryUnavailable
+        from chargen.records import log_training_run
+
+        try:
+            codec_used = codec_from_metadata(json.loads(read_metadata(result.run_dir / LAST)["codec"]))
+            log_training_run(database, result, codec_used)
+        except HistoryUnavailable as exc:
+            _warn(f"warning: training run not logged: {exc}")
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "best_val_loss":
                                result.best_val_loss, "interrupted": result.interrupted,
@@ -128,16 +161,37 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--prime", help="Text to start from (must use the model's characters).")
 @click.option("--prime-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Read the prime text from a file.")
+@click.option("--prime-midi", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="MIDI models: prime with the start of this .mid file.")
+@click.option("--prime-len", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Tokens of --prime-midi to use.")
 @click.option("--seed", type=int, help="Seed: same seed + checkpoint + options = identical output.")
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Samples generated together as one batch.")
+@click.option("--format", "output_format", type=click.Choice(["text", "midi"]),
+              help="text: tokens on stdout; midi: write .mid files [default: midi for MIDI models].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="MIDI output file [default: chargen-<time>.mid]; with -n N, numbered files.")
+@click.option("--tempo", type=click.FloatRange(20, 400), default=120.0, show_default=True,
+              help="MIDI export: tempo written in the file (timing itself is absolute).")
+@click.option("--program", type=click.IntRange(0, 127), default=0, show_default=True,
+              help="MIDI export: General MIDI instrument (0 = piano).")
 @click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
+@click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
+              "else $CHARGEN_HOME/history.db].")
+@click.option("--no-log", is_flag=True, help="Do not record this generation in the history.")
+@click.option("--require-log", is_flag=True, help="Exit 1 if the generation could not be logged.")
 def sample(checkpoint: str | None, length: int, temperature: float | None, top_k: int | None,
            top_p: float | None, greedy: bool, beam_width: int | None, beam_sample: bool, no_repeat_ngram: int | None,
-           prime: str | None, prime_file: Path | None, seed: int | None, num_samples: int, as_json: bool,
-           quiet: bool) -> None:
-    """Generate from a trained model; only generated text goes to stdout."""
+           prime: str | None, prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None,
+           num_samples: int, output_format: str | None, output: Path | None, tempo: float, program: int,
+           as_json: bool, quiet: bool, database: str | None, no_log: bool, require_log: bool) -> None:
+    """Generate from a trained model; only generated text goes to stdout.
+
+    For MIDI models the samples are written as .mid files (-o) and their paths
+    reported on stderr; --format text prints the token stream instead.
+    """
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
     from chargen.sampling import DecodeConfig, Generator
 
@@ -145,14 +199,22 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         raise click.UsageError("--greedy takes no --temperature: greedy decoding always picks the likeliest token")
     if greedy and (beam_width is not None or beam_sample):
         raise click.UsageError("--greedy and --beam-width/--beam-sample are different decoders; choose one")
-    if prime is not None and prime_file is not None:
-        raise click.UsageError("give --prime or --prime-file, not both")
+    if sum(x is not None for x in (prime, prime_file, prime_midi)) > 1:
+        raise click.UsageError("give only one of --prime, --prime-file and --prime-midi")
     if prime_file is not None:
         try:
             prime = prime_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ChargenError(f"{prime_file}: cannot read prime text ({exc})") from None
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    is_midi = loaded.codec.name == "midi"
+    output_format = output_format or ("midi" if is_midi else "text")
+    if output_format == "midi" and not is_midi:
+        raise click.UsageError(f"--format midi needs a MIDI model; this one uses the {loaded.codec.name} codec")
+    if prime_midi is not None:
+        if not is_midi:
+            raise click.UsageError("--prime-midi needs a MIDI model")
+        prime = loaded.codec.decode(loaded.codec.encode_file(prime_midi)[:prime_len].tolist())
     config = DecodeConfig(length=length, temperature=temperature or 1.0, top_k=top_k, top_p=top_p, greedy=greedy,
                           beam_width=beam_width, beam_sample=beam_sample, num_samples=num_samples,
                           no_repeat_ngram=no_repeat_ngram, seed=seed)
@@ -163,8 +225,9 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
     config.validate(loaded.codec.vocab_size)
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
+    checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
     generator = Generator(loaded.model, loaded.codec)
-    stream = not as_json and num_samples == 1 and config.decoder != "beam"
+    stream = not as_json and num_samples == 1 and config.decoder != "beam" and output_format == "text"
     out = click.get_text_stream("stdout")
     if stream and prime:
         out.write(prime)
@@ -174,8 +237,22 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         out.flush()
 
     result = generator.generate(prime, config, on_token if stream else None)
+    midi_paths: list[Path] = []
+    if output_format == "midi":
+        from chargen.midi_export import output_paths, write_midi
+
+        midi_paths = output_paths(output, len(result.samples))
+        for item, path in zip(result.samples, midi_paths):
+            stats = write_midi(item.ids, path, tempo_bpm=tempo, program=program)
+            if not quiet:
+                _warn(f"wrote {path} ({stats.notes} notes, {stats.duration_s:.1f} s)")
     if as_json:
-        click.echo(json.dumps(dict(result.to_dict(), checkpoint=str(loaded.path)), ensure_ascii=False))
+        data = dict(result.to_dict(), checkpoint=str(loaded.path))
+        for item, path in zip(data["samples"], midi_paths):
+            item["midi_path"] = str(path)
+        click.echo(json.dumps(data, ensure_ascii=False))
+    elif output_format == "midi":
+        pass  # the files are the output
     elif stream:
         out.write("\n")
     else:
@@ -184,12 +261,24 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
                 out.write("\n")
             out.write((prime or "") + item.text + "\n")
     out.flush()
+    logged_id = None
+    if not no_log:
+        from chargen.history import HistoryUnavailable
+        from chargen.records import log_generation
+
+        export = {"format": output_format, "tempo_bpm": tempo, "program": program} if is_midi else None
+        try:
+            logged_id = log_generation(database, loaded, result, midi_paths, export, checkpoint_sha256)
+        except HistoryUnavailable as exc:
+            _warn(f"warning: generation not logged: {exc}")
+            if require_log:
+                sys.exit(1)
     if not quiet:
         logprob = sum(s.logprob for s in result.samples)
         tokens = sum(len(s.ids) for s in result.samples)
         _warn(f"{result.config.decoder}, seed {result.config.seed}: {result.tokens} tokens in "
               f"{result.duration_s:.2f}s ({result.tokens_per_s:,.0f}/s), log-prob {logprob:.2f} "
-              f"({-logprob / max(tokens, 1):.3f} nats/token)")
+              f"({-logprob / max(tokens, 1):.3f} nats/token)" + (f", logged {logged_id}" if logged_id else ""))
 
 
 @cli.command()
@@ -232,6 +321,61 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"trained      {data['steps']} steps")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
+
+
+@cli.group()
+def midi() -> None:
+    """MIDI helpers: inspect how files become tokens."""
+
+
+@midi.command("tokens")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print token ids and event names as JSON.")
+def midi_tokens(file: Path, as_json: bool) -> None:
+    """Print FILE as its token stream (one printable character per event)."""
+    from chargen.midi_codec import MidiCodec, midi_stats, token_name
+
+    codec = MidiCodec()
+    ids = codec.encode_file(file).tolist()
+    if as_json:
+        stats = midi_stats(ids)
+        click.echo(json.dumps({"file": str(file), "ids": ids, "events": [token_name(i) for i in ids],
+                               "text": codec.decode(ids), "notes": stats.notes, "duration_s": stats.duration_s},
+                              ensure_ascii=False))
+    else:
+        click.echo(codec.decode(ids))
+
+
+from chargen.history_cli import history  # noqa: E402  (the group lives beside its store)
+
+cli.add_command(history)
+
+
+@history.command()
+@click.argument("generation_id", metavar="ID")
+@click.option("--database", metavar="URL", help="History database URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def replay(generation_id: str, database: str | None, as_json: bool) -> None:
+    """Re-run generation ID with its logged checkpoint, seed and parameters, and compare.
+
+    Exits 0 when the output is identical byte for byte, 1 when it differs or
+    cannot be replayed (the checkpoint is missing or has changed).
+    """
+    from chargen.records import replay as replay_generation
+
+    from chargen.history_cli import database_url
+
+    outcome = replay_generation(database_url(database), generation_id)
+    if as_json:
+        click.echo(json.dumps({"id": outcome.generation_id, "identical": outcome.identical,
+                               "recorded": outcome.recorded, "replayed": outcome.replayed}, ensure_ascii=False))
+    for text in outcome.replayed if not as_json else ():
+        click.echo(text)
+    if outcome.identical:
+        _warn(f"replay of {outcome.generation_id}: identical to the logged output")
+    else:
+        _warn(f"replay of {outcome.generation_id}: DIFFERENT from the logged output ({outcome.first_difference()})")
+        sys.exit(1)
 
 
 def main() -> None:

@@ -55,6 +55,13 @@ class Codec(ABC):
         loader decides whether to skip it.
         """
 
+    #: whether :meth:`augment_window` does anything (training refuses --transpose otherwise)
+    supports_transpose: ClassVar[bool] = False
+
+    def augment_window(self, window: np.ndarray, rng: np.random.Generator, low: int, high: int) -> np.ndarray:
+        """Training-time augmentation of a batch window [B, T+1]; identity by default."""
+        return window
+
     def _index(self) -> dict[str, int]:
         cached = getattr(self, "_symbol_index", None)
         if cached is None:

@@ -184,8 +184,10 @@ class StreamBatcher:
     across batches within an epoch (char-rnn style) and reset at its start.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int,
+                 augment: Callable[[np.ndarray, int], np.ndarray] | None = None):
         self.ids = ids
+        self.augment = augment  # (window [B, T+1], step) -> window; deterministic in step
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.stream_len = (len(ids) - 1) // batch_size
@@ -199,6 +201,8 @@ class StreamBatcher:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         pos = (step % self.steps_per_epoch) * self.seq_len
         window = self.ids[self._starts + pos + self._offsets].astype(np.int64)  # [B, T+1]
+        if self.augment is not None:
+            window = self.augment(window, step)
         tokens = torch.from_numpy(window)
         return tokens[:, :-1], tokens[:, 1:]  # inputs, targets: [B, T] each
 

@@ -522,6 +522,26 @@ class MidiCodec(Codec):
     name = "midi"
     suffixes = (".mid", ".midi")
 
+    supports_transpose = True
+
+    def augment_window(self, window: np.ndarray, rng: np.random.Generator, low: int, high: int) -> np.ndarray:
+        """Transpose each row of a batch window [B, T+1] by its own random shift in [low, high].
+
+        The shift is narrowed per row so that every note stays in 0..127, which
+        keeps this a pure token map (no tokens appear or vanish) and so keeps
+        the window's shape and the inputs/targets alignment.
+        """
+        out = np.array(window, dtype=np.int64)
+        is_note = out < self.vocab.shift_base  # [B, T+1]
+        pitch = out % 128
+        for row in range(out.shape[0]):
+            notes = pitch[row][is_note[row]]
+            lo = max(low, -int(notes.min())) if notes.size else low
+            hi = min(high, 127 - int(notes.max())) if notes.size else high
+            shift = int(rng.integers(lo, hi + 1)) if lo <= hi else 0
+            out[row][is_note[row]] += shift
+        return out
+
     def __init__(self, vocab: MidiVocab = DEFAULT_VOCAB):
         self.vocab = vocab
         self._symbols = "".join(chr(SYMBOL_BASE + i) for i in range(vocab.size))

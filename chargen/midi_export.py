@@ -126,3 +126,15 @@ def write_midi(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return midi_stats(ids, vocab)
+
+
+def output_paths(output: Path | None, count: int) -> list[Path]:
+    """Where ``count`` generated pieces go: ``output`` (numbered when several) or a timestamped name."""
+    import time
+
+    base = output or Path(f"chargen-{time.strftime('%Y%m%d-%H%M%S')}.mid")
+    if base.suffix.lower() not in (".mid", ".midi"):
+        base = base.with_name(base.name + ".mid")
+    if count == 1:
+        return [base]
+    return [base.with_name(f"{base.stem}-{i + 1}{base.suffix}") for i in range(count)]

@@ -50,6 +50,11 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
+    transpose: tuple[int, int] | None = None  # MIDI: random per-stream transposition range, semitones
+
+    def __post_init__(self) -> None:
+        if self.transpose is not None:
+            self.transpose = (int(self.transpose[0]), int(self.transpose[1]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +165,17 @@ def train(
     torch.manual_seed(config.seed)
 
     split: Split = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len)
-    batcher = StreamBatcher(split.train, config.batch_size, config.seq_len)
+    augment = None
+    if config.transpose is not None and config.transpose != (0, 0):
+        if not codec.supports_transpose:
+            raise ChargenError(f"--transpose applies to MIDI corpora; the {codec.name} codec cannot transpose")
+        low, high = config.transpose
+
+        def augment(window: np.ndarray, step: int) -> np.ndarray:
+            rng = np.random.default_rng((config.seed, step))  # a function of the step: resumes exactly
+            return codec.augment_window(window, rng, low, high)
+
+    batcher = StreamBatcher(split.train, config.batch_size, config.seq_len, augment)
     model = CharRNN(model_config).to(device)
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -301,7 +301,8 @@ def test_stream_edge_cases() -> None:
 
 def _invalid_params() -> list:
     if not INVALID_FILES:
-        reason = f"shared invalid MIDI files not found at {INVALID_DIR} (expected <repo>/../shared/corpora/midi-invalid)"
+        reason = (f"shared invalid MIDI files not found at {INVALID_DIR} "
+                  "(expected <repo>/../shared/corpora/midi-invalid)")
         return [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
     return [pytest.param(p, id=p.name) for p in INVALID_FILES]
 

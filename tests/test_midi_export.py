@@ -191,7 +191,8 @@ def test_write_errors_are_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"program": 128}, "program"), ({"program": -1}, "program"), ({"tempo_bpm": 0}, "tempo"), ({"tempo_bpm": 1000}, "tempo")],
+    [({"program": 128}, "program"), ({"program": -1}, "program"), ({"tempo_bpm": 0}, "tempo"),
+     ({"tempo_bpm": 1000}, "tempo")],
 )
 def test_bad_export_options(kwargs: dict, message: str) -> None:
     with pytest.raises(ChargenError, match=message):

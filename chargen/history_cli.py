@@ -1,0 +1,355 @@
+"""``chargen history``: browse, show, export and delete logged generations.
+
+The main CLI adds this group with ``cli.add_command(history)``. Every command
+takes ``--database URL`` (else ``$CHARGEN_DATABASE_URL``, else
+``$CHARGEN_HOME/history.db``), on the group or on the command itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from chargen.errors import ChargenError
+from chargen.history import (
+    DATABASE_ENV,
+    GenerationRecord,
+    History,
+    HistoryUnavailable,
+    TrainingRunRecord,
+    display_url,
+    resolve_database_url,
+    sqlite_file,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DATABASE_KEY = "chargen.history.database"
+
+
+def _database_option(func: F) -> F:
+    return click.option(
+        "--database",
+        metavar="URL",
+        help=f"History database: SQLAlchemy URL or SQLite file path "
+        f"[default: ${DATABASE_ENV}, else $CHARGEN_HOME/history.db].",
+    )(func)
+
+
+def _errors_to_exit(func: F) -> F:
+    """Print ChargenError as one line on stderr and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ChargenError as exc:
+            click.echo(f"chargen: error: {exc}", err=True)
+            raise click.exceptions.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def database_url(database: str | None) -> str:
+    """The URL a history subcommand uses: its own --database, the group's, env, default."""
+    return _url(database)
+
+
+def _url(database: str | None) -> str:
+    # A --database on the command wins over one given to the group.
+    chosen = database or click.get_current_context().meta.get(_DATABASE_KEY)
+    return resolve_database_url(chosen)
+
+
+def _open_if_exists(database: str | None) -> History | None:
+    """The history, or None when its SQLite file does not exist.
+
+    These commands only read or delete, so they never create a database: a
+    mistyped --database path must not leave a new empty file behind.
+    """
+    url = _url(database)
+    path = sqlite_file(url)
+    if path is not None and not os.path.exists(path):
+        return None
+    return History(url)
+
+
+def _open(database: str | None) -> History:
+    store = _open_if_exists(database)
+    if store is None:
+        path = sqlite_file(_url(database))
+        raise HistoryUnavailable(f"no history database at {path} (nothing has been logged there yet)")
+    return store
+
+
+# --------------------------------------------------------------------------
+# Formatting
+
+
+def _char_width(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` terminal columns, ending in … when cut."""
+    if sum(_char_width(ch) for ch in text) <= width:
+        return text
+    out, used = [], 0
+    for ch in text:
+        w = _char_width(ch)
+        if used + w > width - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…"
+
+
+def _one_line(text: str) -> str:
+    # ⏎ keeps line structure visible; other control characters would move the cursor.
+    text = text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
+    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
+def _local_time(record: GenerationRecord | TrainingRunRecord) -> str:
+    return record.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _decoder_summary(record: GenerationRecord) -> str:
+    params = record.params
+    if record.decoder == "beam":
+        summary = f"beam w={params.get('beam_width', '?')}"
+    elif record.decoder == "sample":
+        temperature = params.get("temperature")
+        summary = "sample" if temperature is None else f"sample t={temperature:g}"
+    else:
+        summary = record.decoder
+    if len(record.outputs) > 1:
+        summary += f" ×{len(record.outputs)}"
+    return summary
+
+
+def _preview(record: GenerationRecord) -> str:
+    text = record.outputs[0].text if record.outputs else ""
+    label = "" if record.codec.get("name", "text") == "text" else f"[{record.codec.get('name')}] "
+    return label + _one_line(text)
+
+
+def _width() -> int:
+    return shutil.get_terminal_size().columns
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------
+# Commands
+
+
+@click.group(invoke_without_command=True)
+@_database_option
+@click.pass_context
+def history(ctx: click.Context, database: str | None) -> None:
+    """Browse the log of generations and training runs.
+
+    Every `chargen sample` is logged with its checkpoint, decoder settings,
+    seed, prime and outputs. Without a subcommand, lists the newest ones.
+    """
+    ctx.meta[_DATABASE_KEY] = database
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_generations)
+
+
+@history.command("list")
+@click.option("-n", "--count", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many to show, newest first; 0 shows all.")
+@click.option("-q", "--query", metavar="TEXT", help="Only generations whose prime or output contains TEXT (any case).")
+@click.option("--checkpoint", metavar="PATH",
+              help="Only generations from this checkpoint (its path, or its sha256).")
+@click.option("--json", "as_json", is_flag=True, help="Print full records as a JSON array.")
+@_database_option
+@_errors_to_exit
+def list_generations(count: int, query: str | None, checkpoint: str | None, as_json: bool,
+                     database: str | None) -> None:
+    """List logged generations, newest first, one line each."""
+    store = _open_if_exists(database)
+    if store is None:
+        records: list[GenerationRecord] = []
+    else:
+        with store:
+            records = store.list_generations(limit=count or None, query=query, checkpoint=checkpoint)
+    if as_json:
+        click.echo(_dumps([r.to_dict() for r in records]))
+        return
+    width = _width()
+    id_width = max((len(r.short_id) for r in records), default=0)
+    decoders = [_decoder_summary(r) for r in records]
+    decoder_width = max(map(len, decoders), default=0)
+    for r, decoder in zip(records, decoders):
+        line = f"{r.short_id:<{id_width}}  {_local_time(r)}  {decoder:<{decoder_width}}  {_preview(r)}"
+        click.echo(_fit(line, width))
+
+
+@history.command()
+@click.argument("generation_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
+@_database_option
+@_errors_to_exit
+def show(generation_id: str, as_json: bool, database: str | None) -> None:
+    """Show one generation in full; ID may be any unique prefix."""
+    with _open(database) as store:
+        record = store.get_generation(generation_id)
+    if as_json:
+        click.echo(_dumps(record.to_dict()))
+        return
+    fields = [
+        ("id", record.id),
+        ("created", f"{record.created_at.astimezone():%Y-%m-%d %H:%M:%S %Z}"),
+        ("checkpoint", f"{record.checkpoint_path} (sha256 {record.checkpoint_sha256[:16]}…)"),
+        ("run", record.run_id or "-"),
+        ("codec", record.codec.get("name", "?")),
+        ("decoder", record.decoder),
+        ("params", " ".join(f"{k}={v}" for k, v in record.params.items()) or "-"),
+        ("seed", "-" if record.seed is None else str(record.seed)),
+        ("prime", repr(record.prime)),
+        ("duration", f"{record.duration_s:.2f} s"
+                     + ("" if record.chars_per_s is None else f" ({record.chars_per_s:,.0f} chars/s)")),
+        ("logprob", "-" if record.total_logprob is None else f"{record.total_logprob:.2f} nats"),
+        ("chargen", record.chargen_version),
+    ]
+    for name, value in fields:
+        click.echo(f"{name:<11}{value}")
+    for i, sample in enumerate(record.outputs):
+        logprob = "" if sample.logprob is None else f", logprob {sample.logprob:.2f}"
+        midi = "" if sample.midi_path is None else f", {sample.midi_path}"
+        click.echo(f"--- sample {i + 1}/{len(record.outputs)}{logprob}{midi} ---")
+        click.echo(record.prime + sample.text)
+
+
+@history.command()
+@click.argument("generation_id", metavar="ID")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of stdout (required for MIDI).")
+@click.option("--sample", "sample_number", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which of the --num-samples outputs to export.")
+@click.option("--no-prime", is_flag=True, help="Leave out the prime; export only the generated part.")
+@click.option("--tempo-bpm", type=click.FloatRange(min=0, min_open=True),
+              help="MIDI tempo [default: as logged, else 120].")
+@click.option("--program", type=click.IntRange(0, 127), help="MIDI instrument [default: as logged, else 0].")
+@_database_option
+@_errors_to_exit
+def export(generation_id: str, output: Path | None, sample_number: int, no_prime: bool, tempo_bpm: float | None,
+           program: int | None, database: str | None) -> None:
+    """Write one output of a generation: text as text, MIDI as a .mid file."""
+    with _open(database) as store:
+        record = store.get_generation(generation_id)
+    if sample_number > len(record.outputs):
+        raise ChargenError(f"generation {record.short_id} has {len(record.outputs)} sample(s), not {sample_number}")
+    content = ("" if no_prime else record.prime) + record.outputs[sample_number - 1].text
+    if record.codec.get("name") == "midi":
+        if output is None:
+            raise ChargenError("exporting a MIDI generation needs -o FILE.mid")
+        _export_midi(record, content, output, tempo_bpm, program)
+    elif output is None:
+        click.echo(content)
+    else:
+        try:
+            output.write_text(content, encoding="utf-8")
+        except OSError as exc:
+            raise ChargenError(f"{output}: cannot write ({exc.strerror or exc})") from None
+    if output is not None:
+        click.echo(f"wrote {output}", err=True)
+
+
+def _export_midi(record: GenerationRecord, content: str, output: Path, tempo_bpm: float | None,
+                 program: int | None) -> None:
+    # Imported here: the MIDI stack (mido) is only needed for MIDI output.
+    from chargen.codec import codec_from_metadata
+
+    try:
+        from chargen.midi_export import write_midi
+    except ImportError:
+        raise ChargenError("MIDI export is not available: chargen.midi_export is missing") from None
+
+    def logged(key: str, default: Any) -> Any:
+        return record.params.get(key, record.codec.get(key, default))
+
+    codec = codec_from_metadata(record.codec)
+    # The codec's own vocabulary (step size, ranges) decides how ids become notes.
+    extra = {"vocab": codec.vocab} if hasattr(codec, "vocab") else {}
+    write_midi(
+        codec.encode(content),
+        output,
+        tempo_bpm=tempo_bpm if tempo_bpm is not None else logged("tempo_bpm", 120),
+        program=program if program is not None else logged("program", 0),
+        **extra,
+    )
+
+
+@history.command()
+@click.argument("generation_id", metavar="ID")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_database_option
+@_errors_to_exit
+def rm(generation_id: str, yes: bool, database: str | None) -> None:
+    """Delete one generation and its outputs; ID may be any unique prefix."""
+    with _open(database) as store:
+        record = store.get_generation(generation_id)
+        if not yes:
+            summary = _fit(f"{_local_time(record)} {_decoder_summary(record)}: {_preview(record)}", 60)
+            click.confirm(f"Delete generation {record.id} ({summary})?", abort=True, err=True)
+        store.delete_generation(record.id)
+    click.echo(f"deleted {record.id}")
+
+
+@history.command()
+@_database_option
+@_errors_to_exit
+def path(database: str | None) -> None:
+    """Print where the history is kept (file path, or URL without password)."""
+    click.echo(display_url(_url(database)))
+
+
+@history.command()
+@click.option("-n", "--count", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many to show, newest first; 0 shows all.")
+@click.option("--json", "as_json", is_flag=True, help="Print full records as a JSON array.")
+@_database_option
+@_errors_to_exit
+def runs(count: int, as_json: bool, database: str | None) -> None:
+    """List logged training runs, newest first, one line each."""
+    store = _open_if_exists(database)
+    if store is None:
+        records: list[TrainingRunRecord] = []
+    else:
+        with store:
+            records = store.list_runs(limit=count or None)
+    if as_json:
+        click.echo(_dumps([r.to_dict() for r in records]))
+        return
+    width = _width()
+    id_width = max((len(r.short_id) for r in records), default=0)
+    for r in records:
+        loss = "-" if r.best_val_loss is None else f"{r.best_val_loss:.4f}"
+        line = (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}  "
+                f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
+        click.echo(_fit(line, width))
+
+
+# --------------------------------------------------------------------------
+# TODO(replay): `chargen history replay ID` belongs here; another engineer is
+# writing it on top of the sampling engine. It should load the record with
+# History.get_generation(ID), refuse (ChargenError) when the file at
+# checkpoint_path no longer has checkpoint_sha256, rebuild the decoder from
+# `decoder` + `params` with the logged `seed` and `prime`, and regenerate.
+# Nothing is registered for it yet on purpose: no stub that pretends to work.
+# --------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""Between the engine and the history: log generations and training runs, replay them.
+
+The CLI and the service both log through these functions, so a generation is
+recorded the same way whoever asked for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, sha256_file
+from chargen.codec import Codec
+from chargen.errors import ChargenError
+from chargen.sampling import DecodeConfig, GenerationResult, Generator
+from chargen.train import TrainResult
+
+
+def log_generation(database: str | None, checkpoint: Checkpoint, result: GenerationResult,
+                   midi_paths: Sequence[Path] = (), export: dict[str, Any] | None = None,
+                   checkpoint_sha256: str | None = None) -> str:
+    """Record one generation; raises HistoryUnavailable when the database cannot be written."""
+    from chargen.history import History, SampleRecord  # SQLAlchemy only when logging
+
+    paths = [str(p) for p in midi_paths] + [None] * (len(result.samples) - len(midi_paths))
+    outputs = [SampleRecord(text=s.text, logprob=s.logprob, midi_path=path)
+               for s, path in zip(result.samples, paths)]
+    with History(database) as history:
+        return history.record_generation(
+            checkpoint_path=str(checkpoint.path.resolve()),
+            checkpoint_sha256=checkpoint_sha256 or checkpoint.sha256,
+            model_config=checkpoint.config.to_dict(),
+            codec=checkpoint.codec.to_metadata(),
+            decoder=result.config.decoder,
+            params=dict(asdict(result.config), **(export or {})),
+            seed=result.config.seed,
+            prime=result.prime,
+            outputs=outputs,
+            duration_s=result.duration_s,
+        )
+
+
+def log_training_run(database: str | None, result: TrainResult, codec: Codec) -> str:
+    from chargen.history import History
+
+    weights = result.run_dir / (BEST if (result.run_dir / BEST).exists() else LAST)
+    loaded_meta = load_checkpoint(weights)
+    training = loaded_meta.training
+    with History(database) as history:
+        return history.record_training_run(
+            corpus_path=", ".join(training.get("corpus_paths", [])),
+            corpus_sha256=training.get("corpus_sha256", ""),
+            corpus_tokens=int(training.get("corpus_tokens", 0)),
+            codec=codec.to_metadata(),
+            model_config=loaded_meta.config.to_dict(),
+            train_config=training.get("train_config", {}),
+            steps=result.step,
+            best_val_loss=result.best_val_loss if math.isfinite(result.best_val_loss) else None,
+            checkpoint_path=str(weights.resolve()),
+            checkpoint_sha256=sha256_file(weights),
+        )
+
+
+@dataclass
+class ReplayOutcome:
+    generation_id: str
+    identical: bool
+    recorded: list[str]
+    replayed: list[str]
+
+    def first_difference(self) -> str | None:
+        for index, (old, new) in enumerate(zip(self.recorded, self.replayed)):
+            if old != new:
+                at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+                return f"sample {index + 1} differs from character {at}"
+        if len(self.recorded) != len(self.replayed):
+            return f"{len(self.recorded)} samples recorded, {len(self.replayed)} replayed"
+        return None
+
+
+def replay(database: str | None, generation_id: str) -> ReplayOutcome:
+    """Re-run a logged generation with its checkpoint, seed and parameters.
+
+    Raises ChargenError saying exactly why when it cannot: the checkpoint file
+    is gone, or it is no longer the file that made the generation.
+    """
+    from chargen.history import History
+
+    with History(database) as history:
+        record = history.get_generation(generation_id)
+    path = Path(record.checkpoint_path)
+    if not path.is_file():
+        raise ChargenError(f"cannot replay {record.short_id}: checkpoint {path} no longer exists")
+    if sha256_file(path) != record.checkpoint_sha256:
+        raise ChargenError(
+            f"cannot replay {record.short_id}: checkpoint {path} has changed since "
+            f"(sha256 {record.checkpoint_sha256[:12]}... was logged)"
+        )
+    loaded = load_checkpoint(path)
+    known = {f.name for f in fields(DecodeConfig)}
+    config = DecodeConfig(**{k: v for k, v in record.params.items() if k in known})
+    result = Generator(loaded.model, loaded.codec).generate(record.prime or None, config)
+    recorded = [o.text for o in record.outputs]
+    replayed = [s.text for s in result.samples]
+    return ReplayOutcome(record.id, recorded == replayed, recorded, replayed)

@@ -1,0 +1,343 @@
+"""The history store as a library: records, search, ids, foreign keys, schema versions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from history_helpers import SHA_A, SHA_B, record
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chargen.history as hist
+from chargen.errors import ChargenError
+from chargen.history import (
+    History,
+    HistoryLookupError,
+    HistoryUnavailable,
+    SampleRecord,
+    id_time,
+    new_id,
+    resolve_database_url,
+)
+from chargen.paths import chargen_home
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "history.db"
+
+
+@pytest.fixture
+def history(db: Path):
+    with History(str(db)) as h:
+        yield h
+
+
+def _run(history: History, **overrides) -> str:
+    fields = {
+        "corpus_path": "corpora/fables.txt",
+        "corpus_sha256": "c" * 64,
+        "corpus_tokens": 123_456,
+        "codec": {"name": "text", "alphabet": "ab"},
+        "model_config": {"cell": "lstm", "layers": 2},
+        "train_config": {"lr": 0.003, "batch_size": 32},
+        "steps": 2000,
+        "best_val_loss": 1.25,
+        "checkpoint_path": "/ckpt/fables/best.safetensors",
+        "checkpoint_sha256": SHA_A,
+    }
+    fields.update(overrides)
+    return history.record_training_run(**fields)
+
+
+def test_generation_round_trip_keeps_every_field(history: History) -> None:
+    outputs = [SampleRecord("first\nsample", -10.0, None), SampleRecord("second", -2.5, "/tmp/out-2.mid")]
+    before = datetime.now(timezone.utc)
+    gid = record(history, outputs=outputs, decoder="beam", params={"beam_width": 4, "num_samples": 2}, seed=None)
+    got = history.get_generation(gid)
+    assert len(gid) == 26 and got.id == gid
+    assert got.created_at.tzinfo is not None and before - timedelta(seconds=1) <= got.created_at
+    assert got.decoder == "beam" and got.params == {"beam_width": 4, "num_samples": 2} and got.seed is None
+    assert got.prime == "The " and got.codec["name"] == "text" and got.model_config["hidden"] == 64
+    assert got.outputs == tuple(outputs)
+    assert got.total_logprob == pytest.approx(-12.5)
+    assert got.chars_per_s == pytest.approx(len("first\nsample" + "second") / 0.25)
+    assert got.checkpoint_path == "/ckpt/fables/best.safetensors" and got.checkpoint_sha256 == SHA_A
+    data = json.loads(json.dumps(got.to_dict()))
+    assert data["id"] == gid and data["outputs"][1] == {
+        "index": 1, "text": "second", "logprob": -2.5, "midi_path": "/tmp/out-2.mid"}
+    assert datetime.fromisoformat(data["created_at"]) == got.created_at
+
+
+def test_accepts_sampler_objects_dataclasses_and_numpy(history: History) -> None:
+    @dataclasses.dataclass
+    class EngineSample:  # shaped like chargen.sampling.Sample
+        ids: list[int]
+        text: str
+        logprob: float
+
+    @dataclasses.dataclass
+    class DecodeConfig:
+        temperature: float = 0.7
+        sizes: tuple[int, ...] = (1, 2)
+
+    gid = record(
+        history,
+        outputs=[EngineSample([1, 2], "ab", -1.0), "plain text"],
+        params=DecodeConfig(temperature=np.float32(0.5)),  # type: ignore[arg-type]
+        model_config={"dropout": float("nan"), "path": Path("/x/y")},
+    )
+    got = history.get_generation(gid)
+    assert [s.text for s in got.outputs] == ["ab", "plain text"]
+    assert got.total_logprob is None  # one sample has no logprob: no misleading partial sum
+    assert got.params == {"temperature": 0.5, "sizes": [1, 2]}
+    assert got.model_config == {"dropout": None, "path": "/x/y"}
+
+
+def test_bad_arguments_are_programming_errors(history: History) -> None:
+    with pytest.raises(ValueError, match="decoder"):
+        record(history, decoder="nucleus")
+    with pytest.raises(ValueError, match="seed"):
+        record(history, seed=2**64)
+    with pytest.raises(TypeError, match="cannot store"):
+        record(history, params={"fn": object()})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        record(history, created_at=datetime(2024, 1, 1))
+
+
+def test_explicit_creation_time_is_kept_and_encoded_in_the_id(history: History) -> None:
+    when = datetime(2021, 5, 4, 3, 2, 1, 500000, tzinfo=timezone(timedelta(hours=2)))
+    gid = record(history, created_at=when)
+    got = history.get_generation(gid)
+    assert got.created_at == when and got.created_at.utcoffset() == timedelta(0)
+    assert id_time(gid) == when
+
+
+def test_list_is_newest_first_with_limit(history: History) -> None:
+    ids = [record(history, prime=f"p{i}") for i in range(5)]
+    assert [g.id for g in history.list_generations()] == ids[::-1]
+    assert [g.id for g in history.list_generations(limit=2)] == ids[:-3:-1]
+    assert len(history.list_generations(limit=None)) == 5
+
+
+def test_search_matches_prime_or_any_output_ignoring_case(history: History) -> None:
+    in_prime = record(history, prime="Once upon", outputs=["x"])
+    in_second = record(history, prime="", outputs=["nothing", "the Quick fox"])
+    record(history, prime="", outputs=["100% pure_water"])
+    assert [g.id for g in history.list_generations(query="UPON")] == [in_prime]
+    assert [g.id for g in history.list_generations(query="quick FOX")] == [in_second]
+    # LIKE wildcards in the query are literal characters
+    assert len(history.list_generations(query="0% p")) == 1
+    assert len(history.list_generations(query="e_w")) == 1
+    assert history.list_generations(query="u_e") == [] and history.list_generations(query="%%") == []
+
+
+def test_checkpoint_filter_by_sha_path_or_file_content(history: History, tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"weights")
+    sha = hist.file_sha256(ckpt)
+    by_path = record(history, checkpoint_path=str(ckpt), checkpoint_sha256=SHA_B)
+    moved = record(history, checkpoint_path="/elsewhere/copy.safetensors", checkpoint_sha256=sha)
+    record(history)
+    assert {g.id for g in history.list_generations(checkpoint=ckpt)} == {by_path, moved}
+    assert [g.id for g in history.list_generations(checkpoint=SHA_B.upper())] == [by_path]
+
+
+def test_prefix_lookup_short_ids_and_errors(history: History) -> None:
+    ids = [record(history) for _ in range(6)]
+    listed = history.list_generations()
+    assert len({g.short_id for g in listed}) == 6
+    for g in listed:
+        assert len(g.short_id) >= hist.MIN_SHORT_ID and g.id.startswith(g.short_id)
+        assert history.get_generation(g.short_id).id == g.id
+        assert history.get_generation(g.short_id.lower()).id == g.id
+    with pytest.raises(HistoryLookupError, match="more than one"):
+        history.get_generation(ids[0][:3])
+    with pytest.raises(HistoryLookupError, match="no generation"):
+        history.get_generation("ZZZZ")
+    assert issubclass(HistoryLookupError, ChargenError)
+
+
+def test_delete_generation_cascades_to_outputs(history: History, db: Path) -> None:
+    gid = record(history, outputs=["a", "b", "c"])
+    keep = record(history)
+    assert history.delete_generation(gid[:20]) == gid
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM generation_outputs WHERE generation_id = ?", (gid,)).fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM generation_outputs").fetchone() == (1,)
+    con.close()
+    assert [g.id for g in history.list_generations()] == [keep]
+    with pytest.raises(HistoryLookupError):
+        history.delete_generation(gid)
+
+
+def test_runs_link_by_checkpoint_and_deleting_a_run_unlinks(history: History) -> None:
+    run = _run(history)
+    assert history.find_run_by_checkpoint(SHA_A) == run
+    assert history.find_run_by_checkpoint("/ckpt/fables/best.safetensors") == run
+    assert history.find_run_by_checkpoint(SHA_B) is None
+    linked = record(history)  # same checkpoint sha: linked automatically
+    explicit = record(history, checkpoint_sha256=SHA_B, run_id=run[:20])
+    unlinked = record(history, checkpoint_sha256=SHA_B)
+    assert history.get_generation(linked).run_id == run
+    assert history.get_generation(explicit).run_id == run
+    assert history.get_generation(unlinked).run_id is None
+    runs = history.list_runs()
+    assert [r.id for r in runs] == [run] and runs[0].best_val_loss == 1.25 and runs[0].corpus_tokens == 123_456
+    json.dumps(runs[0].to_dict())
+    assert history.get_run(run[:15]).train_config == {"lr": 0.003, "batch_size": 32}
+    history.delete_run(run)  # ON DELETE SET NULL, enforced only with foreign keys on
+    assert history.get_generation(linked).run_id is None
+    assert history.get_generation(explicit).run_id is None
+    assert history.list_runs() == []
+
+
+def test_sqlite_pragmas_are_on(history: History, db: Path) -> None:
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    con.close()
+    with history._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == hist.DEFAULT_BUSY_TIMEOUT_MS
+
+
+def test_resolve_database_url_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home" / "chargen"
+    monkeypatch.setenv("CHARGEN_HOME", str(home))
+    monkeypatch.delenv("CHARGEN_DATABASE_URL", raising=False)
+    assert resolve_database_url(None) == f"sqlite:///{home.resolve() / 'history.db'}"
+    assert home.is_dir()
+    monkeypatch.setenv("CHARGEN_DATABASE_URL", "postgresql://u@db/chargen")
+    assert resolve_database_url(None) == "postgresql://u@db/chargen"
+    assert resolve_database_url("sqlite:///x.db") == "sqlite:///x.db"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_database_url("plain/file.db") == f"sqlite:///{tmp_path / 'plain' / 'file.db'}"
+
+
+def test_chargen_home_defaults_to_the_app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHARGEN_HOME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # keeps click.get_app_dir in tmp on Linux
+    assert chargen_home(create=False) == Path(click.get_app_dir("chargen"))
+    assert chargen_home().is_dir()
+
+
+def test_uncreatable_home_is_history_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("CHARGEN_HOME", str(tmp_path / "file" / "home"))
+    monkeypatch.delenv("CHARGEN_DATABASE_URL", raising=False)
+    with pytest.raises(HistoryUnavailable, match="cannot create chargen home folder"):
+        History()
+
+
+def test_default_location_is_used_and_reopened_without_loss(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CHARGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CHARGEN_DATABASE_URL", raising=False)
+    with History() as h:
+        gid = record(h)
+        assert h.schema_version() == hist.SCHEMA_VERSION == 1
+    assert (tmp_path / "home" / "history.db").is_file()
+    with History() as h:
+        assert [g.id for g in h.list_generations()] == [gid]
+        assert h.get_generation(gid).outputs[0].text == "fox ran\naway"
+
+
+def test_newer_schema_is_refused_clearly(db: Path) -> None:
+    with History(str(db)) as h:
+        record(h)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE schema_version SET version = 7")
+    con.commit()
+    con.close()
+    with pytest.raises(HistoryUnavailable, match="schema version 7, newer than this chargen understands") as err:
+        History(str(db))
+    assert "\n" not in str(err.value)
+
+
+def test_tables_without_a_version_are_not_adopted(db: Path) -> None:
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE generations (id TEXT PRIMARY KEY, other TEXT)")
+    con.close()
+    with pytest.raises(HistoryUnavailable, match="not a chargen history database"):
+        History(str(db))
+
+
+def test_older_schema_is_migrated_forward_in_order(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with History(str(db)) as h:  # a version-1 database with data in it
+        gid = record(h, outputs=["a", "b"])
+    calls: list[int] = []
+
+    def add_rating(conn) -> None:
+        calls.append(2)
+        conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
+
+    def add_index(conn) -> None:
+        calls.append(3)
+        conn.exec_driver_sql("CREATE INDEX ix_generations_rating ON generations (rating)")
+
+    monkeypatch.setattr(hist, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(hist, "MIGRATIONS", {2: add_rating, 3: add_index})
+    with History(str(db)) as h:
+        assert h.schema_version() == 3
+        assert h.get_generation(gid).outputs == (SampleRecord("a"), SampleRecord("b"))
+    with History(str(db)) as h:  # already current: nothing runs twice
+        pass
+    assert calls == [2, 3]
+    con = sqlite3.connect(db)
+    assert "rating" in [row[1] for row in con.execute("PRAGMA table_info(generations)")]
+    con.close()
+
+
+def test_failed_migration_leaves_the_database_untouched(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with History(str(db)) as h:
+        gid = record(h)
+
+    def broken(conn) -> None:
+        conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
+        conn.exec_driver_sql("SELECT no_such_function()")
+
+    monkeypatch.setattr(hist, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(hist, "MIGRATIONS", {2: broken})
+    with pytest.raises(HistoryUnavailable):
+        History(str(db))
+    monkeypatch.undo()
+    with History(str(db)) as h:  # rolled back as one transaction: still a clean version 1
+        assert h.schema_version() == 1 and h.get_generation(gid).id == gid
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 253_402_300_799_999), min_size=2, max_size=5, unique=True))  # to year 9999
+def test_ids_sort_like_their_times(stamps: list[int]) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    times = [epoch + timedelta(milliseconds=ms) for ms in sorted(stamps)]
+    ids = [new_id(t) for t in times]
+    assert ids == sorted(ids) and all(len(i) == 26 for i in ids)
+    assert [id_time(i) for i in ids] == times
+
+
+def test_ids_from_one_process_are_strictly_increasing() -> None:
+    ids = [new_id() for _ in range(2000)]  # many share a millisecond
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+@pytest.fixture(scope="module")
+def search_history(tmp_path_factory: pytest.TempPathFactory):
+    with History(str(tmp_path_factory.mktemp("search") / "search.db")) as h:
+        yield h
+
+
+# NUL is left out: corpora with NUL bytes are refused, and PostgreSQL text cannot hold it.
+@settings(max_examples=30, deadline=None)
+@given(text=st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=30), data=st.data())
+def test_any_substring_of_an_output_finds_it(search_history: History, text: str, data: st.DataObject) -> None:
+    start = data.draw(st.integers(0, len(text) - 1))
+    end = data.draw(st.integers(start + 1, len(text)))
+    gid = record(search_history, prime="", outputs=[text])
+    assert gid in {g.id for g in search_history.list_generations(limit=None, query=text[start:end])}

@@ -1,0 +1,201 @@
+"""`chargen history` through click's CliRunner, against real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from history_helpers import SHA_B, record
+
+from chargen.history import History, SampleRecord
+from chargen.history_cli import history as history_group
+
+SUBCOMMANDS = ["list", "show", "export", "rm", "path", "runs"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CHARGEN_DATABASE_URL", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "cli.db")
+
+
+@pytest.fixture
+def ids(db: str) -> list[str]:
+    """Three generations, oldest first."""
+    with History(db) as h:
+        return [
+            record(h, prime="Once ", outputs=[SampleRecord("upon a time\nthere was", -20.0)]),
+            record(h, decoder="beam", params={"beam_width": 5, "num_samples": 2}, prime="",
+                   outputs=[SampleRecord("alpha", -1.0), SampleRecord("beta", -2.0)], checkpoint_sha256=SHA_B),
+            record(h, decoder="greedy", params={"length": 8}, prime="x", outputs=["你好世界 wide"]),
+        ]
+
+
+def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(history_group, list(args), input=input, env=env, catch_exceptions=False)
+
+
+def _width(line: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in line)
+
+
+@pytest.mark.parametrize("args", [[]] + [[name] for name in SUBCOMMANDS])
+def test_help(args: list[str]) -> None:
+    result = run(*args, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.stdout and "--database URL" in result.stdout
+
+
+def test_bare_group_lists_newest_first(db: str, ids: list[str]) -> None:
+    result = run("--database", db)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert [line.split()[0] for line in lines] == [i[: len(line.split()[0])] for i, line in zip(ids[::-1], lines)]
+    assert "greedy" in lines[0] and "你好世界" in lines[0]
+    assert "beam w=5 ×2" in lines[1] and "alpha" in lines[1]
+    assert "sample t=0.8" in lines[2] and "upon a time⏎there was" in lines[2]
+
+
+def test_list_options(db: str, ids: list[str]) -> None:
+    assert len(run("list", "--database", db, "-n", "2").stdout.splitlines()) == 2
+    assert len(run("list", "--database", db, "-n", "0").stdout.splitlines()) == 3
+    searched = run("list", "--database", db, "-q", "BETA").stdout.splitlines()
+    assert len(searched) == 1 and searched[0].startswith(ids[1][:8])
+    by_checkpoint = run("list", "--database", db, "--checkpoint", SHA_B).stdout.splitlines()
+    assert len(by_checkpoint) == 1 and by_checkpoint[0].startswith(ids[1][:8])
+    data = json.loads(run("list", "--database", db, "--json").stdout)
+    assert [d["id"] for d in data] == ids[::-1]
+    assert data[1]["outputs"][1]["text"] == "beta" and data[1]["params"]["beam_width"] == 5
+
+
+def test_group_database_option_and_env(db: str, ids: list[str]) -> None:
+    assert len(run("--database", db, "list").stdout.splitlines()) == 3
+    assert len(run("list", env={"CHARGEN_DATABASE_URL": db}).stdout.splitlines()) == 3
+    # on the command beats on the group
+    assert run("--database", "/nonexistent/x.db", "list", "--database", db, "-n", "1").stdout.count("\n") == 1
+
+
+@pytest.mark.parametrize("columns", [30, 45, 80])
+def test_list_lines_fit_the_terminal(db: str, ids: list[str], columns: int) -> None:
+    with History(db) as h:
+        record(h, outputs=["long " * 100 + "\n" * 3])
+    result = run("list", "--database", db, env={"COLUMNS": str(columns)})
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    assert all(_width(line) <= columns for line in lines)
+    assert lines[0].endswith("…")
+
+
+def test_show_text_and_json(db: str, ids: list[str]) -> None:
+    result = run("show", ids[1][:12], "--database", db)
+    assert result.exit_code == 0
+    assert ids[1] in result.stdout and "beam_width=5" in result.stdout
+    assert "--- sample 2/2, logprob -2.00 ---\nbeta" in result.stdout
+    data = json.loads(run("show", ids[0], "--json", "--database", db).stdout)
+    assert data["id"] == ids[0] and data["prime"] == "Once " and data["seed"] == 42
+    assert data["outputs"] == [{"index": 0, "text": "upon a time\nthere was", "logprob": -20.0, "midi_path": None}]
+
+
+def test_export_text(db: str, ids: list[str], tmp_path: Path) -> None:
+    assert run("export", ids[0], "--database", db).stdout == "Once upon a time\nthere was\n"
+    assert run("export", ids[0], "--no-prime", "--database", db).stdout == "upon a time\nthere was\n"
+    out = tmp_path / "sample.txt"
+    result = run("export", ids[1], "--sample", "2", "-o", str(out), "--database", db)
+    assert result.exit_code == 0 and out.read_text(encoding="utf-8") == "beta"
+    assert f"wrote {out}" in result.stderr
+    too_far = run("export", ids[1], "--sample", "3", "--database", db)
+    assert too_far.exit_code == 1 and "has 2 sample(s), not 3" in too_far.stderr
+
+
+def test_export_midi_needs_an_output_file(db: str) -> None:
+    with History(db) as h:
+        gid = record(h, codec={"name": "midi", "resolution": 8})
+    result = run("export", gid, "--database", db)
+    assert result.exit_code == 1 and result.stderr == "chargen: error: exporting a MIDI generation needs -o FILE.mid\n"
+
+
+def test_rm_asks_unless_yes(db: str, ids: list[str]) -> None:
+    declined = run("rm", ids[0], "--database", db, input="n\n")
+    assert declined.exit_code == 1 and "Delete generation" in declined.stderr
+    assert len(run("list", "--database", db).stdout.splitlines()) == 3
+    confirmed = run("rm", ids[0], "--database", db, input="y\n")
+    assert confirmed.exit_code == 0 and f"deleted {ids[0]}" in confirmed.stdout
+    assert run("rm", ids[1][:14], "--yes", "--database", db).exit_code == 0
+    assert [d["id"] for d in json.loads(run("list", "--json", "--database", db).stdout)] == [ids[2]]
+
+
+def test_path_follows_option_env_and_home(tmp_path: Path, db: str) -> None:
+    assert run("path").stdout == f"{(tmp_path / 'home').resolve() / 'history.db'}\n"
+    assert run("path", env={"CHARGEN_DATABASE_URL": "postgresql://me:secret@db/chargen"}).stdout == (
+        "postgresql://me:***@db/chargen\n")
+    assert run("path", "--database", db).stdout == f"{db}\n"
+
+
+def test_runs_text_and_json(db: str) -> None:
+    with History(db) as h:
+        run_id = h.record_training_run(
+            corpus_path="/data/fables.txt", corpus_sha256="c" * 64, corpus_tokens=1000, codec={"name": "text"},
+            model_config={"layers": 2}, train_config={"lr": 0.003}, steps=1500, best_val_loss=1.4321,
+            checkpoint_path="/ckpt/best.safetensors", checkpoint_sha256=None)
+    lines = run("runs", "--database", db).stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(run_id[:8])
+    assert "1500 steps" in lines[0] and "val 1.4321" in lines[0] and "fables.txt" in lines[0]
+    data = json.loads(run("runs", "--json", "--database", db).stdout)
+    assert data[0]["id"] == run_id and data[0]["train_config"] == {"lr": 0.003}
+
+
+def test_errors_are_one_line_on_stderr(db: str, ids: list[str]) -> None:
+    unknown = run("show", "ZZZZZZ", "--database", db)
+    assert unknown.exit_code == 1 and unknown.stdout == ""
+    assert unknown.stderr == "chargen: error: no generation with id 'ZZZZZZ'\n"
+    ambiguous = run("show", ids[0][:2], "--database", db)
+    assert ambiguous.exit_code == 1 and "matches more than one generation" in ambiguous.stderr
+
+
+def test_reading_commands_never_create_a_database(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    assert run("list", "--database", str(missing)).stdout == ""
+    assert run("list", "--json", "--database", str(missing)).stdout == "[]\n"
+    assert run("runs", "--database", str(missing)).exit_code == 0
+    shown = run("show", "ABC", "--database", str(missing))
+    assert shown.exit_code == 1 and shown.stderr.startswith(f"chargen: error: no history database at {missing}")
+    assert not missing.exists()
+
+
+def test_unusable_database_is_a_clean_error(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"definitely not sqlite " * 200)
+    result = run("list", "--database", str(corrupt))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("chargen: error: history database") and "not a database" in result.stderr
+
+
+def test_export_midi_rebuilds_the_file(db: str, tmp_path: Path) -> None:
+    """Runs once the MIDI codec and exporter are present (skipped on a branch without them)."""
+    pytest.importorskip("chargen.midi_export", reason="chargen.midi_export is not on this branch")
+    mido = pytest.importorskip("mido")
+    from chargen.codec import codec_class
+
+    corpus = sorted((Path(__file__).resolve().parents[1] / "corpora" / "midi-basics").glob("*.mid"))
+    if not corpus:
+        pytest.skip("no MIDI corpus on this branch")
+    codec = codec_class("midi")()
+    text = codec.decode(codec.encode_file(corpus[0])[:80].tolist())
+    with History(db) as h:
+        gid = record(h, codec=codec.to_metadata(), prime=text[:10], outputs=[text[10:]])
+    out = tmp_path / "out.mid"
+    result = run("export", gid, "-o", str(out), "--program", "5", "--database", db)
+    assert result.exit_code == 0, result.stderr
+    notes = [m for track in mido.MidiFile(out).tracks for m in track if m.type == "note_on" and m.velocity > 0]
+    programs = [m.program for track in mido.MidiFile(out).tracks for m in track if m.type == "program_change"]
+    assert notes and programs == [5]

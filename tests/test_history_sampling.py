@@ -1,0 +1,131 @@
+"""`chargen sample` writes the history; replay; and sampling survives a database that is not there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chargen.history import History
+from tests.conftest import REPO, assert_one_line_error, run_cli
+
+
+@pytest.fixture
+def run(trained_run: Path, isolated_home: Path) -> Path:
+    target = isolated_home / "checkpoints" / trained_run.name
+    shutil.copytree(trained_run, target)
+    return target
+
+
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+def test_eight_concurrent_sample_processes_all_log(run: Path, tmp_path: Path) -> None:
+    url = db_url(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO), CHARGEN_DATABASE_URL=url)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "chargen", "sample", "--len", "40", "--seed", str(i),
+                          "--require-log", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for i in range(8)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in results]
+    with History(url) as history:
+        rows = history.list_generations(limit=None)
+    assert len(rows) == 8
+    assert sorted(r.seed for r in rows) == list(range(8))
+    assert {r.outputs[0].text for r in rows} == {out.rstrip("\n") for out, _ in results}
+
+
+@pytest.mark.parametrize("options", [
+    ["--seed", "9", "--temperature", "0.8", "--top-k", "20"],
+    ["--greedy"],
+    ["--beam-width", "4", "-n", "2"],
+    ["--beam-width", "3", "--beam-sample", "--seed", "4"],
+    ["-n", "3", "--top-p", "0.9"],  # no seed given: the drawn seed is logged and replayed
+])
+def test_replay_reproduces_every_decoder_byte_for_byte(run: Path, tmp_path: Path, options: list[str]) -> None:
+    url = db_url(tmp_path)
+    result = run_cli("sample", "--len", "80", "--prime", "The ", "--database", url, "--json", *options)
+    assert result.returncode == 0, result.stderr
+    with History(url) as history:
+        record = history.list_generations(limit=1)[0]
+    assert [o.text for o in record.outputs] == [s["text"] for s in json.loads(result.stdout)["samples"]]
+    replay = run_cli("history", "replay", record.id, "--database", url, "--json")
+    assert replay.returncode == 0, replay.stderr
+    data = json.loads(replay.stdout)
+    assert data["identical"] and data["replayed"] == data["recorded"]
+
+
+def test_replay_says_why_it_cannot(run: Path, tmp_path: Path) -> None:
+    url = db_url(tmp_path)
+    assert run_cli("sample", "--len", "20", "--database", url).returncode == 0
+    with History(url) as history:
+        record = history.list_generations(limit=1)[0]
+    weights = Path(record.checkpoint_path)
+    weights.write_bytes(weights.read_bytes() + b" ")  # same path, different file
+    assert_one_line_error(run_cli("history", "replay", record.id, "--database", url), "has changed")
+    weights.unlink()
+    assert_one_line_error(run_cli("history", "replay", record.id, "--database", url), "no longer exists")
+
+
+def test_training_runs_are_logged_and_generations_link_to_them(tmp_path: Path) -> None:
+    url = db_url(tmp_path)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((REPO / "corpora" / "fables.txt").read_text()[:20000])
+    trained = run_cli("train", str(corpus), "--size", "tiny", "--max-steps", "5", "--batch-size", "8",
+                      "--seq-len", "32", "--database", url, "--run-name", "logged", "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    assert run_cli("sample", "-c", "logged", "--len", "10", "--database", url).returncode == 0
+    with History(url) as history:
+        runs = history.list_runs()
+        generation = history.list_generations(limit=1)[0]
+    assert len(runs) == 1 and runs[0].steps == 5 and runs[0].corpus_tokens == 20000
+    assert generation.run_id == runs[0].id
+
+
+def _assert_output_but_not_logged(result: subprocess.CompletedProcess) -> None:
+    assert len(result.stdout.strip()) > 0  # the output is printed regardless
+    warnings = [line for line in result.stderr.splitlines() if "not logged" in line]
+    assert len(warnings) == 1 and "Traceback" not in result.stderr
+
+
+def test_locked_database_still_prints_output_and_warns_once(run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    assert run_cli("sample", "--len", "5", "--database", f"sqlite:///{path}").returncode == 0  # create it
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.time()
+        result = run_cli("sample", "--len", "30", "--seed", "1", "--database", f"sqlite:///{path}")
+        assert result.returncode == 0
+        _assert_output_but_not_logged(result)
+        strict = run_cli("sample", "--len", "30", "--seed", "1", "--database", f"sqlite:///{path}",
+                         "--require-log")
+        assert strict.returncode == 1 and strict.stdout == result.stdout
+        assert time.time() - start < 60
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_read_only_and_unreachable_databases(run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    assert run_cli("sample", "--len", "5", "--database", f"sqlite:///{path}").returncode == 0
+    read_only = f"sqlite:///file:{path}?mode=ro&uri=true"
+    _assert_output_but_not_logged(run_cli("sample", "--len", "20", "--database", read_only))
+    missing_dir = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'h.db'}"
+    _assert_output_but_not_logged(run_cli("sample", "--len", "20", "--database", missing_dir))
+    bogus = "postgresql://nobody@127.0.0.1:1/none"
+    result = run_cli("sample", "--len", "20", "--database", bogus, "--require-log")
+    assert result.returncode == 1
+    _assert_output_but_not_logged(result)

@@ -1,0 +1,90 @@
+"""MIDI through the real command: train on a folder, sample to .mid, read back independently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+
+from chargen.midi_codec import MidiCodec
+from tests.conftest import REPO, assert_one_line_error, run_cli, shared_path
+
+BASICS = REPO / "corpora" / "midi-basics"
+
+
+@pytest.fixture(scope="module")
+def midi_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("midi-ck")
+    result = run_cli("train", str(BASICS), "--size", "tiny", "--max-steps", "120", "--eval-every", "60",
+                     "--batch-size", "16", "--seq-len", "64", "--lr", "0.01", "--threads", "1",
+                     "--transpose", "-3..3", "--run-name", "basics", "--out", str(root), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return root / "basics"
+
+
+def test_sampled_midi_is_a_valid_file_read_by_an_independent_parser(midi_run: Path, tmp_path: Path) -> None:
+    pretty_midi = pytest.importorskip("pretty_midi")
+    out = tmp_path / "piece.mid"
+    result = run_cli("sample", "-c", str(midi_run), "--len", "600", "--seed", "3", "--temperature", "0.9",
+                     "-o", str(out), "--json", "--tempo", "90", "--program", "40")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["samples"][0]["midi_path"] == str(out)
+    pm = pretty_midi.PrettyMIDI(str(out))
+    notes = [n for inst in pm.instruments for n in inst.notes]
+    assert notes and all(n.end > n.start for n in notes)
+    assert pm.instruments[0].program == 40
+    mid = mido.MidiFile(out)
+    assert mid.type == 1
+    for track in mid.tracks:
+        assert sum(msg.type == "end_of_track" for msg in track) == 1
+        assert all(isinstance(msg.time, int) and msg.time >= 0 for msg in track)
+
+
+def test_midi_tokens_command_and_prime_midi(midi_run: Path, tmp_path: Path) -> None:
+    piece = sorted(BASICS.glob("*.mid"))[0]
+    shown = run_cli("midi", "tokens", str(piece))
+    ids = MidiCodec().encode_file(piece)
+    assert shown.stdout.rstrip("\n") == MidiCodec().decode(ids.tolist())
+    events = json.loads(run_cli("midi", "tokens", str(piece), "--json").stdout)
+    assert events["ids"] == ids.tolist() and events["notes"] > 0
+    primed = run_cli("sample", "-c", str(midi_run), "--prime-midi", str(piece), "--prime-len", "40",
+                     "--len", "100", "--format", "text", "--seed", "1")
+    assert primed.returncode == 0, primed.stderr
+    assert primed.stdout.startswith(MidiCodec().decode(ids[:40].tolist()))
+
+
+def test_invalid_midi_files_are_skipped_and_counted(tmp_path: Path) -> None:
+    invalid = shared_path("midi-invalid")
+    corpus = tmp_path / "mixed"
+    shutil.copytree(invalid, corpus)
+    for piece in sorted(BASICS.glob("*.mid"))[:20]:
+        shutil.copy(piece, corpus / piece.name)
+    result = run_cli("train", str(corpus), "--codec", "midi", "--size", "tiny", "--max-steps", "2",
+                     "--batch-size", "4", "--seq-len", "32", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("chargen: skipping")]
+    assert len(warnings) >= 10
+    assert any("skipped" in line and "usable" in line for line in result.stderr.splitlines())
+
+
+def test_a_folder_of_only_corrupt_midi_is_one_clear_error(tmp_path: Path) -> None:
+    corpus = tmp_path / "bad"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"broken{i}.mid").write_bytes(b"MThd\x00\x00\x00\x06" + np.random.default_rng(i).bytes(40))
+    result = run_cli("train", str(corpus), "--max-steps", "1")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert lines[-1].startswith("chargen: error: no usable tokens") and "3 of 3 files skipped" in lines[-1]
+
+
+def test_text_model_refuses_midi_options(trained_run: Path) -> None:
+    assert_one_line_error(run_cli("sample", "-c", str(trained_run), "--format", "midi"), "needs a MIDI model")
+    assert_one_line_error(run_cli("train", str(REPO / "corpora" / "fables.txt"), "--transpose", "-2..2",
+                                  "--max-steps", "1"), "--transpose applies to MIDI")
