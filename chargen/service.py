@@ -145,8 +145,11 @@ class HistoryLog:
     def record(self, *, checkpoint: Checkpoint, sha256: str, config: DecodeConfig, prime: str,
                samples: Sequence[Sample], duration_s: float) -> str:
         try:
+            # The same field conventions as chargen.records.log_generation, so that
+            # `chargen history replay` works on served generations too.
             return self._db.record_generation(
-                checkpoint_path=checkpoint.path, checkpoint_sha256=sha256, model_config=checkpoint.config,
+                checkpoint_path=str(checkpoint.path.resolve()), checkpoint_sha256=sha256,
+                model_config=checkpoint.config.to_dict(),
                 codec=checkpoint.codec.to_metadata(), decoder=config.decoder, params=asdict(config),
                 prime=prime, outputs=list(samples), duration_s=duration_s, seed=config.seed)
         except self._mod.HistoryUnavailable as exc:

@@ -426,3 +426,15 @@ def test_midi_download_from_history(tmp_path: Path) -> None:
         assert response.content == base64.b64decode(got["samples"][1]["midi_base64"])
         mido.MidiFile(file=io.BytesIO(response.content))
         assert http.get(f"/v1/generations/{got['history_id']}.mid", params={"index": 2}).status_code == 404
+
+
+def test_served_generation_replays_from_history(tmp_path: Path, models: dict[str, Checkpoint]) -> None:
+    pytest.importorskip("chargen.history")
+    records = pytest.importorskip("chargen.records")
+    database = f"sqlite:///{tmp_path / 'history.db'}"
+    with thread_server(create_app(models, database, None, LIMITS)) as base, \
+            httpx.Client(base_url=base, timeout=60) as http:
+        got = generate(http, model="tiny", prime="the ", length=40, temperature=0.9, top_k=10, num_samples=2)
+    outcome = records.replay(database, got["history_id"])  # what `chargen history replay ID` runs
+    assert outcome.identical, outcome.first_difference()
+    assert outcome.recorded == [s["text"] for s in got["samples"]]
