@@ -45,7 +45,7 @@ import json, sys
 from chargen.service import Limits, serve
 a = json.loads(sys.argv[1])
 serve("127.0.0.1", a["port"], [a["checkpoint"]], database=a["database"], history=a["database"] is not None,
-      limits=Limits(max_queue=10_000), log_level="warning")
+      limits=Limits(max_queue=10_000), threads=a["threads"], log_level="warning")
 """
 
 
@@ -126,6 +126,7 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=200, help="tokens per request")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--database", help="history database URL [default: a temporary SQLite file]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (serve's --threads)")
     args = parser.parse_args()
 
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
@@ -139,7 +140,8 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVE, json.dumps({"port": port, "checkpoint": str(weights), "database": database})],
+        [sys.executable, "-c", SERVE, json.dumps({"port": port, "checkpoint": str(weights), "database": database,
+                                          "threads": args.threads})],
         cwd=REPO, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -176,7 +178,8 @@ def main() -> int:
     print(f"### chargen serve load test: {weights.name} of {weights.parent.name}\n")
     print(f"{cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, vocab {cfg.vocab_size}; {args.length} tokens per request, "
           f"temperature {args.temperature}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch threads default, server and clients on one machine.\n")
+          f"{os.cpu_count()} CPUs, {args.threads} torch thread(s) in the server, server and clients on one machine"
+          f" (load average {os.getloadavg()[0]:.1f} at the end).\n")
     print("| phase | requests | failures | wall s | chars/s | p50 latency s | p95 latency s | tokens per model step |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for phase, (a, b) in ((one, (stats_before, stats_mid)), (many, (stats_mid, stats_after))):

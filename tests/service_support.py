@@ -29,6 +29,9 @@ from chargen.model import CharRNN, ModelConfig
 from chargen.text_codec import TextCodec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# As chargen.service.serve does: in-thread test servers step tiny models, where OpenMP
+# workers only spin against the scheduler thread on a busy machine.
+torch.set_num_threads(1)
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
 
 

@@ -140,8 +140,10 @@ def test_concurrent_requests_share_model_steps(url: str, client: httpx.Client,
     """A long stream keeps the batch busy; a burst of seeded requests joins it, and each still
     returns exactly what Generator.generate returns for its seed."""
     before = stats(client, "tiny")
-    burst = [{"seed": 100 + i, "length": 150 + 10 * i, "num_samples": 1 + i % 3,
-              **({"greedy": True} if i % 4 == 3 else {"temperature": 0.9})} for i in range(8)]
+    settings: list[dict[str, Any]] = [{"temperature": 0.9}, {"temperature": 0.9, "top_k": 5},
+                                      {"top_p": 0.7, "no_repeat_ngram": 4}, {"greedy": True}]
+    burst = [{"seed": 100 + i, "length": 150 + 10 * i, "num_samples": 1 + i % 3, **settings[i % 4]}
+             for i in range(8)]
     results: list[dict[str, Any] | None] = [None] * len(burst)
     start = threading.Barrier(len(burst))
 
