@@ -715,6 +715,16 @@ def _beam_done(emit: Emit, future: asyncio.Future[Any]) -> None:
         emit("done", (result.samples, result.duration_s))
 
 
+async def _cancel_on_disconnect(request: Request, handle: _Handle, every_s: float = 0.5) -> None:
+    """A client that hung up (a timeout, say) frees its batch rows instead of waiting for the end."""
+    while not handle.closed:
+        await asyncio.sleep(every_s)
+        if await request.is_disconnected():
+            handle.close()
+            handle.queue.put_nowait(("error", (499, "client disconnected")))
+            return
+
+
 def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
@@ -867,7 +877,7 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
                                   "inflight": served.inflight} for name, served in service.models.items()}}
 
     @app.post("/v1/generate", responses={400: {}, 404: {}, 413: {}, 422: {}, 503: {}})
-    async def generate(body: GenerateRequest) -> Any:
+    async def generate(body: GenerateRequest, request: Request) -> Any:
         served = service.lookup(body.model)
         config, prime_ids = service.prepare(served, body)
         handle = await service.start_generation(served, config, body.prime, prime_ids, body.stream)
@@ -877,6 +887,7 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
             weakref.finalize(events, handle.close)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
         try:
             while True:
                 kind, payload = await handle.queue.get()
@@ -886,6 +897,7 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
                     status, detail = payload
                     raise ServiceError(status, detail)
         finally:
+            watcher.cancel()
             handle.close()
 
     def _require_log() -> GenerationLog:

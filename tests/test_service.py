@@ -175,6 +175,15 @@ def test_concurrent_requests_share_model_steps(url: str, client: httpx.Client,
         assert_same(got, reference(models["tiny"], "so ", **options))
 
 
+def test_client_that_hangs_up_frees_its_rows(url: str, client: httpx.Client) -> None:
+    with pytest.raises(httpx.ReadTimeout):  # the server would need seconds for 50,000 tokens
+        httpx.post(url + "/v1/generate", json={"model": "tiny", "length": 50_000}, timeout=0.5)
+    deadline = time.monotonic() + 5
+    while (now := stats(client, "tiny"))["active_rows"] or now["inflight"]:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.05)
+
+
 def test_unknown_model_is_404(client: httpx.Client) -> None:
     response = client.post("/v1/generate", json={"model": "nope", "length": 5})
     assert response.status_code == 404
