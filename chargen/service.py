@@ -25,7 +25,6 @@ import binascii
 import hmac
 import importlib
 import importlib.util
-import inspect
 import io
 import ipaddress
 import json
@@ -189,29 +188,22 @@ def default_history_url(explicit: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------------
-# MIDI (the codec module is optional and imported lazily)
+# MIDI (imported lazily: text-only servers never load mido)
 
 
-def midi_exporter() -> Callable[..., Any]:
-    """``decode_to_midi(ids, vocab=...) -> mido.MidiFile`` from the MIDI modules, or a 501."""
-    for module_name in ("chargen.midi_export", "chargen.midi_codec"):
-        try:
-            render = getattr(importlib.import_module(module_name), "decode_to_midi", None)
-        except ImportError:
-            continue
-        if render is not None:
-            return render
-    raise ServiceError(501, "MIDI export is not available in this installation (no chargen.midi_export)")
+def check_midi_export() -> None:
+    try:
+        importlib.import_module("chargen.midi_export")
+    except ImportError:
+        raise ServiceError(501, "MIDI export is not available in this installation (chargen.midi_export)") from None
 
 
 def midi_bytes(codec: Any, ids: Sequence[int]) -> bytes:
     """A Standard MIDI File of token ids; ChargenError when they hold no notes."""
-    render = midi_exporter()
-    extra = {}
-    if "vocab" in inspect.signature(render).parameters and hasattr(codec, "vocab"):
-        extra["vocab"] = codec.vocab  # a checkpoint may use non-default vocabulary settings
+    from chargen.midi_export import decode_to_midi
+
     buffer = io.BytesIO()
-    render(list(ids), **extra).save(file=buffer)
+    decode_to_midi(list(ids), vocab=codec.vocab).save(file=buffer)  # the checkpoint's own vocabulary
     return buffer.getvalue()
 
 
@@ -613,7 +605,7 @@ class Service:
             if codec.name != "midi":
                 raise ServiceError(400, f"format 'midi' needs a music model; {served.name} uses the "
                                    f"{codec.name} codec")
-            midi_exporter()
+            check_midi_export()
         # beam_width is passed only when given: set at all (even to 1) means beam search.
         beam = {} if body.beam_width is None else {"beam_width": body.beam_width}
         config = DecodeConfig(length=body.length, temperature=body.temperature, top_k=body.top_k,
