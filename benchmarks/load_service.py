@@ -1,0 +1,202 @@
+"""Load test for ``chargen serve``: concurrent clients vs one at a time; prints Markdown.
+
+Usage (from the repository root)::
+
+    python benchmarks/load_service.py CHECKPOINT [--clients 16] [--requests 400] [--length 200]
+                                      [--sequential 50] [--database URL]
+
+Starts the service on CHECKPOINT (weights file, run folder or run name) in a
+child process on a free loopback port, then
+
+1. sends ``--sequential`` requests one at a time (one client),
+2. sends ``--requests`` requests from ``--clients`` concurrent clients,
+
+and reports failures, new history rows (when ``chargen.history`` is present;
+a temporary SQLite database unless ``--database`` is given), aggregate
+generated characters per second in both phases, latency percentiles, and the
+scheduler's steps per token (how much the batching shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the checkout's chargen, not an installed one
+
+SERVE = """
+import json, sys
+from chargen.service import Limits, serve
+a = json.loads(sys.argv[1])
+serve("127.0.0.1", a["port"], [a["checkpoint"]], database=a["database"], history=a["database"] is not None,
+      limits=Limits(max_queue=10_000), threads=a["threads"], log_level="warning")
+"""
+
+
+@dataclass
+class Phase:
+    name: str
+    clients: int
+    requests: int = 0
+    failures: int = 0
+    chars: int = 0
+    wall_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def chars_per_s(self) -> float:
+        return self.chars / self.wall_s if self.wall_s else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def count_rows(url: str | None) -> int | None:
+    if url is None:
+        return None
+    from chargen.history import History
+
+    with History(url) as history:
+        return len(history.list_generations(limit=None))
+
+
+async def run_phase(base: str, phase: Phase, total: int, body: dict[str, Any]) -> Phase:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=300) as http:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                try:
+                    response = await http.post("/v1/generate", json={**body, "seed": i})
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{response.status_code} {response.text[:200]}")
+                    data = response.json()
+                    phase.chars += sum(len(s["text"]) for s in data["samples"])
+                    phase.latencies.append(time.perf_counter() - started)
+                except Exception as exc:  # counted and reported, never fatal
+                    phase.failures += 1
+                    phase.errors.append(str(exc))
+                phase.requests += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(phase.clients)))
+    phase.wall_s = time.perf_counter() - started
+    return phase
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="weights file, run folder or run name")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=400, help="requests in the concurrent phase")
+    parser.add_argument("--sequential", type=int, default=50, help="requests in the one-client phase")
+    parser.add_argument("--length", type=int, default=200, help="tokens per request")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--database", help="history database URL [default: a temporary SQLite file]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (serve's --threads)")
+    args = parser.parse_args()
+
+    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+
+    weights = resolve_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(weights)
+    have_history = importlib.util.find_spec("chargen.history") is not None
+    scratch = tempfile.TemporaryDirectory(prefix="chargen-load-")
+    database = args.database or (f"sqlite:///{Path(scratch.name) / 'history.db'}" if have_history else None)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVE, json.dumps({"port": port, "checkpoint": str(weights), "database": database,
+                                          "threads": args.threads})],
+        cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                print("server did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        name = httpx.get(base + "/v1/models").json()["models"][0]["name"]
+        body = {"model": name, "length": args.length, "temperature": args.temperature}
+        rows_before = count_rows(database)
+        asyncio.run(run_phase(base, Phase("warm-up", 1), 3, body))
+        stats_before = httpx.get(base + "/v1/stats").json()["models"][name]
+        one = asyncio.run(run_phase(base, Phase("one client at a time", 1), args.sequential, body))
+        stats_mid = httpx.get(base + "/v1/stats").json()["models"][name]
+        many = asyncio.run(run_phase(base, Phase(f"{args.clients} concurrent clients", args.clients),
+                                     args.requests, body))
+        stats_after = httpx.get(base + "/v1/stats").json()["models"][name]
+        rows_after = count_rows(database)
+    finally:
+        server.terminate()
+        server.wait(60)
+        scratch.cleanup()
+
+    cfg = loaded.config
+    expected_rows = 3 + args.sequential + args.requests
+    new_rows = "n/a (chargen.history not installed)" if rows_before is None else \
+        f"{rows_after - rows_before} (of {expected_rows} requests)"
+    print(f"### chargen serve load test: {weights.name} of {weights.parent.name}\n")
+    print(f"{cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, vocab {cfg.vocab_size}; {args.length} tokens per request, "
+          f"temperature {args.temperature}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, {args.threads} torch thread(s) in the server, server and clients on one machine"
+          f" (load average {os.getloadavg()[0]:.1f} at the end).\n")
+    print("| phase | requests | failures | wall s | chars/s | p50 latency s | p95 latency s | tokens per model step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for phase, (a, b) in ((one, (stats_before, stats_mid)), (many, (stats_mid, stats_after))):
+        steps = b["steps"] - a["steps"]
+        per_step = (b["tokens"] - a["tokens"]) / steps if steps else float("nan")
+        print(f"| {phase.name} | {phase.requests} | {phase.failures} | {phase.wall_s:.2f} | "
+              f"{phase.chars_per_s:,.0f} | {phase.percentile(0.5):.3f} | {phase.percentile(0.95):.3f} | "
+              f"{per_step:.2f} |")
+    speedup = many.chars_per_s / one.chars_per_s if one.chars_per_s else float("nan")
+    print(f"\nConcurrent / sequential throughput: **{speedup:.1f}x**; largest batch "
+          f"{stats_after['max_batch_requests']} requests ({stats_after['max_batch_rows']} rows); "
+          f"new history rows: {new_rows}.")
+    errors = one.errors + many.errors
+    if errors:
+        print(f"\nFirst errors: {statistics.multimode(errors)[:3]}")
+    return 1 if one.failures or many.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
