@@ -26,6 +26,7 @@ demo-midi: install
 	$(BIN)/chargen sample --len 1500 --temperature 0.9 -o demo.mid
 
 test: install
+	@scripts/ensure_chromium.sh
 	$(BIN)/ruff check chargen tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 

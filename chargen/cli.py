@@ -176,6 +176,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
               help="MIDI export: tempo written in the file (timing itself is absolute).")
 @click.option("--program", type=click.IntRange(0, 127), default=0, show_default=True,
               help="MIDI export: General MIDI instrument (0 = piano).")
+@click.option("--max-note-seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="MIDI export: end notes held longer than this (a key the model never released).")
 @click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 @click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
@@ -186,7 +188,8 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
            top_p: float | None, greedy: bool, beam_width: int | None, beam_sample: bool, no_repeat_ngram: int | None,
            prime: str | None, prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None,
            num_samples: int, output_format: str | None, output: Path | None, tempo: float, program: int,
-           as_json: bool, quiet: bool, database: str | None, no_log: bool, require_log: bool) -> None:
+           max_note_seconds: float, as_json: bool, quiet: bool, database: str | None, no_log: bool,
+           require_log: bool) -> None:
     """Generate from a trained model; only generated text goes to stdout.
 
     For MIDI models the samples are written as .mid files (-o) and their paths
@@ -243,7 +246,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 
         midi_paths = output_paths(output, len(result.samples))
         for item, path in zip(result.samples, midi_paths):
-            stats = write_midi(item.ids, path, tempo_bpm=tempo, program=program)
+            stats = write_midi(item.ids, path, tempo_bpm=tempo, program=program, max_note_s=max_note_seconds)
             if not quiet:
                 _warn(f"wrote {path} ({stats.notes} notes, {stats.duration_s:.1f} s)")
     if as_json:
@@ -266,7 +269,8 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         from chargen.history import HistoryUnavailable
         from chargen.records import log_generation
 
-        export = {"format": output_format, "tempo_bpm": tempo, "program": program} if is_midi else None
+        export = ({"format": output_format, "tempo_bpm": tempo, "program": program,
+                   "max_note_s": max_note_seconds} if is_midi else None)
         try:
             logged_id = log_generation(database, loaded, result, midi_paths, export, checkpoint_sha256)
         except HistoryUnavailable as exc:
@@ -321,6 +325,57 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"trained      {data['steps']} steps")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback should come with --token.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--checkpoint", "-c", "checkpoints", multiple=True, metavar="[NAME=]PATH|RUN",
+              help="Model to serve; repeat for several. NAME= sets the name clients use "
+              "[default name: the run folder's; default model: the newest run].")
+@click.option("--token", envvar="CHARGEN_API_TOKEN", show_envvar=True,
+              help="Require 'Authorization: Bearer TOKEN' on every endpoint but /healthz.")
+@click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
+              "else $CHARGEN_HOME/history.db].")
+@click.option("--no-log", is_flag=True, help="Do not record generations in the history.")
+@click.option("--max-length", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Most tokens per sample one request may ask for.")
+@click.option("--max-beam-width", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Most samples per request.")
+@click.option("--max-prime-chars", type=click.IntRange(min=1), default=8000, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=65536, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Sampling streams stepped together per model; more requests wait their turn.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Requests running or waiting per model; more are answered 503.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch CPU threads; batching, not threads, serves concurrent requests.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None, database: str | None,
+          no_log: bool, max_length: int, max_beam_width: int, max_samples: int, max_prime_chars: int,
+          max_body_bytes: int, max_batch: int, max_queue: int, threads: int, log_level: str) -> None:
+    """Serve models over HTTP: generation (JSON or streamed), history, and a web page at /.
+
+    \b
+    Examples:
+      chargen serve -c fables-small
+      chargen serve -c text=fables-small -c music=bach-medium --port 8080
+      curl -s localhost:8000/v1/generate -H 'content-type: application/json' -d '{"prime": "The ", "length": 200}'
+    Stop with Ctrl-C or SIGTERM: running generations end with an error and are not logged.
+    """
+    from chargen.service import Limits
+    from chargen.service import serve as run_service
+
+    if max_samples > max_batch:
+        raise click.UsageError(f"--max-samples {max_samples} cannot exceed --max-batch {max_batch}")
+    limits = Limits(max_length=max_length, max_beam_width=max_beam_width, max_samples=max_samples,
+                    max_prime_chars=max_prime_chars, max_body_bytes=max_body_bytes, max_batch=max_batch,
+                    max_queue=max_queue)
+    run_service(host, port, list(checkpoints), token=token or None, database=database, history=not no_log,
+                limits=limits, threads=threads, log_level=log_level)
 
 
 @cli.group()

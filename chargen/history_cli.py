@@ -291,6 +291,7 @@ def _export_midi(record: GenerationRecord, content: str, output: Path, tempo_bpm
         output,
         tempo_bpm=tempo_bpm if tempo_bpm is not None else logged("tempo_bpm", 120),
         program=program if program is not None else logged("program", 0),
+        max_note_s=logged("max_note_s", None),
         **extra,
     )
 

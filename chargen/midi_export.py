@@ -48,13 +48,21 @@ def decode_to_midi(
     tempo_bpm: float = 120.0,
     program: int = 0,
     vocab: MidiVocab = DEFAULT_VOCAB,
+    max_note_s: float | None = None,
 ) -> mido.MidiFile:
-    """A type-1 MidiFile playing ``ids``; raises ChargenError if no note results."""
+    """A type-1 MidiFile playing ``ids``; raises ChargenError if no note results.
+
+    ``max_note_s`` ends any note held longer (Magenta's performance models use
+    5 s): a model that never releases a key must not leave it sounding to the end.
+    """
     if not (isinstance(tempo_bpm, int | float) and MIN_BPM <= tempo_bpm <= MAX_BPM):
         raise ChargenError(f"tempo must be between {MIN_BPM:g} and {MAX_BPM:g} bpm, not {tempo_bpm!r}")
     if not (isinstance(program, int) and not isinstance(program, bool) and 0 <= program <= 127):
         raise ChargenError(f"MIDI program must be an integer 0..127, not {program!r}")
     notes = ids_to_notes(ids, vocab)  # closes dangling notes, drops stray offs, resolves overlaps
+    if max_note_s is not None:
+        longest = max(1, round(max_note_s * 1000 / vocab.step_ms))
+        notes = [n._replace(end=min(n.end, n.start + longest)) for n in notes]
     if not notes:
         raise ChargenError(
             f"generated stream contains no notes ({len(ids)} tokens); nothing to write as MIDI"
@@ -102,9 +110,10 @@ def write_midi(
     tempo_bpm: float = 120.0,
     program: int = 0,
     vocab: MidiVocab = DEFAULT_VOCAB,
+    max_note_s: float | None = None,
 ) -> MidiStats:
     """Write ``ids`` to ``path`` atomically (temp file + os.replace); returns what was written."""
-    mid = decode_to_midi(ids, tempo_bpm=tempo_bpm, program=program, vocab=vocab)
+    mid = decode_to_midi(ids, tempo_bpm=tempo_bpm, program=program, vocab=vocab, max_note_s=max_note_s)
     target = Path(path)
     # Same folder, so os.replace is a rename: readers never see half a file.
     # os.open with 0o666 (not tempfile's 0o600) lets the umask decide the mode.

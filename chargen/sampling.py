@@ -157,6 +157,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses p
+        drop[..., 0] = False  # the likeliest token always stays, however small top_p is
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 
@@ -209,7 +210,7 @@ class Generator:
             scores = logits.float()
             for i, blocker in enumerate(blockers):
                 banned = blocker.banned()
-                if banned:
+                if banned and len(set(banned)) < scores.shape[-1]:  # a block that bans everything yields
                     scores = scores.clone() if scores is logits else scores
                     scores[i, list(banned)] = float("-inf")
             if cfg.greedy:
@@ -246,7 +247,7 @@ class Generator:
             candidates = scores[:, None] + logprobs  # [K, V] total log-likelihood
             for i, blocker in enumerate(blockers):
                 banned = blocker.banned()
-                if banned:
+                if banned and len(set(banned)) < vocab:  # a block that bans everything yields
                     candidates[i, list(banned)] = float("-inf")
             if cfg.beam_sample:
                 # Magenta-style: draw candidates from the tempered distribution, keep the likeliest.

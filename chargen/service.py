@@ -203,7 +203,8 @@ def midi_bytes(codec: Any, ids: Sequence[int]) -> bytes:
     from chargen.midi_export import decode_to_midi
 
     buffer = io.BytesIO()
-    decode_to_midi(list(ids), vocab=codec.vocab).save(file=buffer)  # the checkpoint's own vocabulary
+    # The checkpoint's own vocabulary; end notes the model never released, as `chargen sample` does.
+    decode_to_midi(list(ids), vocab=codec.vocab, max_note_s=5.0).save(file=buffer)
     return buffer.getvalue()
 
 

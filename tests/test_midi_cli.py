@@ -37,6 +37,7 @@ def test_sampled_midi_is_a_valid_file_read_by_an_independent_parser(midi_run: Pa
     pm = pretty_midi.PrettyMIDI(str(out))
     notes = [n for inst in pm.instruments for n in inst.notes]
     assert notes and all(n.end > n.start for n in notes)
+    assert max(n.end - n.start for n in notes) <= 5.0 + 1e-3  # --max-note-seconds; 1 ms of tick rounding
     assert pm.instruments[0].program == 40
     mid = mido.MidiFile(out)
     assert mid.type == 1

@@ -94,3 +94,17 @@ def test_ngram_block_removes_the_loop_plain_beam_search_falls_into(generator: Ge
     blocked = generator.generate("The ", DecodeConfig(length=300, beam_width=6, no_repeat_ngram=12)).samples[0].text
     assert longest_repeat_count("The " + blocked, 12) == 1, blocked
     assert len(set(blocked)) > 10, blocked  # still text, not a degenerate stream
+
+
+def test_extreme_settings_never_crash() -> None:
+    """Found by fuzzing the service: a vanishing top-p, or an n-gram block that bans every token."""
+    from chargen.text_codec import TextCodec
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=2, layers=1, hidden=8, embedding=4))
+    generator = Generator(model, TextCodec("ab"))
+    assert len(generator.generate("a", DecodeConfig(length=30, top_p=1e-50, seed=1)).samples[0].text) == 30
+    for config in (DecodeConfig(length=30, no_repeat_ngram=1, seed=1),
+                   DecodeConfig(length=30, greedy=True, no_repeat_ngram=2),
+                   DecodeConfig(length=30, beam_width=2, no_repeat_ngram=1)):
+        assert len(generator.generate("ab", config).samples[0].text) == 30
