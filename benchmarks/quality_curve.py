@@ -108,7 +108,8 @@ def main() -> None:
     for e in results[-1]["evals"]:
         lines.append(f"| {e['minutes']:.1f} | {e['step']} | {e['val_loss']:.4f} |")
     if plot(results, args.png):
-        lines += ["", f"![validation loss against minutes]({args.png.relative_to(REPO)})"]
+        shown = os.path.relpath(args.png.resolve(), args.out.resolve().parent)  # a link that works from the .md
+        lines += ["", f"![validation loss against minutes]({shown})"]
     text = "\n".join(lines)
     print(text)
     write_section(args.out, text)
