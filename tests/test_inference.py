@@ -80,3 +80,19 @@ def test_decoders_score_with_the_forward_pass_and_repeat_with_a_seed(cell: str) 
         assert [(s.text, s.logprob) for s in first.samples] == [(s.text, s.logprob) for s in again.samples]
         for sample in first.samples:
             assert sample.logprob == pytest.approx(sequence_logprob(model, prime_ids, sample.ids), abs=1e-4)
+
+
+@pytest.mark.parametrize("length", [1, 2, 9, 10, 30])  # stepped up to SHORT_PRIME + 1 tokens, nn.LSTM beyond
+def test_prime_state_matches_the_forward_pass(length: int) -> None:
+    from chargen.sampling import Generator
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcdefghij ")
+    torch.manual_seed(length)
+    model = CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=2, hidden=16, embedding=8)).eval()
+    prime = torch.randint(0, codec.vocab_size, (length,)).tolist()
+    logits, (h, c) = Generator(model, codec).prime_state(prime)
+    want, (h_want, c_want) = model(torch.tensor([prime]))
+    torch.testing.assert_close(logits, want[:, -1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h, h_want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c, c_want, atol=1e-5, rtol=1e-4)
