@@ -254,9 +254,10 @@ class Generator:
         if not cfg.length:
             return [Sample(ids=[], text=self.codec.decode([]), logprob=0.0) for _ in range(n)]
         out = torch.stack(steps_tokens, dim=1)  # [n, T]
-        logprobs = torch.log_softmax(torch.stack(steps_logits, dim=1).float(), dim=-1)  # [n, T, V], the model's own
+        # The model's own log-probs [n, T, V], in float64 as beam search scores them: taken once, it costs nothing.
+        logprobs = torch.log_softmax(torch.stack(steps_logits, dim=1).double(), dim=-1)
         chosen = logprobs.gather(2, out[:, :, None]).squeeze(2).tolist()
-        # Summed in float64 one token at a time, in order, as the per-step accumulation did.
+        # Summed one token at a time, in order, as beam search accumulates its scores.
         return [
             Sample(ids=row, text=self.codec.decode(row), logprob=sum(chosen[i], 0.0))
             for i, row in enumerate(out.tolist())

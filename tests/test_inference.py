@@ -96,3 +96,16 @@ def test_prime_state_matches_the_forward_pass(length: int) -> None:
     torch.testing.assert_close(logits, want[:, -1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(h, h_want, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(c, c_want, atol=1e-5, rtol=1e-4)
+
+
+def test_beam_width_one_scores_exactly_like_greedy() -> None:
+    from chargen.sampling import DecodeConfig, Generator
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcdefghij ")
+    torch.manual_seed(3)
+    generator = Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=2, hidden=32, embedding=8)), codec)
+    for block in (0, 4):
+        greedy = generator.generate("abc", DecodeConfig(length=200, greedy=True, no_repeat_ngram=block)).samples[0]
+        beam = generator.generate("abc", DecodeConfig(length=200, beam_width=1, no_repeat_ngram=block)).samples[0]
+        assert (beam.ids, beam.logprob) == (greedy.ids, greedy.logprob)
