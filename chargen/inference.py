@@ -4,7 +4,7 @@ Calling ``nn.LSTM`` once per generated token pays its per-call overhead every
 step, several times the step's own arithmetic at batch 1. A ``Stepper``
 instead keeps the weights pre-fused and transposed for ``x @ W``: layer 0's
 input projection is folded into a per-token table, and LSTM gate rows are
-reordered to (i, f, o, g) so one ``sigmoid`` and one ``tanh`` cover all gates.
+reordered to (i, f, o, g), g doubled, so one ``sigmoid`` covers all gates.
 At batch 1 a step is then dominated by reading the weights once (the
 mat-vecs), the floor that ``benchmarks/run.py`` measures it against. (torch's
 C++ ``lstm_cell`` was slower here: its ``x @ W.T`` mat-vec reads worse.)
@@ -67,11 +67,15 @@ class Stepper:
         self.layers = cfg.layers
         self.hidden = hidden = cfg.hidden
         rnn = model.rnn
-        if self.cell == "lstm":  # torch's gate rows (i, f, g, o) -> (i, f, o, g)
-            order: torch.Tensor | None = torch.cat([torch.arange(2 * hidden), torch.arange(3 * hidden, 4 * hidden),
-                                                    torch.arange(2 * hidden, 3 * hidden)])
-        else:
-            order = None
+        order: torch.Tensor | None = None
+        scale: torch.Tensor | None = None
+        if self.cell == "lstm":
+            # torch's gate rows (i, f, g, o) -> (i, f, o, g), and g's rows doubled (exact: a power of two) so
+            # one sigmoid covers all four gates: tanh(g) = 2 sigmoid(2g) - 1. Two to three fewer ops per layer.
+            order = torch.cat([torch.arange(2 * hidden), torch.arange(3 * hidden, 4 * hidden),
+                               torch.arange(2 * hidden, 3 * hidden)])
+            scale = torch.ones(4 * hidden)
+            scale[3 * hidden :] = 2.0
         with torch.no_grad():
             self.w_ih: list[torch.Tensor] = []  # per layer: [in, G*H], G = gates
             self.w_hh: list[torch.Tensor] = []  # per layer: [H, G*H]
@@ -82,8 +86,9 @@ class Stepper:
                 w_hh = getattr(rnn, f"weight_hh_l{layer}").detach()  # [G*H, H]
                 b_ih = getattr(rnn, f"bias_ih_l{layer}").detach()
                 b_hh = getattr(rnn, f"bias_hh_l{layer}").detach()
-                if order is not None:
-                    w_ih, w_hh, b_ih, b_hh = w_ih[order], w_hh[order], b_ih[order], b_hh[order]
+                if order is not None and scale is not None:
+                    w_ih, w_hh = w_ih[order] * scale[:, None], w_hh[order] * scale[:, None]
+                    b_ih, b_hh = b_ih[order] * scale, b_hh[order] * scale
                 self.w_ih.append(w_ih.t().contiguous())
                 self.w_hh.append(w_hh.t().contiguous())
                 self.bias.append((b_ih if self.cell == "gru" else b_ih + b_hh).clone())
@@ -107,7 +112,8 @@ class Stepper:
 
     def _step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         hidden, lstm, gru = self.hidden, self.cell == "lstm", self.cell == "gru"
-        h_all = state[0]  # [L, B, H]
+        h_all = state[0].unbind(0)  # L x [B, H]
+        c_all = state[1].unbind(0) if lstm else ()
         new_h: list[torch.Tensor] = []
         new_c: list[torch.Tensor] = []
         x = tokens
@@ -125,9 +131,9 @@ class Stepper:
                     gates = torch.addmm(self.input_table.index_select(0, tokens), h, self.w_hh[0])
                 else:  # two products instead of one over cat([x, h]): same bytes, no copy
                     gates = torch.addmm(torch.addmm(self.bias[layer], h, self.w_hh[layer]), x, self.w_ih[layer])
-                if lstm:  # gates (i, f, o, g)
-                    i, f, o = gates[:, : 3 * hidden].sigmoid_().chunk(3, dim=1)
-                    c = torch.addcmul(f * state[1][layer], i, gates[:, 3 * hidden :].tanh_())
+                if lstm:  # gates (i, f, o, 2g): c = f c + i tanh(g) = f c + 2 i sigmoid(2g) - i
+                    i, f, o, s = gates.sigmoid_().chunk(4, dim=1)
+                    c = torch.addcmul(f * c_all[layer], i, s, value=2).sub_(i)
                     x = o * c.tanh()
                     new_c.append(c)
                 else:
