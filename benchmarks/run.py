@@ -442,7 +442,8 @@ def sampling_section(budget: Budget, model: CharRNN, codec: TextCodec, weights_n
     lines += ["", f"Beam width 8 against batch-1 sampling is bounded below by its 8-row products alone: they take "
               f"{fmt(bound, 2)}× a whole batch-1 sampling step here (one core's fp32 GEMM at 8 rows: "
               f"{fmt(gemm, 1)} GFLOP/s, compute-bound, where 1 row is bandwidth-bound); the remaining "
-              f"{fmt(rest, 2, 100)} % of a beam step is its bookkeeping and 8-row element-wise work.", "",
+              f"~{statistics.median(rest):.0%} (median) of a beam step is its bookkeeping and 8-row element-wise "
+              "work.", "",
               load_note(meter), ""]
     return lines
 
