@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.corpus)
     flags = ", ".join(name for name, have in cpu_flags().items() if have) or "none of interest"
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()} (flags: {flags})")
+    command = shlex.join(["python", "-m", "benchmarks.precision_check", *(sys.argv[1:] if argv is None else argv)])
     lines = ["## bf16 vs fp32 at equal steps (benchmarks/precision_check.py)", "",
-             f"Command: `python -m benchmarks.precision_check {' '.join(sys.argv[1:] if argv is None else argv)}`"
+             f"Command: `{command}`"
              f" ({time.strftime('%Y-%m-%d')}), device: {device.type}, {where}; torch {torch.__version__}; "
              f"corpus: {corpus.note}.", ""]
     blocker = bf16_blocker(device)
