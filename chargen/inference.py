@@ -1,17 +1,63 @@
 """Fast one-token steps for generation.
 
 Calling ``nn.LSTM`` once per generated token pays its per-call overhead every
-step. A ``Stepper`` instead keeps the weights pre-fused: layer 0's input
-projection is folded into an embedding-sized table (one row per token), and
-each later layer does one matrix product over ``[x, h]``. All decoders
-(sampling, greedy, beam search) step through this class.
+step, several times the step's own arithmetic at batch 1. A ``Stepper``
+instead keeps the weights pre-fused and transposed for ``x @ W``: layer 0's
+input projection is folded into a per-token table, and LSTM gate rows are
+reordered to (i, f, o, g), g doubled, so one ``sigmoid`` covers all gates.
+At batch 1 a step is then dominated by reading the weights once (the
+mat-vecs), the floor that ``benchmarks/run.py`` measures it against. (torch's
+C++ ``lstm_cell`` was slower here: its ``x @ W.T`` mat-vec reads worse.)
+
+All decoders (sampling, greedy, beam search) step through this class.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 
 from chargen.model import CharRNN, State
+
+#: Intra-op threads while generating. Each step is a few hundred microseconds
+#: of small mat-vecs: a second thread gains little there, and when any other
+#: process holds a core every OpenMP barrier waits out a scheduler time slice
+#: (measured 40-100x slower steps). ``None`` keeps torch's setting.
+GENERATION_THREADS: int | None = 1
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+@contextlib.contextmanager
+def generation_threads(threads: int | None = None) -> Iterator[None]:
+    """Run generation with ``threads`` intra-op threads, restoring torch's setting after.
+
+    Reference-counted, so overlapping generations in several Python threads
+    restore the original count only when the last one leaves.
+    """
+    global _threads_users, _threads_saved
+    wanted = GENERATION_THREADS if threads is None else threads
+    if not wanted:
+        yield
+        return
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+        _threads_users += 1
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and torch.get_num_threads() != _threads_saved:
+                torch.set_num_threads(_threads_saved)
 
 
 class Stepper:
@@ -19,78 +65,83 @@ class Stepper:
         cfg = model.config
         self.cell = cfg.cell
         self.layers = cfg.layers
-        self.hidden = cfg.hidden
+        self.hidden = hidden = cfg.hidden
         rnn = model.rnn
+        order: torch.Tensor | None = None
+        scale: torch.Tensor | None = None
+        if self.cell == "lstm":
+            # torch's gate rows (i, f, g, o) -> (i, f, o, g), and g's rows doubled (exact: a power of two) so
+            # one sigmoid covers all four gates: tanh(g) = 2 sigmoid(2g) - 1. Two to three fewer ops per layer.
+            order = torch.cat([torch.arange(2 * hidden), torch.arange(3 * hidden, 4 * hidden),
+                               torch.arange(2 * hidden, 3 * hidden)])
+            scale = torch.ones(4 * hidden)
+            scale[3 * hidden :] = 2.0
         with torch.no_grad():
-            embed = model.embed.weight  # [V, E]
-            self.input_table: torch.Tensor | None = None
-            self.w_cat: list[torch.Tensor] = []  # per layer: [E_or_H + H, G*H], G = gates
-            self.bias: list[torch.Tensor] = []
+            self.w_ih: list[torch.Tensor] = []  # per layer: [in, G*H], G = gates
             self.w_hh: list[torch.Tensor] = []  # per layer: [H, G*H]
-            self.b_ih: list[torch.Tensor] = []
-            self.b_hh: list[torch.Tensor] = []
+            self.bias: list[torch.Tensor] = []  # LSTM/RNN: b_ih + b_hh; GRU: b_ih only
+            self.b_hh: list[torch.Tensor] = []  # GRU keeps b_hh apart (inside r * (...))
             for layer in range(cfg.layers):
-                w_ih = getattr(rnn, f"weight_ih_l{layer}")  # [G*H, in]
-                w_hh = getattr(rnn, f"weight_hh_l{layer}")  # [G*H, H]
-                b_ih = getattr(rnn, f"bias_ih_l{layer}")
-                b_hh = getattr(rnn, f"bias_hh_l{layer}")
-                self.w_cat.append(torch.cat([w_ih, w_hh], dim=1).t().contiguous())
+                w_ih = getattr(rnn, f"weight_ih_l{layer}").detach()  # [G*H, in]
+                w_hh = getattr(rnn, f"weight_hh_l{layer}").detach()  # [G*H, H]
+                b_ih = getattr(rnn, f"bias_ih_l{layer}").detach()
+                b_hh = getattr(rnn, f"bias_hh_l{layer}").detach()
+                if order is not None and scale is not None:
+                    w_ih, w_hh = w_ih[order] * scale[:, None], w_hh[order] * scale[:, None]
+                    b_ih, b_hh = b_ih[order] * scale, b_hh[order] * scale
+                self.w_ih.append(w_ih.t().contiguous())
                 self.w_hh.append(w_hh.t().contiguous())
-                self.b_ih.append(b_ih.clone())
+                self.bias.append((b_ih if self.cell == "gru" else b_ih + b_hh).clone())
                 self.b_hh.append(b_hh.clone())
-                self.bias.append((b_ih + b_hh).clone())
-            # Layer 0's input projection depends only on the token: precompute it.
-            table = embed @ self.w_cat[0][: cfg.embedding]  # [V, G*H]
-            if self.cell == "gru":
-                self.input_table = table + self.b_ih[0]  # GRU keeps b_hh apart (inside r * (...))
-            else:
-                self.input_table = table + self.bias[0]
-            self.head_w = model.head.weight.t().contiguous()  # [H, V]
-            self.head_b = model.head.bias.clone()
+            # Layer 0's input projection depends only on the token: precompute it, bias included.
+            self.input_table = torch.addmm(self.bias[0], model.embed.weight.detach(), self.w_ih[0])  # [V, G*H]
+            self.head_w = model.head.weight.detach().t().contiguous()  # [H, V]
+            self.head_b = model.head.bias.detach().clone()
 
     def initial_state(self, batch: int) -> State:
         shape = (self.layers, batch, self.hidden)
         n = 2 if self.cell == "lstm" else 1
         return tuple(torch.zeros(shape, dtype=self.head_w.dtype) for _ in range(n))
 
-    @torch.inference_mode()
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens: [B] -> logits [B, V], new state (same layout as ``CharRNN``)."""
-        h_all = state[0]  # [L, B, H]
-        c_all = state[1] if self.cell == "lstm" else None
-        new_h, new_c = [], []
-        x: torch.Tensor | None = None
+        if torch.is_inference_mode_enabled():  # the decoders already are: skip a context switch per token
+            return self._step(tokens, state)
+        with torch.inference_mode():
+            return self._step(tokens, state)
+
+    def _step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        hidden, lstm, gru = self.hidden, self.cell == "lstm", self.cell == "gru"
+        h_all = state[0].unbind(0)  # L x [B, H]
+        c_all = state[1].unbind(0) if lstm else ()
+        new_h: list[torch.Tensor] = []
+        new_c: list[torch.Tensor] = []
+        x = tokens
         for layer in range(self.layers):
-            h = h_all[layer]  # [B, H]
-            if self.cell == "gru":
-                if layer == 0:
-                    gi = self.input_table[tokens]  # [B, 3H]
-                else:
-                    gi = torch.addmm(self.b_ih[layer], x, self.w_cat[layer][: -self.hidden])
-                gh = torch.addmm(self.b_hh[layer], h, self.w_hh[layer])  # [B, 3H]
-                i_r, i_z, i_n = gi.chunk(3, dim=1)
-                h_r, h_z, h_n = gh.chunk(3, dim=1)
-                r = torch.sigmoid(i_r + h_r)
-                z = torch.sigmoid(i_z + h_z)
-                n = torch.tanh(i_n + r * h_n)
-                h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            h = h_all[layer]
+            if gru:
+                gi = (self.input_table.index_select(0, tokens) if layer == 0
+                      else torch.addmm(self.bias[layer], x, self.w_ih[layer]))  # [B, 3H]: r, z, n
+                gh = torch.addmm(self.b_hh[layer], h, self.w_hh[layer])
+                r, z = gi[:, : 2 * hidden].add_(gh[:, : 2 * hidden]).sigmoid_().chunk(2, dim=1)
+                n = torch.addcmul(gi[:, 2 * hidden :], r, gh[:, 2 * hidden :]).tanh_()
+                x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             else:
                 if layer == 0:
-                    gates = torch.addmm(self.input_table[tokens], h, self.w_hh[0])  # [B, G*H]
-                else:
-                    gates = torch.addmm(self.bias[layer], torch.cat([x, h], dim=1), self.w_cat[layer])
-                if self.cell == "lstm":
-                    i, f, g, o = gates.chunk(4, dim=1)
-                    c = torch.sigmoid(f) * c_all[layer] + torch.sigmoid(i) * torch.tanh(g)
-                    h = torch.sigmoid(o) * torch.tanh(c)
+                    gates = torch.addmm(self.input_table.index_select(0, tokens), h, self.w_hh[0])
+                else:  # two products instead of one over cat([x, h]): same bytes, no copy
+                    gates = torch.addmm(torch.addmm(self.bias[layer], h, self.w_hh[layer]), x, self.w_ih[layer])
+                if lstm:  # gates (i, f, o, 2g): c = f c + i tanh(g) = f c + 2 i sigmoid(2g) - i
+                    i, f, o, s = gates.sigmoid_().chunk(4, dim=1)
+                    c = torch.addcmul(f * c_all[layer], i, s, value=2).sub_(i)
+                    x = o * c.tanh()
                     new_c.append(c)
                 else:
-                    h = torch.tanh(gates)
-            new_h.append(h)
-            x = h
+                    x = gates.tanh_()
+            new_h.append(x)
         logits = torch.addmm(self.head_b, x, self.head_w)  # [B, V]
         hs = torch.stack(new_h)  # [L, B, H]
-        return logits, ((hs, torch.stack(new_c)) if self.cell == "lstm" else (hs,))
+        return logits, ((hs, torch.stack(new_c)) if lstm else (hs,))
 
 
 def reorder_state(state: State, index: torch.Tensor) -> State:

@@ -6,6 +6,7 @@ what it produced, and all of them step through :class:`chargen.inference.Stepper
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -16,13 +17,15 @@ import torch
 
 from chargen.codec import Codec
 from chargen.errors import ChargenError
-from chargen.inference import Stepper, expand_state, reorder_state
+from chargen.inference import Stepper, expand_state, generation_threads, reorder_state
 from chargen.model import CharRNN, State
 
 #: n-gram length blocked by default for the deterministic decoders, whose
 #: character-level output otherwise loops ("the same the same the same ...").
 DEFAULT_NO_REPEAT_NGRAM = 12
 TokenCallback = Callable[[int, str], None]
+#: Primes up to this many tokens (besides the last) are stepped, not run through ``nn.LSTM``.
+SHORT_PRIME = 8
 
 
 @dataclass
@@ -162,6 +165,16 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def draw_one(probs: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """One token per row of ``probs`` [B, V]: exactly ``torch.multinomial(probs, 1, generator=rng)[:, 0]``.
+
+    Torch draws one sample as argmax(p / q), q ~ Exp(1); doing the same here
+    skips its input validation, which costs more than the draw itself (21 vs
+    8 us per token). tests/test_inference.py checks the two agree draw for draw.
+    """
+    return (probs / torch.empty_like(probs).exponential_(1, generator=rng)).argmax(dim=-1)
+
+
 class Generator:
     """Generation from one loaded model; reusable across calls (weights fused once)."""
 
@@ -172,10 +185,17 @@ class Generator:
 
     @torch.inference_mode()
     def prime_state(self, prime_ids: list[int]) -> tuple[torch.Tensor, State]:
-        """Run all but the last prime token through the fused model; step the last."""
+        """Run all but the last prime token through the fused model; step the last.
+
+        A short prime is stepped token by token instead: one ``nn.LSTM`` call
+        has a fixed cost of about ten steps (5 ms at 2x512: oneDNN set-up).
+        """
         state = self.stepper.initial_state(1)
-        if len(prime_ids) > 1:
+        if len(prime_ids) > SHORT_PRIME + 1:
             _, state = self.model(torch.tensor([prime_ids[:-1]]), state)  # [1, P-1, V]
+        else:
+            for token in prime_ids[:-1]:
+                _, state = self.stepper.step(torch.tensor([token]), state)
         return self.stepper.step(torch.tensor([prime_ids[-1]]), state)  # logits [1, V]
 
     def generate(
@@ -187,10 +207,11 @@ class Generator:
         prime_ids = self.codec.encode(prime_text)
         start = time.perf_counter()
         rng = torch.Generator().manual_seed(config.seed)
-        if config.decoder == "beam":
-            samples = self._beam(prime_ids, config, rng)
-        else:
-            samples = self._sample(prime_ids, config, rng, on_token)
+        with generation_threads():
+            if config.decoder == "beam":
+                samples = self._beam(prime_ids, config, rng)
+            else:
+                samples = self._sample(prime_ids, config, rng, on_token)
         duration = time.perf_counter() - start
         return GenerationResult(samples=samples, config=config, prime=prime or "", duration_s=duration,
                                 tokens=config.length * (1 if config.decoder == "beam" else config.num_samples))
@@ -201,33 +222,45 @@ class Generator:
         n = cfg.num_samples
         logits, state = self.prime_state(prime_ids)
         logits, state = logits.expand(n, -1), expand_state(state, n)
-        blockers = [NgramBlocker(cfg.no_repeat_ngram or 0, prime_ids) for _ in range(n)]
-        out = torch.empty(n, cfg.length, dtype=torch.long)
-        total = torch.zeros(n, dtype=torch.float64)
+        block = bool(cfg.no_repeat_ngram)
+        blockers = [NgramBlocker(cfg.no_repeat_ngram or 0, prime_ids) for _ in range(n)] if block else []
         symbols = self.codec.symbols
-        for t in range(cfg.length):
-            logprobs = torch.log_softmax(logits.float(), dim=-1)  # [n, V], the model's own
-            scores = logits.float()
-            for i, blocker in enumerate(blockers):
-                banned = blocker.banned()
-                if banned and len(set(banned)) < scores.shape[-1]:  # a block that bans everything yields
-                    scores = scores.clone() if scores is logits else scores
-                    scores[i, list(banned)] = float("-inf")
+        steps_logits: list[torch.Tensor] = []  # log-probs are taken once at the end, not per token
+        steps_tokens: list[torch.Tensor] = []
+        step = self.stepper.step
+        for _ in range(cfg.length):
+            steps_logits.append(logits)
+            scores = logits
+            if block:
+                for i, blocker in enumerate(blockers):
+                    banned = blocker.banned()
+                    if banned and len(set(banned)) < scores.shape[-1]:  # a block that bans everything yields
+                        scores = scores.clone() if scores is logits else scores
+                        scores[i, list(banned)] = float("-inf")
             if cfg.greedy:
                 tokens = scores.argmax(dim=-1)  # [n]
             else:
-                filtered = filter_logits(scores / cfg.temperature, cfg.top_k, cfg.top_p)
-                tokens = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=rng).squeeze(1)
-            total += logprobs.gather(1, tokens[:, None]).squeeze(1).double()
-            out[:, t] = tokens
-            token_list = tokens.tolist()
-            for i, token in enumerate(token_list):
-                blockers[i].push(token)
-                if on_token is not None:
-                    on_token(i, symbols[token])
-            logits, state = self.stepper.step(tokens, state)
+                if cfg.temperature != 1.0:  # x / 1.0 == x: skipping it changes nothing
+                    scores = scores / cfg.temperature
+                tokens = draw_one(torch.softmax(filter_logits(scores, cfg.top_k, cfg.top_p), dim=-1), rng)
+            steps_tokens.append(tokens)
+            if block or on_token is not None:
+                token_list = tokens.tolist()
+                for i, token in enumerate(token_list):
+                    if block:
+                        blockers[i].push(token)
+                    if on_token is not None:
+                        on_token(i, symbols[token])
+            logits, state = step(tokens, state)
+        if not cfg.length:
+            return [Sample(ids=[], text=self.codec.decode([]), logprob=0.0) for _ in range(n)]
+        out = torch.stack(steps_tokens, dim=1)  # [n, T]
+        # The model's own log-probs [n, T, V], in float64 as beam search scores them: taken once, it costs nothing.
+        logprobs = torch.log_softmax(torch.stack(steps_logits, dim=1).double(), dim=-1)
+        chosen = logprobs.gather(2, out[:, :, None]).squeeze(2).tolist()
+        # Summed one token at a time, in order, as beam search accumulates its scores.
         return [
-            Sample(ids=row, text=self.codec.decode(row), logprob=float(total[i]))
+            Sample(ids=row, text=self.codec.decode(row), logprob=sum(chosen[i], 0.0))
             for i, row in enumerate(out.tolist())
         ]
 
@@ -237,18 +270,21 @@ class Generator:
         k = cfg.beam_width or 1
         vocab = self.codec.vocab_size
         logits, state = self.prime_state(prime_ids)
-        logits, state = logits.expand(k, -1), expand_state(state, k)
+        logits, state = logits.expand(k, -1), tuple(s.expand(-1, k, -1) for s in state)  # views: reordered below
         scores = torch.full((k,), float("-inf"), dtype=torch.float64)
         scores[0] = 0.0  # all beams start identical: expand only the first
-        sequences: list[list[int]] = [[] for _ in range(k)]
+        history: list[tuple[list[int], list[int]]] = []  # per step: (parents, tokens); sequences built at the end
+        block = bool(cfg.no_repeat_ngram)
         blockers = [NgramBlocker(cfg.no_repeat_ngram or 0, prime_ids)] * k
+        step = self.stepper.step
         for _ in range(cfg.length):
             logprobs = torch.log_softmax(logits.double(), dim=-1)  # [K, V]
             candidates = scores[:, None] + logprobs  # [K, V] total log-likelihood
-            for i, blocker in enumerate(blockers):
-                banned = blocker.banned()
-                if banned and len(set(banned)) < vocab:  # a block that bans everything yields
-                    candidates[i, list(banned)] = float("-inf")
+            if block:
+                for i, blocker in enumerate(blockers):
+                    banned = blocker.banned()
+                    if banned and len(set(banned)) < vocab:  # a block that bans everything yields
+                        candidates[i, list(banned)] = float("-inf")
             if cfg.beam_sample:
                 # Magenta-style: draw candidates from the tempered distribution, keep the likeliest.
                 probs = torch.softmax(filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p), -1)
@@ -258,27 +294,38 @@ class Generator:
                 drawn = torch.multinomial(probs, k, replacement=False, generator=rng)  # [K, K]
                 drawn_scores = candidates.gather(1, drawn)  # [K, K]
                 best = torch.topk(drawn_scores.flatten(), k)
-                parents = torch.div(best.indices, k, rounding_mode="floor")
+                parent_list = [i // k for i in best.indices.tolist()]
                 tokens = drawn.flatten()[best.indices]
+                token_list = tokens.tolist()
             else:
                 best = torch.topk(candidates.flatten(), k)
-                parents = torch.div(best.indices, vocab, rounding_mode="floor")
-                tokens = best.indices % vocab
+                flat = best.indices.tolist()
+                parent_list, token_list = [i // vocab for i in flat], [i % vocab for i in flat]
+                tokens = torch.tensor(token_list)
             scores = best.values
-            parent_list, token_list = parents.tolist(), tokens.tolist()
-            if cfg.no_repeat_ngram:  # each child gets its own copy of its parent's n-grams
-                blockers = [blockers[p].fork() for p in parent_list]
-                for blocker, token in zip(blockers, token_list):
+            history.append((parent_list, token_list))
+            if block:  # each child needs its own copy of its parent's n-grams; the first child takes the original
+                taken: set[int] = set()
+                children = []
+                for p in parent_list:
+                    blocker = blockers[p]
+                    children.append(blocker.fork() if id(blocker) in taken else blocker)
+                    taken.add(id(blocker))
+                for blocker, token in zip(children, token_list):
                     blocker.push(token)
-            sequences = [sequences[p] + [t] for p, t in zip(parent_list, token_list)]
-            state = reorder_state(state, parents)
-            logits, state = self.stepper.step(tokens, state)
-        order = sorted(range(k), key=lambda i: float(scores[i]), reverse=True)
-        finite = [i for i in order if torch.isfinite(scores[i])]
-        return [
-            Sample(ids=sequences[i], text=self.codec.decode(sequences[i]), logprob=float(scores[i]))
-            for i in finite[: cfg.num_samples]
-        ]
+                blockers = children
+            logits, state = step(tokens, reorder_state(state, torch.tensor(parent_list)))
+        final = scores.tolist()
+        finite = [i for i in sorted(range(k), key=lambda i: final[i], reverse=True) if math.isfinite(final[i])]
+        samples = []
+        for i in finite[: cfg.num_samples]:
+            ids, row = [], i
+            for parent_list, token_list in reversed(history):
+                ids.append(token_list[row])
+                row = parent_list[row]
+            ids.reverse()
+            samples.append(Sample(ids=ids, text=self.codec.decode(ids), logprob=final[i]))
+        return samples
 
 
 def sequence_logprob(model: CharRNN, prime_ids: list[int], ids: list[int]) -> float:

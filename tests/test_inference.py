@@ -1,0 +1,111 @@
+"""The fused one-token step against the training forward; the decoders' thread setting and draw."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chargen import inference
+from chargen.inference import Stepper, generation_threads
+from chargen.model import CharRNN, ModelConfig
+
+
+def model_for(cell: str, layers: int = 2) -> CharRNN:
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(vocab_size=11, cell=cell, layers=layers, hidden=16, embedding=8)).eval()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_step_matches_the_training_forward(cell: str, layers: int) -> None:
+    model = model_for(cell, layers)
+    tokens = torch.randint(0, 11, (3, 9))
+    logits, final = model(tokens)  # [3, 9, 11]
+    stepper = Stepper(model)
+    state = stepper.initial_state(3)
+    for t in range(9):
+        step_logits, state = stepper.step(tokens[:, t], state)
+        torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-4)
+    for got, want in zip(state, final):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_step_outside_inference_mode_returns_plain_results() -> None:
+    stepper = Stepper(model_for("lstm"))
+    logits, (h, c) = stepper.step(torch.tensor([1]), stepper.initial_state(1))
+    assert logits.shape == (1, 11) and h.shape == c.shape == (2, 1, 16)
+
+
+def test_generation_threads_restores_torchs_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    with generation_threads():
+        assert torch.get_num_threads() == inference.GENERATION_THREADS
+        with generation_threads():  # nested (or another thread's) generation
+            pass
+        assert torch.get_num_threads() == inference.GENERATION_THREADS
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(inference, "GENERATION_THREADS", None)
+    with generation_threads():
+        assert torch.get_num_threads() == before
+
+
+def test_draw_one_is_torch_multinomial_draw_for_draw() -> None:
+    from chargen.sampling import draw_one, filter_logits
+
+    for seed in range(200):
+        torch.manual_seed(seed)
+        logits = torch.randn(1 + seed % 8, 65) * (seed % 4)
+        if seed % 3 == 0:  # zero-probability tokens, as top-k/top-p leave them
+            logits = filter_logits(logits, 5, None)
+        probs = torch.softmax(logits, dim=-1)
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for _ in range(5):
+            assert torch.equal(draw_one(probs, ours), torch.multinomial(probs, 1, generator=theirs).squeeze(1))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_decoders_score_with_the_forward_pass_and_repeat_with_a_seed(cell: str) -> None:
+    from chargen.sampling import DecodeConfig, Generator, sequence_logprob
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcdefghij ")
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=codec.vocab_size, cell=cell, layers=2, hidden=32, embedding=8))
+    generator = Generator(model, codec)
+    prime_ids = codec.encode("abc ")
+    for config in (DecodeConfig(length=60, seed=4), DecodeConfig(length=60, seed=4, num_samples=3, top_k=4),
+                   DecodeConfig(length=60, greedy=True), DecodeConfig(length=60, beam_width=8, num_samples=8),
+                   DecodeConfig(length=60, beam_width=4, beam_sample=True, seed=2, num_samples=2)):
+        first, again = generator.generate("abc ", config), generator.generate("abc ", config)
+        assert [(s.text, s.logprob) for s in first.samples] == [(s.text, s.logprob) for s in again.samples]
+        for sample in first.samples:
+            assert sample.logprob == pytest.approx(sequence_logprob(model, prime_ids, sample.ids), abs=1e-4)
+
+
+@pytest.mark.parametrize("length", [1, 2, 9, 10, 30])  # stepped up to SHORT_PRIME + 1 tokens, nn.LSTM beyond
+def test_prime_state_matches_the_forward_pass(length: int) -> None:
+    from chargen.sampling import Generator
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcdefghij ")
+    torch.manual_seed(length)
+    model = CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=2, hidden=16, embedding=8)).eval()
+    prime = torch.randint(0, codec.vocab_size, (length,)).tolist()
+    logits, (h, c) = Generator(model, codec).prime_state(prime)
+    want, (h_want, c_want) = model(torch.tensor([prime]))
+    torch.testing.assert_close(logits, want[:, -1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h, h_want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c, c_want, atol=1e-5, rtol=1e-4)
+
+
+def test_beam_width_one_scores_exactly_like_greedy() -> None:
+    from chargen.sampling import DecodeConfig, Generator
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcdefghij ")
+    torch.manual_seed(3)
+    generator = Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=2, hidden=32, embedding=8)), codec)
+    for block in (0, 4):
+        greedy = generator.generate("abc", DecodeConfig(length=200, greedy=True, no_repeat_ngram=block)).samples[0]
+        beam = generator.generate("abc", DecodeConfig(length=200, beam_width=1, no_repeat_ngram=block)).samples[0]
+        assert (beam.ids, beam.logprob) == (greedy.ids, greedy.logprob)
