@@ -59,7 +59,7 @@ from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, resolve_
 from chargen.errors import ChargenError
 from chargen.inference import expand_state, reorder_state
 from chargen.model import State
-from chargen.sampling import DecodeConfig, Generator, NgramBlocker, Sample, filter_logits
+from chargen.sampling import DecodeConfig, Generator, NgramBlocker, Sample, draw_one, filter_logits
 
 logger = logging.getLogger("chargen.service")
 
@@ -419,8 +419,7 @@ class BatchScheduler:
             at = 0
             for job, _ in members:
                 try:
-                    parts[id(job)] = best[at : at + job.n] if greedy else \
-                        torch.multinomial(probs[at : at + job.n], 1, generator=job.rng).squeeze(1)
+                    parts[id(job)] = best[at : at + job.n] if greedy else draw_one(probs[at : at + job.n], job.rng)
                 except RuntimeError:  # a bug: fail this request, keep the others going
                     logger.exception("sampling failed for a request on %s", self.name)
                     failed[id(job)] = (500, "internal error while decoding")

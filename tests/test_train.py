@@ -101,12 +101,10 @@ def _train_process(tmp_path: Path, *extra: str) -> subprocess.Popen:
 
 
 def test_ctrl_c_saves_and_resume_continues(tmp_path: Path) -> None:
-    proc = _train_process(tmp_path)
     run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "crash"
-    deadline = time.time() + 60
-    while not (run_dir / STATE).exists() and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    proc = _train_process(tmp_path)
+    _wait_for_new_state(run_dir, 0)  # the step-0 checkpoint, written before the loop...
+    _wait_for_new_state(run_dir, (run_dir / STATE).stat().st_mtime)  # ...then one from inside it
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -118,26 +116,37 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path: Path) -> None:
     assert load_state(run_dir / STATE)["step"] > step
 
 
-def test_sigkill_at_any_moment_leaves_a_loadable_resumable_run(tmp_path: Path) -> None:
-    proc = _train_process(tmp_path)
-    run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "crash"
-    deadline = time.time() + 60
-    while not (run_dir / STATE).exists() and time.time() < deadline:
+def _wait_for_new_state(run_dir: Path, since: float, timeout: float = 90) -> None:
+    """Until the process under test has written state.pt after ``since`` (it is really training)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / STATE).exists() and (run_dir / STATE).stat().st_mtime > since:
+            return
         time.sleep(0.05)
+    raise AssertionError("training process wrote no checkpoint in time")
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_resumable_run(tmp_path: Path) -> None:
+    run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "crash"
+    started = time.time() - 1
+    proc = _train_process(tmp_path)
     rng = random.Random(0)
     for _ in range(3):  # checkpoints are written every 2 steps: kills often land mid-write
-        time.sleep(rng.uniform(0.2, 1.2))
+        _wait_for_new_state(run_dir, started)
+        time.sleep(rng.uniform(0.0, 0.8))
         proc.kill()
         proc.wait()
         load_checkpoint(run_dir / LAST)
         load_checkpoint(run_dir / BEST)
-        load_state(run_dir / STATE)
+        step = load_state(run_dir / STATE)["step"]
+        started = (run_dir / STATE).stat().st_mtime
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chargen", "train", "--resume", "crash", "--quiet"],
+            [sys.executable, "-m", "chargen", "train", "--resume", "crash", "--quiet", "--no-log"],
             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        time.sleep(1.5)
+    _wait_for_new_state(run_dir, started)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert load_state(run_dir / STATE)["step"] > step  # the last resume went on from where the kill left it
     assert not list(run_dir.glob(".*.tmp")), "a resumed run clears temp files of killed writes"
-    assert load_state(run_dir / STATE)["step"] > 0
