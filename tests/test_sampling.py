@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from chargen.checkpoint import BEST, load_checkpoint
-from chargen.inference import Stepper
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import DecodeConfig, Generator, filter_logits, sequence_logprob
 
@@ -17,19 +16,6 @@ from chargen.sampling import DecodeConfig, Generator, filter_logits, sequence_lo
 def generator(trained_run: Path) -> Generator:
     loaded = load_checkpoint(trained_run / BEST)
     return Generator(loaded.model, loaded.codec)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_fused_step_matches_the_training_forward(cell: str) -> None:
-    torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=11, cell=cell, layers=2, hidden=16, embedding=8)).eval()
-    tokens = torch.randint(0, 11, (3, 9))
-    logits, _ = model(tokens)  # [3, 9, 11]
-    stepper = Stepper(model)
-    state = stepper.initial_state(3)
-    for t in range(9):
-        step_logits, state = stepper.step(tokens[:, t], state)
-        torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-4)
 
 
 def test_beam_width_one_is_greedy(generator: Generator) -> None:
