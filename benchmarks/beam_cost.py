@@ -1,11 +1,13 @@
 """Beam width 8 against plain sampling, time per generated character, for the sampling issue.
 
-    python -m benchmarks.beam_cost [--sizes 256 512] [--rounds 7] [--length 300]
+    python -m benchmarks.beam_cost [--sizes 256 512] [--checkpoint RUN ...] [--rounds 7] [--length 300]
 
 Times ``Generator.generate`` (the code `chargen sample` runs) on a 2-layer LSTM
-of each hidden size, vocabulary 65, untrained weights (timing does not depend on
-them). Each round runs sampling and beam search back to back and takes their
-ratio, so both see the same machine load; prints median and range as Markdown.
+of each hidden size, vocabulary 65, untrained weights, and on each trained
+``--checkpoint`` (where the n-gram block has real repeats to ban). Each round
+runs sampling, beam search (default n-gram block) and beam search without the
+block back to back and takes their ratios, so all see the same machine load;
+prints medians and the range of the per-round ratio as Markdown.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from chargen.checkpoint import load_checkpoint, resolve_checkpoint
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec
@@ -30,30 +34,41 @@ def per_char_us(generator: Generator, config: DecodeConfig) -> float:
     return (time.perf_counter() - start) / config.length * 1e6
 
 
+def measure(label: str, generator: Generator, args: argparse.Namespace) -> str:
+    sample = DecodeConfig(length=args.length, seed=1)
+    beam = DecodeConfig(length=args.length, beam_width=8)  # default n-gram block 12, as users get
+    unblocked = DecodeConfig(length=args.length, beam_width=8, no_repeat_ngram=0)
+    for config in (sample, beam, unblocked):  # warm-up
+        per_char_us(generator, config)
+    rows = [tuple(per_char_us(generator, c) for c in (sample, beam, unblocked)) for _ in range(args.rounds)]
+    med = statistics.median
+    ratios = [b / s for s, b, _ in rows]
+    return (f"| {label} | {med(r[0] for r in rows):,.0f} | {med(r[1] for r in rows):,.0f} | "
+            f"{med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {med(u / s for s, _, u in rows):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512])
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="trained runs or weights files")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--length", type=int, default=300)
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    print(f"Command: `python -m benchmarks.beam_cost --sizes {' '.join(map(str, args.sizes))} "
+    extra = "".join(f" --checkpoint {c}" for c in args.checkpoint)
+    print(f"Command: `python -m benchmarks.beam_cost --sizes {' '.join(map(str, args.sizes))}{extra} "
           f"--rounds {args.rounds} --length {args.length}`; torch {torch.__version__}; load average {load:.2f}\n")
-    print("| model | sampling µs/char | beam 8 µs/char | beam 8 / sampling |")
-    print("|---|---:|---:|---:|")
+    print("| model | sampling µs/char | beam 8 µs/char | beam 8 / sampling | without n-gram block |")
+    print("|---|---:|---:|---:|---:|")
     for hidden in args.sizes:
         torch.manual_seed(0)
         model = CharRNN(ModelConfig(vocab_size=len(ALPHABET), layers=2, hidden=hidden, embedding=64))
-        generator = Generator(model, TextCodec(ALPHABET))
-        sample = DecodeConfig(length=args.length, seed=1)
-        beam = DecodeConfig(length=args.length, beam_width=8)  # default n-gram block 12, as users get
-        per_char_us(generator, sample), per_char_us(generator, beam)  # warm-up
-        rows = [(per_char_us(generator, sample), per_char_us(generator, beam)) for _ in range(args.rounds)]
-        ratios = [b / s for s, b in rows]
-        med = statistics.median
-        print(f"| 2x{hidden} LSTM | {med(s for s, _ in rows):,.0f} | {med(b for _, b in rows):,.0f} | "
-              f"{med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
-
+        print(measure(f"2x{hidden} LSTM, untrained", Generator(model, TextCodec(ALPHABET)), args), flush=True)
+    for spec in args.checkpoint:
+        loaded = load_checkpoint(resolve_checkpoint(spec))
+        cfg = loaded.config
+        label = f"{cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, trained ({Path(spec).name})"
+        print(measure(label, Generator(loaded.model, loaded.codec), args), flush=True)
 
 if __name__ == "__main__":
     main()

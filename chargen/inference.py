@@ -127,10 +127,11 @@ class Stepper:
                 n = torch.addcmul(gi[:, 2 * hidden :], r, gh[:, 2 * hidden :]).tanh_()
                 x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             else:
+                # Accumulating in place (addmm_) saves a copy of the [B, G*H] gates per product.
                 if layer == 0:
-                    gates = torch.addmm(self.input_table.index_select(0, tokens), h, self.w_hh[0])
+                    gates = self.input_table.index_select(0, tokens).addmm_(h, self.w_hh[0])
                 else:  # two products instead of one over cat([x, h]): same bytes, no copy
-                    gates = torch.addmm(torch.addmm(self.bias[layer], h, self.w_hh[layer]), x, self.w_ih[layer])
+                    gates = torch.addmm(self.bias[layer], h, self.w_hh[layer]).addmm_(x, self.w_ih[layer])
                 if lstm:  # gates (i, f, o, 2g): c = f c + i tanh(g) = f c + 2 i sigmoid(2g) - i
                     i, f, o, s = gates.sigmoid_().chunk(4, dim=1)
                     c = torch.addcmul(f * c_all[layer], i, s, value=2).sub_(i)

@@ -9,7 +9,7 @@ import torch
 
 from chargen.checkpoint import BEST, load_checkpoint
 from chargen.model import CharRNN, ModelConfig
-from chargen.sampling import DecodeConfig, Generator, filter_logits, sequence_logprob
+from chargen.sampling import DecodeConfig, Generator, NgramBlocker, advance_beams, filter_logits, sequence_logprob
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,17 @@ def test_ngram_block_removes_the_loop_plain_beam_search_falls_into(generator: Ge
     blocked = generator.generate("The ", DecodeConfig(length=300, beam_width=6, no_repeat_ngram=12)).samples[0].text
     assert longest_repeat_count("The " + blocked, 12) == 1, blocked
     assert len(set(blocked)) > 10, blocked  # still text, not a degenerate stream
+
+
+def test_beam_children_copy_their_parents_ngrams_before_any_child_adds_its_own() -> None:
+    parent = NgramBlocker(3, [1, 2, 3, 1])  # seen: (1, 2) -> 3, (2, 3) -> 1; tail (3, 1)
+    children, rows, cols = advance_beams([parent], parents=[0, 0], tokens=[2, 4], vocab=10)
+    assert children[0] is not children[1]
+    assert children[0].seen[(3, 1)] == (2,) and children[1].seen[(3, 1)] == (4,)  # not (2, 4): no leak
+    assert children[0].banned() == (3,) and children[1].banned() == ()  # "1 2 3" again is banned
+    assert (rows, cols) == ([0], [3])
+    everything = NgramBlocker(2, [1, 1, 1, 2, 1])  # after 1, both tokens have been seen: the block yields
+    assert advance_beams([everything], parents=[0], tokens=[1], vocab=2)[1:] == ([], [])
 
 
 def test_extreme_settings_never_crash() -> None:
