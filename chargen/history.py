@@ -583,49 +583,31 @@ class History:
         the newest training run that produced a checkpoint with this sha256.
         Total logprob (when every sample has one) and chars/s are derived.
         """
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
-        if "name" not in codec:
-            raise ValueError("codec metadata needs a 'name'")
-        if seed is not None and not -(1 << 63) <= seed < (1 << 63):
-            raise ValueError("seed must fit in a signed 64-bit integer")
-        samples = [_sample_record(s) for s in outputs]
-        logprobs = [s.logprob for s in samples]
-        total = math.fsum(lp for lp in logprobs if lp is not None) if samples and None not in logprobs else None
-        chars = sum(len(s.text) for s in samples)
-        record_id, created = _new_record_id(created_at)
-        row = Generation(
-            id=record_id,
-            created_at=created,
-            duration_s=float(duration_s),
-            chargen_version=chargen_version,
-            checkpoint_path=_abspath(checkpoint_path),
-            checkpoint_sha256=checkpoint_sha256.lower(),
-            model_config=_json_object(model_config, "model_config"),
-            codec=_json_object(codec, "codec"),
-            decoder=decoder,
-            params=_json_object(params, "params"),
-            seed=seed,
-            prime=prime,
-            total_logprob=_finite(total),
-            chars_per_s=_finite(chars / duration_s) if duration_s > 0 else None,
-            outputs=[
-                GenerationOutput(
-                    index=i,
-                    text=s.text,
-                    logprob=_finite(s.logprob),
-                    midi_path=None if s.midi_path is None else _abspath(s.midi_path),
-                )
-                for i, s in enumerate(samples)
-            ],
-        )
+        return self.record_generations([dict(
+            checkpoint_path=checkpoint_path, checkpoint_sha256=checkpoint_sha256, model_config=model_config,
+            codec=codec, decoder=decoder, params=params, prime=prime, outputs=outputs, duration_s=duration_s,
+            seed=seed, run_id=run_id, chargen_version=chargen_version, created_at=created_at)])[0]
+
+    def record_generations(self, generations: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Store several generations in one transaction: all or none. Returns their ids, in order.
+
+        Each mapping holds :meth:`record_generation`'s keyword arguments. One commit
+        (and one training-run lookup per checkpoint) for many rows: a server logging
+        many concurrent requests groups them this way.
+        """
+        rows = [_generation_row(**fields) for fields in generations]  # validates all before writing any
+        ids = [row.id for row in rows]  # read now: the commit expires the rows
         with self._session(write=True) as session:
-            if run_id is None:
-                row.run_id = self._find_run(session, row.checkpoint_sha256)
-            else:
-                row.run_id = self._resolve(session, TrainingRun, run_id).id
-            session.add(row)
-        return record_id
+            runs: dict[str, str | None] = {}
+            for row, fields in zip(rows, generations):
+                if fields.get("run_id") is not None:
+                    row.run_id = self._resolve(session, TrainingRun, fields["run_id"]).id
+                else:
+                    if row.checkpoint_sha256 not in runs:
+                        runs[row.checkpoint_sha256] = self._find_run(session, row.checkpoint_sha256)
+                    row.run_id = runs[row.checkpoint_sha256]
+            session.add_all(rows)
+        return ids
 
     def record_training_run(
         self,
@@ -799,6 +781,62 @@ def _checkpoint_clause(
 
 def _common_prefix(a: str, b: str) -> int:
     return len(os.path.commonprefix([a, b]))
+
+
+def _generation_row(
+    *,
+    checkpoint_path: str | os.PathLike[str],
+    checkpoint_sha256: str,
+    model_config: ConfigLike,
+    codec: Mapping[str, Any],
+    decoder: str,
+    params: ConfigLike,
+    prime: str,
+    outputs: Sequence[SampleRecord | SampleLike | str],
+    duration_s: float,
+    seed: int | None = None,
+    run_id: str | None = None,  # resolved by the caller, inside its transaction
+    chargen_version: str = chargen.__version__,
+    created_at: datetime | None = None,
+) -> Generation:
+    """A validated, unsaved Generation row with its outputs (see History.record_generation)."""
+    del run_id
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+    if "name" not in codec:
+        raise ValueError("codec metadata needs a 'name'")
+    if seed is not None and not -(1 << 63) <= seed < (1 << 63):
+        raise ValueError("seed must fit in a signed 64-bit integer")
+    samples = [_sample_record(s) for s in outputs]
+    logprobs = [s.logprob for s in samples]
+    total = math.fsum(lp for lp in logprobs if lp is not None) if samples and None not in logprobs else None
+    chars = sum(len(s.text) for s in samples)
+    record_id, created = _new_record_id(created_at)
+    return Generation(
+        id=record_id,
+        created_at=created,
+        duration_s=float(duration_s),
+        chargen_version=chargen_version,
+        checkpoint_path=_abspath(checkpoint_path),
+        checkpoint_sha256=checkpoint_sha256.lower(),
+        model_config=_json_object(model_config, "model_config"),
+        codec=_json_object(codec, "codec"),
+        decoder=decoder,
+        params=_json_object(params, "params"),
+        seed=seed,
+        prime=prime,
+        total_logprob=_finite(total),
+        chars_per_s=_finite(chars / duration_s) if duration_s > 0 else None,
+        outputs=[
+            GenerationOutput(
+                index=i,
+                text=s.text,
+                logprob=_finite(s.logprob),
+                midi_path=None if s.midi_path is None else _abspath(s.midi_path),
+            )
+            for i, s in enumerate(samples)
+        ],
+    )
 
 
 def _abspath(path: str | os.PathLike[str]) -> str:

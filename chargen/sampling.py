@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,6 +28,9 @@ DEFAULT_NO_REPEAT_NGRAM = 12
 TokenCallback = Callable[[int, str], None]
 #: Primes up to this many tokens (besides the last) are stepped, not run through ``nn.LSTM``.
 SHORT_PRIME = 8
+#: Primed states kept per Generator, for primes up to PRIME_CACHE_TOKENS tokens.
+PRIME_CACHE_SIZE = 32
+PRIME_CACHE_TOKENS = 256
 
 
 @dataclass
@@ -207,9 +212,29 @@ class Generator:
         self.model = model.cpu().eval()
         self.codec = codec
         self.stepper = Stepper(self.model)
+        # Primed states of recent short primes: a server sees the same few (the default above all).
+        self._primed: OrderedDict[tuple[int, ...], tuple[torch.Tensor, State]] = OrderedDict()
+        self._primed_lock = threading.Lock()
 
     @torch.inference_mode()
     def prime_state(self, prime_ids: list[int]) -> tuple[torch.Tensor, State]:
+        """Logits [1, V] after the prime and the state that produced them; fresh tensors each call."""
+        key = tuple(prime_ids)
+        with self._primed_lock:
+            cached = self._primed.get(key)
+            if cached is not None:
+                self._primed.move_to_end(key)
+        if cached is None:
+            cached = self._run_prime(prime_ids)
+            if len(key) <= PRIME_CACHE_TOKENS:
+                with self._primed_lock:
+                    self._primed[key] = cached
+                    if len(self._primed) > PRIME_CACHE_SIZE:
+                        self._primed.popitem(last=False)
+        logits, state = cached
+        return logits.clone(), tuple(s.clone() for s in state)  # callers own theirs
+
+    def _run_prime(self, prime_ids: list[int]) -> tuple[torch.Tensor, State]:
         """Run all but the last prime token through the fused model; step the last.
 
         A short prime is stepped token by token instead: one ``nn.LSTM`` call

@@ -109,3 +109,22 @@ def test_beam_width_one_scores_exactly_like_greedy() -> None:
         greedy = generator.generate("abc", DecodeConfig(length=200, greedy=True, no_repeat_ngram=block)).samples[0]
         beam = generator.generate("abc", DecodeConfig(length=200, beam_width=1, no_repeat_ngram=block)).samples[0]
         assert (beam.ids, beam.logprob) == (greedy.ids, greedy.logprob)
+
+
+def test_prime_state_cache_returns_equal_fresh_tensors() -> None:
+    from chargen.sampling import Generator
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcdefghij ")
+    torch.manual_seed(5)
+    generator = Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=2, hidden=16, embedding=8)), codec)
+    prime = codec.encode("abc abc")
+    logits, (h, c) = generator.prime_state(prime)
+    want = (logits.clone(), h.clone(), c.clone())
+    with torch.inference_mode():  # a caller scribbling on its copy must not reach the next one
+        logits.fill_(0), h.fill_(0), c.fill_(0)
+    again, (h2, c2) = generator.prime_state(prime)
+    for got, expected in zip((again, h2, c2), want):
+        assert torch.equal(got, expected)
+    other, _ = generator.prime_state(codec.encode("ji"))
+    assert not torch.equal(other, again)
