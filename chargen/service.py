@@ -7,11 +7,16 @@ Design
     (seeded from its request seed), n-gram blockers and log-probabilities, and
     picks its tokens with exactly the operations of ``Generator._sample``, so a
     seeded request returns what ``Generator.generate`` returns for it.
+  * The scheduler also primes each request as it joins (recent primes come
+    from the generator's cache) and draws its sampling noise NOISE_AHEAD
+    ticks at a time into a batch-wide buffer, so a tick's Python work does
+    not grow with one call per request.
   * Beam search runs whole through ``Generator.generate`` on a small thread
     pool: its K beams are already one batch.
   * Nothing heavy runs on the event loop: priming, stepping, history writes
     and MIDI rendering happen in threads, results come back through
-    ``loop.call_soon_threadsafe`` into per-request asyncio queues.
+    ``loop.call_soon_threadsafe`` into per-request asyncio queues. History
+    writes are group-committed by one writer thread (:class:`HistoryWriter`).
   * History is reached only through :class:`GenerationLog` (implemented by
     :class:`HistoryLog` over ``chargen.history``), so one class changes if
     that API does.
@@ -326,17 +331,22 @@ class _Job:
     """One sampling/greedy request inside a scheduler: n rows of the batch."""
 
     def __init__(self, config: DecodeConfig, prime_ids: list[int], emit: Emit, stream: bool):
+        # No torch calls here: this runs on the event loop, and every torch call there
+        # waits for the GIL behind the scheduler thread.
         n = config.num_samples
         self.config, self.n, self.emit, self.stream = config, n, emit, stream
         self.prime_ids = prime_ids
-        self.logits, self.state = torch.empty(0), ()  # set by prime(), in the scheduler thread
-        self.rng = torch.Generator().manual_seed(config.seed)
-        self.noise: list[torch.Tensor] = []  # per coming tick, [n, V] Exp(1) draws; used from the end
+        self.logits: torch.Tensor | None = None  # [n, V], set by prime() in the scheduler thread
+        self.state: State = ()
+        self.rng: torch.Generator | None = None
+        self.vocab = 0
         self.blocking = bool(config.no_repeat_ngram)
-        self.blockers = [NgramBlocker(config.no_repeat_ngram or 0, prime_ids) for _ in range(n)]
+        self.blockers = [NgramBlocker(config.no_repeat_ngram or 0, prime_ids) for _ in range(n)] \
+            if self.blocking else []
         self.ids: list[list[int]] = [[] for _ in range(n)]
         # Python floats add in IEEE double exactly like Generator's float64 tensor.
         self.total = [0.0] * n
+        self.remaining = config.length  # tokens still to choose
         self.cancelled = False
         self.started = 0.0
         # Requests with equal keys share the batch-wide filtering ops of each tick.
@@ -345,24 +355,27 @@ class _Job:
 
     @property
     def done(self) -> bool:
-        return len(self.ids[0]) >= self.config.length
+        return self.remaining <= 0
 
     def prime(self, generator: Generator) -> None:
         # As Generator._sample: expand the batch-1 primed state to n identical rows.
         logits, state = generator.prime_state(self.prime_ids)
+        self.vocab = logits.shape[-1]
         self.logits, self.state = logits.expand(self.n, -1), expand_state(state, self.n)
+        self.rng = torch.Generator().manual_seed(self.config.seed)
 
-    def next_noise(self, vocab: int) -> torch.Tensor:
-        """This tick's [n, V] noise for ``draw_one``'s rule, drawn up to NOISE_AHEAD ticks at a time.
+    def draw_noise(self, ticks: int, skip: int = 0) -> torch.Tensor:
+        """[ticks, n, V] noise for draw_one's rule; rows before ``skip`` are left unset, not drawn.
 
         One ``exponential_`` call for many ticks fills the same stream as one call per
         tick (tests/test_service_scheduler.py checks), so a seed gives the CLI's output.
+        Greedy requests draw nothing. Rows past the request's end are not drawn either.
         """
-        if not self.noise:
-            ahead = max(1, min(NOISE_AHEAD, self.config.length - len(self.ids[0])))
-            drawn = torch.empty(ahead, self.n, vocab).exponential_(1, generator=self.rng)  # [ahead, n, V]
-            self.noise = list(reversed(drawn.unbind(0)))  # popped from the end: first tick first
-        return self.noise.pop()
+        block = torch.empty(ticks, self.n, self.vocab)
+        if not self.config.greedy:
+            assert self.rng is not None  # set by prime()
+            block[skip : skip + min(ticks - skip, self.remaining)].exponential_(1, generator=self.rng)
+        return block
 
 
 @dataclass
@@ -385,6 +398,10 @@ class BatchScheduler:
         self._active: list[_Job] = []  # owned by the worker thread
         self._logits: torch.Tensor | None = None  # [rows, V]
         self._state: State | None = None  # each [layers, rows, hidden]
+        # Sampling noise for the coming ticks of the cycle, row for row with the batch: each
+        # request draws from its own RNG once per NOISE_AHEAD ticks, and a tick reads one slice.
+        self._noise: torch.Tensor | None = None  # [NOISE_AHEAD, rows, V]
+        self._phase = 0  # this tick's slice of _noise
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"chargen-batch-{name}", daemon=True)
 
@@ -457,12 +474,15 @@ class BatchScheduler:
             logger.exception("priming failed for a request on %s", self.name)
             job.emit("error", (500, "internal error while priming"))
             return
-        if self._logits is None or self._state is None:
-            self._logits, self._state = job.logits.contiguous(), job.state
+        assert job.logits is not None
+        noise = job.draw_noise(NOISE_AHEAD, skip=self._phase)  # from this tick to the cycle's end
+        if self._logits is None or self._state is None or self._noise is None:
+            self._logits, self._state, self._noise = job.logits.contiguous(), job.state, noise
         else:
             self._logits = torch.cat([self._logits, job.logits])
             self._state = tuple(torch.cat([a, b], dim=1) for a, b in zip(self._state, job.state))
-        job.logits, job.state = torch.empty(0), ()  # the batch holds them now
+            self._noise = torch.cat([self._noise, noise], dim=1)
+        job.logits, job.state = None, ()  # the batch holds them now
         self._active.append(job)
 
     def _retain(self, keep: list[_Job]) -> torch.Tensor | None:
@@ -477,11 +497,12 @@ class BatchScheduler:
         self._active = keep
         index = torch.tensor(rows, dtype=torch.long)
         if not rows:
-            self._logits = self._state = None
+            self._logits = self._state = self._noise = None
             return index
-        assert self._logits is not None and self._state is not None
+        assert self._logits is not None and self._state is not None and self._noise is not None
         self._logits = self._logits.index_select(0, index)
         self._state = reorder_state(self._state, index)
+        self._noise = self._noise.index_select(1, index)
         return index
 
     def _tick(self) -> None:
@@ -495,8 +516,9 @@ class BatchScheduler:
         self._retain([job for job in self._active if not job.cancelled])
         if not self._active:
             return
-        assert self._logits is not None and self._state is not None
+        assert self._logits is not None and self._state is not None and self._noise is not None
         logprobs = torch.log_softmax(self._logits.float(), dim=-1)  # [B, V], the model's own
+        noise = self._noise[self._phase]  # [B, V]
         scores = self._logits.float()
         starts: list[int] = []
         failed: dict[int, tuple[int, str]] = {}
@@ -517,15 +539,13 @@ class BatchScheduler:
             if id(job) not in failed:
                 groups.setdefault(job.key, []).append((job, start))
             start += job.n
-        vocab = scores.shape[-1]
         tokens: torch.Tensor | None = None  # [B]
         for key, members in groups.items():
-            if len(members) == len(self._active):  # the usual case: one group, no gathering
-                group = scores
-            else:
+            whole = len(members) == len(self._active)  # the usual case: one group, no gathering
+            if not whole:
                 index = torch.tensor([r for job, first in members for r in range(first, first + job.n)])
-                group = scores.index_select(0, index)
             try:
+                group = scores if whole else scores.index_select(0, index)
                 if key[0] == "greedy":
                     chosen = group.argmax(dim=-1)
                 else:
@@ -533,13 +553,12 @@ class BatchScheduler:
                     # request's q comes from its own RNG, so a seed reproduces the CLI's output.
                     _, temperature, top_k, top_p = key
                     probs = torch.softmax(filter_logits(group / temperature, top_k, top_p), dim=-1)  # [G, V]
-                    noise = [job.next_noise(vocab) for job, _ in members]
-                    chosen = (probs / (noise[0] if len(noise) == 1 else torch.cat(noise))).argmax(dim=-1)
+                    chosen = (probs / (noise if whole else noise.index_select(0, index))).argmax(dim=-1)
             except RuntimeError:  # a bug: fail these requests, keep the others going
                 logger.exception("sampling failed for requests on %s", self.name)
                 failed.update((id(job), (500, "internal error while decoding")) for job, _ in members)
                 continue
-            if len(members) == len(self._active):
+            if whole:
                 tokens = chosen
             else:  # failed rows keep the placeholder token 0: they leave the batch before the step
                 tokens = torch.zeros(len(scores), dtype=torch.long) if tokens is None else tokens
@@ -551,29 +570,41 @@ class BatchScheduler:
         symbols = self.generator.codec.symbols
         going: list[_Job] = []
         for job, first in zip(self._active, starts):
-            if id(job) in failed:
+            if failed and id(job) in failed:
                 job.emit("error", failed[id(job)])
                 continue
-            for i in range(job.n):
-                token = token_list[first + i]
-                job.ids[i].append(token)
+            if job.n == 1:  # the usual request: no inner loop
+                token = token_list[first]
+                job.ids[0].append(token)
+                job.total[0] += gained[first]
                 if job.blocking:
-                    job.blockers[i].push(token)
-                job.total[i] += gained[first + i]
+                    job.blockers[0].push(token)
+            else:
+                for i in range(job.n):
+                    token = token_list[first + i]
+                    job.ids[i].append(token)
+                    job.total[i] += gained[first + i]
+                    if job.blocking:
+                        job.blockers[i].push(token)
             self.stats.tokens += job.n
             if job.stream:
-                job.emit("tokens", [symbols[token_list[first + i]] for i in range(job.n)])
-            if job.done:
+                job.emit("tokens", [symbols[token] for token in token_list[first : first + job.n]])
+            job.remaining -= 1
+            if job.remaining <= 0:
                 self._finish(job)
             else:
                 going.append(job)
         index = self._retain(going)
+        self._phase += 1
         if going:
+            if self._phase == NOISE_AHEAD:  # next cycle: every request draws its next NOISE_AHEAD ticks
+                self._noise = torch.cat([job.draw_noise(NOISE_AHEAD) for job in going], dim=1)
             step_tokens = tokens if index is None else tokens.index_select(0, index)
             self._logits, self._state = self.generator.stepper.step(step_tokens, self._state)
             self.stats.steps += 1
             self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(step_tokens))
             self.stats.max_batch_requests = max(self.stats.max_batch_requests, len(going))
+        self._phase %= NOISE_AHEAD
 
     def _finish(self, job: _Job) -> None:
         codec = self.generator.codec
@@ -584,7 +615,7 @@ class BatchScheduler:
         with self._cond:
             jobs = list(self._pending) + self._active
             self._pending.clear()
-        self._active, self._logits, self._state = [], None, None
+        self._active, self._logits, self._state, self._noise = [], None, None, None
         for job in jobs:
             job.emit("error", (status, message))
 

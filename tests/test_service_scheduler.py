@@ -68,3 +68,29 @@ def test_batched_requests_match_the_cli_generator_seed_for_seed() -> None:
         assert [s.logprob for s in samples] == pytest.approx([s.logprob for s in expected], rel=1e-5)
     texts = [payload[0][0].text for _, payload in results[:2]]
     assert texts[0] != texts[1]  # the two seeds really drew differently
+
+
+def test_requests_joining_mid_cycle_keep_their_streams() -> None:
+    """Driven tick by tick: requests admitted at different points of the noise cycle, leaving at others."""
+    codec = TextCodec("abcdefghij \n")
+    torch.manual_seed(1)
+    generator = Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=24, embedding=8)), codec)
+    scheduler = BatchScheduler("m", generator, max_batch=64)
+    done: dict[int, Any] = {}
+    plan = {0: [DecodeConfig(length=NOISE_AHEAD + 9, seed=10)],
+            5: [DecodeConfig(length=2 * NOISE_AHEAD, seed=11, num_samples=2), DecodeConfig(length=40, greedy=True)],
+            NOISE_AHEAD + 3: [DecodeConfig(length=NOISE_AHEAD - 1, seed=12, top_k=3)]}
+    configs = []
+    with torch.inference_mode():
+        for tick in range(4 * NOISE_AHEAD):
+            for config in plan.get(tick, []):
+                slot = len(configs)
+                configs.append(config.resolved())
+                scheduler._admit(_Job(configs[-1], codec.encode("ab"),
+                                      lambda kind, payload, slot=slot: done.__setitem__(slot, (kind, payload)), False))
+            scheduler._tick()
+    assert sorted(done) == list(range(len(configs)))
+    for slot, config in enumerate(configs):
+        kind, (samples, _) = done[slot]
+        assert kind == "done"
+        assert [s.ids for s in samples] == [s.ids for s in generator.generate("ab", config).samples], config
