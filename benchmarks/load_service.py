@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python benchmarks/load_service.py CHECKPOINT [--clients 16] [--requests 400] [--length 200]
-                                      [--sequential 50] [--database URL]
+                                      [--sequential 100] [--database URL]
 
 Starts the service on CHECKPOINT (weights file, run folder or run name) in a
 child process on a free loopback port, then
@@ -77,6 +77,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count_rows(url: str | None) -> int | None:
     if url is None:
         return None
@@ -122,7 +131,7 @@ def main() -> int:
     parser.add_argument("checkpoint", help="weights file, run folder or run name")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=400, help="requests in the concurrent phase")
-    parser.add_argument("--sequential", type=int, default=50, help="requests in the one-client phase")
+    parser.add_argument("--sequential", type=int, default=100, help="requests in the one-client phase")
     parser.add_argument("--length", type=int, default=200, help="tokens per request")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--database", help="history database URL [default: a temporary SQLite file]")
@@ -160,10 +169,14 @@ def main() -> int:
         rows_before = count_rows(database)
         asyncio.run(run_phase(base, Phase("warm-up", 1), 3, body))
         stats_before = httpx.get(base + "/v1/stats").json()["models"][name]
+        cpu_before = process_cpu_s(server.pid)
         one = asyncio.run(run_phase(base, Phase("one client at a time", 1), args.sequential, body))
+        cpu_mid = process_cpu_s(server.pid)
+        rows_mid = count_rows(database)
         stats_mid = httpx.get(base + "/v1/stats").json()["models"][name]
         many = asyncio.run(run_phase(base, Phase(f"{args.clients} concurrent clients", args.clients),
                                      args.requests, body))
+        cpu_after = process_cpu_s(server.pid)
         stats_after = httpx.get(base + "/v1/stats").json()["models"][name]
         rows_after = count_rows(database)
     finally:
@@ -174,20 +187,25 @@ def main() -> int:
     cfg = loaded.config
     expected_rows = 3 + args.sequential + args.requests
     new_rows = "n/a (chargen.history not installed)" if rows_before is None else \
-        f"{rows_after - rows_before} (of {expected_rows} requests)"
+        f"{rows_after - rows_before} (of {expected_rows} requests), {rows_after - rows_mid} in the concurrent " \
+        f"phase (of {args.requests})"
     print(f"### chargen serve load test: {weights.name} of {weights.parent.name}\n")
     print(f"{cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, vocab {cfg.vocab_size}; {args.length} tokens per request, "
           f"temperature {args.temperature}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, {args.threads} torch thread(s) in the server, server and clients on one machine"
           f" (load average {os.getloadavg()[0]:.1f} at the end).\n")
-    print("| phase | requests | failures | wall s | chars/s | p50 latency s | p95 latency s | tokens per model step |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for phase, (a, b) in ((one, (stats_before, stats_mid)), (many, (stats_mid, stats_after))):
+    print("| phase | requests | failures | wall s | chars/s | p50 latency s | p95 latency s | tokens per model step "
+          "| server CPU ms per request |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    phases = ((one, (stats_before, stats_mid), (cpu_before, cpu_mid)),
+              (many, (stats_mid, stats_after), (cpu_mid, cpu_after)))
+    for phase, (a, b), (cpu_a, cpu_b) in phases:
         steps = b["steps"] - a["steps"]
         per_step = (b["tokens"] - a["tokens"]) / steps if steps else float("nan")
+        cpu = "n/a" if cpu_a is None or cpu_b is None else f"{(cpu_b - cpu_a) / phase.requests * 1e3:.1f}"
         print(f"| {phase.name} | {phase.requests} | {phase.failures} | {phase.wall_s:.2f} | "
               f"{phase.chars_per_s:,.0f} | {phase.percentile(0.5):.3f} | {phase.percentile(0.95):.3f} | "
-              f"{per_step:.2f} |")
+              f"{per_step:.2f} | {cpu} |")
     speedup = many.chars_per_s / one.chars_per_s if one.chars_per_s else float("nan")
     print(f"\nConcurrent / sequential throughput: **{speedup:.1f}x**; largest batch "
           f"{stats_after['max_batch_requests']} requests ({stats_after['max_batch_rows']} rows); "
