@@ -112,6 +112,25 @@ def test_bad_arguments_are_programming_errors(history: History) -> None:
         record(history, created_at=datetime(2024, 1, 1))
 
 
+def test_record_generations_writes_a_group_in_one_transaction_all_or_none(history: History) -> None:
+    run_id = _run(history)
+    base = {
+        "checkpoint_path": "/ckpt/fables/best.safetensors", "checkpoint_sha256": SHA_A,
+        "model_config": {"cell": "lstm"}, "codec": {"name": "text"}, "decoder": "sample",
+        "params": {"temperature": 1.0}, "outputs": ["x"], "duration_s": 0.1,
+    }
+    ids = history.record_generations([{**base, "prime": f"p{i}"} for i in range(3)]
+                                     + [{**base, "prime": "other", "checkpoint_sha256": SHA_B}])
+    assert len(set(ids)) == 4
+    got = [history.get_generation(i) for i in ids]
+    assert [g.prime for g in got] == ["p0", "p1", "p2", "other"]
+    assert [g.run_id for g in got] == [run_id] * 3 + [None]  # each row linked to its own checkpoint's run
+    before = len(history.list_generations(limit=None))
+    with pytest.raises(ValueError, match="decoder"):  # one bad entry: nothing of the group is written
+        history.record_generations([{**base, "prime": "fine"}, {**base, "prime": "", "decoder": "nucleus"}])
+    assert len(history.list_generations(limit=None)) == before
+
+
 def test_explicit_creation_time_is_kept_and_encoded_in_the_id(history: History) -> None:
     when = datetime(2021, 5, 4, 3, 2, 1, 500000, tzinfo=timezone(timedelta(hours=2)))
     gid = record(history, created_at=when)

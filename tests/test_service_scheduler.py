@@ -94,3 +94,35 @@ def test_requests_joining_mid_cycle_keep_their_streams() -> None:
         kind, (samples, _) = done[slot]
         assert kind == "done"
         assert [s.ids for s in samples] == [s.ids for s in generator.generate("ab", config).samples], config
+
+
+def test_history_writer_commits_groups_and_a_bad_entry_costs_only_its_own_row(tmp_path) -> None:
+    from concurrent.futures import Future
+
+    from chargen.checkpoint import Checkpoint
+    from chargen.history import History
+    from chargen.service import HistoryError, HistoryLog, HistoryWriter, LogEntry
+
+    codec = TextCodec("ab ")
+    model = CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=8, embedding=4))
+    checkpoint = Checkpoint(tmp_path / "best.safetensors", model, codec, model.config, {})
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    writer = HistoryWriter(HistoryLog(url))
+    config = DecodeConfig(length=3, seed=1).resolved()
+
+    def entry(prime: str, sha256: Any = "a" * 64) -> LogEntry:
+        return LogEntry(checkpoint, sha256, config, prime, [], 0.1)
+
+    batch: list[tuple[LogEntry, Future[str]]] = [(entry("one"), Future()), (entry("bad", sha256=None), Future()),
+                                                 (entry("three"), Future())]
+    writer._write(batch)  # one group as the writer thread would take it: the bad entry fails the transaction
+    assert isinstance(batch[1][1].exception(), HistoryError)
+    ids = [batch[0][1].result(), batch[2][1].result()]
+    queued = [writer.submit(entry(f"queued {i}")) for i in range(20)]
+    writer.close()  # writes what is queued before it stops
+    ids += [future.result(timeout=0) for future in queued]
+    assert isinstance(writer.submit(entry("late")).exception(), HistoryError)  # closed: refused, not dropped
+    with History(url) as history:
+        rows = history.list_generations(limit=None)
+    assert sorted(r.id for r in rows) == sorted(ids)
+    assert {r.prime for r in rows} == {"one", "three"} | {f"queued {i}" for i in range(20)}
