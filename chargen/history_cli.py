@@ -345,12 +345,3 @@ def runs(count: int, as_json: bool, database: str | None) -> None:
                 f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
         click.echo(_fit(line, width))
 
-
-# --------------------------------------------------------------------------
-# TODO(replay): `chargen history replay ID` belongs here; another engineer is
-# writing it on top of the sampling engine. It should load the record with
-# History.get_generation(ID), refuse (ChargenError) when the file at
-# checkpoint_path no longer has checkpoint_sha256, rebuild the decoder from
-# `decoder` + `params` with the logged `seed` and `prime`, and regenerate.
-# Nothing is registered for it yet on purpose: no stub that pretends to work.
-# --------------------------------------------------------------------------

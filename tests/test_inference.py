@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chargen import inference
-from chargen.inference import Stepper, generation_threads
+from chargen.inference import PackedStepper, Stepper, batch_stepper, generation_threads
 from chargen.model import CharRNN, ModelConfig
 
 
@@ -28,6 +28,34 @@ def test_step_matches_the_training_forward(cell: str, layers: int) -> None:
         torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-4)
     for got, want in zip(state, final):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_packed_step_for_beams_matches_the_training_forward(cell: str, layers: int) -> None:
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN: beams step through the plain Stepper (covered above)")
+    model = model_for(cell, layers)
+    stepper = batch_stepper(model, Stepper(model))
+    assert isinstance(stepper, PackedStepper)  # oneDNN is here, so the packed path must be the one in use
+    tokens = torch.randint(0, 11, (8, 9))
+    logits, final = model(tokens)  # [8, 9, 11]
+    state = stepper.initial_state(8)
+    with torch.inference_mode():
+        for t in range(9):
+            step_logits, state = stepper.step(tokens[:, t], state)
+            torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-4)
+    for got, want in zip(state, final):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_batch_stepper_falls_back_when_the_packed_products_disagree(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = model_for("lstm")
+    plain = Stepper(model)
+    monkeypatch.setattr(inference, "_linear", lambda x, packed, bias: torch.zeros(x.shape[0], packed.shape[0]))
+    assert batch_stepper(model, plain) is plain
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert batch_stepper(model, plain) is plain
 
 
 def test_step_outside_inference_mode_returns_plain_results() -> None:

@@ -93,6 +93,32 @@ def test_beam_children_copy_their_parents_ngrams_before_any_child_adds_its_own()
     assert advance_beams([everything], parents=[0], tokens=[1], vocab=2)[1:] == ([], [])
 
 
+def test_forked_blockers_ban_exactly_the_repeats_of_their_own_sequence() -> None:
+    """Many steps of random forks, past several folds of ``own`` into ``shared``, against a brute-force scan."""
+    import random
+
+    rng = random.Random(7)
+    n, vocab, width = 4, 6, 5  # 216 tails: enough to fold, few enough that bans are frequent
+    prime = [rng.randrange(vocab) for _ in range(10)]
+    blockers = [NgramBlocker(n, prime)] * width
+    sequences = [list(prime)] * width
+    banned_any = 0
+    for _ in range(400):  # > OWN_LIMIT entries per lineage: folds happen while forks share maps
+        parents = sorted(rng.randrange(width) for _ in range(width))
+        tokens = [rng.randrange(vocab) for _ in range(width)]
+        blockers, rows, cols = advance_beams(blockers, parents, tokens, vocab)
+        sequences = [sequences[p] + [t] for p, t in zip(parents, tokens)]
+        for row, (blocker, sequence) in enumerate(zip(blockers, sequences)):
+            tail = sequence[len(sequence) - n + 1 :]
+            want = {sequence[i + n - 1] for i in range(len(sequence) - n + 1) if sequence[i : i + n - 1] == tail}
+            assert set(blocker.banned()) == want
+            got = {c for r, c in zip(rows, cols) if r == row}
+            assert got == (want if len(want) < vocab else set())  # a ban of every token yields
+            banned_any += bool(want)
+    assert banned_any > 100
+    assert min(len(b.shared) for b in blockers) > NgramBlocker.OWN_LIMIT  # every lineage has folded
+
+
 def test_extreme_settings_never_crash() -> None:
     """Found by fuzzing the service: a vanishing top-p, or an n-gram block that bans every token."""
     from chargen.text_codec import TextCodec
