@@ -167,24 +167,31 @@ class PackedStepper(Stepper):
 
     At one row a product is a mat-vec bound by reading the weights, which MKL's
     ``addmm`` does well. At 8 rows it is compute-bound, and there oneDNN's
-    pre-packed fp32 kernel does 20-40% more FLOP/s than ``addmm`` on the AMD
-    cores we measured (BENCHMARKS.md, beam section); deeper layers then also
-    take one product over cat([x, h]). Results agree with ``Stepper`` to
+    pre-packed fp32 kernel is 15-37% faster than ``addmm`` on the AMD cores
+    we measured (BENCHMARKS.md, beam section); deeper LSTM/RNN layers then
+    also take one product over cat([x, h]). Results agree with ``Stepper`` to
     float32 rounding (only the order of the sums differs).
     """
 
     def __init__(self, model: CharRNN):
         super().__init__(model)
+        deeper = range(1, self.layers)  # layer 0's input product is the per-token table
         with torch.no_grad():
             self.packed_hh = [_pack(w) for w in self.w_hh]
-            self.packed_ih: list[torch.Tensor | None] = [None] + [_pack(w) for w in self.w_ih[1:]]
-            self.packed_both: list[torch.Tensor | None] = [None] + [
-                _pack(torch.cat([w_ih, w_hh])) for w_ih, w_hh in zip(self.w_ih[1:], self.w_hh[1:])]
+            # GRU keeps the input and hidden products apart; LSTM/RNN take one over cat([x, h]).
+            self.packed_ih: list[torch.Tensor | None] = [None] * self.layers
+            self.packed_both: list[torch.Tensor | None] = [None] * self.layers
+            for layer in deeper:
+                if self.cell == "gru":
+                    self.packed_ih[layer] = _pack(self.w_ih[layer])
+                else:
+                    self.packed_both[layer] = _pack(torch.cat([self.w_ih[layer], self.w_hh[layer]]))
 
     def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        if layer == 0:
+        packed_both = self.packed_both[layer]
+        if packed_both is None:  # layer 0
             return _linear(h, self.packed_hh[0], None).add_(self.input_table.index_select(0, tokens))
-        return _linear(torch.cat([x, h], dim=1), self.packed_both[layer], self.bias[layer])
+        return _linear(torch.cat([x, h], dim=1), packed_both, self.bias[layer])  # [B, G*H]
 
     def _gru_products(self, layer: int, tokens: torch.Tensor, x: torch.Tensor,
                       h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -166,12 +166,8 @@ class NgramBlocker:
         return self.shared.get(tail, ()) + self.own.get(tail, ())
 
     def _fold(self) -> None:
-        if not self.own:
-            return
-        merged = dict(self.shared)
-        for key, followers in self.own.items():
-            merged[key] = merged.get(key, ()) + followers
-        self.shared, self.own = merged, {}
+        if self.own:
+            self.shared, self.own = self.seen, {}
 
     def banned(self) -> tuple[int, ...]:
         tail = self.tail
@@ -181,7 +177,7 @@ class NgramBlocker:
 
     @property
     def seen(self) -> dict[tuple[int, ...], tuple[int, ...]]:
-        """Every (n-1)-gram and the tokens that followed it, in order (for inspection)."""
+        """Every (n-1)-gram and the tokens that followed it, in order, as a new map."""
         merged = dict(self.shared)
         for key, followers in self.own.items():
             merged[key] = merged.get(key, ()) + followers
