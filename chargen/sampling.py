@@ -147,7 +147,7 @@ class NgramBlocker:
         self._fold()  # a long prime lands in shared in one go
 
     def push(self, token: int) -> tuple[int, ...]:
-        """Add ``token``; returns what is banned next (``banned()`` without a second call per beam)."""
+        """Add ``token``; returns what is banned next (``banned()``)."""
         n1 = self.n - 1
         if n1 < 0:
             return ()
@@ -161,9 +161,7 @@ class NgramBlocker:
         else:
             tail = tail + (token,)
         self.tail = tail
-        if len(tail) != n1:
-            return ()
-        return self.shared.get(tail, ()) + self.own.get(tail, ())
+        return self.banned()
 
     def _fold(self) -> None:
         if self.own:
