@@ -15,32 +15,46 @@ from typing import Any
 from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, sha256_file
 from chargen.codec import Codec
 from chargen.errors import ChargenError
-from chargen.sampling import DecodeConfig, GenerationResult, Generator
+from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
 from chargen.train import TrainResult
+
+
+def generation_fields(checkpoint: Checkpoint, checkpoint_sha256: str, config: DecodeConfig, prime: str,
+                      samples: Sequence[Sample], duration_s: float, midi_paths: Sequence[Path] = (),
+                      export: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one mapping from a finished generation to a history row's fields.
+
+    The CLI and the service both record through this, so every row carries what
+    replay and export need: decoder, all resolved parameters (seed included),
+    prime, and the MIDI export settings (``export``) for music models.
+    """
+    from chargen.history import SampleRecord  # SQLAlchemy only when logging
+
+    paths = [str(p) for p in midi_paths] + [None] * (len(samples) - len(midi_paths))
+    return dict(
+        checkpoint_path=str(checkpoint.path.resolve()),
+        checkpoint_sha256=checkpoint_sha256,
+        model_config=checkpoint.config.to_dict(),
+        codec=checkpoint.codec.to_metadata(),
+        decoder=config.decoder,
+        params=dict(asdict(config), **(export or {})),
+        seed=config.seed,
+        prime=prime,
+        outputs=[SampleRecord(text=s.text, logprob=s.logprob, midi_path=path) for s, path in zip(samples, paths)],
+        duration_s=duration_s,
+    )
 
 
 def log_generation(database: str | None, checkpoint: Checkpoint, result: GenerationResult,
                    midi_paths: Sequence[Path] = (), export: dict[str, Any] | None = None,
                    checkpoint_sha256: str | None = None) -> str:
     """Record one generation; raises HistoryUnavailable when the database cannot be written."""
-    from chargen.history import History, SampleRecord  # SQLAlchemy only when logging
+    from chargen.history import History  # SQLAlchemy only when logging
 
-    paths = [str(p) for p in midi_paths] + [None] * (len(result.samples) - len(midi_paths))
-    outputs = [SampleRecord(text=s.text, logprob=s.logprob, midi_path=path)
-               for s, path in zip(result.samples, paths)]
+    fields = generation_fields(checkpoint, checkpoint_sha256 or checkpoint.sha256, result.config, result.prime,
+                               result.samples, result.duration_s, midi_paths, export)
     with History(database) as history:
-        return history.record_generation(
-            checkpoint_path=str(checkpoint.path.resolve()),
-            checkpoint_sha256=checkpoint_sha256 or checkpoint.sha256,
-            model_config=checkpoint.config.to_dict(),
-            codec=checkpoint.codec.to_metadata(),
-            decoder=result.config.decoder,
-            params=dict(asdict(result.config), **(export or {})),
-            seed=result.config.seed,
-            prime=result.prime,
-            outputs=outputs,
-            duration_s=result.duration_s,
-        )
+        return history.record_generations([fields])[0]
 
 
 def log_training_run(database: str | None, result: TrainResult, codec: Codec) -> str:
