@@ -178,14 +178,29 @@ def _print_records(records: list[R], as_json: bool, line: Callable[[R, int], str
 # Commands
 
 
-@click.group(invoke_without_command=True)
+class _ListByDefault(click.Group):
+    """A group that hands options given before any subcommand to ``list``: ``chargen history -n 3``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {})["ignore_unknown_options"] = True  # -n reaches `list`
+        super().__init__(*args, **kwargs)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        if args and args[0].startswith("-"):  # an option the group does not take: one of `list`'s
+            return "list", self.commands["list"], args
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_ListByDefault, invoke_without_command=True)
 @_database_option
 @click.pass_context
 def history(ctx: click.Context, database: str | None) -> None:
     """Browse the log of generations and training runs.
 
     Every `chargen sample` is logged with its checkpoint, decoder settings,
-    seed, prime and outputs. Without a subcommand, lists the newest ones.
+    seed, prime and outputs. Without a subcommand, lists the newest ones,
+    taking `list`'s options (`chargen history -n 5 -q fox`).
     """
     ctx.meta[_DATABASE_KEY] = database
     if ctx.invoked_subcommand is None:
