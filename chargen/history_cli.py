@@ -272,16 +272,18 @@ def show(generation_id: str, as_json: bool, database: str | None) -> None:
         click.echo(record.prime + sample.text)
 
 
-@_generation_command(
-    click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-                  help="Write here instead of stdout (required for MIDI)."),
-    click.option("--sample", "sample_number", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Which of the --num-samples outputs to export."),
-    click.option("--no-prime", is_flag=True, help="Leave out the prime; export only the generated part."),
-    click.option("--tempo-bpm", type=click.FloatRange(min=0, min_open=True),
-                  help="MIDI tempo [default: as logged, else 120]."),
-    click.option("--program", type=click.IntRange(0, 127), help="MIDI instrument [default: as logged, else 0]."),
-)
+@history.command()
+@click.argument("generation_id", metavar="ID")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of stdout (required for MIDI).")
+@click.option("--sample", "sample_number", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which of the --num-samples outputs to export.")
+@click.option("--no-prime", is_flag=True, help="Leave out the prime; export only the generated part.")
+@click.option("--tempo-bpm", type=click.FloatRange(min=0, min_open=True),
+              help="MIDI tempo [default: as logged, else 120].")
+@click.option("--program", type=click.IntRange(0, 127), help="MIDI instrument [default: as logged, else 0].")
+@_database_option
+@_errors_to_exit
 def export(generation_id: str, output: Path | None, sample_number: int, no_prime: bool, tempo_bpm: float | None,
            program: int | None, database: str | None) -> None:
     """Write one output of a generation: text as text, MIDI as a .mid file."""
