@@ -70,6 +70,15 @@ def _banned_ids(off_base: int, sounding: int, fresh: int, full: bool) -> tuple[i
     return tuple(ons) + tuple(offs)
 
 
+@functools.lru_cache(maxsize=8192)
+def _banned_row(off_base: int, size: int, sounding: int, fresh: int, full: bool) -> np.ndarray:
+    """``_banned_ids`` as a read-only boolean row of the vocabulary (True = banned), for masks."""
+    row = np.zeros(size, dtype=bool)
+    row[list(_banned_ids(off_base, sounding, fresh, full))] = True
+    row.flags.writeable = False
+    return row
+
+
 class MidiGrammar:
     """Which MIDI events may come next in one sequence (see the module docstring for the rules)."""
 
@@ -114,6 +123,11 @@ class MidiGrammar:
         full = self.cap > 0 and self.polyphony >= self.cap
         return _banned_ids(self.vocab.note_off_base, self.sounding, self.fresh, full)
 
+    def banned_row(self) -> np.ndarray:
+        """``banned()`` as a read-only boolean [V] row (True = banned); cached like ``banned()``."""
+        full = self.cap > 0 and self.polyphony >= self.cap
+        return _banned_row(self.vocab.note_off_base, self.vocab.size, self.sounding, self.fresh, full)
+
     def allows(self, token: int) -> bool:
         return token not in self.banned()
 
@@ -138,8 +152,12 @@ def ban_lists(constraints: Sequence[TokenConstraint]) -> tuple[list[int], list[i
 def ban_mask(constraints: Sequence[TokenConstraint], vocab_size: int) -> np.ndarray:
     """The bans of a batch of constraints as a boolean [B, V] array (True = banned).
 
-    ``torch.from_numpy(mask)`` shares its memory, for ``logits.masked_fill``.
+    ``torch.from_numpy(mask)`` shares its memory, for ``logits.masked_fill``. Rows of
+    :class:`MidiGrammar` come from its cached ``banned_row``; others from ``banned()``.
     """
+    grammars = [c for c in constraints if isinstance(c, MidiGrammar) and c.vocab.size == vocab_size]
+    if constraints and len(grammars) == len(constraints):
+        return np.stack([grammar.banned_row() for grammar in grammars])
     mask = np.zeros((len(constraints), vocab_size), dtype=bool)
     rows, cols = ban_lists(constraints)
     mask[rows, cols] = True

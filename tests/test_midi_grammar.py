@@ -20,6 +20,7 @@ from chargen.midi_grammar import (
     onset_polyphony_counts,
     polyphony_cap,
 )
+from chargen.sampling import NgramBlocker
 from tests.conftest import REPO
 
 V = DEFAULT_VOCAB
@@ -101,6 +102,12 @@ def test_ban_mask_and_lists_agree_with_each_grammar() -> None:
         assert set(np.flatnonzero(mask[row]).tolist()) == set(grammar.banned())
     rows, cols = ban_lists(grammars)
     assert sorted(zip(rows, cols)) == sorted(zip(*np.nonzero(mask)))
+    # Any constraint with banned() goes in the same mask (here an n-gram blocker beside a grammar).
+    blocker = NgramBlocker(2, [5, 7, 5])
+    mixed = ban_mask([grammars[1], blocker], V.size)
+    assert (mixed[0] == mask[1]).all() and np.flatnonzero(mixed[1]).tolist() == [7]
+    mask[1] = False  # a caller's array: writing to it leaves the grammar's cached rows alone
+    assert (ban_mask(grammars, V.size)[1] == mixed[0]).all()
 
 
 # ---------------------------------------------------------------------------
