@@ -22,14 +22,23 @@ the model learnt from data):
   silent). A second NOTE_ON would otherwise mean an implicit cut, which the
   encoder never writes.
 * With a cap ``cap`` > 0: no NOTE_ON while ``cap`` pitches sound. 0 = no cap.
-* TIME_SHIFT and VELOCITY are always allowed, so the allowed set is never empty.
+* TIME_SHIFT and VELOCITY are always allowed (but see ``max_hold``), so the
+  allowed set is never empty.
+* Optional, off by default: with ``max_hold`` > 0 (steps), no note sounds longer
+  than that. A TIME_SHIFT that would carry the longest-held note past it is
+  banned; once it is due, so is every TIME_SHIFT and VELOCITY, so the model
+  must end a note (the due note's NOTE_OFF is always allowed: it started at
+  least one step ago) or start one under the cap. Set to the export's
+  held-note cap (``max_note_s`` in steps), the model picks the moment and the
+  note to release instead of the export cutting notes it forgot.
 
 Tokens pushed that break a rule (a prime is not checked, and a decoder may
 push anything) update the state the way :func:`chargen.midi_codec.ids_to_notes`
 reads them (a stray NOTE_OFF is ignored, a repeated NOTE_ON restarts the
 note), so the state always mirrors what the export will write.
 
-State is three 128-bit Python ints: immutable, so ``fork`` copies three
+State is three 128-bit Python ints (and, for ``max_hold``, a clock and a
+tuple of the sounding notes' onsets): immutable, so ``fork`` copies a few
 references, whatever the sequence length. ``banned()`` is one cached lookup.
 """
 
@@ -62,19 +71,27 @@ class TokenConstraint(Protocol):
 
 
 @functools.lru_cache(maxsize=8192)
-def _banned_ids(off_base: int, sounding: int, fresh: int, full: bool) -> tuple[int, ...]:
-    """Banned ids for one state (pure, so cached: a piece revisits few states); ``full``: at the cap."""
+def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> tuple[int, ...]:
+    """Banned ids for one state (pure, so cached: a piece revisits few states).
+
+    ``full``: at the polyphony cap. ``room``: steps the longest-held note may
+    still sound (``max_shift_steps`` or more: no limit; 0: it must end now).
+    """
     offs_allowed = sounding & ~fresh
-    ons = range(_PITCHES) if full else [p for p in range(_PITCHES) if sounding >> p & 1]
-    offs = [off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
-    return tuple(ons) + tuple(offs)
+    banned = list(range(_PITCHES)) if full else [p for p in range(_PITCHES) if sounding >> p & 1]
+    banned += [vocab.note_off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
+    if room <= 0:  # only a NOTE_OFF (or a NOTE_ON under the cap) may come: nothing that lets time pass
+        banned += range(vocab.shift_base, vocab.size)
+    elif room < vocab.max_shift_steps:
+        banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1
+    return tuple(banned)
 
 
 @functools.lru_cache(maxsize=8192)
-def _banned_row(off_base: int, size: int, sounding: int, fresh: int, full: bool) -> np.ndarray:
+def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> np.ndarray:
     """``_banned_ids`` as a read-only boolean row of the vocabulary (True = banned), for masks."""
-    row = np.zeros(size, dtype=bool)
-    row[list(_banned_ids(off_base, sounding, fresh, full))] = True
+    row = np.zeros(vocab.size, dtype=bool)
+    row[list(_banned_ids(vocab, sounding, fresh, full, room))] = True
     row.flags.writeable = False
     return row
 
@@ -82,16 +99,22 @@ def _banned_row(off_base: int, size: int, sounding: int, fresh: int, full: bool)
 class MidiGrammar:
     """Which MIDI events may come next in one sequence (see the module docstring for the rules)."""
 
-    __slots__ = ("cap", "vocab", "sounding", "fresh", "lingering")
+    __slots__ = ("cap", "max_hold", "vocab", "sounding", "fresh", "lingering", "now", "onsets")
 
-    def __init__(self, cap: int, history: Iterable[int] = (), vocab: MidiVocab = DEFAULT_VOCAB):
+    def __init__(self, cap: int, history: Iterable[int] = (), vocab: MidiVocab = DEFAULT_VOCAB,
+                 max_hold: int = 0):
         if cap < 0:
             raise ValueError(f"polyphony cap must be >= 0 (0 = off), not {cap}")
+        if max_hold < 0:
+            raise ValueError(f"longest hold must be >= 0 steps (0 = off), not {max_hold}")
         self.cap = cap
+        self.max_hold = max_hold
         self.vocab = vocab
         self.sounding = 0  # bit p: pitch p sounds
         self.fresh = 0  # bit p: p's NOTE_ON came after the last TIME_SHIFT
         self.lingering = 0  # bit p: p ended in the step it began; the export keeps it for that step
+        self.now = 0  # steps since the start of the history
+        self.onsets: tuple[tuple[int, int], ...] = ()  # (pitch, start step) of sounding notes, oldest first
         for token in history:
             self.push(token)
 
@@ -105,36 +128,51 @@ class MidiGrammar:
         vocab = self.vocab
         if token < vocab.note_off_base:  # NOTE_ON
             bit = 1 << token
+            if self.max_hold:  # a restart (from a prime) counts from now
+                self.onsets = tuple(o for o in self.onsets if o[0] != token) + ((token, self.now),)
             self.sounding |= bit
             self.fresh |= bit
         elif token < vocab.shift_base:  # NOTE_OFF
-            bit = 1 << (token - vocab.note_off_base)
+            pitch = token - vocab.note_off_base
+            bit = 1 << pitch
             if self.sounding & bit:
                 self.sounding &= ~bit
+                if self.max_hold:
+                    self.onsets = tuple(o for o in self.onsets if o[0] != pitch)
                 if self.fresh & bit:
                     self.lingering |= bit
                     self.fresh &= ~bit
         elif token < vocab.velocity_base:  # TIME_SHIFT: a new step
+            self.now += token - vocab.shift_base + 1
             self.fresh = 0
             self.lingering = 0
         return self.banned()
 
-    def banned(self) -> tuple[int, ...]:
+    def _key(self) -> tuple[MidiVocab, int, int, bool, int]:
         full = self.cap > 0 and self.polyphony >= self.cap
-        return _banned_ids(self.vocab.note_off_base, self.sounding, self.fresh, full)
+        room = self.vocab.max_shift_steps
+        if self.max_hold and self.onsets:
+            room = max(0, min(room, self.onsets[0][1] + self.max_hold - self.now))
+        return self.vocab, self.sounding, self.fresh, full, room
+
+    def banned(self) -> tuple[int, ...]:
+        return _banned_ids(*self._key())
 
     def banned_row(self) -> np.ndarray:
-        """``banned()`` as a read-only boolean [V] row (True = banned); cached like ``banned()``."""
-        full = self.cap > 0 and self.polyphony >= self.cap
-        return _banned_row(self.vocab.note_off_base, self.vocab.size, self.sounding, self.fresh, full)
+        """``banned()`` as a read-only boolean [V] row (True = banned); cached like ``banned()``.
+
+        Read-only because it is shared: ``torch.from_numpy`` wants a copy (``ban_mask`` makes one).
+        """
+        return _banned_row(*self._key())
 
     def allows(self, token: int) -> bool:
         return token not in self.banned()
 
     def fork(self) -> MidiGrammar:
         twin = MidiGrammar.__new__(MidiGrammar)
-        twin.cap, twin.vocab = self.cap, self.vocab
+        twin.cap, twin.max_hold, twin.vocab = self.cap, self.max_hold, self.vocab
         twin.sounding, twin.fresh, twin.lingering = self.sounding, self.fresh, self.lingering
+        twin.now, twin.onsets = self.now, self.onsets  # all immutable: shared until either changes them
         return twin
 
 

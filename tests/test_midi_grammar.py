@@ -73,6 +73,27 @@ def test_a_note_ended_in_its_own_step_still_counts_toward_the_cap_until_the_step
     assert grammar.polyphony == 0 and ON + 62 not in grammar.banned()
 
 
+def test_max_hold_limits_time_shifts_then_forces_a_note_off() -> None:
+    grammar = MidiGrammar(1, [ON + 60, SHIFT + 99], max_hold=150)  # held 100 of at most 150 steps
+    banned = set(grammar.banned())
+    assert SHIFT + 49 not in banned and SHIFT + 50 in banned  # +50 steps still fits, +51 does not
+    grammar.push(SHIFT + 49)
+    assert set(range(V.size)) - set(grammar.banned()) == {OFF + 60}  # due, and at the cap: only its release
+    grammar.push(OFF + 60)
+    assert not ALWAYS & set(grammar.banned())  # nothing held: time may pass again
+    assert not ALWAYS & set(MidiGrammar(1, [ON + 60, SHIFT + 99]).banned())  # max_hold 0: no limit
+
+
+def test_max_hold_counts_from_the_latest_start_of_a_restarted_note_and_the_oldest_note_decides() -> None:
+    grammar = MidiGrammar(0, [ON + 60, SHIFT + 99, ON + 60, ON + 64, SHIFT + 9], max_hold=100)
+    assert SHIFT + 89 not in grammar.banned() and SHIFT + 90 in grammar.banned()  # 60 restarted 10 steps ago
+    grammar.push(OFF + 60)
+    assert SHIFT + 89 not in grammar.banned()
+    child = grammar.fork()
+    child.push(SHIFT + 89)
+    assert SHIFT not in grammar.banned() and SHIFT in child.banned()
+
+
 def test_fork_is_independent_of_its_parent() -> None:
     parent = MidiGrammar(2, [ON + 60, SHIFT])
     child = parent.fork()
@@ -161,7 +182,7 @@ def test_midi_basics_cap_is_four_voices() -> None:
 # The property: whatever a model could produce under the constraints exports cleanly.
 
 
-def _random_walk(prime: list[int], cap: int, choices: list[int]) -> list[int]:
+def _random_walk(prime: list[int], cap: int, choices: list[int], max_hold: int = 0) -> list[int]:
     """A stream that only ever takes an allowed token.
 
     Each choice picks a kind of event first (NOTE_ON, NOTE_OFF, TIME_SHIFT,
@@ -169,7 +190,7 @@ def _random_walk(prime: list[int], cap: int, choices: list[int]) -> list[int]:
     tokens: uniform over tokens, a walk would almost never pick one of the few
     allowed NOTE_OFFs, and would leave the rules about them untried.
     """
-    grammar = MidiGrammar(cap, prime)
+    grammar = MidiGrammar(cap, prime, max_hold=max_hold)
     bounds = (ON, OFF, SHIFT, VEL, V.size)
     out: list[int] = []
     for choice in choices:
@@ -211,19 +232,37 @@ tokens = st.integers(0, V.size - 1)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prime=st.one_of(st.just([]), st.lists(tokens, max_size=40)), cap=st.integers(0, 6),
        choices=st.lists(st.integers(0, 511), min_size=1, max_size=250),
-       max_note_s=st.sampled_from([None, 5.0, 0.05]))
+       max_note_s=st.sampled_from([None, 5.0, 0.05]), max_hold=st.sampled_from([0, 0, 1, 7, 150]))
 def test_any_stream_taken_under_the_constraints_exports_without_orphans_or_excess_polyphony(
-        prime: list[int], cap: int, choices: list[int], max_note_s: float | None) -> None:
-    ids = _random_walk(prime, cap, choices)
+        prime: list[int], cap: int, choices: list[int], max_note_s: float | None, max_hold: int) -> None:
+    ids = _random_walk(prime, cap, choices, max_hold)
     _check_stream(prime, ids, cap)
     if not ids_to_notes(ids):
         return  # no notes: nothing to export (the export refuses, by design)
-    orphans, peak = _read_back(decode_to_midi(ids, max_note_s=max_note_s))  # the sample alone, as the CLI writes it
+    mid = decode_to_midi(ids, max_note_s=max_note_s)  # the sample alone, as the CLI writes it
+    orphans, peak = _read_back(mid)
     assert orphans == 0
     if cap:
         assert peak <= cap
+    if max_hold:
+        assert _longest_note_s(mid) <= max_hold * V.step_s + 1e-3  # tick rounding: well under a millisecond
     if not prime:  # a prime that is itself grammatical exports with its continuation just as cleanly
         assert _read_back(decode_to_midi(ids))[0] == 0
+
+
+def _longest_note_s(mid: mido.MidiFile) -> float:
+    buffer = io.BytesIO()
+    mid.save(file=buffer)
+    buffer.seek(0)
+    started: dict[int, float] = {}
+    now = longest = 0.0
+    for msg in mido.MidiFile(file=buffer):
+        now += msg.time
+        if msg.type == "note_on" and msg.velocity > 0:
+            started[msg.note] = now
+        elif msg.type in ("note_on", "note_off") and msg.note in started:
+            longest = max(longest, now - started.pop(msg.note))
+    return longest
 
 
 def _check_stream(prime: list[int], ids: list[int], cap: int) -> None:
