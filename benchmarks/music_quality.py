@@ -6,7 +6,9 @@
 Rows: the corpus, then samples at each temperature and one beam search, each
 decoded without the MIDI grammar (today's decoder) and with it
 (:mod:`chargen.midi_grammar`, polyphony cap K: the checkpoint's stored cap, or
-else the corpus's 99th percentile of onset polyphony). Every piece, corpus file
+else the corpus's 99th percentile of onset polyphony), the latter twice: the
+cap alone, and with ``max_hold`` set to the held-note cap (the model must
+release a note before the export would cut it). Every piece, corpus file
 or sample, goes the same way: token ids (the corpus encoded by the checkpoint's
 codec) -> :func:`chargen.midi_export.decode_to_midi` -> a Standard MIDI File
 read back by pretty_midi, which the statistics are taken from. Samples are
@@ -161,16 +163,29 @@ class GrammarUnavailable(Exception):
     """The decoder has no hook for the MIDI grammar yet."""
 
 
-def decode_config(base: DecodeConfig, cap: int | None) -> DecodeConfig:
-    """``base`` without the MIDI grammar (cap None) or with it and polyphony cap ``cap`` (0 = no cap).
+@dataclass(frozen=True)
+class GrammarSettings:
+    """The MIDI grammar's settings for one row (see :class:`chargen.midi_grammar.MidiGrammar`)."""
+
+    cap: int  # polyphony cap, 0 = none
+    max_hold: int = 0  # longest note in steps, 0 = no limit
+
+    def label(self, vocab: MidiVocab) -> str:
+        hold = f", hold <= {self.max_hold * vocab.step_s:g} s" if self.max_hold else ""
+        return f"on, cap {self.cap}{hold}"
+
+
+def decode_config(base: DecodeConfig, grammar: GrammarSettings | None) -> DecodeConfig:
+    """``base`` without the MIDI grammar (None) or with it, as ``grammar`` says.
 
     TODO(lead, once the one decoder takes the grammar): this is the one place
     to change, to something like
-        return replace(base, midi_grammar=cap is not None, max_polyphony=cap or 0)
-    (whatever the DecodeConfig fields are called): the "without" rows must
-    switch the grammar off explicitly once it is on by default for music models.
+        return replace(base, midi_grammar=grammar is not None, max_polyphony=grammar.cap if grammar else 0,
+                       max_hold=grammar.max_hold if grammar else 0)
+    (whatever the DecodeConfig fields are called): the "off" rows must switch
+    the grammar off explicitly once it is on by default for music models.
     """
-    if cap is None:
+    if grammar is None:
         return replace(base)
     raise GrammarUnavailable("the decoder has no MIDI grammar hook yet")
 
@@ -191,8 +206,9 @@ def corpus_row(files: Sequence[Path], codec: MidiCodec, max_note_s: float) -> tu
     return row, (np.concatenate(encoded) if encoded else np.zeros(0, dtype=np.int64))
 
 
-def sample_rows(generator: Generator, cap: int, temperatures: Sequence[float], beam_width: int, length: int,
-                samples: int, seed: int, max_note_s: float) -> list[Row]:
+def sample_rows(generator: Generator, grammars: Sequence[GrammarSettings], temperatures: Sequence[float],
+                beam_width: int, length: int, samples: int, seed: int, max_note_s: float) -> list[Row]:
+    """For each decoder setting, a row without the grammar and one per ``grammars``."""
     vocab = generator.codec.vocab
     settings = [(f"sample T={t:g}", DecodeConfig(length=length, temperature=t, num_samples=samples, seed=seed))
                 for t in temperatures]
@@ -200,10 +216,10 @@ def sample_rows(generator: Generator, cap: int, temperatures: Sequence[float], b
         settings.append((f"beam {beam_width}", DecodeConfig(length=length, beam_width=beam_width, seed=seed)))
     rows = []
     for name, base in settings:
-        for grammar_cap, label in ((None, "off"), (cap, f"on, cap {cap}")):
-            row = Row("model", name, label)
+        for grammar in (None, *grammars):
+            row = Row("model", name, "off" if grammar is None else grammar.label(vocab))
             try:
-                result = generator.generate(None, decode_config(base, grammar_cap))
+                result = generator.generate(None, decode_config(base, grammar))
             except GrammarUnavailable as exc:
                 row.note = str(exc)
             else:
@@ -249,7 +265,9 @@ def report(checkpoint: str, corpus: Path, length: int, samples: int, temperature
                            (polyphony_cap(corpus_ids, codec.vocab), "the corpus's 99th percentile of onset polyphony"))
     else:
         cap_source = "given with --cap"
-    rows = [corpus_stats, *sample_rows(Generator(loaded.model, codec), cap, temperatures, beam_width, length,
+    # The cap alone, then with notes held at most as long as the export would let them sound.
+    grammars = [GrammarSettings(cap), GrammarSettings(cap, max(1, round(max_note_s / codec.vocab.step_s)))]
+    rows = [corpus_stats, *sample_rows(Generator(loaded.model, codec), grammars, temperatures, beam_width, length,
                                        samples, seed, max_note_s)]
     head = (f"Checkpoint `{loaded.path}`, corpus `{corpus}` ({len(corpus_stats.pieces)} files with notes). "
             f"{samples} samples of {length} tokens per temperature, one beam of {length}; seed {seed}; "

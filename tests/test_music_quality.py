@@ -96,12 +96,13 @@ def test_script_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
                   "1.2", "--beam-width", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + 1 + 3 * 2  # header, corpus, (two temperatures + beam) x (grammar off, on)
+    assert len(lines) == 1 + 1 + 3 * 3  # header, corpus, (two temperatures + beam) x (grammar off, cap, cap + hold)
     corpus_cells = [cell.strip() for cell in lines[1].split("|")[1:-1]]
     assert corpus_cells[:4] == ["corpus", "", "", "3"] and corpus_cells[7] == "0.000"
     free = [cell.strip() for cell in lines[2].split("|")[1:-1]]
     assert free[1:4] == ["sample T=0.8", "off", "2"] and float(free[5]) > 0  # figures for the samples
     assert "Polyphony cap 4 (the corpus's 99th percentile of onset polyphony)" in result.stdout
+    assert [cell.strip() for cell in lines[4].split("|")[1:-1]][2] == "on, cap 4, hold <= 5 s"
     assert out.read_text() == result.stdout
 
 
