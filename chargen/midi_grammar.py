@@ -6,8 +6,8 @@ ever more NOTE_ONs without their NOTE_OFFs, until the export's held-note cap
 ends them (sampled chorales pile up 7.5 notes where the corpus has 4).
 :class:`MidiGrammar` follows one sequence and says which tokens may not come
 next; it has the shape of :class:`chargen.sampling.NgramBlocker`
-(``push``/``banned``/``fork``), so a decoder applies it the same way for
-sampling, greedy and beam search.
+(``push``/``banned``/``fork``: :class:`chargen.constraints.TokenConstraint`),
+so a decoder applies it the same way for sampling, greedy and beam search.
 
 The rules (each matches what every encoded corpus file already does, see
 "Canonical form" in :mod:`chargen.midi_codec`, so they never forbid anything
@@ -47,7 +47,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -58,16 +57,6 @@ CAP_PERCENTILE = 99.0
 #: Tokens per pass of :func:`polyphony_cap` (bounded memory on a memory-mapped corpus).
 CAP_CHUNK = 1 << 22
 _PITCHES = 128
-
-
-class TokenConstraint(Protocol):
-    """What a decoder needs of a per-sequence constraint (NgramBlocker has it too)."""
-
-    def push(self, token: int) -> tuple[int, ...]: ...
-
-    def banned(self) -> tuple[int, ...]: ...
-
-    def fork(self) -> TokenConstraint: ...
 
 
 @functools.lru_cache(maxsize=8192)
@@ -161,7 +150,8 @@ class MidiGrammar:
     def banned_row(self) -> np.ndarray:
         """``banned()`` as a read-only boolean [V] row (True = banned); cached like ``banned()``.
 
-        Read-only because it is shared: ``torch.from_numpy`` wants a copy (``ban_mask`` makes one).
+        Read-only because it is shared: ``torch.from_numpy`` wants a copy
+        (:func:`chargen.constraints.ban_mask` makes one).
         """
         return _banned_row(*self._key())
 
@@ -174,32 +164,6 @@ class MidiGrammar:
         twin.sounding, twin.fresh, twin.lingering = self.sounding, self.fresh, self.lingering
         twin.now, twin.onsets = self.now, self.onsets  # all immutable: shared until either changes them
         return twin
-
-
-def ban_lists(constraints: Sequence[TokenConstraint]) -> tuple[list[int], list[int]]:
-    """The bans of a batch of constraints as (rows, columns), for ``scores[rows, cols] = -inf``."""
-    rows: list[int] = []
-    cols: list[int] = []
-    for row, constraint in enumerate(constraints):
-        banned = constraint.banned()
-        rows.extend([row] * len(banned))
-        cols.extend(banned)
-    return rows, cols
-
-
-def ban_mask(constraints: Sequence[TokenConstraint], vocab_size: int) -> np.ndarray:
-    """The bans of a batch of constraints as a boolean [B, V] array (True = banned).
-
-    ``torch.from_numpy(mask)`` shares its memory, for ``logits.masked_fill``. Rows of
-    :class:`MidiGrammar` come from its cached ``banned_row``; others from ``banned()``.
-    """
-    grammars = [c for c in constraints if isinstance(c, MidiGrammar) and c.vocab.size == vocab_size]
-    if constraints and len(grammars) == len(constraints):
-        return np.stack([grammar.banned_row() for grammar in grammars])
-    mask = np.zeros((len(constraints), vocab_size), dtype=bool)
-    rows, cols = ban_lists(constraints)
-    mask[rows, cols] = True
-    return mask
 
 
 # ---------------------------------------------------------------------------

@@ -10,12 +10,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chargen.constraints import ban_lists, ban_mask
 from chargen.midi_codec import DEFAULT_VOCAB, MidiCodec, ids_to_notes
 from chargen.midi_export import decode_to_midi, write_midi
 from chargen.midi_grammar import (
     MidiGrammar,
-    ban_lists,
-    ban_mask,
     corpus_polyphony_cap,
     onset_polyphony_counts,
     polyphony_cap,

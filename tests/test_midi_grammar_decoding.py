@@ -15,10 +15,11 @@ import mido
 import pytest
 import torch
 
+from chargen.constraints import ban_mask
 from chargen.inference import expand_state, reorder_state
 from chargen.midi_codec import MidiCodec
 from chargen.midi_export import decode_to_midi
-from chargen.midi_grammar import MidiGrammar, ban_mask
+from chargen.midi_grammar import MidiGrammar
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import Generator, advance_beams, draw_one, sequence_logprob
 
