@@ -9,9 +9,10 @@ next; it has the shape of :class:`chargen.sampling.NgramBlocker`
 (``push``/``banned``/``fork``: :class:`chargen.constraints.TokenConstraint`),
 so a decoder applies it the same way for sampling, greedy and beam search.
 
-The rules (each matches what every encoded corpus file already does, see
-"Canonical form" in :mod:`chargen.midi_codec`, so they never forbid anything
-the model learnt from data):
+The rules. The first two match what every encoded corpus file already does
+(see "Canonical form" in :mod:`chargen.midi_codec`), so they never forbid
+anything the model learnt from data; the cap, at the corpus's 99th
+percentile, refuses at most 1 % of the corpus's own note onsets.
 
 * NOTE_OFF p only while p sounds, and not in the step p started in (no TIME_SHIFT
   since its NOTE_ON): every encoded note lasts at least one step; the export
