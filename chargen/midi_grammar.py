@@ -1,0 +1,236 @@
+"""The MIDI event grammar as a per-sequence decoding constraint, and the corpus's polyphony cap.
+
+A model trained on performance events (:mod:`chargen.midi_codec`) can emit
+events that make no sense as music: a NOTE_OFF for a key that is not down, or
+ever more NOTE_ONs without their NOTE_OFFs, until the export's held-note cap
+ends them (sampled chorales pile up 7.5 notes where the corpus has 4).
+:class:`MidiGrammar` follows one sequence and says which tokens may not come
+next; it has the shape of :class:`chargen.sampling.NgramBlocker`
+(``push``/``banned``/``fork``: :class:`chargen.constraints.TokenConstraint`),
+so a decoder applies it the same way for sampling, greedy and beam search.
+
+The rules. The first two match what every encoded corpus file already does
+(see "Canonical form" in :mod:`chargen.midi_codec`), so they never forbid
+anything the model learnt from data; the cap, at the corpus's 99th
+percentile, refuses at most 1 % of the corpus's own note onsets.
+
+* NOTE_OFF p only while p sounds, and not in the step p started in (no TIME_SHIFT
+  since its NOTE_ON): every encoded note lasts at least one step; the export
+  would stretch a zero-length note to a one-step blip. (Such a note, from a
+  prime, still counts toward the cap until the step ends, as it sounds then.)
+* No NOTE_ON p while p sounds. A re-strike is spelled as the corpus spells it:
+  NOTE_OFF p then NOTE_ON p, in the same step if need be (allowed: p is then
+  silent). A second NOTE_ON would otherwise mean an implicit cut, which the
+  encoder never writes.
+* With a cap ``cap`` > 0: no NOTE_ON while ``cap`` pitches sound. 0 = no cap.
+* TIME_SHIFT and VELOCITY are always allowed (but see ``max_hold``), so the
+  allowed set is never empty.
+* Optional, off by default: with ``max_hold`` > 0 (steps), no note sounds longer
+  than that. A TIME_SHIFT that would carry the longest-held note past it is
+  banned; once it is due, so is every TIME_SHIFT and VELOCITY, so the model
+  must end a note (the due note's NOTE_OFF is always allowed: it started at
+  least one step ago) or start one under the cap. Set to the export's
+  held-note cap (``max_note_s`` in steps), the model picks the moment and the
+  note to release instead of the export cutting notes it forgot.
+
+Tokens pushed that break a rule (a prime is not checked, and a decoder may
+push anything) update the state the way :func:`chargen.midi_codec.ids_to_notes`
+reads them (a stray NOTE_OFF is ignored, a repeated NOTE_ON restarts the
+note), so the state always mirrors what the export will write.
+
+State is three 128-bit Python ints (and, for ``max_hold``, a clock and a
+tuple of the sounding notes' onsets): immutable, so ``fork`` copies a few
+references, whatever the sequence length. ``banned()`` is one cached lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from chargen.midi_codec import DEFAULT_VOCAB, MidiVocab
+
+#: The percentile of the corpus's onset polyphony taken as the default cap.
+CAP_PERCENTILE = 99.0
+#: Tokens per pass of :func:`polyphony_cap` (bounded memory on a memory-mapped corpus).
+CAP_CHUNK = 1 << 22
+_PITCHES = 128
+
+
+@functools.lru_cache(maxsize=8192)
+def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> tuple[int, ...]:
+    """Banned ids for one state (pure, so cached: a piece revisits few states).
+
+    ``full``: at the polyphony cap. ``room``: steps the longest-held note may
+    still sound (``max_shift_steps`` or more: no limit; 0: it must end now).
+    """
+    offs_allowed = sounding & ~fresh
+    banned = list(range(_PITCHES)) if full else [p for p in range(_PITCHES) if sounding >> p & 1]
+    banned += [vocab.note_off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
+    if room <= 0:  # only a NOTE_OFF (or a NOTE_ON under the cap) may come: nothing that lets time pass
+        banned += range(vocab.shift_base, vocab.size)
+    elif room < vocab.max_shift_steps:
+        banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1
+    return tuple(banned)
+
+
+@functools.lru_cache(maxsize=8192)
+def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> np.ndarray:
+    """``_banned_ids`` as a read-only boolean row of the vocabulary (True = banned), for masks."""
+    row = np.zeros(vocab.size, dtype=bool)
+    row[list(_banned_ids(vocab, sounding, fresh, full, room))] = True
+    row.flags.writeable = False
+    return row
+
+
+class MidiGrammar:
+    """Which MIDI events may come next in one sequence (see the module docstring for the rules)."""
+
+    __slots__ = ("cap", "max_hold", "vocab", "sounding", "fresh", "lingering", "now", "onsets")
+
+    def __init__(self, cap: int, history: Iterable[int] = (), vocab: MidiVocab = DEFAULT_VOCAB,
+                 max_hold: int = 0):
+        if cap < 0:
+            raise ValueError(f"polyphony cap must be >= 0 (0 = off), not {cap}")
+        if max_hold < 0:
+            raise ValueError(f"longest hold must be >= 0 steps (0 = off), not {max_hold}")
+        self.cap = cap
+        self.max_hold = max_hold
+        self.vocab = vocab
+        self.sounding = 0  # bit p: pitch p sounds
+        self.fresh = 0  # bit p: p's NOTE_ON came after the last TIME_SHIFT
+        self.lingering = 0  # bit p: p ended in the step it began; the export keeps it for that step
+        self.now = 0  # steps since the start of the history
+        self.onsets: tuple[tuple[int, int], ...] = ()  # (pitch, start step) of sounding notes, oldest first
+        for token in history:
+            self.push(token)
+
+    @property
+    def polyphony(self) -> int:
+        """Notes sounding in the current step, as the export will write them."""
+        return (self.sounding | self.lingering).bit_count()
+
+    def push(self, token: int) -> tuple[int, ...]:
+        """Add ``token``; returns what is banned next (``banned()``)."""
+        vocab = self.vocab
+        if token < vocab.note_off_base:  # NOTE_ON
+            bit = 1 << token
+            if self.max_hold:  # a restart (from a prime) counts from now
+                self.onsets = tuple(o for o in self.onsets if o[0] != token) + ((token, self.now),)
+            self.sounding |= bit
+            self.fresh |= bit
+        elif token < vocab.shift_base:  # NOTE_OFF
+            pitch = token - vocab.note_off_base
+            bit = 1 << pitch
+            if self.sounding & bit:
+                self.sounding &= ~bit
+                if self.max_hold:
+                    self.onsets = tuple(o for o in self.onsets if o[0] != pitch)
+                if self.fresh & bit:
+                    self.lingering |= bit
+                    self.fresh &= ~bit
+        elif token < vocab.velocity_base:  # TIME_SHIFT: a new step
+            self.now += token - vocab.shift_base + 1
+            self.fresh = 0
+            self.lingering = 0
+        return self.banned()
+
+    def _key(self) -> tuple[MidiVocab, int, int, bool, int]:
+        full = self.cap > 0 and self.polyphony >= self.cap
+        room = self.vocab.max_shift_steps
+        if self.max_hold and self.onsets:
+            room = max(0, min(room, self.onsets[0][1] + self.max_hold - self.now))
+        return self.vocab, self.sounding, self.fresh, full, room
+
+    def banned(self) -> tuple[int, ...]:
+        return _banned_ids(*self._key())
+
+    def banned_row(self) -> np.ndarray:
+        """``banned()`` as a read-only boolean [V] row (True = banned); cached like ``banned()``.
+
+        Read-only because it is shared: ``torch.from_numpy`` wants a copy
+        (:func:`chargen.constraints.ban_mask` makes one).
+        """
+        return _banned_row(*self._key())
+
+    def allows(self, token: int) -> bool:
+        return token not in self.banned()
+
+    def fork(self) -> MidiGrammar:
+        twin = MidiGrammar.__new__(MidiGrammar)
+        twin.cap, twin.max_hold, twin.vocab = self.cap, self.max_hold, self.vocab
+        twin.sounding, twin.fresh, twin.lingering = self.sounding, self.fresh, self.lingering
+        twin.now, twin.onsets = self.now, self.onsets  # all immutable: shared until either changes them
+        return twin
+
+
+# ---------------------------------------------------------------------------
+# The corpus statistic
+
+
+def onset_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
+                           chunk: int = CAP_CHUNK) -> np.ndarray:
+    """Histogram of polyphony at note onsets: ``counts[k]`` = NOTE_ONs after which k notes sound.
+
+    Vectorised per chunk (a memory-mapped ``tokens.npy`` is never read whole):
+    each note event changes its pitch's state from that of the pitch's previous
+    event (carried across chunks), so the number sounding is a cumulative sum
+    of those changes. Stray NOTE_OFFs and repeated NOTE_ONs change nothing, as
+    in :func:`chargen.midi_codec.ids_to_notes`. A note ended in the step it
+    began is not counted for the rest of that step (the encoder never writes one).
+    """
+    tokens = np.asarray(ids)
+    state = np.zeros(_PITCHES, dtype=np.int8)  # 1 = sounding, after everything seen so far
+    sounding = 0
+    hist = np.zeros(_PITCHES + 1, dtype=np.int64)
+    for begin in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[begin : begin + chunk], dtype=np.int64)
+        part = part[part < vocab.shift_base]  # note events only, in order
+        if not part.size:
+            continue
+        is_on = (part < vocab.note_off_base).astype(np.int8)
+        pitch = (part % vocab.note_off_base).astype(np.uint8)
+        order = np.argsort(pitch, kind="stable")  # by pitch, in stream order within each (radix sort)
+        by_pitch = pitch[order]
+        on_sorted = is_on[order]
+        before = np.empty_like(on_sorted)  # each event's pitch state before it
+        before[1:] = on_sorted[:-1]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = by_pitch[1:] != by_pitch[:-1]
+        before[first] = state[by_pitch[first]]
+        delta = np.empty(len(part), dtype=np.int64)
+        delta[order] = on_sorted.astype(np.int64) - before
+        running = sounding + np.cumsum(delta)
+        hist += np.bincount(running[is_on.astype(bool)], minlength=_PITCHES + 1)
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = by_pitch[1:] != by_pitch[:-1]
+        state[by_pitch[last]] = on_sorted[last]
+        sounding = int(running[-1])
+    return hist
+
+
+def polyphony_cap(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
+                  percentile: float = CAP_PERCENTILE) -> int:
+    """The corpus's polyphony cap: the ``percentile`` of simultaneous notes at note onsets.
+
+    Counted per NOTE_ON (the notes sounding just after it, itself included),
+    not weighted by time: the cap is checked at each NOTE_ON, so the 99th
+    percentile means the cap would have refused at most 1 % of the corpus's own
+    onsets, whatever its tempo and however long its chords are held or its
+    rests last. Returned as the smallest k with at least ``percentile`` % of
+    onsets at k or fewer notes; 0 (no cap) for a stream without notes.
+    """
+    hist = onset_polyphony_counts(ids, vocab)
+    total = int(hist.sum())
+    if not total:
+        return 0
+    cumulative = np.cumsum(hist)
+    return int(np.searchsorted(cumulative, total * percentile / 100.0 - 1e-9))
+
+
+def corpus_polyphony_cap(tokens_path: Path, vocab: MidiVocab = DEFAULT_VOCAB) -> int:
+    """:func:`polyphony_cap` of a run's encoded corpus (``tokens.npy``, memory-mapped)."""
+    return polyphony_cap(np.load(tokens_path, mmap_mode="r"), vocab)
