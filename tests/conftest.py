@@ -101,13 +101,3 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     with postgres_server.database() as url:
         yield url
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def history_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh history database URL, once per backend; also set as $CHARGEN_DATABASE_URL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'history.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    request.getfixturevalue("monkeypatch").setenv("CHARGEN_DATABASE_URL", url)
-    return url
