@@ -435,9 +435,10 @@ def replay(generation_id: str, database: str | None, as_json: bool) -> None:
 def main() -> None:
     """Console entry point: every failure is one line on stderr and a non-zero exit."""
     try:
-        cli.main(prog_name="chargen", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        # Outside standalone mode click hands back (not raises) the code of an Exit
+        # (`--help`, a command's `raise Exit(1)`); a command's own return value comes
+        # back the same way, and only an int is taken for an exit code.
+        code = cli.main(prog_name="chargen", standalone_mode=False)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "chargen"
         click.echo(f"{command}: error: {exc.format_message()}", err=True)
@@ -463,3 +464,4 @@ def main() -> None:
         click.echo(f"chargen: internal error: {type(exc).__name__}: {exc} (set CHARGEN_DEBUG=1 for a traceback)",
                    err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

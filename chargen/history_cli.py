@@ -14,23 +14,19 @@ import shutil
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from chargen.errors import ChargenError
-from chargen.history import (
-    DATABASE_ENV,
-    GenerationRecord,
-    History,
-    HistoryUnavailable,
-    TrainingRunRecord,
-    display_url,
-    resolve_database_url,
-    sqlite_file,
-)
+from chargen.history.errors import HistoryUnavailable
+from chargen.history.location import DATABASE_ENV, display_url, resolve_database_url, sqlite_file
+
+if TYPE_CHECKING:  # the store itself is imported when a command runs: SQLAlchemy costs ~0.3 s
+    from chargen.history import GenerationRecord, History, TrainingRunRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R", "GenerationRecord", "TrainingRunRecord")
 _DATABASE_KEY = "chargen.history.database"
 
 
@@ -78,6 +74,8 @@ def _open_if_exists(database: str | None) -> History | None:
     path = sqlite_file(url)
     if path is not None and not os.path.exists(path):
         return None
+    from chargen.history import History
+
     return History(url)
 
 
@@ -87,6 +85,20 @@ def _open(database: str | None) -> History:
         path = sqlite_file(_url(database))
         raise HistoryUnavailable(f"no history database at {path} (nothing has been logged there yet)")
     return store
+
+
+def _listed(database: str | None, read: Callable[[History], list[R]]) -> list[R]:
+    """The records ``read`` lists; none when the SQLite file does not exist."""
+    store = _open_if_exists(database)
+    if store is None:
+        return []
+    with store:
+        return read(store)
+
+
+def _get_generation(database: str | None, generation_id: str) -> GenerationRecord:
+    with _open(database) as store:
+        return store.get_generation(generation_id)
 
 
 # --------------------------------------------------------------------------
@@ -151,22 +163,60 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
+def _print_records(records: list[R], as_json: bool, line: Callable[[R, int], str]) -> None:
+    """All records as one JSON array, or one line each cut to the terminal, short ids aligned."""
+    if as_json:
+        click.echo(_dumps([r.to_dict() for r in records]))
+        return
+    width = _width()
+    id_width = max((len(r.short_id) for r in records), default=0)
+    for r in records:
+        click.echo(_fit(line(r, id_width), width))
+
+
 # --------------------------------------------------------------------------
 # Commands
 
 
-@click.group(invoke_without_command=True)
+class _ListByDefault(click.Group):
+    """A group that hands options given before any subcommand to ``list``: ``chargen history -n 3``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {})["ignore_unknown_options"] = True  # -n reaches `list`
+        super().__init__(*args, **kwargs)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        if args and args[0].startswith("-"):  # an option the group does not take: one of `list`'s
+            return "list", self.commands["list"], args
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_ListByDefault, invoke_without_command=True)
 @_database_option
 @click.pass_context
 def history(ctx: click.Context, database: str | None) -> None:
     """Browse the log of generations and training runs.
 
     Every `chargen sample` is logged with its checkpoint, decoder settings,
-    seed, prime and outputs. Without a subcommand, lists the newest ones.
+    seed, prime and outputs. Without a subcommand, lists the newest ones,
+    taking `list`'s options (`chargen history -n 5 -q fox`).
     """
     ctx.meta[_DATABASE_KEY] = database
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_generations)
+
+
+def _generation_command(*options: Callable[[F], F]) -> Callable[[F], click.Command]:
+    """A subcommand on one generation: its ID argument, then ``options``, then --database."""
+
+    def decorate(func: F) -> click.Command:
+        func = _database_option(_errors_to_exit(func))
+        for option in reversed(options):
+            func = option(func)
+        return history.command()(click.argument("generation_id", metavar="ID")(func))
+
+    return decorate
 
 
 @history.command("list")
@@ -181,33 +231,20 @@ def history(ctx: click.Context, database: str | None) -> None:
 def list_generations(count: int, query: str | None, checkpoint: str | None, as_json: bool,
                      database: str | None) -> None:
     """List logged generations, newest first, one line each."""
-    store = _open_if_exists(database)
-    if store is None:
-        records: list[GenerationRecord] = []
-    else:
-        with store:
-            records = store.list_generations(limit=count or None, query=query, checkpoint=checkpoint)
-    if as_json:
-        click.echo(_dumps([r.to_dict() for r in records]))
-        return
-    width = _width()
-    id_width = max((len(r.short_id) for r in records), default=0)
-    decoders = [_decoder_summary(r) for r in records]
-    decoder_width = max(map(len, decoders), default=0)
-    for r, decoder in zip(records, decoders):
-        line = f"{r.short_id:<{id_width}}  {_local_time(r)}  {decoder:<{decoder_width}}  {_preview(r)}"
-        click.echo(_fit(line, width))
+    records = _listed(database, lambda store: store.list_generations(limit=count or None, query=query,
+                                                                     checkpoint=checkpoint))
+    decoder_width = max((len(_decoder_summary(r)) for r in records), default=0)
+
+    def line(r: GenerationRecord, id_width: int) -> str:
+        return f"{r.short_id:<{id_width}}  {_local_time(r)}  {_decoder_summary(r):<{decoder_width}}  {_preview(r)}"
+
+    _print_records(records, as_json, line)
 
 
-@history.command()
-@click.argument("generation_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
-@_database_option
-@_errors_to_exit
+@_generation_command(click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON."))
 def show(generation_id: str, as_json: bool, database: str | None) -> None:
     """Show one generation in full; ID may be any unique prefix."""
-    with _open(database) as store:
-        record = store.get_generation(generation_id)
+    record = _get_generation(database, generation_id)
     if as_json:
         click.echo(_dumps(record.to_dict()))
         return
@@ -235,23 +272,20 @@ def show(generation_id: str, as_json: bool, database: str | None) -> None:
         click.echo(record.prime + sample.text)
 
 
-@history.command()
-@click.argument("generation_id", metavar="ID")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write here instead of stdout (required for MIDI).")
-@click.option("--sample", "sample_number", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Which of the --num-samples outputs to export.")
-@click.option("--no-prime", is_flag=True, help="Leave out the prime; export only the generated part.")
-@click.option("--tempo-bpm", type=click.FloatRange(min=0, min_open=True),
-              help="MIDI tempo [default: as logged, else 120].")
-@click.option("--program", type=click.IntRange(0, 127), help="MIDI instrument [default: as logged, else 0].")
-@_database_option
-@_errors_to_exit
+@_generation_command(
+    click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write here instead of stdout (required for MIDI)."),
+    click.option("--sample", "sample_number", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Which of the --num-samples outputs to export."),
+    click.option("--no-prime", is_flag=True, help="Leave out the prime; export only the generated part."),
+    click.option("--tempo-bpm", type=click.FloatRange(min=0, min_open=True),
+                  help="MIDI tempo [default: as logged, else 120]."),
+    click.option("--program", type=click.IntRange(0, 127), help="MIDI instrument [default: as logged, else 0]."),
+)
 def export(generation_id: str, output: Path | None, sample_number: int, no_prime: bool, tempo_bpm: float | None,
            program: int | None, database: str | None) -> None:
     """Write one output of a generation: text as text, MIDI as a .mid file."""
-    with _open(database) as store:
-        record = store.get_generation(generation_id)
+    record = _get_generation(database, generation_id)
     if sample_number > len(record.outputs):
         raise ChargenError(f"generation {record.short_id} has {len(record.outputs)} sample(s), not {sample_number}")
     content = ("" if no_prime else record.prime) + record.outputs[sample_number - 1].text
@@ -296,11 +330,7 @@ def _export_midi(record: GenerationRecord, content: str, output: Path, tempo_bpm
     )
 
 
-@history.command()
-@click.argument("generation_id", metavar="ID")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@_database_option
-@_errors_to_exit
+@_generation_command(click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."))
 def rm(generation_id: str, yes: bool, database: str | None) -> None:
     """Delete one generation and its outputs; ID may be any unique prefix."""
     with _open(database) as store:
@@ -328,20 +358,11 @@ def path(database: str | None) -> None:
 @_errors_to_exit
 def runs(count: int, as_json: bool, database: str | None) -> None:
     """List logged training runs, newest first, one line each."""
-    store = _open_if_exists(database)
-    if store is None:
-        records: list[TrainingRunRecord] = []
-    else:
-        with store:
-            records = store.list_runs(limit=count or None)
-    if as_json:
-        click.echo(_dumps([r.to_dict() for r in records]))
-        return
-    width = _width()
-    id_width = max((len(r.short_id) for r in records), default=0)
-    for r in records:
+
+    def line(r: TrainingRunRecord, id_width: int) -> str:
         loss = "-" if r.best_val_loss is None else f"{r.best_val_loss:.4f}"
-        line = (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}  "
+        return (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}  "
                 f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
-        click.echo(_fit(line, width))
+
+    _print_records(_listed(database, lambda store: store.list_runs(limit=count or None)), as_json, line)
 

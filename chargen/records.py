@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, sha256_file
 from chargen.codec import Codec
@@ -18,20 +18,24 @@ from chargen.errors import ChargenError
 from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
 from chargen.train import TrainResult
 
+if TYPE_CHECKING:
+    from chargen.history import GenerationFields
+
 
 def generation_fields(checkpoint: Checkpoint, checkpoint_sha256: str, config: DecodeConfig, prime: str,
                       samples: Sequence[Sample], duration_s: float, midi_paths: Sequence[Path] = (),
-                      export: dict[str, Any] | None = None) -> dict[str, Any]:
+                      export: dict[str, Any] | None = None) -> GenerationFields:
     """The one mapping from a finished generation to a history row's fields.
 
     The CLI and the service both record through this, so every row carries what
     replay and export need: decoder, all resolved parameters (seed included),
-    prime, and the MIDI export settings (``export``) for music models.
+    prime, and the MIDI export settings (``export``) for music models. Pass the
+    result to ``History.record_generations``.
     """
-    from chargen.history import SampleRecord  # SQLAlchemy only when logging
+    from chargen.history import GenerationFields, SampleRecord  # SQLAlchemy only when logging
 
     paths = [str(p) for p in midi_paths] + [None] * (len(samples) - len(midi_paths))
-    return dict(
+    return GenerationFields(
         checkpoint_path=str(checkpoint.path.resolve()),
         checkpoint_sha256=checkpoint_sha256,
         model_config=checkpoint.config.to_dict(),

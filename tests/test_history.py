@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chargen.history as hist
+import chargen.history.schema as hist_schema
 from chargen.errors import ChargenError
 from chargen.history import (
     History,
@@ -301,8 +302,8 @@ def test_older_schema_is_migrated_forward_in_order(db: Path, monkeypatch: pytest
         calls.append(3)
         conn.exec_driver_sql("CREATE INDEX ix_generations_rating ON generations (rating)")
 
-    monkeypatch.setattr(hist, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(hist, "MIGRATIONS", {2: add_rating, 3: add_index})
+    monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(hist_schema, "MIGRATIONS", {2: add_rating, 3: add_index})
     with History(str(db)) as h:
         assert h.schema_version() == 3
         assert h.get_generation(gid).outputs == (SampleRecord("a"), SampleRecord("b"))
@@ -322,8 +323,8 @@ def test_failed_migration_leaves_the_database_untouched(db: Path, monkeypatch: p
         conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
         conn.exec_driver_sql("SELECT no_such_function()")
 
-    monkeypatch.setattr(hist, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(hist, "MIGRATIONS", {2: broken})
+    monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(hist_schema, "MIGRATIONS", {2: broken})
     with pytest.raises(HistoryUnavailable):
         History(str(db))
     monkeypatch.undo()

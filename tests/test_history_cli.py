@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
+import mido
 import pytest
 from click.testing import CliRunner, Result
 from history_helpers import SHA_B, record
 
+from chargen.cli import main
 from chargen.history import History, SampleRecord
 from chargen.history_cli import history as history_group
+from tests.conftest import run_cli
 
 SUBCOMMANDS = ["list", "show", "export", "rm", "path", "runs"]
 
@@ -181,14 +187,9 @@ def test_unusable_database_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_export_midi_rebuilds_the_file(db: str, tmp_path: Path) -> None:
-    """Runs once the MIDI codec and exporter are present (skipped on a branch without them)."""
-    pytest.importorskip("chargen.midi_export", reason="chargen.midi_export is not on this branch")
-    mido = pytest.importorskip("mido")
     from chargen.codec import codec_class
 
     corpus = sorted((Path(__file__).resolve().parents[1] / "corpora" / "midi-basics").glob("*.mid"))
-    if not corpus:
-        pytest.skip("no MIDI corpus on this branch")
     codec = codec_class("midi")()
     text = codec.decode(codec.encode_file(corpus[0])[:80].tolist())
     with History(db) as h:
@@ -199,3 +200,69 @@ def test_export_midi_rebuilds_the_file(db: str, tmp_path: Path) -> None:
     notes = [m for track in mido.MidiFile(out).tracks for m in track if m.type == "note_on" and m.velocity > 0]
     programs = [m.program for track in mido.MidiFile(out).tracks for m in track if m.type == "program_change"]
     assert notes and programs == [5]
+
+
+def test_bare_group_takes_the_list_options(db: str, ids: list[str]) -> None:
+    """`chargen history -n 3` (the README lists -n under `chargen history`) lists, like `history list -n 3`."""
+    two = run("--database", db, "-n", "2")
+    assert two.exit_code == 0, two.stderr
+    assert two.stdout == run("list", "--database", db, "-n", "2").stdout and len(two.stdout.splitlines()) == 2
+    assert run("-n", "1", "-q", "BETA", "--database", db).stdout.startswith(ids[1][:8])
+    assert run("-n", "0", "--json", "--database", db).stdout == run("list", "--json", "--database", db).stdout
+    bogus = CliRunner().invoke(history_group, ["--bogus"])
+    assert bogus.exit_code == 2 and "No such option" in bogus.stderr
+    typo = CliRunner().invoke(history_group, ["shwo"])
+    assert typo.exit_code == 2 and "No such command 'shwo'" in typo.stderr
+
+
+def main_exit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    """Run the console entry point in-process: its exit code and stderr."""
+    monkeypatch.setattr("sys.argv", ["chargen", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["show"], ["rm", "--yes"], ["export"]])
+def test_a_bad_id_exits_1_through_the_entry_point(db: str, ids: list[str], command: list[str],
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    code, err = main_exit(capsys, monkeypatch, "history", *command, "ZZZZZZ", "--database", db)
+    assert (code, err) == (1, "chargen: error: no generation with id 'ZZZZZZ'\n")
+    with History(db) as h:
+        assert len(h.list_generations()) == 3  # rm deleted nothing
+
+
+def test_an_unreadable_database_exits_1_through_the_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"definitely not sqlite " * 200)
+    for args in (["history", "list"], ["history"], ["history", "-n", "3"], ["history", "runs"]):
+        code, err = main_exit(capsys, monkeypatch, *args, "--database", str(corrupt))
+        assert code == 1 and err.startswith("chargen: error: history database") and err.count("\n") == 1, args
+
+
+def test_success_help_and_usage_errors_keep_their_codes(db: str, ids: list[str], capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main_exit(capsys, monkeypatch, "history", "-n", "1", "--database", db) == (0, "")
+    assert main_exit(capsys, monkeypatch, "history", "--help")[0] == 0
+    assert main_exit(capsys, monkeypatch, "--version")[0] == 0
+    code, err = main_exit(capsys, monkeypatch, "history", "show")
+    assert code == 2 and "Missing argument 'ID'" in err
+
+
+def test_a_bad_id_exits_1_from_the_installed_command(db: str, ids: list[str]) -> None:
+    result = run_cli("history", "show", "ZZZZZZ", "--database", db)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "chargen: error: no generation with id 'ZZZZZZ'\n"
+
+
+def test_starting_the_cli_imports_no_sqlalchemy() -> None:
+    """The history is imported when a command uses it: SQLAlchemy costs ~0.3 s on every start otherwise."""
+    probe = ("import sys\nfrom chargen.cli import main\nsys.argv = ['chargen', '--help']\n"
+             "try:\n    main()\nexcept SystemExit as exc:\n"
+             "    print(exc.code, sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert result.stdout.splitlines()[-1] == "0 []", result.stderr
