@@ -92,3 +92,46 @@ def test_processes_opening_an_empty_database_together_all_succeed(postgres_url: 
     with History(postgres_url) as history:
         rows = history.list_generations(limit=None)
     assert sorted(g.params["worker"] for g in rows) == sorted(str(i) for i in range(count))
+
+
+_MIGRATING_WORKER = """
+import os, sys
+import chargen.history.schema as schema
+from chargen.history import History
+
+def add_rating(conn):  # safe to run twice on its own: only the lock keeps it to once
+    conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS migration_runs (pid INTEGER)")
+    conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN IF NOT EXISTS rating INTEGER")
+    conn.exec_driver_sql(f"INSERT INTO migration_runs VALUES ({os.getpid()})")
+
+schema.SCHEMA_VERSION, schema.MIGRATIONS = 2, {2: add_rating}
+print("ready", flush=True)
+sys.stdin.readline()
+with History(sys.argv[1]) as history:
+    print(history.schema_version(), flush=True)
+"""
+
+
+def test_processes_opening_an_older_database_together_migrate_it_once(postgres_url: str) -> None:
+    with History(postgres_url):  # version 1
+        pass
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", _MIGRATING_WORKER, postgres_url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(4)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [(proc.returncode, out, err) for proc, (out, err) in zip(procs, results)] == [(0, "2\n", "")] * 4
+    with _connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (1,)
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]

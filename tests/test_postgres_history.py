@@ -17,7 +17,8 @@ from sqlalchemy.engine import make_url
 from test_history import *  # noqa: F403  (the tests to run again)
 from test_history_robustness import test_postgresql_round_trip  # noqa: F401  (runs given a URL: below)
 
-from chargen.history import History, HistoryLookupError, HistoryUnavailable
+import chargen.history.schema as history_schema
+from chargen.history import History, HistoryLookupError, HistoryUnavailable, SampleRecord
 
 SQLITE_ONLY = {
     "test_sqlite_pragmas_are_on",
@@ -99,3 +100,51 @@ def test_tables_without_a_version_are_not_adopted_on_postgresql(postgres_url: st
         conn.execute("CREATE TABLE generations (id TEXT PRIMARY KEY, other TEXT)")
     with pytest.raises(HistoryUnavailable, match="not a chargen history database"):
         History(postgres_url)
+
+
+def test_older_schema_is_migrated_forward_in_order_on_postgresql(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with History(postgres_url) as h:  # a version-1 database with data in it
+        gid = record(h, outputs=["a", "b"])
+    calls: list[int] = []
+
+    def add_rating(conn) -> None:
+        calls.append(2)
+        conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
+
+    def add_index(conn) -> None:
+        calls.append(3)
+        conn.exec_driver_sql("CREATE INDEX ix_generations_rating ON generations (rating)")
+
+    monkeypatch.setattr(history_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(history_schema, "MIGRATIONS", {2: add_rating, 3: add_index})
+    with History(postgres_url) as h:
+        assert h.schema_version() == 3
+        assert h.get_generation(gid).outputs == (SampleRecord("a"), SampleRecord("b"))
+    with History(postgres_url):  # already current: nothing runs twice
+        pass
+    assert calls == [2, 3]
+    with connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.columns "
+                            "WHERE table_name = 'generations' AND column_name = 'rating'").fetchone() == (1,)
+
+
+def test_failed_migration_leaves_the_database_untouched_on_postgresql(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with History(postgres_url) as h:
+        gid = record(h)
+
+    def broken(conn) -> None:
+        conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
+        conn.exec_driver_sql("SELECT no_such_function()")
+
+    monkeypatch.setattr(history_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(history_schema, "MIGRATIONS", {2: broken})
+    with pytest.raises(HistoryUnavailable):
+        History(postgres_url)
+    monkeypatch.undo()
+    with History(postgres_url) as h:  # DDL is transactional here too: still a clean version 1
+        assert h.schema_version() == 1 and h.get_generation(gid).id == gid
+    with connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.columns "
+                            "WHERE table_name = 'generations' AND column_name = 'rating'").fetchone() == (0,)
