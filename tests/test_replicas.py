@@ -83,6 +83,13 @@ def music_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:
+    """A fresh database, named the way the README tells users to: ``postgresql://user@host/db``."""
+    with postgres_server.database(driver="postgresql") as url:
+        yield url
+
+
+@pytest.fixture
 def replicas(postgres_url: str, music_run: Path, tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
     """Two replicas started at the same moment on an EMPTY database: both create the schema."""
     text = make_checkpoint(tmp_path / "text.safetensors", seed=1)
