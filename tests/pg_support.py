@@ -22,6 +22,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
 
 SUPERUSER = "postgres"
 # The server only ever holds throwaway test data: durability settings off make it start
@@ -44,10 +48,11 @@ def find_bindir() -> Path:
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
-    if candidates:
-        return Path(candidates[-1]).parent
+    # /usr/lib/postgresql/15/bin/initdb: the newest major version installed
+    versions = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")
+                if Path(p).parts[-3].isdigit()]
+    if versions:
+        return max(versions, key=lambda bindir: int(bindir.parent.name))
     raise Unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found: "
                       "apt-get install postgresql, or run scripts/ensure_postgres.sh as root")
 
@@ -118,7 +123,7 @@ class PostgresServer:
         return self
 
     @contextmanager
-    def admin(self) -> Iterator[object]:
+    def admin(self) -> Iterator[psycopg.Connection]:
         """An autocommit psycopg connection to the ``postgres`` maintenance database."""
         import psycopg
 
