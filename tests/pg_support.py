@@ -173,6 +173,17 @@ class PostgresServer:
             self.root = None
 
 
+def connect(url: str) -> psycopg.Connection:
+    """A plain autocommit psycopg connection to the database of a chargen history URL, to look
+    at its tables directly (psycopg imported here: without it the fixtures skip, not collection)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database,
+                           autocommit=True)
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no output"

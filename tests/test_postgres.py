@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
-from sqlalchemy.engine import make_url
+from pg_support import connect
 
 from chargen.history import History
 from tests.conftest import REPO
@@ -21,14 +20,8 @@ from tests.conftest import REPO
 TESTS = REPO / "tests"
 
 
-def _connect(url: str) -> psycopg.Connection:
-    parsed = make_url(url)
-    return psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database,
-                           autocommit=True)
-
-
 def test_each_test_gets_a_fresh_empty_database(postgres_url: str) -> None:
-    with _connect(postgres_url) as conn:
+    with connect(postgres_url) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
         version = conn.execute("SHOW server_version_num").fetchone()
         owner_is_us = conn.execute("SELECT current_database() LIKE 'chargen_test_%'").fetchone()
@@ -58,7 +51,7 @@ def test_sixteen_concurrent_sample_processes_lose_no_row(run: Path, postgres_url
     printed = [json.loads(out) for out, _ in results]
     assert {r.seed: [o.text for o in r.outputs] for r in rows} == {
         i: [s["text"] for s in p["samples"]] for i, p in enumerate(printed)}
-    with _connect(postgres_url) as conn:
+    with connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM generation_outputs").fetchone() == (32,)
 
 
@@ -87,7 +80,7 @@ def _start_together(url: str, count: int) -> list[tuple[int, str, str]]:
 @pytest.mark.parametrize("count", [2, 8])
 def test_processes_opening_an_empty_database_together_all_succeed(postgres_url: str, count: int) -> None:
     assert _start_together(postgres_url, count) == [(0, "done\n", "")] * count
-    with _connect(postgres_url) as conn:
+    with connect(postgres_url) as conn:
         assert conn.execute("SELECT id, version FROM schema_version").fetchall() == [(1, 1)]
     with History(postgres_url) as history:
         rows = history.list_generations(limit=None)
@@ -132,6 +125,6 @@ def test_processes_opening_an_older_database_together_migrate_it_once(postgres_u
             if proc.poll() is None:
                 proc.kill()
     assert [(proc.returncode, out, err) for proc, (out, err) in zip(procs, results)] == [(0, "2\n", "")] * 4
-    with _connect(postgres_url) as conn:
+    with connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (1,)
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]

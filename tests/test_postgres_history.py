@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from history_helpers import record
-from sqlalchemy.engine import make_url
+from pg_support import connect
 from test_history import *  # noqa: F403  (the tests to run again)
 from test_history_robustness import test_postgresql_round_trip  # noqa: F401  (runs given a URL: below)
 
@@ -63,13 +62,6 @@ def history(postgres_url: str) -> Iterator[History]:
 def search_history(postgres_server) -> Iterator[History]:
     with postgres_server.database() as url, History(url) as h:
         yield h
-
-
-def connect(url: str) -> psycopg.Connection:
-    """A plain psycopg connection to the database at a chargen history URL."""
-    parsed = make_url(url)
-    return psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database,
-                           autocommit=True)
 
 
 def test_delete_generation_cascades_to_outputs_on_postgresql(history: History, postgres_url: str) -> None:

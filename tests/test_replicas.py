@@ -17,10 +17,9 @@ from pathlib import Path
 
 import httpx
 import mido
-import psycopg
 import pytest
+from pg_support import connect
 from service_support import free_port, make_checkpoint, parse_sse
-from sqlalchemy.engine import make_url
 
 from chargen.history import History
 from tests.conftest import REPO, run_cli
@@ -104,12 +103,6 @@ def replicas(postgres_url: str, music_run: Path, tmp_path: Path) -> Iterator[tup
             replica.stop()
 
 
-def _connect(url: str) -> psycopg.Connection:
-    parsed = make_url(url)
-    return psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database,
-                           autocommit=True)
-
-
 def _generate(base: str, **body: object) -> dict:
     response = httpx.post(base + "/v1/generate", json=body, timeout=120)
     assert response.status_code == 200, response.text
@@ -123,7 +116,7 @@ def _assert_consistent(url: str) -> int:
     for row in rows:
         assert len(row.outputs) == row.params["num_samples"], row
         assert [o.text for o in row.outputs] and all(isinstance(o.text, str) for o in row.outputs)
-    with _connect(url) as conn:
+    with connect(url) as conn:
         orphans = conn.execute("SELECT count(*) FROM generation_outputs o WHERE NOT EXISTS "
                                "(SELECT 1 FROM generations g WHERE g.id = o.generation_id)").fetchone()
         empty = conn.execute("SELECT count(*) FROM generations g WHERE NOT EXISTS "
@@ -135,7 +128,7 @@ def _assert_consistent(url: str) -> int:
 def test_a_generation_made_through_one_replica_is_served_by_the_other(
         replicas: tuple[Replica, Replica], postgres_url: str, tmp_path: Path) -> None:
     a, b = replicas
-    with _connect(postgres_url) as conn:  # two servers started together: one schema, made once
+    with connect(postgres_url) as conn:  # two servers started together: one schema, made once
         assert conn.execute("SELECT id, version FROM schema_version").fetchall() == [(1, 1)]
 
     made = _generate(a.url, model="text", prime="the ", length=40, num_samples=2, seed=3)
