@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from chargen.history import History, SampleRecord
@@ -37,3 +40,59 @@ def concurrent_worker() -> None:
     with History(url) as history:
         record(history, prime=f"worker {label}", params={"temperature": 1.0, "worker": label})
     print("done", flush=True)
+
+
+#: the table migrating_worker's migration writes one row into per run
+MIGRATION_RUNS = "migration_runs_probe"
+
+
+def migrating_worker() -> None:
+    """Subprocess body: like concurrent_worker, but this chargen knows a schema version 2.
+
+    Its migration is not idempotent on purpose (one row per run, then a pause that
+    keeps the transaction open), so a migration run twice shows as two rows.
+    """
+    import chargen.history.schema as schema
+
+    def migrate(conn: Any) -> None:
+        conn.exec_driver_sql(f"INSERT INTO {MIGRATION_RUNS} (pid) VALUES ({os.getpid()})")
+        time.sleep(0.5)
+
+    schema.SCHEMA_VERSION = 2
+    schema.MIGRATIONS = {2: migrate}
+    url = sys.argv[1]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    History(url).close()
+    print("done", flush=True)
+
+
+def start_together(worker: str, url: str, count: int, before_go: Callable[[], None] = lambda: None
+                   ) -> list[tuple[int, str, str]]:
+    """``count`` processes running ``worker`` (a function here) on ``url``, released together.
+
+    ``before_go`` runs once all are ready. Returns each one's (exit code, stdout, stderr).
+    """
+    import subprocess
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    code = f"from history_helpers import {worker}; {worker}()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(i)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(count)]
+    try:
+        for proc in procs:  # every interpreter is up and imported before any touches the database
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        before_go()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [(proc.returncode, out, err) for proc, (out, err) in zip(procs, results)]

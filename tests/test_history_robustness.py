@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from history_helpers import record
+from history_helpers import record, start_together
 
 from chargen.history import History, HistoryUnavailable
+from chargen.history.location import engine_url
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -28,27 +29,11 @@ def _assert_one_line(exc: pytest.ExceptionInfo[HistoryUnavailable]) -> str:
 
 def test_eight_processes_open_a_fresh_database_and_write_at_once(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
-    code = "from history_helpers import concurrent_worker; concurrent_worker()"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(db), str(i)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-        for i in range(8)
-    ]
-    try:
-        for proc in procs:  # every interpreter is up and imported before any touches the file
-            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+
+    def not_yet_created() -> None:
         assert not db.exists()
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = [proc.communicate(timeout=60) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert [(proc.returncode, out, err) for proc, (out, err) in zip(procs, results)] == [(0, "done\n", "")] * 8
+
+    assert start_together("concurrent_worker", str(db), 8, not_yet_created) == [(0, "done\n", "")] * 8
     with History(str(db)) as h:
         rows = h.list_generations(limit=None)
     assert sorted(g.params["worker"] for g in rows) == [str(i) for i in range(8)]
@@ -132,6 +117,34 @@ def test_unreachable_postgresql() -> None:
     message = _assert_one_line(err)
     assert "127.0.0.1" in message and "secret" not in message
     assert time.monotonic() - start < 10
+
+
+def test_postgresql_urls_run_on_psycopg_3() -> None:
+    """A bare postgresql:// would be psycopg2 to SQLAlchemy; chargen's extra installs psycopg 3."""
+    assert engine_url("postgresql://u:pw@db:5433/chargen").drivername == "postgresql+psycopg"
+    assert engine_url("postgres://u@db/chargen").drivername == "postgresql+psycopg"
+    assert engine_url("postgresql+psycopg2://u@db/chargen").drivername == "postgresql+psycopg2"
+    assert engine_url("sqlite:///x.db").drivername == "sqlite"
+    with pytest.raises(HistoryUnavailable) as err:  # reaches psycopg 3, which finds no server
+        History(f"postgresql://chargen:secret@127.0.0.1:{_closed_port()}/chargen")
+    message = _assert_one_line(err)
+    assert "127.0.0.1" in message and "not installed" not in message and "secret" not in message
+
+
+def test_postgresql_without_psycopg_names_the_extra(tmp_path: Path) -> None:
+    """As on a machine without chargen[postgres]: `import psycopg` fails (None in sys.modules)."""
+    probe = ("import sys\nsys.modules['psycopg'] = None\nfrom chargen.history import History, HistoryUnavailable\n"
+             "try:\n    History('postgresql://u@127.0.0.1/db')\nexcept HistoryUnavailable as exc:\n    print(exc)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.stdout == ("history database postgresql://u@127.0.0.1/db needs the PostgreSQL driver psycopg 3: "
+                             "pip install 'chargen[postgres]'\n"), result.stderr
+    cli = ("import sys\nsys.modules['psycopg'] = None\nfrom chargen.cli import main\n"
+           "sys.argv = ['chargen', 'history', 'list', '--database', 'postgresql://u@127.0.0.1/db']\nmain()")
+    through_cli = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True, timeout=120,
+                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert through_cli.returncode == 1 and through_cli.stdout == ""
+    assert through_cli.stderr == f"chargen: error: {result.stdout}"
 
 
 def test_missing_driver_and_bad_urls() -> None:
