@@ -1,6 +1,7 @@
 """The history on a real PostgreSQL server: concurrent writers and concurrent first opens.
 
 The server is the private one from tests/pg_support.py (``postgres_server`` in conftest).
+Concurrent migrations: test_history's test, run on PostgreSQL by test_postgres_history.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from history_helpers import start_together
 from pg_support import connect
 
 from chargen.history import History
 from tests.conftest import REPO
-
-TESTS = REPO / "tests"
 
 
 def test_each_test_gets_a_fresh_empty_database(postgres_url: str) -> None:
@@ -55,76 +55,12 @@ def test_sixteen_concurrent_sample_processes_lose_no_row(run: Path, postgres_url
         assert conn.execute("SELECT count(*) FROM generation_outputs").fetchone() == (32,)
 
 
-def _start_together(url: str, count: int) -> list[tuple[int, str, str]]:
-    """``count`` processes that each open the history at ``url`` and write one row, released together."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]))
-    code = "from history_helpers import concurrent_worker; concurrent_worker()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(i)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for i in range(count)]
-    try:
-        for proc in procs:  # every interpreter is up and imported before any touches the database
-            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = [proc.communicate(timeout=120) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return [(proc.returncode, out, err) for proc, (out, err) in zip(procs, results)]
-
-
 @pytest.mark.parametrize("count", [2, 8])
 def test_processes_opening_an_empty_database_together_all_succeed(postgres_url: str, count: int) -> None:
-    assert _start_together(postgres_url, count) == [(0, "done\n", "")] * count
+    assert start_together("concurrent_worker", postgres_url, count) == [(0, "done\n", "")] * count
     with connect(postgres_url) as conn:
         assert conn.execute("SELECT id, version FROM schema_version").fetchall() == [(1, 1)]
     with History(postgres_url) as history:
         rows = history.list_generations(limit=None)
     assert sorted(g.params["worker"] for g in rows) == sorted(str(i) for i in range(count))
 
-
-_MIGRATING_WORKER = """
-import os, sys
-import chargen.history.schema as schema
-from chargen.history import History
-
-def add_rating(conn):  # safe to run twice on its own: only the lock keeps it to once
-    conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS migration_runs (pid INTEGER)")
-    conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN IF NOT EXISTS rating INTEGER")
-    conn.exec_driver_sql(f"INSERT INTO migration_runs VALUES ({os.getpid()})")
-
-schema.SCHEMA_VERSION, schema.MIGRATIONS = 2, {2: add_rating}
-print("ready", flush=True)
-sys.stdin.readline()
-with History(sys.argv[1]) as history:
-    print(history.schema_version(), flush=True)
-"""
-
-
-def test_processes_opening_an_older_database_together_migrate_it_once(postgres_url: str) -> None:
-    with History(postgres_url):  # version 1
-        pass
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", _MIGRATING_WORKER, postgres_url], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(4)]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = [proc.communicate(timeout=120) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert [(proc.returncode, out, err) for proc, (out, err) in zip(procs, results)] == [(0, "2\n", "")] * 4
-    with connect(postgres_url) as conn:
-        assert conn.execute("SELECT count(*) FROM migration_runs").fetchone() == (1,)
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
