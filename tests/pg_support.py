@@ -101,9 +101,13 @@ class PostgresServer:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         data = self.root / "data"
-        made = self._run(str(self.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-                         "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
-        if made.returncode != 0:
+        # C.UTF-8: case-insensitive search folds non-ASCII letters too; plain C where it is missing.
+        for locale in ("--locale=C.UTF-8", "--no-locale"):
+            made = self._run(str(self.bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
+                             "-E", "UTF8", locale, "--no-sync")
+            if made.returncode == 0:
+                break
+        else:
             self._remove()
             raise Unavailable(f"initdb failed: {_last_line(made.stderr)}")
         for _attempt in range(3):  # the free port can be taken between choosing and binding
