@@ -121,3 +121,17 @@ def test_read_only_and_unreachable_databases(run: Path, tmp_path: Path) -> None:
     result = run_cli("sample", "--len", "20", "--database", bogus, "--require-log")
     assert result.returncode == 1
     _assert_output_but_not_logged(result)
+
+
+def test_sampling_without_logging_imports_no_sqlalchemy(run: Path, tmp_path: Path) -> None:
+    """`chargen sample --no-log` never loads the history store (SQLAlchemy costs ~0.3 s a start)."""
+    probe = ("import sys\nfrom chargen.cli import main\nsys.argv = ['chargen', 'sample', '--len', '5', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as exc:\n"
+             "    print('exit', exc.code, any(m.split('.')[0] == 'sqlalchemy' for m in sys.modules), file=sys.stderr)")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    quiet = subprocess.run([sys.executable, "-c", probe, "--no-log"], capture_output=True, text=True, env=env,
+                           timeout=180)
+    assert quiet.stderr.splitlines()[-1] == "exit 0 False", quiet.stderr
+    logged = subprocess.run([sys.executable, "-c", probe, "--database", db_url(tmp_path)], capture_output=True,
+                            text=True, env=env, timeout=180)
+    assert logged.stderr.splitlines()[-1] == "exit 0 True", logged.stderr  # the probe does see it when used
