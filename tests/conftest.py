@@ -6,9 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_support import PostgresServer
+from pg_support import Unavailable as PostgresUnavailable
+from pg_support import start_server as start_postgres_server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "corpora"
@@ -70,3 +74,30 @@ def run(trained_run: Path, isolated_home: Path) -> Path:
     target = isolated_home / "checkpoints" / trained_run.name
     shutil.copytree(trained_run, target)
     return target
+
+
+# -- PostgreSQL: a private server per session, a fresh database per test -----------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server (tests/pg_support.py). Where none can be had the test
+    skips and says why, except under CI (``$CI`` set), where these tests must run."""
+    try:
+        server = start_postgres_server()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI: {exc}", pytrace=False)
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    with postgres_server.database() as url:
+        yield url
+
