@@ -368,8 +368,8 @@ def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None,
       curl -s localhost:8000/v1/generate -H 'content-type: application/json' -d '{"prime": "The ", "length": 200}'
     Stop with Ctrl-C or SIGTERM: running generations end with an error and are not logged.
     """
-    from chargen.service import Limits
-    from chargen.service import serve as run_service
+    from chargen.serve import Limits
+    from chargen.serve import serve as run_service
 
     if max_samples > max_batch:
         raise click.UsageError(f"--max-samples {max_samples} cannot exceed --max-batch {max_batch}")

@@ -23,7 +23,7 @@ import pytest
 from service_support import make_checkpoint, reference, thread_server
 
 from chargen.checkpoint import load_checkpoint
-from chargen.service import Limits, create_app
+from chargen.serve import Limits, create_app
 
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
                              shutil.which("chromium-browser")) if p and Path(p).is_file()), None)

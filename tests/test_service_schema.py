@@ -10,7 +10,7 @@ import pytest
 from service_support import make_checkpoint, thread_server
 
 from chargen.checkpoint import load_checkpoint
-from chargen.service import Limits, create_app
+from chargen.serve import Limits, create_app
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
