@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_support import make_checkpoint, parse_sse, reference, thread_server
+from service_support import ServerProcess, make_checkpoint, parse_sse, reference, thread_server
 
 from chargen.checkpoint import Checkpoint, load_checkpoint
 from chargen.midi_codec import MidiCodec
@@ -470,6 +470,36 @@ def test_midi_download_from_history(tmp_path: Path) -> None:
         assert response.content == base64.b64decode(got["samples"][1]["midi_base64"])
         mido.MidiFile(file=io.BytesIO(response.content))
         assert http.get(f"/v1/generations/{got['history_id']}.mid", params={"index": 2}).status_code == 404
+
+
+@pytest.mark.parametrize("prime", [None, "primed"])
+def test_history_export_of_a_served_midi_generation_is_the_served_file(tmp_path: Path, prime: str | None) -> None:
+    """`chargen history export ID -o x.mid` writes, byte for byte, the .mid the service answered with."""
+    from click.testing import CliRunner
+
+    from chargen.cli import cli
+
+    codec = MidiCodec()
+    path = make_checkpoint(tmp_path / "music.safetensors", codec, seed=4)
+    database = f"sqlite:///{tmp_path / 'history.db'}"
+    body: dict[str, Any] = {"length": 300, "seed": 5, "format": "midi", "num_samples": 2}
+    export_args = []
+    if prime:  # the service's .mid holds the generated part only: export that part
+        body["prime"] = codec.default_prime * 3
+        export_args = ["--no-prime"]
+    with ServerProcess([str(path)], database=database) as server:
+        got = httpx.post(server.url + "/v1/generate", json=body, timeout=120)
+        assert got.status_code == 200, got.text
+        got = got.json()
+        downloaded = httpx.get(server.url + got["samples"][1]["midi_url"], timeout=60).content
+    served = [base64.b64decode(s["midi_base64"]) for s in got["samples"]]
+    assert downloaded == served[1]
+    for number, expected in enumerate(served, start=1):
+        out = tmp_path / f"export-{number}.mid"
+        result = CliRunner().invoke(cli, ["history", "export", got["history_id"], "-o", str(out),
+                                          "--sample", str(number), "--database", database, *export_args])
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes() == expected
 
 
 def test_served_generation_replays_from_history(tmp_path: Path, models: dict[str, Checkpoint]) -> None:
