@@ -16,6 +16,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import mido
 import numpy as np
@@ -109,16 +110,13 @@ def decode_to_midi(
     return mido.MidiFile(type=1, ticks_per_beat=tpb, tracks=[conductor, track])
 
 
-def midi_bytes(
-    ids: Sequence[int] | np.ndarray,
-    tempo_bpm: float = DEFAULT_TEMPO_BPM,
-    program: int = DEFAULT_PROGRAM,
-    vocab: MidiVocab = DEFAULT_VOCAB,
-    max_note_s: float | None = None,
-) -> bytes:
-    """The Standard MIDI File of ``ids``, as bytes: what :func:`write_midi` writes and the service returns."""
+def midi_bytes(ids: Sequence[int] | np.ndarray, **settings: Any) -> bytes:
+    """The Standard MIDI File of ``ids``, as bytes: what :func:`write_midi` writes and the service returns.
+
+    ``settings``: :func:`decode_to_midi`'s (tempo_bpm, program, vocab, max_note_s).
+    """
     buffer = io.BytesIO()
-    decode_to_midi(ids, tempo_bpm=tempo_bpm, program=program, vocab=vocab, max_note_s=max_note_s).save(file=buffer)
+    decode_to_midi(ids, **settings).save(file=buffer)
     return buffer.getvalue()
 
 
