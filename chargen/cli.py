@@ -233,7 +233,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
     generator = Generator(loaded.model, loaded.codec)
     stream = not as_json and num_samples == 1 and config.decoder != "beam" and output_format == "text"
-    out = sys.stdout
+    out = click.get_text_stream("stdout")
     if stream and prime:
         out.write(prime)
 
