@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))  # the checkout's chargen, not an installed one
 
 SERVE = """
 import json, sys
-from chargen.service import Limits, serve
+from chargen.serve import Limits, serve
 a = json.loads(sys.argv[1])
 serve("127.0.0.1", a["port"], [a["checkpoint"]], database=a["database"], history=a["database"] is not None,
       limits=Limits(max_queue=10_000), threads=a["threads"], log_level="warning")

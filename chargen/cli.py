@@ -198,8 +198,6 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
     from chargen.sampling import DecodeConfig, Generator
 
-    if greedy and temperature is not None:
-        raise click.UsageError("--greedy takes no --temperature: greedy decoding always picks the likeliest token")
     if greedy and (beam_width is not None or beam_sample):
         raise click.UsageError("--greedy and --beam-width/--beam-sample are different decoders; choose one")
     if sum(x is not None for x in (prime, prime_file, prime_midi)) > 1:
@@ -218,15 +216,19 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         if not is_midi:
             raise click.UsageError("--prime-midi needs a MIDI model")
         prime = loaded.codec.decode(loaded.codec.encode_file(prime_midi)[:prime_len].tolist())
-    config = DecodeConfig(length=length, temperature=temperature or 1.0, top_k=top_k, top_p=top_p, greedy=greedy,
-                          beam_width=beam_width, beam_sample=beam_sample, num_samples=num_samples,
-                          no_repeat_ngram=no_repeat_ngram, seed=seed)
+    # No --temperature is temperature 1 (which changes nothing): the one value greedy accepts.
+    config = DecodeConfig(length=length, temperature=1.0 if temperature is None else temperature, top_k=top_k,
+                          top_p=top_p, greedy=greedy, beam_width=beam_width, beam_sample=beam_sample,
+                          num_samples=num_samples, no_repeat_ngram=no_repeat_ngram, seed=seed)
     if (beam_width or 1) > loaded.codec.vocab_size:
         raise click.UsageError(f"--beam-width {beam_width} exceeds the model's vocabulary of "
                                f"{loaded.codec.vocab_size} tokens")
     if config.decoder == "beam" and num_samples > (beam_width or 1):
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
-    config.validate(loaded.codec.vocab_size)
+    try:
+        config.validate(loaded.codec.vocab_size)  # the decoder's rules, as the service applies them
+    except ChargenError as exc:
+        raise click.UsageError(str(exc)) from None
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
     checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
     generator = Generator(loaded.model, loaded.codec)
@@ -366,8 +368,8 @@ def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None,
       curl -s localhost:8000/v1/generate -H 'content-type: application/json' -d '{"prime": "The ", "length": 200}'
     Stop with Ctrl-C or SIGTERM: running generations end with an error and are not logged.
     """
-    from chargen.service import Limits
-    from chargen.service import serve as run_service
+    from chargen.serve import Limits
+    from chargen.serve import serve as run_service
 
     if max_samples > max_batch:
         raise click.UsageError(f"--max-samples {max_samples} cannot exceed --max-batch {max_batch}")

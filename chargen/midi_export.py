@@ -11,10 +11,12 @@ channel 1 with a program change to ``program``. Ticks are chosen fine enough
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import mido
 import numpy as np
@@ -31,6 +33,10 @@ from chargen.midi_codec import (
 BASE_TICKS_PER_BEAT = 960
 MAX_TICKS_PER_BEAT = 0x7FFF  # 15 bits: the top bit would mean an SMPTE division
 MIN_BPM, MAX_BPM = 20.0, 400.0
+DEFAULT_TEMPO_BPM = 120.0
+DEFAULT_PROGRAM = 0
+#: Where `chargen sample` and `chargen serve` end a held note (Magenta's performance models use 5 s).
+DEFAULT_MAX_NOTE_S = 5.0
 
 
 def _ticks_per_beat(tempo_us: int, step_us: int) -> int:
@@ -45,8 +51,8 @@ def _ticks_per_beat(tempo_us: int, step_us: int) -> int:
 
 def decode_to_midi(
     ids: Sequence[int] | np.ndarray,
-    tempo_bpm: float = 120.0,
-    program: int = 0,
+    tempo_bpm: float = DEFAULT_TEMPO_BPM,
+    program: int = DEFAULT_PROGRAM,
     vocab: MidiVocab = DEFAULT_VOCAB,
     max_note_s: float | None = None,
 ) -> mido.MidiFile:
@@ -104,16 +110,49 @@ def decode_to_midi(
     return mido.MidiFile(type=1, ticks_per_beat=tpb, tracks=[conductor, track])
 
 
+def midi_bytes(ids: Sequence[int] | np.ndarray, **settings: Any) -> bytes:
+    """The Standard MIDI File of ``ids``, as bytes: what :func:`write_midi` writes and the service returns.
+
+    ``settings``: :func:`decode_to_midi`'s (tempo_bpm, program, vocab, max_note_s).
+    """
+    buffer = io.BytesIO()
+    decode_to_midi(ids, **settings).save(file=buffer)
+    return buffer.getvalue()
+
+
+def midi_notes(data: bytes) -> list[list[float]]:
+    """Notes of a MIDI file as [pitch, start_s, end_s, velocity], sorted by start (the service's piano roll)."""
+    mid = mido.MidiFile(file=io.BytesIO(data))
+    now, notes = 0.0, []
+    sounding: dict[tuple[int, int], list[tuple[float, int]]] = {}
+    for message in mid:  # merged tracks, times in seconds
+        now += message.time
+        if message.type == "note_on" and message.velocity > 0:
+            sounding.setdefault((message.channel, message.note), []).append((now, message.velocity))
+        elif message.type in ("note_off", "note_on"):
+            started = sounding.get((message.channel, message.note))
+            if started:
+                begin, velocity = started.pop(0)
+                notes.append([message.note, round(begin, 4), round(now, 4), velocity])
+    for (_, pitch), started in sounding.items():
+        notes.extend([pitch, round(begin, 4), round(now, 4), velocity] for begin, velocity in started)
+    return sorted(notes, key=lambda n: (n[1], n[0]))
+
+
 def write_midi(
     ids: Sequence[int] | np.ndarray,
     path: Path | str,
-    tempo_bpm: float = 120.0,
-    program: int = 0,
+    tempo_bpm: float = DEFAULT_TEMPO_BPM,
+    program: int = DEFAULT_PROGRAM,
     vocab: MidiVocab = DEFAULT_VOCAB,
     max_note_s: float | None = None,
 ) -> MidiStats:
-    """Write ``ids`` to ``path`` atomically (temp file + os.replace); returns what was written."""
-    mid = decode_to_midi(ids, tempo_bpm=tempo_bpm, program=program, vocab=vocab, max_note_s=max_note_s)
+    """Write ``ids`` to ``path`` atomically (temp file + os.replace); returns what was written.
+
+    The bytes are :func:`midi_bytes`'s, so a file written here and one the service
+    returned for the same ids and settings are identical.
+    """
+    data = midi_bytes(ids, tempo_bpm=tempo_bpm, program=program, vocab=vocab, max_note_s=max_note_s)
     target = Path(path)
     # Same folder, so os.replace is a rename: readers never see half a file.
     # os.open with 0o666 (not tempfile's 0o600) lets the umask decide the mode.
@@ -123,7 +162,7 @@ def write_midi(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         created = True
         with os.fdopen(fd, "wb") as handle:
-            mid.save(file=handle)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

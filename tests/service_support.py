@@ -29,7 +29,7 @@ from chargen.model import CharRNN, ModelConfig
 from chargen.text_codec import TextCodec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# As chargen.service.serve does: in-thread test servers step tiny models, where OpenMP
+# As chargen.serve.serve does: in-thread test servers step tiny models, where OpenMP
 # workers only spin against the scheduler thread on a busy machine.
 torch.set_num_threads(1)
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
@@ -78,7 +78,7 @@ def free_port() -> int:
 
 _SERVE = """
 import json, sys
-from chargen.service import Limits, serve
+from chargen.serve import Limits, serve
 args = json.loads(sys.argv[1])
 serve(args["host"], args["port"], args["checkpoints"], token=args["token"], database=args["database"],
       history=args["database"] is not None, limits=Limits(**args["limits"]), log_level="warning")
@@ -86,7 +86,7 @@ serve(args["host"], args["port"], args["checkpoints"], token=args["token"], data
 
 
 class ServerProcess:
-    """``chargen.service.serve`` in a child process (so signals reach a real server)."""
+    """``chargen.serve.serve`` in a child process (so signals reach a real server)."""
 
     def __init__(self, checkpoints: list[str], *, database: str | None = None, token: str | None = None,
                  limits: dict[str, int] | None = None, log_path: Path | None = None):

@@ -156,3 +156,23 @@ def test_prime_state_cache_returns_equal_fresh_tensors() -> None:
         assert torch.equal(got, expected)
     other, _ = generator.prime_state(codec.encode("ji"))
     assert not torch.equal(other, again)
+
+
+def test_building_the_beam_stepper_does_not_hold_the_prime_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each lock guards one thing: priming goes on while the first wide beam search packs its weights."""
+    import chargen.sampling.generator as generator_module
+    from chargen.sampling import Generator
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcdefghij ")
+    generator = Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=16, embedding=8)), codec)
+    real = generator_module.batch_stepper
+    seen: list[bool] = []
+
+    def building(model, fallback):  # type: ignore[no-untyped-def]
+        seen.append(generator._primed_lock.locked())  # held here, every prime would wait for the packing
+        return real(model, fallback)
+
+    monkeypatch.setattr(generator_module, "batch_stepper", building)
+    assert generator.beam_stepper is generator.beam_stepper  # built once
+    assert seen == [False]

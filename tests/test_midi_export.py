@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from chargen.errors import ChargenError
 from chargen.midi_codec import DEFAULT_VOCAB as V
 from chargen.midi_codec import midi_stats
-from chargen.midi_export import decode_to_midi, write_midi
+from chargen.midi_export import decode_to_midi, midi_bytes, midi_notes, write_midi
 
 pretty_midi = pytest.importorskip("pretty_midi")
 
@@ -202,3 +202,24 @@ def test_bad_export_options(kwargs: dict, message: str) -> None:
 def test_out_of_vocabulary_id_is_an_error() -> None:
     with pytest.raises(ChargenError, match="outside the MIDI vocabulary"):
         decode_to_midi([60, V.size])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**16), tempo=st.sampled_from([45.0, 120.0, 333.0]), program=st.integers(0, 127),
+       max_note_s=st.sampled_from([None, 0.5, 5.0]))
+def test_written_file_is_midi_bytes_and_its_notes_are_midi_notes(tmp_path: Path, seed: int, tempo: float,
+                                                                 program: int, max_note_s: float | None) -> None:
+    """The service answers with midi_bytes, `chargen sample` and `history export` write with write_midi:
+    for the same ids and settings the two are the same bytes."""
+    rng = np.random.default_rng(seed)
+    ids = [60, SHIFT + 50, 64, SHIFT + 90, OFF + 60] + rng.integers(0, V.size, 200).tolist()
+    out = tmp_path / "same.mid"
+    write_midi(ids, out, tempo_bpm=tempo, program=program, max_note_s=max_note_s)
+    data = midi_bytes(ids, tempo_bpm=tempo, program=program, max_note_s=max_note_s)
+    assert out.read_bytes() == data
+    notes = midi_notes(data)  # [pitch, start_s, end_s, velocity], as pretty_midi reads the same file
+    theirs = sorted((n.start, n.pitch) for i in pretty_midi.PrettyMIDI(str(out)).instruments for n in i.notes)
+    assert [pitch for pitch, _, _, _ in notes] == [pitch for _, pitch in theirs]
+    assert [start for _, start, _, _ in notes] == pytest.approx([start for start, _ in theirs], abs=2e-3)
+    if max_note_s is not None:
+        assert all(end - start <= max_note_s + 0.01 for _, start, end, _ in notes)

@@ -131,3 +131,55 @@ def test_extreme_settings_never_crash() -> None:
                    DecodeConfig(length=30, greedy=True, no_repeat_ngram=2),
                    DecodeConfig(length=30, beam_width=2, no_repeat_ngram=1)):
         assert len(generator.generate("ab", config).samples[0].text) == 30
+
+
+def tiny_generator(seed: int = 0) -> Generator:
+    from chargen.text_codec import TextCodec
+
+    codec = TextCodec("abcde \n")
+    torch.manual_seed(seed)
+    return Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=16, embedding=4)), codec)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40, 1e-320, 5e-324])
+def test_vanishing_temperature_is_greedy_not_token_0(temperature: float) -> None:
+    """Issue 15 item 11: below float32's range the division gave +/-inf and NaN, and every token was 0."""
+    generator = tiny_generator()
+    greedy = generator.generate("ab", DecodeConfig(length=60, greedy=True, no_repeat_ngram=0)).samples[0]
+    cold = generator.generate("ab", DecodeConfig(length=60, temperature=temperature, seed=3)).samples[0]
+    assert cold.ids == greedy.ids and cold.logprob == greedy.logprob
+    assert set(cold.ids) != {0}
+
+
+def test_greedy_with_a_temperature_is_refused_by_the_config_itself() -> None:
+    from chargen.errors import ChargenError
+
+    generator = tiny_generator()
+    with pytest.raises(ChargenError, match="--greedy takes no --temperature"):
+        generator.generate("ab", DecodeConfig(length=5, greedy=True, temperature=0.5))
+    generator.generate("ab", DecodeConfig(length=5, greedy=True, temperature=1.0))  # 1 changes nothing: allowed
+
+
+def test_a_ban_on_every_token_yields_for_that_step_in_every_decoder() -> None:
+    """One rule (effective_ban): with 7 symbols and no_repeat_ngram=1, step 8 has every token banned."""
+    from chargen.sampling import choose_tokens, effective_ban
+
+    assert effective_ban((0, 1, 2), 3) == () and effective_ban((0, 1, 1), 3) == (0, 1, 1)
+    logits = torch.tensor([[0.0, 3.0, 1.0]])
+    banned_all = choose_tokens(logits, DecodeConfig(greedy=True), [(0, 1, 2)])
+    assert banned_all.tokens.tolist() == [1]  # the likeliest, not token 0
+    assert choose_tokens(logits, DecodeConfig(greedy=True), [(1,)]).tokens.tolist() == [2]
+    generator = tiny_generator()
+    for config in (DecodeConfig(length=20, greedy=True, no_repeat_ngram=1),
+                   DecodeConfig(length=20, no_repeat_ngram=1, seed=2)):
+        ids = generator.generate("a", config).samples[0].ids
+        assert len(set(ids[:6])) == 6  # nothing repeats until every token is banned ("a" is the prime)
+
+
+def test_logprobs_are_the_models_own_summed_in_order() -> None:
+    """Accumulated step by step (no per-step logits kept), the total is the forward pass's, in float64."""
+    generator = tiny_generator(1)
+    result = generator.generate("abc", DecodeConfig(length=200, temperature=0.7, top_k=4, seed=9, num_samples=2))
+    for sample in result.samples:
+        expected = sequence_logprob(generator.model, generator.codec.encode("abc"), sample.ids)
+        assert sample.logprob == pytest.approx(expected, abs=1e-6)

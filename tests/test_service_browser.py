@@ -23,11 +23,12 @@ import pytest
 from service_support import make_checkpoint, reference, thread_server
 
 from chargen.checkpoint import load_checkpoint
-from chargen.service import Limits, create_app
+from chargen.serve import Limits, create_app
 
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
                              shutil.which("chromium-browser")) if p and Path(p).is_file()), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install -y chromium")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install -y chromium")]
 websocket = pytest.importorskip("websocket", reason="needs websocket-client: pip install websocket-client")
 
 
@@ -159,8 +160,8 @@ def test_page_beam_search_and_errors(browser: Browser, tmp_path: Path) -> None:
 
 
 def test_page_draws_a_piano_roll_for_music_models(browser: Browser, tmp_path: Path) -> None:
-    midi_codec = pytest.importorskip("chargen.midi_codec")
-    pytest.importorskip("chargen.midi_export")
+    from chargen import midi_codec
+
     checkpoint = load_checkpoint(make_checkpoint(tmp_path / "music.safetensors", midi_codec.MidiCodec(), seed=4))
     with thread_server(create_app({"music": checkpoint}, None, None, Limits())) as url:
         open_page(browser, url + "/")

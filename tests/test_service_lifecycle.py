@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import threading
 import time
@@ -13,7 +12,6 @@ import httpx
 import pytest
 from service_support import ServerProcess, make_checkpoint, parse_sse
 
-HAVE_HISTORY = importlib.util.find_spec("chargen.history") is not None
 LONG = 1_000_000  # tokens: far more than the test waits for
 
 
@@ -27,7 +25,7 @@ def wait_inflight(http: httpx.Client, count: int) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_generation_then_restart(tmp_path: Path, sig: signal.Signals) -> None:
     weights = make_checkpoint(tmp_path / "tiny.safetensors")
-    database = f"sqlite:///{tmp_path / 'history.db'}" if HAVE_HISTORY else None
+    database = f"sqlite:///{tmp_path / 'history.db'}"
     args: dict[str, Any] = {"database": database, "limits": {"max_length": LONG}}
     first = ServerProcess([f"tiny={weights}"], log_path=tmp_path / "first.log", **args).wait_ready()
     plain: dict[str, Any] = {}
@@ -65,10 +63,9 @@ def test_signal_during_generation_then_restart(tmp_path: Path, sig: signal.Signa
         assert http.get("/healthz").json()["status"] == "ok"
         again = http.post("/v1/generate", json={"prime": "ab", "length": 50, "seed": 1}).json()
         assert again["samples"] == complete["samples"]
-        if HAVE_HISTORY:
-            rows = http.get("/v1/generations", params={"limit": 50}).json()["generations"]
-            # The finished generation and the new one; nothing from the two that were stopped.
-            assert [row["id"] for row in rows] == [again["history_id"], complete["history_id"]]
-            for row in rows:
-                assert [len(o["text"]) for o in row["outputs"]] == [50]
-                assert row["outputs"][0]["text"] == complete["samples"][0]["text"]
+        rows = http.get("/v1/generations", params={"limit": 50}).json()["generations"]
+        # The finished generation and the new one; nothing from the two that were stopped.
+        assert [row["id"] for row in rows] == [again["history_id"], complete["history_id"]]
+        for row in rows:
+            assert [len(o["text"]) for o in row["outputs"]] == [50]
+            assert row["outputs"][0]["text"] == complete["samples"][0]["text"]

@@ -15,7 +15,7 @@ import torch
 
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import DecodeConfig, Generator
-from chargen.service import NOISE_AHEAD, BatchScheduler, _Job
+from chargen.serve import NOISE_AHEAD, BatchScheduler, Job
 from chargen.text_codec import TextCodec
 
 
@@ -33,7 +33,7 @@ def run_batched(generator: Generator, requests: list[tuple[str, DecodeConfig]]) 
 
     jobs = []
     for slot, (prime, config) in enumerate(requests):
-        jobs.append(_Job(config.resolved(), generator.codec.encode(prime), emitter(slot), stream=False))
+        jobs.append(Job(config.resolved(), generator.codec.encode(prime), emitter(slot), stream=False))
     for job in jobs:  # all queued before the worker starts: they share every tick
         scheduler.submit(job)
     scheduler.start()
@@ -86,7 +86,7 @@ def test_requests_joining_mid_cycle_keep_their_streams() -> None:
             for config in plan.get(tick, []):
                 slot = len(configs)
                 configs.append(config.resolved())
-                scheduler._admit(_Job(configs[-1], codec.encode("ab"),
+                scheduler._admit(Job(configs[-1], codec.encode("ab"),
                                       lambda kind, payload, slot=slot: done.__setitem__(slot, (kind, payload)), False))
             scheduler._tick()
     assert sorted(done) == list(range(len(configs)))
@@ -101,7 +101,7 @@ def test_history_writer_commits_groups_and_a_bad_entry_costs_only_its_own_row(tm
 
     from chargen.checkpoint import Checkpoint
     from chargen.history import History
-    from chargen.service import HistoryError, HistoryLog, HistoryWriter, LogEntry
+    from chargen.serve import HistoryError, HistoryLog, HistoryWriter, LogEntry
 
     codec = TextCodec("ab ")
     model = CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=8, embedding=4))

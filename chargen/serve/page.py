@@ -5,6 +5,10 @@ since EventSource cannot POST), and for music models draws a piano roll of the
 result on a canvas and offers the .mid for download.
 """
 
+#: Nothing but the page's own inline code and this server: no third-party assets can load.
+PAGE_CSP = ("default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self' blob:")
+
 PAGE = r"""<!doctype html>
 <html lang="en">
 <head>

@@ -1,0 +1,39 @@
+"""Decoders: temperature/top-k/top-p sampling, greedy, and batched beam search.
+
+Every decoder reports the model's own log-probability (at temperature 1) of
+what it produced, and all of them step through :class:`chargen.inference.Stepper`.
+
+  config.py     DecodeConfig (and its one set of rules), Sample, GenerationResult
+  ngram.py      the n-gram block, and the one rule for a ban on every token
+  decoder.py    choose_tokens: the one token-choice rule (CLI and service)
+  beam.py       batched beam search
+  generator.py  Generator: primed-state cache, the sampling loop, beam search
+"""
+
+from chargen.sampling.beam import beam_search
+from chargen.sampling.config import DEFAULT_NO_REPEAT_NGRAM, DecodeConfig, GenerationResult, Sample
+from chargen.sampling.decoder import (
+    Choice,
+    NoiseSource,
+    choose_tokens,
+    draw_one,
+    exponential_noise,
+    filter_logits,
+    temper,
+)
+from chargen.sampling.generator import (
+    PRIME_CACHE_SIZE,
+    PRIME_CACHE_TOKENS,
+    SHORT_PRIME,
+    Generator,
+    TokenCallback,
+    sequence_logprob,
+)
+from chargen.sampling.ngram import NgramBlocker, advance_beams, effective_ban
+
+__all__ = [
+    "DEFAULT_NO_REPEAT_NGRAM", "PRIME_CACHE_SIZE", "PRIME_CACHE_TOKENS", "SHORT_PRIME", "Choice", "DecodeConfig",
+    "GenerationResult", "Generator", "NgramBlocker", "NoiseSource", "Sample", "TokenCallback", "advance_beams",
+    "beam_search", "choose_tokens", "draw_one", "effective_ban", "exponential_noise", "filter_logits",
+    "sequence_logprob", "temper",
+]

@@ -1,0 +1,105 @@
+"""What a generation asks for (:class:`DecodeConfig`) and what it returns (:class:`Sample`, results)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from chargen.errors import ChargenError
+
+#: n-gram length blocked by default for the deterministic decoders, whose
+#: character-level output otherwise loops ("the same the same the same ...").
+DEFAULT_NO_REPEAT_NGRAM = 12
+
+
+@dataclass
+class DecodeConfig:
+    length: int = 500
+    temperature: float = 1.0  # greedy takes none: 1.0, which changes nothing, is the only value it accepts
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    beam_width: int | None = None  # set (even to 1) = beam search
+    beam_sample: bool = False
+    num_samples: int = 1
+    no_repeat_ngram: int | None = None  # None: DEFAULT for greedy/beam, off for sampling
+    seed: int | None = None
+
+    @property
+    def decoder(self) -> str:
+        if self.beam_width is not None or self.beam_sample:
+            return "beam"
+        return "greedy" if self.greedy else "sample"
+
+    def resolved(self) -> DecodeConfig:
+        """A copy with every default made explicit (a seed drawn if none), for logging and replay."""
+        data = asdict(self)
+        if data["seed"] is None:
+            data["seed"] = random.SystemRandom().randrange(2**31)
+        if data["no_repeat_ngram"] is None:
+            data["no_repeat_ngram"] = DEFAULT_NO_REPEAT_NGRAM if self.decoder in ("greedy", "beam") else 0
+        return DecodeConfig(**data)
+
+    def validate(self, vocab_size: int) -> None:
+        """The decoder's rules, the same for the CLI and the service: ChargenError naming the first broken one."""
+        if self.length < 0:
+            raise ChargenError(f"length must be >= 0 (got {self.length})")
+        if not self.temperature > 0:  # NaN fails this too
+            raise ChargenError(f"temperature must be > 0 (got {self.temperature}); use --greedy for argmax decoding")
+        if self.greedy and self.temperature != 1.0:
+            raise ChargenError(f"--greedy takes no --temperature (got {self.temperature}): greedy decoding "
+                               "always picks the likeliest token")
+        if self.top_k is not None and self.top_k < 1:
+            raise ChargenError(f"top-k must be >= 1 (got {self.top_k})")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ChargenError(f"top-p must be in (0, 1] (got {self.top_p})")
+        width = self.beam_width or 1
+        if width < 1:
+            raise ChargenError(f"beam width must be >= 1 (got {self.beam_width})")
+        if width > vocab_size:
+            raise ChargenError(f"beam width {self.beam_width} exceeds the vocabulary size {vocab_size}")
+        if self.num_samples < 1:
+            raise ChargenError(f"num-samples must be >= 1 (got {self.num_samples})")
+        if self.decoder == "beam" and self.num_samples > width:
+            raise ChargenError(f"num-samples {self.num_samples} exceeds the beam width {self.beam_width}")
+        if self.greedy and self.decoder == "beam":
+            raise ChargenError("--greedy and --beam-width are different decoders; choose one")
+        if self.no_repeat_ngram is not None and self.no_repeat_ngram < 0:
+            raise ChargenError("no-repeat-ngram must be >= 0")
+
+
+@dataclass
+class Sample:
+    ids: list[int]
+    text: str
+    logprob: float  # natural log, the model's own (temperature 1)
+
+    @property
+    def nats_per_token(self) -> float:
+        return -self.logprob / len(self.ids) if self.ids else 0.0
+
+
+@dataclass
+class GenerationResult:
+    samples: list[Sample]
+    config: DecodeConfig  # resolved: explicit seed and n-gram block
+    prime: str
+    duration_s: float
+    tokens: int = field(default=0)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.duration_s if self.duration_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decoder": self.config.decoder,
+            "params": asdict(self.config),
+            "prime": self.prime,
+            "duration_s": self.duration_s,
+            "tokens_per_s": self.tokens_per_s,
+            "samples": [
+                {"text": s.text, "logprob": s.logprob, "nats_per_token": s.nats_per_token} for s in self.samples
+            ],
+        }
