@@ -21,7 +21,7 @@ from test_service import (  # noqa: F401  (models: a fixture; the test: run agai
 from chargen import records
 from chargen.checkpoint import Checkpoint, load_checkpoint
 from chargen.midi_codec import MidiCodec
-from chargen.service import create_app
+from chargen.serve import create_app
 
 
 @pytest.fixture(scope="module")
