@@ -291,10 +291,12 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 def info(checkpoint: str | None, as_json: bool) -> None:
     """Describe a checkpoint: model, vocabulary, corpus, training progress."""
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+    from chargen.curves import trend
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     training = loaded.training
     best = training.get("best_val_loss")
+    curve = trend(loaded.path.parent)
     data = {
         "path": str(loaded.path),
         "sha256": loaded.sha256,
@@ -310,6 +312,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "best_val_loss_nats": best,
         "best_val_loss_bpc": best / 0.6931471805599453 if best is not None else None,
         "chargen_version": training.get("chargen_version"),
+        "trend": curve.to_dict() if curve else None,
     }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -325,6 +328,8 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"trained      {data['steps']} steps")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
+    if curve:
+        click.echo(f"trend        {curve.summary}")
 
 
 @cli.command()
@@ -361,6 +366,26 @@ def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None,
                    f"bits/{item.unit}, perplexity {item.perplexity:.3f} ({item.scored:,} {item.unit}s scored)")
         for line in item.worst_lines:
             click.echo(f"  line {line.line}: {line.nats_per_char:.3f} nats/char  {line.text[:100]!r}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"),
+              show_default=True, help="PNG file to write.")
+@click.option("--x", "x_axis", type=click.Choice(["steps", "minutes"]), default="steps", show_default=True,
+              help="Horizontal axis.")
+def plot(runs: tuple[str, ...], output: Path, x_axis: str) -> None:
+    """Draw the validation (solid) and training (dashed) loss of one or several runs on one chart.
+
+    \b
+    Needs matplotlib: pip install 'chargen[plot]'.
+      chargen plot fables-small fables-medium -o curves.png --x minutes
+    """
+    from chargen.checkpoint import resolve_run_dir
+    from chargen.plotting import plot_runs
+
+    plotted = plot_runs([resolve_run_dir(run) for run in runs], output, x_axis)
+    _warn(f"wrote {plotted.path} ({len(runs)} run(s), {len(plotted.labels)} lines)")
 
 
 @cli.command()
