@@ -171,7 +171,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--format", "output_format", type=click.Choice(["text", "midi"]),
               help="text: tokens on stdout; midi: write .mid files [default: midi for MIDI models].")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="MIDI output file [default: chargen-<time>.mid]; with -n N, numbered files.")
+              help="MIDI output file [default: chargen-<time>.mid]; with -n N, numbered files. "
+              "A .wav name also renders audio (needs fluidsynth).")
 @click.option("--tempo", type=click.FloatRange(20, 400), default=120.0, show_default=True,
               help="MIDI export: tempo written in the file (timing itself is absolute).")
 @click.option("--program", type=click.IntRange(0, 127), default=0, show_default=True,
@@ -227,6 +228,11 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     if config.decoder == "beam" and num_samples > (beam_width or 1):
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
     config.validate(loaded.codec.vocab_size)
+    from chargen.audio import find_synth, is_audio_path, render_wav
+
+    if is_audio_path(output) and output_format != "midi":
+        raise click.UsageError("-o FILE.wav renders music: it needs a MIDI model and --format midi")
+    synth = find_synth() if is_audio_path(output) else None  # before generating: fail with nothing written
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
     checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
     generator = Generator(loaded.model, loaded.codec)
@@ -244,15 +250,19 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     if output_format == "midi":
         from chargen.midi_export import output_paths, write_midi
 
-        midi_paths = output_paths(output, len(result.samples))
+        midi_paths = output_paths(output.with_suffix(".mid") if synth and output else output, len(result.samples))
         for item, path in zip(result.samples, midi_paths):
             stats = write_midi(item.ids, path, tempo_bpm=tempo, program=program, max_note_s=max_note_seconds)
+            if synth:  # the .mid stays beside its .wav: the history records it
+                render_wav(path, path.with_suffix(".wav"), synth)
             if not quiet:
-                _warn(f"wrote {path} ({stats.notes} notes, {stats.duration_s:.1f} s)")
+                _warn(f"wrote {path}" + (f" and {path.with_suffix('.wav')}" if synth else "")
+                      + f" ({stats.notes} notes, {stats.duration_s:.1f} s)")
     if as_json:
         data = dict(result.to_dict(), checkpoint=str(loaded.path))
         for item, path in zip(data["samples"], midi_paths):
             item["midi_path"] = str(path)
+            item.update({"wav_path": str(path.with_suffix(".wav"))} if synth else {})
         click.echo(json.dumps(data, ensure_ascii=False))
     elif output_format == "midi":
         pass  # the files are the output
