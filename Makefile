@@ -28,6 +28,7 @@ demo-midi: install
 test: install
 	@scripts/ensure_chromium.sh
 	@scripts/ensure_postgres.sh
+	@scripts/ensure_fluidsynth.sh
 	$(BIN)/ruff check chargen tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 

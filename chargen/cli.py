@@ -171,7 +171,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--format", "output_format", type=click.Choice(["text", "midi"]),
               help="text: tokens on stdout; midi: write .mid files [default: midi for MIDI models].")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="MIDI output file [default: chargen-<time>.mid]; with -n N, numbered files.")
+              help="MIDI output file [default: chargen-<time>.mid]; with -n N, numbered files. "
+              "A .wav name also renders audio (needs fluidsynth).")
 @click.option("--tempo", type=click.FloatRange(20, 400), default=120.0, show_default=True,
               help="MIDI export: tempo written in the file (timing itself is absolute).")
 @click.option("--program", type=click.IntRange(0, 127), default=0, show_default=True,
@@ -229,6 +230,11 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         config.validate(loaded.codec.vocab_size)  # the decoder's rules, as the service applies them
     except ChargenError as exc:
         raise click.UsageError(str(exc)) from None
+    from chargen.audio import find_synth, is_audio_path, render_wav
+
+    if is_audio_path(output) and output_format != "midi":
+        raise click.UsageError("-o FILE.wav renders music: it needs a MIDI model and --format midi")
+    synth = find_synth() if is_audio_path(output) else None  # before generating: fail with nothing written
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
     checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
     generator = Generator(loaded.model, loaded.codec)
@@ -246,15 +252,19 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     if output_format == "midi":
         from chargen.midi_export import output_paths, write_midi
 
-        midi_paths = output_paths(output, len(result.samples))
+        midi_paths = output_paths(output.with_suffix(".mid") if synth and output else output, len(result.samples))
         for item, path in zip(result.samples, midi_paths):
             stats = write_midi(item.ids, path, tempo_bpm=tempo, program=program, max_note_s=max_note_seconds)
+            if synth:  # the .mid stays beside its .wav: the history records it
+                render_wav(path, path.with_suffix(".wav"), synth)
             if not quiet:
-                _warn(f"wrote {path} ({stats.notes} notes, {stats.duration_s:.1f} s)")
+                _warn(f"wrote {path}" + (f" and {path.with_suffix('.wav')}" if synth else "")
+                      + f" ({stats.notes} notes, {stats.duration_s:.1f} s)")
     if as_json:
         data = dict(result.to_dict(), checkpoint=str(loaded.path))
         for item, path in zip(data["samples"], midi_paths):
             item["midi_path"] = str(path)
+            item.update({"wav_path": str(path.with_suffix(".wav"))} if synth else {})
         click.echo(json.dumps(data, ensure_ascii=False))
     elif output_format == "midi":
         pass  # the files are the output
@@ -293,10 +303,12 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 def info(checkpoint: str | None, as_json: bool) -> None:
     """Describe a checkpoint: model, vocabulary, corpus, training progress."""
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+    from chargen.curves import trend
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     training = loaded.training
     best = training.get("best_val_loss")
+    curve = trend(loaded.path.parent)
     data = {
         "path": str(loaded.path),
         "sha256": loaded.sha256,
@@ -312,6 +324,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "best_val_loss_nats": best,
         "best_val_loss_bpc": best / 0.6931471805599453 if best is not None else None,
         "chargen_version": training.get("chargen_version"),
+        "trend": curve.to_dict() if curve else None,
     }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -327,6 +340,64 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"trained      {data['steps']} steps")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
+    if curve:
+        click.echo(f"trend        {curve.summary}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", "-c", metavar="PATH|RUN",
+              help="Weights file, run folder or run name [default: newest run].")
+@click.option("--per-line", type=click.IntRange(min=1), metavar="N", help="Also list the N worst-predicted lines.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None, device: str, as_json: bool) -> None:
+    """Score FILE...: nats and bits per character (token) and perplexity under a model.
+
+    \b
+    Text files are read as text (characters the model does not know are removed
+    and reported); .mid files as MIDI. Scoring a run's validation text gives the
+    validation loss the run recorded.
+      chargen score notes.txt --checkpoint fables-small --per-line 5
+    """
+    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+    from chargen.device import resolve_device
+    from chargen.scoring import describe_unknown, score_files
+
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    scores = score_files(loaded, files, per_line or 0, resolve_device(device))
+    for item in scores:
+        if item.unknown:
+            _warn(describe_unknown(item))
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(loaded.path), "sha256": loaded.sha256,
+                               "files": [item.to_dict() for item in scores]}, ensure_ascii=False, indent=2))
+        return
+    for item in scores:
+        click.echo(f"{item.path}: {item.nats_per_token:.4f} nats/{item.unit}, {item.bits_per_token:.4f} "
+                   f"bits/{item.unit}, perplexity {item.perplexity:.3f} ({item.scored:,} {item.unit}s scored)")
+        for line in item.worst_lines:
+            click.echo(f"  line {line.line}: {line.nats_per_char:.3f} nats/char  {line.text[:100]!r}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"),
+              show_default=True, help="PNG file to write.")
+@click.option("--x", "x_axis", type=click.Choice(["steps", "minutes"]), default="steps", show_default=True,
+              help="Horizontal axis.")
+def plot(runs: tuple[str, ...], output: Path, x_axis: str) -> None:
+    """Draw the validation (solid) and training (dashed) loss of one or several runs on one chart.
+
+    \b
+    Needs matplotlib: pip install 'chargen[plot]'.
+      chargen plot fables-small fables-medium -o curves.png --x minutes
+    """
+    from chargen.checkpoint import resolve_run_dir
+    from chargen.plotting import plot_runs
+
+    plotted = plot_runs([resolve_run_dir(run) for run in runs], output, x_axis)
+    _warn(f"wrote {plotted.path} ({len(runs)} run(s), {len(plotted.labels)} lines)")
 
 
 @cli.command()

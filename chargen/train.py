@@ -24,9 +24,10 @@ from tqdm import tqdm
 from chargen import __version__
 from chargen.checkpoint import BEST, LAST, RUN_JSON, STATE, TOKENS, load_state, save_state, save_weights, write_json
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Split, StreamBatcher, load_tokens, split_tokens, validation_batches
+from chargen.data import CorpusInfo, Split, StreamBatcher, load_tokens, split_tokens
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
+from chargen.evaluation import mean_loss
 from chargen.model import CharRNN, ModelConfig, State, detach_state
 
 LN2 = math.log(2)
@@ -91,24 +92,9 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-@torch.no_grad()
 def evaluate(model: CharRNN, val: np.ndarray, seq_len: int, device: torch.device, precision: str) -> float:
     """Mean validation loss in nats per token over the whole validation split."""
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    for x, y in validation_batches(val, max(seq_len, 256)):
-        x, y = x.to(device), y.to(device)
-        if state is not None and state[0].shape[1] != x.shape[0]:
-            state = None
-        with autocast_context(device, precision):
-            logits, state = model(x, state)
-        total += nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-        ).item()
-        count += y.numel()
-    model.train(was_training)
-    return total / count
+    return mean_loss(model, val, seq_len, device, precision)  # the same computation as `chargen score`
 
 
 class _StopFlag:

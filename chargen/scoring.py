@@ -1,0 +1,144 @@
+"""``chargen score``: how well a model predicts given files (nats, bits, perplexity).
+
+A file's score is the validation-loss computation of training
+(:func:`chargen.evaluation.token_losses`), so scoring a run's own validation
+split reproduces the loss the run recorded. Text files are read as text;
+characters the model has never seen are removed from the stream and
+reported, never guessed at. ``.mid`` files go through the model's codec.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from chargen.checkpoint import Checkpoint
+from chargen.codec import Codec
+from chargen.errors import ChargenError
+from chargen.evaluation import token_losses
+from chargen.text_codec import code_points, iter_text_chunks
+
+MIDI_SUFFIXES = (".mid", ".midi")
+NEWLINE = ord("\n")
+
+
+@dataclass
+class LineScore:
+    line: int  # 1-based line number in the file
+    text: str
+    nats_per_char: float
+    chars: int  # characters of the line whose prediction was scored (its newline included)
+
+
+@dataclass
+class FileScore:
+    path: str
+    unit: str  # "char" for text, "token" for MIDI events
+    tokens: int  # tokens read, after removing unknown characters
+    scored: int  # tokens whose prediction was scored (all but the first and a short tail)
+    nats_per_token: float
+    unknown: dict[str, int] = field(default_factory=dict)  # removed character -> occurrences
+    worst_lines: list[LineScore] = field(default_factory=list)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nats_per_token / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats_per_token)
+
+    @property
+    def unknown_count(self) -> int:
+        return sum(self.unknown.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), bits_per_token=self.bits_per_token, perplexity=self.perplexity,
+                    unknown_count=self.unknown_count)
+
+
+@dataclass
+class TokenizedText:
+    ids: np.ndarray  # token ids of the known characters, in file order
+    positions: np.ndarray  # index in ``text`` of each id
+    text: str
+    unknown: dict[str, int]
+
+
+def tokenize_text(text: str, codec: Codec) -> TokenizedText:
+    """Ids of the characters ``codec`` knows; the others are dropped and counted."""
+    symbols = code_points(codec.symbols)
+    order = np.argsort(symbols, kind="stable")
+    known_points = symbols[order]
+    points = code_points(text)
+    slot = np.minimum(np.searchsorted(known_points, points), len(known_points) - 1)
+    known = known_points[slot] == points
+    missing, counts = np.unique(points[~known], return_counts=True)
+    unknown = {chr(int(p)): int(n) for p, n in zip(missing, counts)}
+    return TokenizedText(ids=order[slot[known]].astype(np.int64), positions=np.flatnonzero(known),
+                         text=text, unknown=unknown)
+
+
+def read_text(path: Path, codec: Codec) -> str:
+    encoding = getattr(codec, "encoding", "utf-8")
+    return "".join(iter_text_chunks(path, encoding))
+
+
+def worst_lines(tokenized: TokenizedText, losses: np.ndarray, count: int) -> list[LineScore]:
+    """The ``count`` lines with the highest mean loss per scored character."""
+    points = code_points(tokenized.text)
+    line_of_char = np.concatenate([[0], np.cumsum(points[:-1] == NEWLINE)])  # a newline ends its own line
+    lines = line_of_char[tokenized.positions[1 : 1 + len(losses)]]  # losses[i] predicts ids[i + 1]
+    totals = np.bincount(lines, weights=losses.astype(np.float64))
+    chars = np.bincount(lines)
+    texts = tokenized.text.split("\n")
+    candidates = [i for i in np.flatnonzero(chars) if texts[i].strip()]
+    candidates.sort(key=lambda i: totals[i] / chars[i], reverse=True)
+    return [LineScore(line=int(i) + 1, text=texts[i], nats_per_char=float(totals[i] / chars[i]),
+                      chars=int(chars[i])) for i in candidates[:count]]
+
+
+def score_file(checkpoint: Checkpoint, path: Path, per_line: int = 0,
+               device: torch.device | str = "cpu") -> FileScore:
+    codec = checkpoint.codec
+    seq_len = int(checkpoint.training.get("train_config", {}).get("seq_len", 0))
+    is_midi = path.suffix.lower() in MIDI_SUFFIXES
+    tokenized = None
+    if is_midi:
+        if path.suffix.lower() not in codec.suffixes:
+            raise ChargenError(f"{path}: a MIDI file, but the model uses the {codec.name} codec")
+        ids = codec.encode_file(path)
+    else:
+        tokenized = tokenize_text(read_text(path, codec), codec)
+        ids = tokenized.ids
+    losses = token_losses(checkpoint.model, ids, seq_len, device)
+    if losses.size == 0:
+        raise ChargenError(f"{path}: too short to score: it needs at least 2 tokens the model knows")
+    return FileScore(
+        path=str(path), unit="token" if codec.name == "midi" else "char", tokens=len(ids), scored=int(losses.size),
+        nats_per_token=float(losses.sum(dtype=np.float64) / losses.size),
+        unknown=tokenized.unknown if tokenized else {},
+        worst_lines=worst_lines(tokenized, losses, per_line) if tokenized and per_line else [],
+    )
+
+
+def score_files(checkpoint: Checkpoint, paths: Sequence[Path], per_line: int = 0,
+                device: torch.device | str = "cpu") -> list[FileScore]:
+    """Each file scored on its own, from a fresh hidden state."""
+    checkpoint.model.to(device)
+    return [score_file(checkpoint, Path(path), per_line, device) for path in paths]
+
+
+def describe_unknown(score: FileScore, limit: int = 10) -> str:
+    """One line naming the removed characters, most frequent first."""
+    common = sorted(score.unknown.items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{ch!r} x{n}" for ch, n in common[:limit])
+    more = f" and {len(common) - limit} more" if len(common) > limit else ""
+    return (f"{score.path}: removed {score.unknown_count} character(s) outside the model's vocabulary "
+            f"({len(common)} distinct: {shown}{more})")
