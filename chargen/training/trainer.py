@@ -164,7 +164,8 @@ class Trainer:
         state.step += 1
         self.last_train = loss.item()
         if not math.isfinite(self.last_train):
-            raise ChargenError(f"training diverged at step {state.step} (loss is {self.last_train}); lower --lr")
+            raise ChargenError(f"training diverged at step {state.step} (loss is {self.last_train}); "
+                               "lower --lr or --weight-decay")
         return self.last_train
 
     def evaluate(self) -> float:
