@@ -15,6 +15,7 @@ SIGKILL at any moment leaves either the old file or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,7 +72,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder may refuse this too; a resume clears it
+            tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise ChargenError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise

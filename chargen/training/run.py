@@ -146,10 +146,10 @@ def train(
 
     bar = tqdm(total=state.total_steps or None, initial=state.step, file=sys.stderr,
                disable=None if progress else True, unit="step", dynamic_ncols=True, leave=True)
-    last_point = time.monotonic()
+    last_point, last_step = time.monotonic(), -1
 
     def on_progress(p: Progress) -> None:
-        nonlocal last_point
+        nonlocal last_point, last_step
         if p.kind == "schedule":
             bar.reset(total=p.total_steps)
             bar.update(p.step)
@@ -158,11 +158,13 @@ def train(
             bar.update(1)
             bar.set_postfix_str(f"loss {p.train_loss:.3f}" + (f" val {trainer.last_val:.3f}" if trainer.last_val
                                                                else "") + f" {p.chars_per_s:,.0f} chars/s")
-            if time.monotonic() - last_point < METRICS_EVERY_S:
-                return
+            if time.monotonic() - last_point < METRICS_EVERY_S or p.step % config.eval_every == 0:
+                return  # not yet; or an evaluation of this very step is about to be written
         elif p.kind == "eval":
             bar.write(_eval_line(p.step, p.train_loss, p.val_loss or math.nan, p.chars_per_s), file=sys.stderr)
-        last_point = time.monotonic()
+        elif p.step == last_step:
+            return  # the final evaluation of a step just evaluated: one line per step
+        last_point, last_step = time.monotonic(), p.step
         metrics.append(step=p.step, elapsed_s=round(p.elapsed_s, 3), train_loss=p.train_loss, val_loss=p.val_loss,
                        lr=p.lr, chars_per_s=round(p.chars_per_s, 1), precision=p.precision)
 
