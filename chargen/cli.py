@@ -286,6 +286,23 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
               f"({-logprob / max(tokens, 1):.3f} nats/token)" + (f", logged {logged_id}" if logged_id else ""))
 
 
+def run_facts(run_dir: Path) -> dict[str, object]:
+    """The run's status and a summary of its training curve, where the weights sit in a run folder."""
+    from chargen.checkpoint import read_run_json
+    from chargen.training import read_metrics
+
+    status = (read_run_json(run_dir) or {}).get("status")
+    evals = [r for r in read_metrics(run_dir) if isinstance(r.get("val_loss"), (int, float))]
+    curve = None
+    if evals:
+        best, last = min(evals, key=lambda r: r["val_loss"]), evals[-1]
+        trend = ("still improving" if best is last else f"past its best by {last['val_loss'] - best['val_loss']:.4f}"
+                 " nats/char: overfitting if that grows")
+        curve = {"evaluations": len(evals), "best_step": best["step"], "best_val_loss": best["val_loss"],
+                 "last_step": last["step"], "last_val_loss": last["val_loss"], "trend": trend}
+    return {"status": status, "curve": curve}
+
+
 @cli.command()
 @click.argument("checkpoint", required=False, metavar="[PATH|RUN]")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -311,6 +328,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "best_val_loss_nats": best,
         "best_val_loss_bpc": best / 0.6931471805599453 if best is not None else None,
         "chargen_version": training.get("chargen_version"),
+        **run_facts(loaded.path.parent),
     }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -326,6 +344,12 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"trained      {data['steps']} steps")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
+    if data["status"]:
+        click.echo(f"run status   {data['status']}")
+    if data["curve"]:
+        curve = data["curve"]
+        click.echo(f"curve        {curve['evaluations']} evaluations; best at step {curve['best_step']}, last at "
+                   f"step {curve['last_step']} ({curve['trend']})")
 
 
 @cli.command()

@@ -4,6 +4,7 @@ from chargen.training import (  # noqa: F401
     Progress,
     Reporter,
     StepBudget,
+    StopFlag,
     TrainConfig,
     Trainer,
     TrainingState,
@@ -12,4 +13,4 @@ from chargen.training import (  # noqa: F401
     lr_at,
     train,
 )
-from chargen.training.run import LN2, StopFlag, _eval_line  # noqa: F401
+from chargen.training.run import LN2  # noqa: F401

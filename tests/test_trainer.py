@@ -237,3 +237,16 @@ def test_cli_refuses_bad_run_names_and_writes_nothing(name: str, isolated_home: 
 
 def test_plain_run_names_pass() -> None:
     assert check_run_name("fables-2024_1.v2") == "fables-2024_1.v2"
+
+
+def test_info_reports_the_run_status_and_its_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    result = tiny(tmp_path, "described")
+    monkeypatch.setattr(sys, "argv", ["chargen", "info", "described", "--json"])
+    capsys.readouterr()
+    main()
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == FINISHED
+    curve = data["curve"]
+    assert curve["evaluations"] == 2 and curve["last_step"] == 6
+    assert curve["best_val_loss"] == pytest.approx(result.best_val_loss)
