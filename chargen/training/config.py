@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from chargen.device import DEVICES, PRECISIONS
+from chargen.device import check_device_name, check_precision_name
 from chargen.errors import ChargenError
 
 #: Transposition is limited to two octaves either way: beyond, notes leave the piano's range.
@@ -60,10 +60,8 @@ class TrainConfig:
         for name, value in (("--epochs", self.epochs), ("--minutes", self.minutes)):
             if value is not None:
                 _finite(name, value, low=0.0, low_open=True)
-        if self.device not in DEVICES:
-            raise ChargenError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            raise ChargenError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_device_name(self.device)
+        check_precision_name(self.precision)
         if self.transpose is not None and not -MAX_TRANSPOSE <= self.transpose[0] <= self.transpose[1] <= MAX_TRANSPOSE:
             raise ChargenError(f"--transpose {self.transpose}: need -{MAX_TRANSPOSE} <= LOW <= HIGH <= {MAX_TRANSPOSE}")
 

@@ -94,6 +94,53 @@ def _limit_text(config: TrainConfig) -> str:
     return " and ".join(p for p in parts if p)
 
 
+class ProgressOutput:
+    """Where a session's progress goes: the progress bar, a line per evaluation, ``metrics.jsonl``."""
+
+    def __init__(self, trainer: Trainer, metrics: MetricsLog, show_bar: bool):
+        self.trainer, self.metrics = trainer, metrics
+        self.bar = tqdm(total=trainer.state.total_steps or None, initial=trainer.state.step, file=sys.stderr,
+                        disable=None if show_bar else True, unit="step", dynamic_ncols=True, leave=True)
+        self.last_point, self.last_step = time.monotonic(), -1
+
+    def __call__(self, p: Progress) -> None:
+        if p.kind == "schedule":
+            self.bar.reset(total=p.total_steps)
+            self.bar.update(p.step)
+            return
+        if p.kind == "step":
+            val = self.trainer.last_val
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss {p.train_loss:.3f}" + (f" val {val:.3f}" if val else "")
+                                     + f" {p.chars_per_s:,.0f} chars/s")
+            if time.monotonic() - self.last_point < METRICS_EVERY_S or p.step % self.trainer.config.eval_every == 0:
+                return  # not yet; or an evaluation of this very step is about to be written
+        elif p.kind == "eval":
+            self.bar.write(_eval_line(p.step, p.train_loss, p.val_loss or math.nan, p.chars_per_s), file=sys.stderr)
+        elif p.step == self.last_step:
+            return  # the final evaluation of a step just evaluated: one line per step
+        self.last_point, self.last_step = time.monotonic(), p.step
+        self.metrics.append(step=p.step, elapsed_s=round(p.elapsed_s, 3), train_loss=p.train_loss,
+                            val_loss=p.val_loss, lr=p.lr, chars_per_s=round(p.chars_per_s, 1), precision=p.precision)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
+
+
+def _restore(run_dir: Path, given: TrainConfig | None) -> tuple[dict[str, Any], ModelConfig, TrainConfig, bool]:
+    """A resumed run's saved state, model and training configuration, and whether a new limit was given."""
+    saved = load_state(run_dir / STATE)
+    try:
+        model_config = ModelConfig.from_dict(saved["model_config"])
+        saved_config = TrainConfig.from_dict(saved["train_config"])
+        planned_total = int(saved["total_steps"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir / STATE}: resume state is damaged ({exc!r})") from None
+    config, new_limit = resume_config(saved_config, given, planned_total)
+    return saved, model_config, config, new_limit
+
+
 def train(
     run_dir: Path,
     codec: Codec,
@@ -107,17 +154,9 @@ def train(
 ) -> TrainResult:
     """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built."""
     report = report or (lambda message: print(message, file=sys.stderr))
-    saved: dict[str, Any] | None = None
-    new_limit = False
+    saved, new_limit = None, False
     if resume:
-        saved = load_state(run_dir / STATE)
-        try:
-            model_config = ModelConfig.from_dict(saved["model_config"])
-            saved_config = TrainConfig.from_dict(saved["train_config"])
-            planned_total = int(saved["total_steps"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{run_dir / STATE}: resume state is damaged ({exc!r})") from None
-        config, new_limit = resume_config(saved_config, config, planned_total)
+        saved, model_config, config, new_limit = _restore(run_dir, config)
     if model_config is None or config is None:
         raise ValueError("a new run needs a model_config and a config")
 
@@ -137,38 +176,14 @@ def train(
         write_json(run_dir / RUN_JSON, {
             "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
             "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
-            "tokens_sha256": sha256_file(run_dir / TOKENS),
+            "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
         })
         trainer.checkpoint(None)  # from the first moment on, the run folder is resumable
     else:
         metrics.keep_until(state.step)  # lines written after the checkpoint we resume from
         update_run_json(run_dir, status=RUNNING, train_config=config.to_dict())
 
-    bar = tqdm(total=state.total_steps or None, initial=state.step, file=sys.stderr,
-               disable=None if progress else True, unit="step", dynamic_ncols=True, leave=True)
-    last_point, last_step = time.monotonic(), -1
-
-    def on_progress(p: Progress) -> None:
-        nonlocal last_point, last_step
-        if p.kind == "schedule":
-            bar.reset(total=p.total_steps)
-            bar.update(p.step)
-            return
-        if p.kind == "step":
-            bar.update(1)
-            bar.set_postfix_str(f"loss {p.train_loss:.3f}" + (f" val {trainer.last_val:.3f}" if trainer.last_val
-                                                               else "") + f" {p.chars_per_s:,.0f} chars/s")
-            if time.monotonic() - last_point < METRICS_EVERY_S or p.step % config.eval_every == 0:
-                return  # not yet; or an evaluation of this very step is about to be written
-        elif p.kind == "eval":
-            bar.write(_eval_line(p.step, p.train_loss, p.val_loss or math.nan, p.chars_per_s), file=sys.stderr)
-        elif p.step == last_step:
-            return  # the final evaluation of a step just evaluated: one line per step
-        last_point, last_step = time.monotonic(), p.step
-        metrics.append(step=p.step, elapsed_s=round(p.elapsed_s, 3), train_loss=p.train_loss, val_loss=p.val_loss,
-                       lr=p.lr, chars_per_s=round(p.chars_per_s, 1), precision=p.precision)
-
-    trainer.on_progress = on_progress
+    output = trainer.on_progress = ProgressOutput(trainer, metrics, progress)
     budget = None
     if config.minutes:
         budget = StepBudget(config.minutes, state.step, config.eval_every, len(data.val), trainer.tokens_per_step,
@@ -182,8 +197,7 @@ def train(
         status = INTERRUPTED
         raise
     finally:
-        bar.close()
-        metrics.close()
+        output.close()
         try:
             update_run_json(run_dir, status=status)
         except ChargenError:
