@@ -250,3 +250,20 @@ def test_info_reports_the_run_status_and_its_curve(tmp_path: Path, capsys: pytes
     curve = data["curve"]
     assert curve["evaluations"] == 2 and curve["last_step"] == 6
     assert curve["best_val_loss"] == pytest.approx(result.best_val_loss)
+
+
+def test_benchmarks_drive_the_trainer_and_copy_no_loop() -> None:
+    """benchmarks/run.py measures chargen's own Trainer.step, imports nothing private from training."""
+    import ast
+
+    from tests.conftest import REPO
+
+    source = (REPO / "benchmarks" / "run.py").read_text()
+    imported = [(node.module, alias.name) for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("chargen.train")
+                for alias in node.names]
+    assert ("chargen.training", "Trainer") in imported
+    assert not [name for _, name in imported if name.startswith("_")]
+    chargen_side = source.split("class PlainLoop")[0]  # the plain nn.* baseline is its own, on purpose
+    for loop_piece in ("clip_grad_norm_", "lr_at", "optimizer.step", "param_groups"):
+        assert loop_piece not in chargen_side, loop_piece
