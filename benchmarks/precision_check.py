@@ -27,7 +27,7 @@ from benchmarks.common import REPO, cpu_flags, cpu_model, load_corpus, write_sec
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.model import CharRNN, ModelConfig
-from chargen.train import TrainConfig
+from chargen.training import TrainConfig
 
 START = "<!-- benchmarks/precision_check.py: start (generated) -->"
 END = "<!-- benchmarks/precision_check.py: end -->"

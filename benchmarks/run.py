@@ -45,13 +45,14 @@ from benchmarks.common import (
     load_corpus,
     write_section,
 )
-from chargen.data import StreamBatcher
-from chargen.device import autocast_context, cpu_has_native_bf16
+from chargen.data import Split, StreamBatcher
+from chargen.device import cpu_has_native_bf16
+from chargen.errors import ChargenError
 from chargen.inference import generation_threads
-from chargen.model import PRESETS, CharRNN, ModelConfig, State, detach_state, flops_per_token
+from chargen.model import PRESETS, CharRNN, ModelConfig, flops_per_token
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec
-from chargen.train import TrainConfig, lr_at
+from chargen.training import TrainConfig, Trainer
 
 START = "<!-- benchmarks/run.py: start (generated; edit the script, not this section) -->"
 END = "<!-- benchmarks/run.py: end -->"
@@ -152,43 +153,20 @@ def matmul_section(budget: Budget, n_threads: int) -> tuple[list[str], float]:
 # ----------------------------------------------------------------------------- training
 
 class ChargenTrainer:
-    """The body of ``chargen.train.train``'s step loop: CharRNN, its AdamW parameter groups,
-    clipping, the lr schedule, truncated BPTT with the hidden state carried; no eval, no saving."""
+    """``chargen.training.Trainer`` itself, stepped as ``chargen train`` steps it (AdamW groups,
+    clipping, the lr schedule, truncated BPTT with the carried state, the loss read back each
+    step); only evaluation and saving are left out, as they are not training throughput."""
 
-    def __init__(self, config: ModelConfig, train_ids: np.ndarray, precision: str = "fp32"):
-        torch.manual_seed(0)
-        self.cfg, self.precision = TrainConfig(), precision
-        self.model = CharRNN(config)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.lr, betas=(0.9, 0.99))
-        self.batcher = StreamBatcher(train_ids, BATCH, SEQ)
-        self.step = 0
-        self.hidden: State | None = None
-        self.vocab = config.vocab_size
+    def __init__(self, config: ModelConfig, corpus: Corpus, precision: str = "fp32"):
+        train_config = TrainConfig(batch_size=BATCH, seq_len=SEQ, seed=0, device="cpu", precision=precision)
+        self.trainer = Trainer(config, train_config, Split(train=corpus.train, val=corpus.val))
 
     def run(self, steps: int) -> float:
         """Train ``steps`` steps; returns the last loss."""
-        device, loss = torch.device("cpu"), torch.zeros(())
-        self.model.train()
+        loss = math.nan
         for _ in range(steps):
-            if self.batcher.starts_epoch(self.step):
-                self.hidden = None
-            x, y = self.batcher.batch(self.step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(self.step, 10**9, self.cfg)
-            with autocast_context(device, self.precision):
-                logits, hidden = self.model(x, self.hidden)
-                loss = nn.functional.cross_entropy(logits.float().reshape(-1, self.vocab), y.reshape(-1))
-            self.hidden = detach_state(hidden)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
-            self.step += 1
-        return float(loss.item())
+            loss = self.trainer.step()
+        return loss
 
 
 class PlainLoop(nn.Module):
@@ -233,7 +211,7 @@ def training_section(budget: Budget, corpus: Corpus, peak: float) -> tuple[list[
     rows, medium = [], []
     for label, config in configs:
         meter = LoadMeter()
-        ours, plain = ChargenTrainer(config, corpus.train), PlainLoop(config, corpus.train)
+        ours, plain = ChargenTrainer(config, corpus), PlainLoop(config, corpus.train)
         ours.run(1), plain.run(1)  # warm-up: allocator, oneDNN primitives
         steps = max(2, round(budget.train_s / max(timed(lambda o=ours: o.run(1)), 1e-3)))
         ours_cps, plain_cps, ratios = [], [], []
@@ -258,7 +236,7 @@ def training_section(budget: Budget, corpus: Corpus, peak: float) -> tuple[list[
     lines += table(["model", "params", "chargen chars/s", "GFLOP/s", "of fp32 peak", "plain nn.* loop chars/s",
                     "chargen / plain", "others' cores"], rows)
     lines += ["", "FLOPs: `chargen.model.flops_per_token` × 3 (forward + backward) per character. "
-              "chargen = the step loop of `chargen.train` (AdamW groups, clipping, lr schedule, carried state); "
+              "chargen = `chargen.training.Trainer.step` (AdamW groups, clipping, lr schedule, carried state); "
               "plain = embedding + `nn.LSTM`/`nn.GRU`/`nn.RNN` + linear, AdamW, nothing else, same batches. "
               f"Each cell: median (min–max) of {budget.train_rounds} interleaved rounds; peak = the best "
               f"repetition of the fp32 input-projection row above at {torch.get_num_threads()} threads.", ""]
@@ -269,17 +247,18 @@ def precision_section(corpus: Corpus, fp32_medium: list[float]) -> list[str]:
     rows = [["fp32", fmt(fp32_medium), "default on CPUs (the medium row above)"]]
     if cpu_has_native_bf16():
         config = ModelConfig(vocab_size=corpus.vocab, **{k: v for k, v in PRESETS["medium"].items() if k != "dropout"})
-        trainer = ChargenTrainer(config, corpus.train, precision="bf16")
         try:
+            trainer = ChargenTrainer(config, corpus, precision="bf16")
             trainer.run(2)
             rows.append(["bf16", fmt([chars_per_s(trainer, 5) for _ in range(3)]), "autocast bf16"])
-        except RuntimeError as exc:
+        except (RuntimeError, ChargenError) as exc:
             rows.append(["bf16", "failed", str(exc).splitlines()[0][:160]])
     else:
-        probe = ChargenTrainer(ModelConfig(vocab_size=corpus.vocab, layers=1, hidden=64, embedding=16),
-                               corpus.train, precision="bf16")
+        probe = CharRNN(ModelConfig(vocab_size=corpus.vocab, layers=1, hidden=64, embedding=16))
         try:
-            probe.run(1)
+            tokens = torch.from_numpy(corpus.train[: 2 * SEQ].astype(np.int64)).view(2, SEQ)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                probe(tokens)[0].float().sum().backward()
             why = "a bf16 autocast step runs, but emulated"
         except RuntimeError as exc:
             why = f"a bf16 autocast LSTM step fails: `{str(exc).splitlines()[0].split('. ')[0]}`"

@@ -7,13 +7,15 @@ A run folder ``checkpoints/<run>/`` holds
                      step, schedule, hidden state (tensors and plain data only,
                      loaded with ``weights_only=True``)
   tokens.npy         the encoded corpus, memory-mapped
-  run.json           how the run was started
+  run.json           how the run was started, and its status (running/finished/interrupted/failed)
+  metrics.jsonl      the training curve, one JSON line per evaluation or progress point
 Every write is atomic: a temp file in the same folder, fsync, then rename, so a
 SIGKILL at any moment leaves either the old file or the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,6 +42,11 @@ LAST = "last.safetensors"
 STATE = "state.pt"
 TOKENS = "tokens.npy"
 RUN_JSON = "run.json"
+METRICS = "metrics.jsonl"
+
+#: Run statuses in run.json. A failed run keeps its folder for inspection (its weights may be
+#: those of a diverged model) but is never picked as the default model.
+RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
 
 
 def default_checkpoint_root() -> Path:
@@ -48,18 +55,27 @@ def default_checkpoint_root() -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename tmp over ``path``; never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Call ``write(tmp)`` then rename tmp over ``path``; never a half-written file.
+
+    A folder that cannot be written (read-only, full, removed) is a ChargenError naming the file.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ChargenError(f"{path}: cannot write ({exc.strerror or exc})") from None
     tmp = Path(tmp_name)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # the folder may refuse this too; a resume clears it
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ChargenError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -70,6 +86,24 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any] | None:
+    """A run folder's ``run.json``, or None where it is missing or unreadable."""
+    try:
+        data = json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def update_run_json(run_dir: Path, **changes: Any) -> None:
+    """Rewrite ``run.json`` (atomically) with ``changes`` on top of what it holds."""
+    write_json(run_dir / RUN_JSON, dict(read_run_json(run_dir) or {}, **changes))
+
+
+def run_failed(run_dir: Path) -> bool:
+    return (read_run_json(run_dir) or {}).get("status") == FAILED
 
 
 def save_weights(path: Path, model: CharRNN, codec: Codec, training: dict[str, Any]) -> None:
@@ -123,14 +157,46 @@ def read_metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
+def _metadata_dict(path: Path, metadata: dict[str, str], key: str, default: str | None = None) -> dict[str, Any]:
+    try:
+        value = json.loads(metadata[key] if default is None else metadata.get(key, default))
+    except KeyError:
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged (no {key!r} field)") from None
+    except ValueError:
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({key!r} is not JSON)") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({key!r} is a {type(value).__name__}, "
+                              "not an object)")
+    return value
+
+
+def checkpoint_codec(path: Path, metadata: dict[str, str] | None = None) -> Codec:
+    """The codec a weights file was trained with (checked, never an internal error)."""
+    metadata = metadata if metadata is not None else read_metadata(path)
+    try:
+        return codec_from_metadata(_metadata_dict(path, metadata, "codec"))
+    except ChargenError as exc:
+        message = str(exc)
+        raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged (codec: {exc!r})") from None
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
     metadata = read_metadata(path)
+    codec = checkpoint_codec(path, metadata)
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["model_config"]))
-        codec = codec_from_metadata(json.loads(metadata["codec"]))
-        training = json.loads(metadata.get("training", "{}"))
+        config = ModelConfig.from_dict(_metadata_dict(path, metadata, "model_config"))
+        training = _metadata_dict(path, metadata, "training", "{}")
+    except ChargenError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from None
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from None
+    if codec.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{path}: checkpoint metadata is inconsistent: the {codec.name} codec has "
+                              f"{codec.vocab_size} symbols but the model's vocabulary is {config.vocab_size}")
     model = CharRNN(config)
     try:
         tensors: dict[str, torch.Tensor] = {}
@@ -170,13 +236,7 @@ def resolve_checkpoint(spec: str | Path | None, root: Path | None = None) -> Pat
     """A weights file from a path, a run folder, a run name, or the newest run."""
     root = root or default_checkpoint_root()
     if spec is None:
-        candidates = [p for p in root.glob("*/*.safetensors") if p.name in (BEST, LAST)] if root.is_dir() else []
-        if not candidates:
-            raise CheckpointError(
-                f"no checkpoint found under {root}/; train one with 'chargen train' or pass --checkpoint"
-            )
-        newest_run = max(candidates, key=lambda p: p.stat().st_mtime).parent
-        return run_weights(newest_run)
+        return newest_usable_run(root)
     path = Path(spec)
     if not path.exists() and not path.is_absolute() and (root / path).exists():
         path = root / path
@@ -185,6 +245,20 @@ def resolve_checkpoint(spec: str | Path | None, root: Path | None = None) -> Pat
     if path.is_file():
         return path
     raise CheckpointError(f"{spec}: no such checkpoint, run folder or run name (looked in {root}/)")
+
+
+def newest_usable_run(root: Path) -> Path:
+    """Weights of the newest run under ``root`` that has weights and did not fail."""
+    candidates = [p for p in root.glob("*/*.safetensors") if p.name in (BEST, LAST)] if root.is_dir() else []
+    if not candidates:
+        raise CheckpointError(f"no checkpoint found under {root}/; train one with 'chargen train' or pass --checkpoint")
+    runs = {p.parent for p in candidates}
+    usable = [run for run in runs if not run_failed(run)]
+    if not usable:
+        raise CheckpointError(f"every run under {root}/ failed ({len(runs)} of them); train a new one with "
+                              "'chargen train' or pass --checkpoint to use a failed run's weights anyway")
+    newest = max(usable, key=lambda run: max(p.stat().st_mtime for p in candidates if p.parent == run))
+    return run_weights(newest)
 
 
 def run_weights(run_dir: Path) -> Path:

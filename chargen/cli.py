@@ -69,7 +69,8 @@ def cli() -> None:
               help="Peak learning rate (linear warmup, cosine decay to 10%).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True, help="AdamW decay.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many epochs.")
-@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many steps.")
+@click.option("--max-steps", type=click.IntRange(min=1),
+              help="Stop after this many steps (with --resume: go on to this step, also past a finished run's end).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
               help="Wall-clock budget; the schedule is fitted to it. Default when no stop is given: 10.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True,
@@ -108,8 +109,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
     if resume:
         if corpus:
             raise click.UsageError("give either CORPUS or --resume RUN, not both")
-        result = resume_run(resume, TrainConfig(minutes=minutes, device=device, threads=threads),
-                            progress=not quiet, warn=_warn)
+        # A limit given here replaces the run's own (a finished run is extended to it).
+        limits = TrainConfig(max_steps=max_steps, epochs=epochs, minutes=minutes, device=device, threads=threads)
+        result = resume_run(resume, limits, progress=not quiet, warn=_warn)
     else:
         if not corpus:
             raise click.UsageError("missing CORPUS: a text file, several files, or a folder")
@@ -123,13 +125,12 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
                            progress=not quiet, warn=_warn)
     if not no_log:
-        from chargen.checkpoint import LAST, read_metadata
-        from chargen.codec import codec_from_metadata
+        from chargen.checkpoint import LAST, checkpoint_codec
         from chargen.history import HistoryUnavailable
         from chargen.records import log_training_run
 
         try:
-            codec_used = codec_from_metadata(json.loads(read_metadata(result.run_dir / LAST)["codec"]))
+            codec_used = checkpoint_codec(result.run_dir / LAST)
             log_training_run(database, result, codec_used)
         except HistoryUnavailable as exc:
             _warn(f"warning: training run not logged: {exc}")
@@ -302,7 +303,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(checkpoint: str | None, as_json: bool) -> None:
     """Describe a checkpoint: model, vocabulary, corpus, training progress."""
-    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+    from chargen.checkpoint import load_checkpoint, read_run_json, resolve_checkpoint
     from chargen.curves import trend
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
@@ -324,6 +325,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "best_val_loss_nats": best,
         "best_val_loss_bpc": best / 0.6931471805599453 if best is not None else None,
         "chargen_version": training.get("chargen_version"),
+        "status": (read_run_json(loaded.path.parent) or {}).get("status"),
         "trend": curve.to_dict() if curve else None,
     }
     if as_json:
@@ -340,6 +342,8 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"trained      {data['steps']} steps")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
+    if data["status"]:
+        click.echo(f"run status   {data['status']}")
     if curve:
         click.echo(f"trend        {curve.summary}")
 

@@ -8,16 +8,14 @@ Runs from before metrics.jsonl existed still have their evaluations in
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chargen.checkpoint import STATE, load_state
+from chargen.checkpoint import METRICS, STATE, load_state
 from chargen.errors import ChargenError
-
-METRICS = "metrics.jsonl"
+from chargen.training.metrics import read_metrics
 
 #: validation loss this far above the best (nats, or this fraction of the best) is more than noise
 RISE_NATS = 0.005
@@ -42,15 +40,13 @@ def read_curve(run_dir: Path) -> list[Point]:
     A line that does not parse (a write cut short by a kill on a filesystem
     without atomic appends) is skipped rather than failing the whole curve.
     """
-    metrics = run_dir / METRICS
-    if metrics.is_file():
+    if (run_dir / METRICS).is_file():
         points = []
-        for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+        for row in read_metrics(run_dir):
             try:
-                row = json.loads(line)
                 points.append(Point(step=int(row["step"]), elapsed_s=float(row.get("elapsed_s") or 0.0),
                                     train_loss=_number(row.get("train_loss")), val_loss=_number(row.get("val_loss"))))
-            except (ValueError, TypeError, KeyError, AttributeError):
+            except (ValueError, TypeError, KeyError):
                 continue
         return sorted(points, key=lambda point: point.step)
     if (run_dir / STATE).is_file():

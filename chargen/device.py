@@ -13,7 +13,20 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def check_device_name(name: str) -> str:
+    if name not in DEVICES:
+        raise ChargenError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    return name
+
+
+def check_precision_name(name: str) -> str:
+    if name not in PRECISIONS:
+        raise ChargenError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    return name
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -24,8 +37,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ChargenError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ChargenError("--device mps: Apple's MPS backend is not available here")
-    if name not in DEVICES:
-        raise ChargenError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     return torch.device(name)
 
 
@@ -45,12 +56,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
     On the CPU, bf16 autocast is slower than fp32 unless the CPU multiplies
     bf16 natively, and oneDNN's bf16 LSTM needs it; so auto keeps fp32 there.
     """
+    check_precision_name(name)
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
-    if name not in PRECISIONS:
-        raise ChargenError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
     if device.type == "cpu" and name == "bf16" and not cpu_has_native_bf16():
         raise ChargenError("--precision bf16: this CPU has no native bf16 (avx512_bf16/amx_bf16); use fp32")
     if device.type == "cpu" and name == "fp16":

@@ -1,28 +1,54 @@
 """Run folders: naming, creating, and starting or resuming a training run.
 
 This is what ``chargen train`` does, as a library call the service can reuse.
+Every name that becomes a run folder passes :func:`check_run_name`, here only.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from chargen.checkpoint import RUN_JSON, STATE, TOKENS, default_checkpoint_root, resolve_run_dir
-from chargen.codec import codec_from_metadata
-from chargen.data import CorpusInfo, Warn, build_corpus
+import numpy as np
+
+from chargen.checkpoint import (
+    LAST,
+    STATE,
+    TOKENS,
+    checkpoint_codec,
+    default_checkpoint_root,
+    read_run_json,
+    resolve_run_dir,
+    sha256_file,
+)
+from chargen.codec import Codec
+from chargen.data import CorpusInfo, Warn, build_corpus, token_dtype
 from chargen.errors import ChargenError
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig
-from chargen.train import TrainConfig, TrainResult, train
+from chargen.training import TrainConfig, TrainResult, train
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain folder name; a one-line error for anything that could leave the root."""
+    if not name or not name.strip():
+        raise ChargenError("--run-name must not be empty")
+    if name in (".", ".."):
+        raise ChargenError(f"--run-name {name!r} is not a folder name of its own; choose a name like 'fables-1'")
+    if "/" in name or "\\" in name or Path(name).is_absolute():
+        raise ChargenError(f"--run-name {name!r} must be a plain name, without '/' or '\\\\'")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise ChargenError(f"--run-name {name!r} contains control characters")
+    if name.startswith("."):
+        raise ChargenError(f"--run-name {name!r} must not start with '.' (hidden and temporary files do)")
+    return name
 
 
 def default_run_name(paths: Sequence[str | Path]) -> str:
     stem = Path(paths[0]).stem if paths else "run"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "run"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "run"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -46,33 +72,60 @@ def start_run(
     warn: Warn | None = None,
 ) -> TrainResult:
     root = out or default_checkpoint_root()
-    run_dir = root / (run_name or default_run_name(corpus_paths))
+    run_dir = root / (check_run_name(run_name) if run_name is not None else default_run_name(corpus_paths))
     if (run_dir / STATE).exists():
         raise ChargenError(f"{run_dir} already holds a run; use --resume {run_dir.name} or another --run-name")
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
         codec, corpus = build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
         model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}))
         return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
-    except ChargenError:
-        # Nothing was trained: leave no empty run behind to be picked as "newest".
-        if created and not (run_dir / STATE).exists():
+    except BaseException:
+        # Nothing was trained: leave no run without weights behind to be picked as "newest".
+        if created and not (run_dir / LAST).exists() and not (run_dir / STATE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
+def check_tokens(run_dir: Path, recorded: dict[str, object], codec: Codec) -> None:
+    """Refuse a ``tokens.npy`` that is not the corpus this run recorded (truncated, foreign, replaced)."""
+    path = run_dir / TOKENS
+    if not path.is_file():
+        raise ChargenError(f"{path}: the encoded corpus is missing; cannot resume")
+    expected_hash = recorded.get("tokens_sha256")
+    if isinstance(expected_hash, str):
+        if sha256_file(path) != expected_hash:
+            raise ChargenError(f"{path}: not the encoded corpus this run was started with (sha256 differs); "
+                               "cannot resume")
+        return
+    try:  # runs from before tokens_sha256 was recorded: check what can be checked cheaply
+        ids = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise ChargenError(f"{path}: not a readable token file ({exc}); cannot resume") from None
+    corpus = recorded.get("corpus")
+    tokens = corpus.get("tokens") if isinstance(corpus, dict) else None
+    if ids.ndim != 1 or ids.dtype != token_dtype(codec.vocab_size) or (tokens is not None and len(ids) != tokens):
+        raise ChargenError(f"{path}: holds {ids.shape} {ids.dtype} tokens, but this run recorded {tokens} tokens of "
+                           f"{token_dtype(codec.vocab_size)}; cannot resume")
+    if len(ids) and int(ids.max()) >= codec.vocab_size:
+        raise ChargenError(f"{path}: holds token ids outside the model's vocabulary of {codec.vocab_size}")
+
+
 def resume_run(spec: str | Path, train_config: TrainConfig | None = None, progress: bool = True,
                warn: Warn | None = None) -> TrainResult:
+    """Continue a run; ``train_config`` may set a new limit (steps, epochs, minutes), device and threads."""
     run_dir = resolve_run_dir(spec)
+    recorded = read_run_json(run_dir)
+    if recorded is None or not isinstance(recorded.get("corpus"), dict):
+        raise ChargenError(f"{run_dir}: not a chargen run folder (no readable run.json)")
+    codec = checkpoint_codec(run_dir / LAST)
+    check_tokens(run_dir, recorded, codec)
     try:
-        meta = json.loads((run_dir / RUN_JSON).read_text())
-    except (OSError, ValueError):
-        raise ChargenError(f"{run_dir}: not a chargen run folder (no readable {RUN_JSON})") from None
-    if not (run_dir / TOKENS).is_file():
-        raise ChargenError(f"{run_dir}: the encoded corpus {TOKENS} is missing; cannot resume")
-    from chargen.checkpoint import LAST, read_metadata
-
-    codec = codec_from_metadata(json.loads(read_metadata(run_dir / LAST)["codec"]))
-    corpus = CorpusInfo(**meta["corpus"])
+        corpus = CorpusInfo(**recorded["corpus"])
+    except TypeError:
+        raise ChargenError(f"{run_dir / 'run.json'}: its corpus record is damaged") from None
     return train(run_dir, codec, corpus, config=train_config, resume=True, progress=progress, report=warn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargen.checkpoint import BEST, LAST, STATE, TOKENS, load_checkpoint, load_state
+from chargen.checkpoint import BEST, FINISHED, INTERRUPTED, LAST, RUN_JSON, STATE, TOKENS, load_checkpoint, load_state
 from chargen.data import build_corpus
 from chargen.runs import model_config_for, resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
@@ -109,11 +110,13 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err
+    assert json.loads((run_dir / RUN_JSON).read_text())["status"] == INTERRUPTED
     step = load_state(run_dir / STATE)["step"]
     assert step > 0
     resumed = run_cli("train", "--resume", "crash", "--minutes", "0.05", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert load_state(run_dir / STATE)["step"] > step
+    assert json.loads((run_dir / RUN_JSON).read_text())["status"] == FINISHED
 
 
 def _wait_for_new_state(run_dir: Path, since: float, timeout: float = 90) -> None:

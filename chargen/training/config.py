@@ -1,0 +1,121 @@
+"""What a training run is asked to do (``TrainConfig``), what it did (``TrainResult``), the lr schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from chargen.device import check_device_name, check_precision_name
+from chargen.errors import ChargenError
+
+#: Transposition is limited to two octaves either way: beyond, notes leave the piano's range.
+MAX_TRANSPOSE = 24
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    seq_len: int = 100
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    epochs: float | None = None
+    max_steps: int | None = None
+    minutes: float | None = None
+    eval_every: int = 200
+    val_fraction: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    transpose: tuple[int, int] | None = None  # MIDI: random per-stream transposition range, semitones
+
+    def __post_init__(self) -> None:
+        if self.transpose is not None:
+            self.transpose = (int(self.transpose[0]), int(self.transpose[1]))
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values that would train forever, crash later, or diverge silently (NaN, inf, negative)."""
+        _positive_int("--batch-size", self.batch_size)
+        _positive_int("--seq-len", self.seq_len)
+        _positive_int("--eval-every", self.eval_every)
+        _positive_int("--warmup-steps", self.warmup_steps, minimum=0)
+        _positive_int("--seed", self.seed, minimum=None)
+        for name, value in (("--max-steps", self.max_steps), ("--threads", self.threads)):
+            if value is not None:
+                _positive_int(name, value)
+        _finite("--lr", self.lr, low=0.0, low_open=True)
+        _finite("--weight-decay", self.weight_decay, low=0.0)
+        _finite("--grad-clip", self.grad_clip, low=0.0, low_open=True)
+        _finite("--min-lr-ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _finite("--val-fraction", self.val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        for name, value in (("--epochs", self.epochs), ("--minutes", self.minutes)):
+            if value is not None:
+                _finite(name, value, low=0.0, low_open=True)
+        check_device_name(self.device)
+        check_precision_name(self.precision)
+        if self.transpose is not None and not -MAX_TRANSPOSE <= self.transpose[0] <= self.transpose[1] <= MAX_TRANSPOSE:
+            raise ChargenError(f"--transpose {self.transpose}: need -{MAX_TRANSPOSE} <= LOW <= HIGH <= {MAX_TRANSPOSE}")
+
+    @property
+    def has_stop(self) -> bool:
+        """Whether any limit (steps, epochs, minutes) ends the run."""
+        return self.max_steps is not None or self.epochs is not None or self.minutes is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _positive_int(name: str, value: object, minimum: int | None = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ChargenError(f"{name} must be a whole number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ChargenError(f"{name} must be at least {minimum}, not {value}")
+
+
+def _finite(name: str, value: object, low: float, high: float | None = None, low_open: bool = False,
+            high_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ChargenError(f"{name} must be a finite number, not {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lower = f"{'>' if low_open else '>='} {low:g}"
+        upper = f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
+        raise ChargenError(f"{name} must be {lower}{upper}, not {value:g}")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    total_steps: int
+    best_val_loss: float
+    last_val_loss: float | None
+    last_train_loss: float | None
+    interrupted: bool
+    elapsed_s: float
+    chars_per_s: float
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr``."""
+    warmup = min(cfg.warmup_steps, max(1, total_steps // 10))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -1,0 +1,219 @@
+"""``train()``: one training session of a run folder, as ``chargen train`` runs it.
+
+It prepares the folder (``run.json`` with the run's status, stale temp files),
+restores a resumed run and applies a new limit given on resume, builds the
+``Trainer``, and wires its progress callback to the progress bar, the log lines
+and ``metrics.jsonl``; Ctrl-C/SIGTERM become a save-and-stop.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from chargen import __version__
+from chargen.checkpoint import (
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    RUN_JSON,
+    RUNNING,
+    STATE,
+    TOKENS,
+    load_state,
+    sha256_file,
+    update_run_json,
+    write_json,
+)
+from chargen.codec import Codec
+from chargen.data import CorpusInfo, load_tokens, split_tokens
+from chargen.errors import ChargenError, CheckpointError
+from chargen.model import ModelConfig
+from chargen.training.budget import StepBudget
+from chargen.training.config import Reporter, TrainConfig, TrainResult
+from chargen.training.metrics import MetricsLog
+from chargen.training.trainer import Progress, Trainer, planned_steps
+
+LN2 = math.log(2)
+#: Between evaluations, a progress point goes to metrics.jsonl at most this often (seconds).
+METRICS_EVERY_S = 10.0
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag so the loop can save before leaving."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: keep default handling
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_config(saved: TrainConfig, given: TrainConfig | None, planned_total: int) -> tuple[TrainConfig, bool]:
+    """The configuration a resumed run goes on with, and whether ``given`` set a new limit.
+
+    Only how long to go on, the device and the threads may change on resume. A limit
+    given on resume (--max-steps, --epochs, --minutes) replaces the saved ones and wins,
+    also over a finished run's end. Without one, the run goes on to its planned end; a
+    --minutes budget that never fitted its schedule starts afresh.
+    """
+    if given is None:
+        return saved, False
+    config = replace(saved, device=given.device, threads=given.threads)
+    if given.has_stop:
+        return replace(config, max_steps=given.max_steps, epochs=given.epochs, minutes=given.minutes), True
+    return replace(config, minutes=saved.minutes if planned_total == 0 else None), False
+
+
+def _limit_text(config: TrainConfig) -> str:
+    parts = [f"{config.max_steps} steps" if config.max_steps else "",
+             f"{config.epochs:g} epochs" if config.epochs else "",
+             f"{config.minutes:g} minutes" if config.minutes else ""]
+    return " and ".join(p for p in parts if p)
+
+
+class ProgressOutput:
+    """Where a session's progress goes: the progress bar, a line per evaluation, ``metrics.jsonl``."""
+
+    def __init__(self, trainer: Trainer, metrics: MetricsLog, show_bar: bool):
+        self.trainer, self.metrics = trainer, metrics
+        self.bar = tqdm(total=trainer.state.total_steps or None, initial=trainer.state.step, file=sys.stderr,
+                        disable=None if show_bar else True, unit="step", dynamic_ncols=True, leave=True)
+        self.last_point, self.last_step = time.monotonic(), -1
+
+    def __call__(self, p: Progress) -> None:
+        if p.kind == "schedule":
+            self.bar.reset(total=p.total_steps)
+            self.bar.update(p.step)
+            return
+        if p.kind == "step":
+            val = self.trainer.last_val
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss {p.train_loss:.3f}" + (f" val {val:.3f}" if val else "")
+                                     + f" {p.chars_per_s:,.0f} chars/s")
+            if time.monotonic() - self.last_point < METRICS_EVERY_S or p.step % self.trainer.config.eval_every == 0:
+                return  # not yet; or an evaluation of this very step is about to be written
+        elif p.kind == "eval":
+            self.bar.write(_eval_line(p.step, p.train_loss, p.val_loss or math.nan, p.chars_per_s), file=sys.stderr)
+        elif p.step == self.last_step:
+            return  # the final evaluation of a step just evaluated: one line per step
+        self.last_point, self.last_step = time.monotonic(), p.step
+        self.metrics.append(step=p.step, elapsed_s=round(p.elapsed_s, 3), train_loss=p.train_loss,
+                            val_loss=p.val_loss, lr=p.lr, chars_per_s=round(p.chars_per_s, 1), precision=p.precision)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
+
+
+def _restore(run_dir: Path, given: TrainConfig | None) -> tuple[dict[str, Any], ModelConfig, TrainConfig, bool]:
+    """A resumed run's saved state, model and training configuration, and whether a new limit was given."""
+    saved = load_state(run_dir / STATE)
+    try:
+        model_config = ModelConfig.from_dict(saved["model_config"])
+        saved_config = TrainConfig.from_dict(saved["train_config"])
+        planned_total = int(saved["total_steps"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir / STATE}: resume state is damaged ({exc!r})") from None
+    config, new_limit = resume_config(saved_config, given, planned_total)
+    return saved, model_config, config, new_limit
+
+
+def train(
+    run_dir: Path,
+    codec: Codec,
+    corpus: CorpusInfo,
+    model_config: ModelConfig | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    report: Reporter | None = None,
+    pause_at_step: int | None = None,
+) -> TrainResult:
+    """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built."""
+    report = report or (lambda message: print(message, file=sys.stderr))
+    saved, new_limit = None, False
+    if resume:
+        saved, model_config, config, new_limit = _restore(run_dir, config)
+    if model_config is None or config is None:
+        raise ValueError("a new run needs a model_config and a config")
+
+    data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len)
+    trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
+    state = trainer.state
+    if new_limit:
+        before = state.total_steps
+        state.total_steps = planned_steps(config, trainer.batcher.steps_per_epoch)
+        report(f"resuming at step {state.step} with a new limit: {_limit_text(config)}"
+               + (f" (the run had planned {before} steps)" if before else ""))
+
+    for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed half-way
+        stale.unlink(missing_ok=True)
+    metrics = MetricsLog(run_dir)
+    if saved is None:
+        write_json(run_dir / RUN_JSON, {
+            "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
+            "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
+            "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
+        })
+        trainer.checkpoint(None)  # from the first moment on, the run folder is resumable
+    else:
+        metrics.keep_until(state.step)  # lines written after the checkpoint we resume from
+        update_run_json(run_dir, status=RUNNING, train_config=config.to_dict())
+
+    output = trainer.on_progress = ProgressOutput(trainer, metrics, progress)
+    budget = None
+    if config.minutes:
+        budget = StepBudget(config.minutes, state.step, config.eval_every, len(data.val), trainer.tokens_per_step,
+                            fit=not state.total_steps)
+    status = FAILED
+    try:
+        with StopFlag() as flag:
+            interrupted = trainer.fit(lambda: flag.stop, budget, pause_at_step)
+        status = INTERRUPTED if interrupted else FINISHED
+    except KeyboardInterrupt:
+        status = INTERRUPTED
+        raise
+    finally:
+        output.close()
+        try:
+            update_run_json(run_dir, status=status)
+        except ChargenError:
+            pass  # the folder became unwritable: the error that stopped the run says so
+    result = TrainResult(
+        run_dir=run_dir, step=state.step, total_steps=state.total_steps, best_val_loss=state.best_val,
+        last_val_loss=trainer.last_val, last_train_loss=trainer.last_train, interrupted=interrupted,
+        elapsed_s=trainer.elapsed_s, chars_per_s=trainer.chars_per_s, evals=state.evals,
+    )
+    if trainer.last_val is not None:
+        report(_eval_line(state.step, trainer.last_train, trainer.last_val, result.chars_per_s, final=True))
+    return result
+
+
+def _eval_line(step: int, train_loss: float | None, val_loss: float, chars_per_s: float, final: bool = False) -> str:
+    train_part = f" train {train_loss:.4f} |" if train_loss is not None else ""
+    label = "final" if final else "step"
+    return (f"{label} {step}:{train_part} val {val_loss:.4f} nats/char ({val_loss / LN2:.3f} bpc)"
+            f" | {chars_per_s:,.0f} chars/s")

@@ -1,0 +1,253 @@
+"""``Trainer``: one model, its optimizer and data, advanced by ``step()``, scored by ``evaluate()``,
+saved by ``checkpoint()``; ``fit()`` is the loop that ``chargen train`` runs, reporting through a callback.
+
+Everything random (initial weights, dropout) draws from torch's global generator,
+seeded once here, and the data position is a function of the step number; so a
+run is a pure function of its configuration, and a resumed one continues it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from chargen import __version__
+from chargen.checkpoint import BEST, LAST, STATE, save_state, save_weights
+from chargen.codec import Codec
+from chargen.data import CorpusInfo, Split, StreamBatcher
+from chargen.device import autocast_context, resolve_device, resolve_precision
+from chargen.errors import ChargenError
+from chargen.evaluation import mean_loss
+from chargen.model import CharRNN, ModelConfig, detach_state
+from chargen.training.budget import StepBudget
+from chargen.training.config import TrainConfig, lr_at
+from chargen.training.optim import build_optimizer, grad_scaler
+from chargen.training.state import TrainingState
+
+@dataclass
+class Progress:
+    """What the progress callback is told: ``kind`` is "step", "eval", "final" or "schedule"."""
+
+    kind: str
+    step: int
+    total_steps: int  # 0 while a --minutes budget has not fitted the schedule yet
+    train_loss: float | None
+    val_loss: float | None
+    lr: float
+    chars_per_s: float  # of this session (since start or resume)
+    elapsed_s: float  # of the whole run, all sessions together
+    precision: str
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The schedule's length from --max-steps or --epochs; 0 leaves it to a --minutes budget."""
+    if config.max_steps:
+        return config.max_steps
+    if config.epochs:
+        return max(1, int(config.epochs * steps_per_epoch))
+    return 0
+
+
+@torch.no_grad()
+def evaluate(model: CharRNN, val: np.ndarray, seq_len: int, device: torch.device, precision: str) -> float:
+    """Mean validation loss in nats per token over the whole validation split (what `chargen score` computes)."""
+    return mean_loss(model, val, seq_len, device, precision)
+
+
+class Trainer:
+    """Trains ``model_config`` on ``data`` as ``config`` says; resumes from a ``state.pt`` payload.
+
+    ``run_dir`` and ``codec`` are needed only to checkpoint; without them (benchmarks)
+    the Trainer just steps and evaluates.
+    """
+
+    def __init__(self, model_config: ModelConfig, config: TrainConfig, data: Split, codec: Codec | None = None,
+                 run_dir: Path | None = None, corpus: CorpusInfo | None = None,
+                 resume_from: dict[str, Any] | None = None, on_progress: ProgressCallback | None = None):
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.model_config, self.config, self.data = model_config, config, data
+        self.codec, self.run_dir, self.corpus = codec, run_dir, corpus
+        self.on_progress = on_progress or (lambda progress: None)
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.batcher = StreamBatcher(data.train, config.batch_size, config.seq_len, self._augmentation())
+        self.model = CharRNN(model_config).to(self.device)
+        self.optimizer = build_optimizer(self.model, config, self.device)
+        self.scaler = grad_scaler(self.device, self.precision)
+        self.tokens_per_step = config.batch_size * config.seq_len
+        if resume_from is None:
+            self.state = TrainingState(total_steps=planned_steps(config, self.batcher.steps_per_epoch))
+        else:
+            self.state = TrainingState.restore(resume_from, self.model, self.optimizer, self.device)
+        self.resumed = resume_from is not None
+        self.session_start_step = self.state.step
+        self.last_train: float | None = None
+        self.last_val: float | None = None
+        self.lr = lr_at(self.state.step, self.state.total_steps or 10**9, config)
+        self.overhead_s = 0.0  # time in evaluations and saves this session (the budget's pace excludes it)
+        self.evals_done = 0
+        self.started = time.monotonic()
+
+    def _augmentation(self) -> Callable[[np.ndarray, int], np.ndarray] | None:
+        config, codec = self.config, self.codec
+        if config.transpose is None or config.transpose == (0, 0):
+            return None
+        if codec is None or not codec.supports_transpose:
+            name = codec.name if codec is not None else "given"
+            raise ChargenError(f"--transpose applies to MIDI corpora; the {name} codec cannot transpose")
+        low, high = config.transpose
+
+        def augment(window: np.ndarray, step: int) -> np.ndarray:
+            rng = np.random.default_rng((config.seed, step))  # a function of the step: resumes exactly
+            return codec.augment_window(window, rng, low, high)
+
+        return augment
+
+    # ------------------------------------------------------------------ the three operations
+
+    def step(self) -> float:
+        """One optimisation step on the next batch; returns its training loss."""
+        state, config = self.state, self.config
+        if self.batcher.starts_epoch(state.step):
+            state.hidden = None
+        x, y = self.batcher.batch(state.step)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.lr = lr_at(state.step, state.total_steps or 10**9, config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        with autocast_context(self.device, self.precision):
+            logits, hidden = self.model(x, state.hidden)  # [B, T, V]
+            loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        state.hidden = detach_state(hidden)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.optimizer.step()
+        state.step += 1
+        self.last_train = loss.item()
+        if not math.isfinite(self.last_train):
+            raise ChargenError(f"training diverged at step {state.step} (loss is {self.last_train}); "
+                               "lower --lr or --weight-decay")
+        return self.last_train
+
+    def evaluate(self) -> float:
+        """Validation loss (nats per token) over the whole validation split; recorded in the state."""
+        began = time.monotonic()
+        self.last_val = evaluate(self.model, self.data.val, self.config.seq_len, self.device, self.precision)
+        self.state.evals.append({"step": self.state.step, "minutes": self.elapsed_s / 60, "val_loss": self.last_val,
+                                 "train_loss": self.last_train if self.last_train is not None else math.nan})
+        self.evals_done += 1
+        self.overhead_s += time.monotonic() - began
+        return self.last_val
+
+    def checkpoint(self, val_loss: float | None = None) -> None:
+        """Save last weights, best weights when ``val_loss`` is the best so far, and the resume state."""
+        if self.run_dir is None or self.codec is None:
+            raise ValueError("this Trainer has no run folder and codec to checkpoint into")
+        began = time.monotonic()
+        state = self.state
+        info = dict(self.training_info(), step=state.step,
+                    best_val_loss=state.best_val if math.isfinite(state.best_val) else None)
+        if val_loss is not None and val_loss < state.best_val:
+            state.best_val = val_loss
+            info["best_val_loss"] = val_loss
+            save_weights(self.run_dir / BEST, self.model, self.codec, info)
+        save_weights(self.run_dir / LAST, self.model, self.codec, info)
+        save_state(self.run_dir / STATE, state.to_state_dict(self.model, self.optimizer, self.device,
+                                                             self.model_config, self.config, self.elapsed_s))
+        self.overhead_s += time.monotonic() - began
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, stop: Callable[[], bool] = lambda: False, budget: StepBudget | None = None,
+            pause_at_step: int | None = None) -> bool:
+        """Train until the schedule ends, ``stop()`` says so, the budget runs out or ``pause_at_step``;
+        evaluate and checkpoint every ``eval_every`` steps and at the end. Returns whether it was
+        interrupted (stopped or paused before the schedule's end)."""
+        state, config = self.state, self.config
+        interrupted = False
+        self.model.train()
+        while True:
+            if state.total_steps and state.step >= state.total_steps:
+                break
+            if pause_at_step is not None and state.step >= pause_at_step:
+                interrupted = True
+                break
+            if stop():
+                interrupted = True
+                break
+            if budget is not None and budget.expired():
+                break
+            if budget is not None:
+                fitted = budget.observe(state.step, self.overhead_s, self.evals_done)
+                if fitted is not None:
+                    state.total_steps = fitted
+                    self._report("schedule")
+            self.step()
+            self._report("step")
+            if state.step % config.eval_every == 0 and not (state.total_steps and state.step >= state.total_steps):
+                self.evaluate()
+                self._report("eval")
+                self._save(self.last_val)
+        # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause.
+        if state.step > self.session_start_step or not self.resumed:
+            self.evaluate()
+            self._report("final")
+            self._save(self.last_val)
+        return interrupted
+
+    def _save(self, val_loss: float | None) -> None:
+        if self.run_dir is not None:
+            self.checkpoint(val_loss)
+
+    def _report(self, kind: str) -> None:
+        self.on_progress(Progress(
+            kind=kind, step=self.state.step, total_steps=self.state.total_steps, train_loss=self.last_train,
+            val_loss=self.last_val if kind in ("eval", "final") else None, lr=self.lr,
+            chars_per_s=self.chars_per_s, elapsed_s=self.elapsed_s, precision=self.precision))
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def session_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall-clock of the whole run: earlier sessions plus this one."""
+        return self.state.elapsed_s + self.session_s
+
+    @property
+    def chars_per_s(self) -> float:
+        return (self.state.step - self.session_start_step) * self.tokens_per_step / max(self.session_s, 1e-9)
+
+    def training_info(self) -> dict[str, Any]:
+        """What the weights' metadata says about how they were trained."""
+        corpus = self.corpus
+        return {
+            "chargen_version": __version__,
+            "corpus_sha256": corpus.sha256 if corpus else None,
+            "corpus_tokens": corpus.tokens if corpus else None,
+            "corpus_paths": corpus.paths if corpus else None,
+            "train_config": self.config.to_dict(),
+        }

@@ -1,0 +1,269 @@
+"""The Trainer's pieces: validated config, the step budget, step-by-step driving, resume limits, run status."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chargen.checkpoint import FAILED, FINISHED, LAST, RUN_JSON, checkpoint_codec, load_state, resolve_checkpoint
+from chargen.cli import main
+from chargen.data import load_tokens, split_tokens
+from chargen.errors import ChargenError, CheckpointError
+from chargen.runs import check_run_name, model_config_for, resume_run, start_run
+from chargen.training import StepBudget, TrainConfig, Trainer
+from chargen.training.budget import MIN_MEASURED_STEPS, REFIT_EVERY, WARMUP_STEPS
+from chargen.training.metrics import FIELDS, read_metrics
+from tests.conftest import FABLES
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def small_corpus(tmp_path: Path) -> Path:
+    corpus = tmp_path / "fables.txt"
+    corpus.write_text(FABLES.read_text()[:12000])
+    return corpus
+
+
+def tiny(tmp_path: Path, name: str, corpus: Path | None = None, **config: object):
+    settings = dict(batch_size=4, seq_len=16, max_steps=6, eval_every=3, seed=2, threads=1)
+    settings.update(config)
+    return start_run([corpus or small_corpus(tmp_path)], TrainConfig(**settings), "tiny",
+                     {"hidden": 32, "embedding": 8}, name, progress=False, warn=quiet)
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[int, str]:
+    """The real console entry point, in-process: (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["chargen", *args])
+    capsys.readouterr()  # only what this command prints
+    try:
+        main()
+    except SystemExit as exited:
+        return int(exited.code or 0), capsys.readouterr().err
+    return 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 15 item 2
+
+@pytest.mark.parametrize("field, value", [
+    ("lr", math.nan), ("lr", math.inf), ("lr", -1e-3), ("lr", 0.0), ("minutes", math.nan), ("minutes", math.inf),
+    ("minutes", -1.0), ("epochs", math.nan), ("epochs", -2.0), ("val_fraction", math.nan), ("val_fraction", 1.0),
+    ("weight_decay", math.nan), ("weight_decay", -0.1), ("weight_decay", math.inf), ("grad_clip", math.nan),
+    ("min_lr_ratio", 2.0), ("batch_size", 0), ("max_steps", 0), ("eval_every", -1), ("threads", 0),
+])
+def test_config_refuses_non_finite_and_out_of_range_values(field: str, value: float) -> None:
+    with pytest.raises(ChargenError) as error:
+        TrainConfig(**{field: value})
+    message = str(error.value)
+    assert "\n" not in message and f"--{field.replace('_', '-')}" in message
+
+
+@pytest.mark.parametrize("option", ["--minutes", "--lr", "--epochs", "--val-fraction", "--weight-decay"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_cli_refuses_nan_and_inf_and_leaves_no_run_folder(option: str, value: str, isolated_home: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    code, err = run_main(["train", str(FABLES), option, value, "--size", "tiny", "--max-steps", "1"], capsys,
+                         monkeypatch)
+    assert code in (1, 2), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0] and "internal error" not in lines[0], err
+    root = isolated_home / "checkpoints"
+    assert not root.exists() or not any(root.iterdir())
+
+
+# ----------------------------------------------------------------------------- the step budget
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def drive(budget: StepBudget, clock: FakeClock, seconds_per_step, steps: int) -> list[tuple[int, int]]:
+    """Advance ``steps`` steps at the given pace; returns every (step, fitted total)."""
+    fits = []
+    for step in range(steps):
+        total = budget.observe(step, 0.0, 0)
+        if total is not None:
+            fits.append((step, total))
+        clock.now += seconds_per_step(step)
+    return fits
+
+
+def test_budget_fits_the_schedule_to_the_measured_pace() -> None:
+    clock = FakeClock()
+    budget = StepBudget(minutes=1, start_step=0, eval_every=10**9, val_tokens=0, tokens_per_step=100, fit=True,
+                        clock=clock)
+    fits = drive(budget, clock, lambda step: 2.0 if step < WARMUP_STEPS else 0.05, 60)
+    first_step, first_total = fits[0]
+    assert first_step == WARMUP_STEPS + MIN_MEASURED_STEPS  # the slow first steps are not measured
+    remaining = 60 - (clock.now - budget.start - (60 - first_step) * 0.05)
+    assert first_total == pytest.approx(first_step + remaining / 0.05, abs=2)
+
+
+def test_budget_refits_when_the_machine_slows_down() -> None:
+    clock = FakeClock()
+    budget = StepBudget(minutes=2, start_step=0, eval_every=10**9, val_tokens=0, tokens_per_step=100, fit=True,
+                        clock=clock)
+    fits = drive(budget, clock, lambda step: 0.05 if step < 400 else 0.2, 700)
+    early = next(total for step, total in fits if step >= 300)
+    late = fits[-1]
+    assert all(step % REFIT_EVERY == 0 for step, _ in fits[1:])
+    # after the slowdown the plan follows the new pace instead of the first steps' speed
+    spent = sum(0.05 if step < 400 else 0.2 for step in range(late[0]))
+    expected = late[0] + (budget.deadline - budget.start - spent) / 0.2
+    assert late[1] < early and late[1] == pytest.approx(expected, rel=0.1)
+
+
+def test_budget_does_not_fit_a_fixed_schedule() -> None:
+    clock = FakeClock()
+    budget = StepBudget(minutes=1, start_step=0, eval_every=10, val_tokens=10, tokens_per_step=10, fit=False,
+                        clock=clock)
+    assert drive(budget, clock, lambda step: 0.01, 100) == []
+    clock.now = budget.deadline
+    assert budget.expired()
+
+
+# ----------------------------------------------------------------------------- the Trainer, step by step
+
+def test_trainer_stepped_by_hand_equals_a_training_run(tmp_path: Path) -> None:
+    """What benchmarks/run.py does (Trainer.step in a loop) is exactly chargen train's training."""
+    result = tiny(tmp_path, "whole", eval_every=10**6)
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=6, eval_every=10**6, seed=2, threads=1)
+    ids = load_tokens(result.run_dir / "tokens.npy")
+    vocab_size = checkpoint_codec(result.run_dir / LAST).vocab_size
+    model_config = model_config_for(vocab_size, "tiny", hidden=32, embedding=8)
+    trainer = Trainer(model_config, config, split_tokens(ids, config.val_fraction, 4, 16))
+    losses = [trainer.step() for _ in range(6)]
+    assert losses[-1] == result.last_train_loss
+    saved = load_file(str(result.run_dir / LAST))
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert trainer.evaluate() == result.last_val_loss
+
+
+def test_progress_reaches_the_callback_and_metrics_jsonl(tmp_path: Path) -> None:
+    result = tiny(tmp_path, "curve")
+    records = read_metrics(result.run_dir)
+    assert [r["step"] for r in records] == [3, 6]
+    assert all(set(r) == set(FIELDS) for r in records)
+    assert records[-1]["val_loss"] == pytest.approx(result.last_val_loss)
+    assert records[0]["precision"] == "fp32" and records[0]["lr"] > 0 and records[0]["chars_per_s"] > 0
+
+
+# ----------------------------------------------------------------------------- issue 15 item 3
+
+def test_resume_extends_a_finished_run_to_a_new_step_limit(tmp_path: Path) -> None:
+    finished = tiny(tmp_path, "extend")
+    assert finished.step == 6 and not finished.interrupted
+    said: list[str] = []
+    extended = resume_run("extend", TrainConfig(max_steps=9, threads=1), progress=False, warn=said.append)
+    assert extended.step == 9 and extended.total_steps == 9
+    assert any("new limit: 9 steps" in line for line in said), said
+    assert load_state(extended.run_dir / "state.pt")["step"] == 9
+    steps = [r["step"] for r in read_metrics(extended.run_dir)]
+    assert steps == sorted(steps) and steps[-1] == 9, "resume appends to the same curve"
+
+
+def test_resume_with_minutes_extends_a_finished_run(tmp_path: Path) -> None:
+    tiny(tmp_path, "more")
+    said: list[str] = []
+    extended = resume_run("more", TrainConfig(minutes=0.01, threads=1), progress=False, warn=said.append)
+    assert extended.step > 6 and any("0.01 minutes" in line for line in said), said
+
+
+def test_resume_without_a_limit_keeps_the_runs_end(tmp_path: Path) -> None:
+    tiny(tmp_path, "same")
+    again = resume_run("same", TrainConfig(threads=1), progress=False, warn=quiet)
+    assert again.step == 6
+
+
+# ----------------------------------------------------------------------------- issue 15 item 5
+
+def test_a_failed_run_is_marked_and_never_the_default_model(tmp_path: Path, isolated_home: Path) -> None:
+    good = tiny(tmp_path, "good")
+    assert json.loads((good.run_dir / RUN_JSON).read_text())["status"] == FINISHED
+    with pytest.raises(ChargenError, match="diverged"):
+        tiny(tmp_path, "diverged", weight_decay=1e30, max_steps=20)
+    failed = isolated_home / "checkpoints" / "diverged"
+    assert (failed / LAST).exists(), "weights were written before it failed: the folder stays, marked"
+    assert json.loads((failed / RUN_JSON).read_text())["status"] == FAILED
+    assert resolve_checkpoint(None).parent == good.run_dir  # although the failed run is newer
+    assert resolve_checkpoint("diverged").parent == failed  # by name, still reachable
+    import shutil
+
+    shutil.rmtree(good.run_dir)
+    with pytest.raises(CheckpointError, match="failed"):
+        resolve_checkpoint(None)
+
+
+def test_a_run_failing_before_its_first_weights_leaves_no_folder(tmp_path: Path, isolated_home: Path) -> None:
+    with pytest.raises(ChargenError, match="corpus too small"):
+        tiny(tmp_path, "toolarge", batch_size=4000)
+    assert not (isolated_home / "checkpoints" / "toolarge").exists()
+
+
+# ----------------------------------------------------------------------------- issue 15 item 6
+
+@pytest.mark.parametrize("name", ["..", ".", "../escape", "a/b", "/tmp/abs", "", "  ", "a\\b", ".hidden", "x\ny"])
+def test_run_names_that_could_leave_the_root_are_refused(name: str) -> None:
+    with pytest.raises(ChargenError) as error:
+        check_run_name(name)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["..", "../escape", ".", "/tmp/chargen-escape-test"])
+def test_cli_refuses_bad_run_names_and_writes_nothing(name: str, isolated_home: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    before = set(isolated_home.rglob("*"))
+    code, err = run_main(["train", str(FABLES), "--run-name", name, "--size", "tiny", "--max-steps", "1"], capsys,
+                         monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "--run-name" in err, err
+    assert set(isolated_home.rglob("*")) == before
+    assert not Path("/tmp/chargen-escape-test").exists()
+
+
+def test_plain_run_names_pass() -> None:
+    assert check_run_name("fables-2024_1.v2") == "fables-2024_1.v2"
+
+
+def test_info_reports_the_run_status_and_its_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    result = tiny(tmp_path, "described")
+    monkeypatch.setattr(sys, "argv", ["chargen", "info", "described", "--json"])
+    capsys.readouterr()
+    main()
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == FINISHED
+    curve = data["trend"]
+    assert curve["evaluations"] == 2 and curve["last_step"] == 6
+    assert curve["best_val_loss"] == pytest.approx(result.best_val_loss)
+
+
+def test_benchmarks_drive_the_trainer_and_copy_no_loop() -> None:
+    """benchmarks/run.py measures chargen's own Trainer.step, imports nothing private from training."""
+    import ast
+
+    from tests.conftest import REPO
+
+    source = (REPO / "benchmarks" / "run.py").read_text()
+    imported = [(node.module, alias.name) for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("chargen.train")
+                for alias in node.names]
+    assert ("chargen.training", "Trainer") in imported
+    assert not [name for _, name in imported if name.startswith("_")]
+    chargen_side = source.split("class PlainLoop")[0]  # the plain nn.* baseline is its own, on purpose
+    for loop_piece in ("clip_grad_norm_", "lr_at", "optimizer.step", "param_groups"):
+        assert loop_piece not in chargen_side, loop_piece
