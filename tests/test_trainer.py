@@ -244,7 +244,9 @@ def test_info_reports_the_run_status_and_its_curve(tmp_path: Path, capsys: pytes
     result = tiny(tmp_path, "described")
     monkeypatch.setattr(sys, "argv", ["chargen", "info", "described", "--json"])
     capsys.readouterr()
-    main()
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["status"] == FINISHED
     curve = data["trend"]
