@@ -32,6 +32,7 @@ from chargen.training.config import TrainConfig, lr_at
 from chargen.training.optim import build_optimizer, grad_scaler
 from chargen.training.state import TrainingState
 
+
 @dataclass
 class Progress:
     """What the progress callback is told: ``kind`` is "step", "eval", "final" or "schedule"."""
