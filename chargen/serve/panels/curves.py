@@ -52,6 +52,10 @@ function curveChart(points) {
   label(left - 4, H - bottom, y0.toFixed(2), "end");
   label(left, H - 6, "step " + x0, "start");
   label(W - right, H - 6, String(x1), "end");
+  svg.append(svgElement("text", { x: W - right, y: top + 8, "font-size": 10, fill: "#e8590c",
+                                  "text-anchor": "end" }, "validation"),
+             svgElement("text", { x: W - right, y: top + 20, "font-size": 10, fill: "#7f99bd",
+                                  "text-anchor": "end" }, "training"));
   for (const [key, colour, width] of [["train_loss", "#9fb4d0", 1], ["val_loss", "#e8590c", 2]]) {
     const line = points.filter((p) => p[key] !== null).map((p) => x(p.step).toFixed(1) + "," + y(p[key]).toFixed(1));
     if (line.length) svg.append(svgElement("polyline", { class: key, points: line.join(" "), fill: "none",
@@ -81,7 +85,7 @@ async function loadCurves() {
       } else if (!curve.points.length) {
         note.textContent = "no training curve recorded for this model (no metrics.jsonl in its run folder)";
       } else {
-        note.textContent = "training loss only: no validation yet (orange: validation, blue: training)";
+        note.textContent = "training loss only: no validation loss recorded yet";
       }
     }
     card.append(note);
