@@ -286,6 +286,10 @@ def test_page_history_opens_searches_and_reruns(browser: Browser, tmp_path: Path
         browser.js(f"document.querySelector('.history-item[data-id=\"{first['history_id']}\"]').click()")
         browser.wait_for("document.getElementById('status').textContent.startsWith('history')")
         shown = browser.js("['primeout', 'gen'].map(id => document.getElementById(id).textContent)")
+        opened = browser.js("document.getElementById('opened').hidden ? null : "
+                            "document.getElementById('opened-what').textContent")
+        browser.js("window.scrollTo(0, 0)")
+        browser.screenshot("service_page_history_open.png", tmp_path / "artifacts")
         record = http.get(f"/v1/generations/{first['history_id']}").json()
         assert shown == [record["prime"], record["outputs"][0]["text"]]
         assert shown[1] == first["samples"][0]["text"]
@@ -302,6 +306,7 @@ def test_page_history_opens_searches_and_reruns(browser: Browser, tmp_path: Path
         curves = browser.js("""Array.from(document.querySelectorAll('.curve')).map(c => [c.dataset.model,
             c.querySelectorAll('polyline').length, c.querySelector('p').textContent])""")
         browser.screenshot("service_page_history.png", tmp_path / "artifacts")
+    assert opened.startswith(f"generation {record['short_id']} (tiny") and "seed 11" in opened
     assert form == ["tiny", "sample", "60", "0.7", "11", "the cat "]
     assert rerun_text == first["samples"][0]["text"]  # same settings, same seed: the same text
     assert newest["id"] != first["history_id"] and newest["params"] == record["params"]
