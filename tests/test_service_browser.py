@@ -39,7 +39,8 @@ class Browser:
         self.proc = subprocess.Popen(
             [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+             "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
+             f"--user-data-dir={profile}", "--remote-debugging-port=0",
              "--window-size=1100,900", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = profile / "DevToolsActivePort"
@@ -81,6 +82,13 @@ class Browser:
             time.sleep(0.1)
         status = self.js("document.getElementById('status').textContent")
         raise AssertionError(f"timed out waiting for {expression}; page status: {status}")
+
+    def click(self, element_id: str) -> None:
+        """A real mouse click (a user gesture, as audio playback may need) in the element's middle."""
+        box = self.js(f"""(() => {{ const el = document.getElementById('{element_id}'); el.scrollIntoView();
+            const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()""")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
     def screenshot(self, name: str, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -182,3 +190,126 @@ def test_page_draws_a_piano_roll_for_music_models(browser: Browser, tmp_path: Pa
     assert shot.stat().st_size > 1000
     assert link.startswith("blob:") and painted > 0
     assert bytes(midi[:4]) == b"MThd"
+
+
+#: The playhead's colour on the piano roll (the page's drawRoll).
+PLAYHEAD_PIXELS = """(() => {
+    const c = document.getElementById('roll');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 200 && d[i + 2] === 40) n++;
+    return n; })()"""
+
+
+def test_page_plays_music_with_a_moving_playhead(browser: Browser, tmp_path: Path) -> None:
+    from chargen import midi_codec
+
+    checkpoint = load_checkpoint(make_checkpoint(tmp_path / "music.safetensors", midi_codec.MidiCodec(), seed=4))
+    database = f"sqlite:///{tmp_path / 'history.db'}"
+    with thread_server(create_app({"music": checkpoint}, database, None, Limits())) as url:
+        open_page(browser, url + "/")
+        browser.js("""document.getElementById('length').value = '200';
+                      document.getElementById('seed').value = '5';
+                      document.getElementById('generate').click()""")
+        browser.wait_for("document.getElementById('status').textContent.startsWith('done')")
+        browser.wait_for("!document.getElementById('player').hidden")
+        notes = browser.js("window.chargenPlayer.notes")
+        assert notes and browser.js("window.chargenPlayer.context") is None  # no audio before Play
+        assert browser.js(PLAYHEAD_PIXELS) == 0
+
+        browser.click("play")
+        assert browser.wait_for("window.chargenPlayer.context && window.chargenPlayer.context.state") == "running"
+        browser.wait_for("window.chargenPlayer.scheduled > 0")
+        browser.wait_for("window.chargenPlayer.position > 4", timeout=60)  # the audio clock moves: it plays
+        browser.js("document.getElementById('roll').scrollIntoView()")
+        time.sleep(0.2)  # a frame or two with the playhead drawn
+        shot = browser.screenshot("service_page_music.png", tmp_path / "artifacts")
+        shutil.copy(shot, "/tmp/chargen-page-music.png")
+        playhead = browser.js(PLAYHEAD_PIXELS)
+        state = browser.js("({scheduled: chargenPlayer.scheduled, playing: chargenPlayer.playing, "
+                           "clock: document.getElementById('clock').textContent})")
+        first_due = sum(1 for note in notes if note[1] < 4)
+        browser.click("halt")
+        browser.wait_for("!window.chargenPlayer.playing")
+        browser.wait_for("window.chargenPlayer.voices.size === 0")  # every voice stopped
+        stopped_playhead = browser.js(PLAYHEAD_PIXELS)
+
+        # The same piece opened from the page's history: the same notes, ready to play.
+        browser.wait_for("document.querySelectorAll('.history-item').length === 1")
+        browser.js("document.querySelector('.history-item').click()")
+        browser.wait_for("document.getElementById('status').textContent.startsWith('history')")
+        browser.wait_for("!document.getElementById('download').hidden")
+        reopened = browser.js("window.chargenPlayer.notes")
+        download = browser.js("""fetch(document.getElementById('download').href).then(r => r.arrayBuffer())
+                                 .then(b => Array.from(new Uint8Array(b.slice(0, 4))))""")
+    assert shot.stat().st_size > 1000
+    assert playhead >= 300 // 2, "the playhead line is drawn on the roll while playing"
+    assert state["playing"] and state["scheduled"] >= first_due and state["clock"].startswith("0:04")
+    assert stopped_playhead == 0, "Stop takes the playhead away"
+    assert reopened == notes
+    assert bytes(download) == b"MThd"
+
+
+def test_page_history_opens_searches_and_reruns(browser: Browser, tmp_path: Path) -> None:
+    from test_service_curves import write_curve
+
+    from chargen.checkpoint import BEST
+
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    write_curve(run, [2.9, 2.7, 2.6])
+    models = {"tiny": load_checkpoint(make_checkpoint(run / BEST)),
+              "other": load_checkpoint(make_checkpoint(tmp_path / "other.safetensors", seed=3))}
+    database = f"sqlite:///{tmp_path / 'history.db'}"
+    with thread_server(create_app(models, database, None, Limits())) as url, \
+            httpx.Client(base_url=url, timeout=60) as http:
+        first = http.post("/v1/generate", json={"model": "tiny", "prime": "the cat ", "length": 60,
+                                                "temperature": 0.7, "top_k": 8, "seed": 11}).json()
+        second = http.post("/v1/generate", json={"model": "other", "prime": "a dog ", "length": 40,
+                                                 "greedy": True}).json()
+        open_page(browser, url + "/")
+        browser.wait_for("document.querySelectorAll('.history-item').length === 2")
+        listed = browser.js("Array.from(document.querySelectorAll('.history-item')).map(e => e.dataset.id)")
+        assert listed == [second["history_id"], first["history_id"]]  # newest first
+
+        browser.js("""document.getElementById('history-model').value = 'tiny';
+                      document.getElementById('history-model').dispatchEvent(new Event('change'))""")
+        browser.wait_for("document.querySelectorAll('.history-item').length === 1")
+        assert browser.js("document.querySelector('.history-item').dataset.id") == first["history_id"]
+        browser.js("""document.getElementById('history-model').value = '';
+                      const q = document.getElementById('history-q'); q.value = 'A DOG';
+                      q.dispatchEvent(new Event('input'))""")
+        browser.wait_for(f"""document.querySelectorAll('.history-item').length === 1 &&
+                             document.querySelector('.history-item').dataset.id === '{second["history_id"]}'""")
+
+        browser.js("document.getElementById('history-q').value = ''; loadHistory()")
+        browser.wait_for("document.querySelectorAll('.history-item').length === 2")
+        browser.js(f"document.querySelector('.history-item[data-id=\"{first['history_id']}\"]').click()")
+        browser.wait_for("document.getElementById('status').textContent.startsWith('history')")
+        shown = browser.js("['primeout', 'gen'].map(id => document.getElementById(id).textContent)")
+        opened = browser.js("document.getElementById('opened').hidden ? null : "
+                            "document.getElementById('opened-what').textContent")
+        browser.js("window.scrollTo(0, 0)")
+        browser.screenshot("service_page_history_open.png", tmp_path / "artifacts")
+        record = http.get(f"/v1/generations/{first['history_id']}").json()
+        assert shown == [record["prime"], record["outputs"][0]["text"]]
+        assert shown[1] == first["samples"][0]["text"]
+
+        browser.click("rerun")  # fills the form with the record's settings and generates again
+        browser.wait_for("document.getElementById('status').textContent.startsWith('done')")
+        form = browser.js("""['model', 'decoder', 'length', 'temperature', 'seed', 'prime']
+                             .map(id => document.getElementById(id).value)""")
+        rerun_text = browser.js("document.getElementById('gen').textContent")
+        browser.wait_for("document.querySelectorAll('.history-item').length === 3")
+        newest = http.get("/v1/generations", params={"limit": 1}).json()["generations"][0]
+
+        browser.wait_for("document.querySelector('.curve[data-model=\"tiny\"] polyline.val_loss') !== null")
+        curves = browser.js("""Array.from(document.querySelectorAll('.curve')).map(c => [c.dataset.model,
+            c.querySelectorAll('polyline').length, c.querySelector('p').textContent])""")
+        browser.screenshot("service_page_history.png", tmp_path / "artifacts")
+    assert opened.startswith(f"generation {record['short_id']} (tiny") and "seed 11" in opened
+    assert form == ["tiny", "sample", "60", "0.7", "11", "the cat "]
+    assert rerun_text == first["samples"][0]["text"]  # same settings, same seed: the same text
+    assert newest["id"] != first["history_id"] and newest["params"] == record["params"]
+    assert newest["prime"] == "the cat " and newest["seed"] == 11
+    assert curves[0][:2] == ["tiny", 2] and curves[0][2].startswith("improving")
+    assert curves[1][:2] == ["other", 0] and "no training curve" in curves[1][2]

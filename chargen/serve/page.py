@@ -2,14 +2,18 @@
 
 It streams a generation with fetch + ReadableStream (reading the SSE by hand,
 since EventSource cannot POST), and for music models draws a piano roll of the
-result on a canvas and offers the .mid for download.
+result on a canvas and offers the .mid for download. The panels below the
+output (player, history, training curves: :mod:`chargen.serve.panels`) are
+spliced in where the template marks them.
 """
+
+from chargen.serve import panels
 
 #: Nothing but the page's own inline code and this server: no third-party assets can load.
 PAGE_CSP = ("default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
             "img-src 'self' data: blob:; connect-src 'self' blob:")
 
-PAGE = r"""<!doctype html>
+_TEMPLATE = r"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -38,6 +42,7 @@ PAGE = r"""<!doctype html>
   #roll { display: block; width: 100%; background: #10151c; border-radius: 8px; margin-top: .8rem; }
   #download { display: inline-block; margin-top: .6rem; }
   [hidden] { display: none !important; }
+/*panels:css*/
 </style>
 </head>
 <body>
@@ -68,6 +73,7 @@ PAGE = r"""<!doctype html>
   <pre id="output"><span id="primeout"></span><span id="gen"></span></pre>
   <canvas id="roll" width="1200" height="300" hidden></canvas>
   <a id="download" hidden>Download .mid</a>
+<!--panels:html-->
 </main>
 <script>
 "use strict";
@@ -116,6 +122,7 @@ async function loadModels() {
     return option;
   }));
   setStatus(models.length + " model(s) served");
+  modelsLoaded();
 }
 
 function syncDecoder() {
@@ -135,10 +142,14 @@ function requestBody() {
   if (decoder === "sample") body.temperature = Number($("temperature").value);
   if (decoder === "greedy") body.greedy = true;
   if (decoder === "beam") body.beam_width = Number($("beam").value);
-  return body;
+  return Object.assign(body, takeRerunExtras());
 }
 
-function drawRoll(notes) {
+function rollSpan(notes) {  // seconds the roll's width stands for
+  return Math.max(...notes.map((n) => n[2]), 0.1);
+}
+
+function drawRoll(notes, playhead = null) {
   const canvas = $("roll");
   const ctx = canvas.getContext("2d");
   canvas.hidden = false;
@@ -152,7 +163,7 @@ function drawRoll(notes) {
   }
   const low = Math.min(...notes.map((n) => n[0])) - 2;
   const high = Math.max(...notes.map((n) => n[0])) + 2;
-  const end = Math.max(...notes.map((n) => n[2]), 0.1);
+  const end = rollSpan(notes);
   const rowH = canvas.height / (high - low + 1);
   for (let p = low; p <= high; p++) {  // black keys as darker rows
     if ([1, 3, 6, 8, 10].includes(((p % 12) + 12) % 12)) {
@@ -164,8 +175,17 @@ function drawRoll(notes) {
     const x = (start / end) * canvas.width;
     const w = Math.max(2, ((stop - start) / end) * canvas.width);
     const y = canvas.height - (pitch - low + 1) * rowH;
-    ctx.fillStyle = "hsla(" + (200 - velocity) + ", 80%, 60%, " + (0.45 + velocity / 254) + ")";
+    const sounding = playhead !== null && start <= playhead && playhead < stop;
+    ctx.fillStyle = sounding ? "#fff6d5"
+      : "hsla(" + (200 - velocity) + ", 80%, 60%, " + (0.45 + velocity / 254) + ")";
     ctx.fillRect(x, y, w, Math.max(1, rowH - 1));
+  }
+  if (playhead !== null) {
+    const x = Math.min(playhead / end, 1) * canvas.width;
+    ctx.fillStyle = "rgba(255, 200, 40, 0.12)";  // the part already played
+    ctx.fillRect(0, 0, x, canvas.height);
+    ctx.fillStyle = "#ffc828";
+    ctx.fillRect(x - 1.5, 0, 3, canvas.height);
   }
 }
 
@@ -178,6 +198,7 @@ function showMidi(sample) {
   link.download = "chargen.mid";
   link.hidden = false;
   drawRoll(sample.notes || []);
+  loadPlayer(sample.notes || []);
 }
 
 function onEvent(name, data) {
@@ -194,6 +215,7 @@ function onEvent(name, data) {
       " nats/token), seed " + data.seed;
     if (data.history_id) line += ", history id " + data.history_id;
     setStatus(line);
+    if (data.history_id) loadHistory();
     if (data.format === "midi" && first.midi_base64) showMidi(first);
   } else if (name === "error") {
     setStatus("error " + data.status + ": " + data.detail, true);
@@ -220,6 +242,8 @@ async function generate(event) {
   $("gen").textContent = "";
   $("roll").hidden = true;
   $("download").hidden = true;
+  loadPlayer([]);
+  showOpened(null);
   setStatus("starting ...");
   try {
     const response = await fetch("/v1/generate", { method: "POST", headers: headers(),
@@ -263,9 +287,12 @@ $("token").addEventListener("change", () => {
   sessionStorage.setItem("chargen-token", $("token").value);
   loadModels();
 });
+//panels:script
 syncDecoder();
 loadModels();
 </script>
 </body>
 </html>
 """
+
+PAGE = panels.splice(_TEMPLATE)

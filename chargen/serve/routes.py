@@ -15,6 +15,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 from chargen.codec import codec_from_metadata
+from chargen.curves import read_curve, trend
+from chargen.errors import ChargenError
+from chargen.midi_export import midi_notes
 from chargen.serve.history_writer import GenerationLog, GenerationNotFound, HistoryError
 from chargen.serve.limits import ID_PATTERN, ServiceError, over_limit
 from chargen.serve.page import PAGE, PAGE_CSP
@@ -45,10 +48,31 @@ async def _read(call: Callable[[], Any]) -> Any:
         raise ServiceError(503, f"history database unavailable: {exc}") from None
 
 
+def _is_midi(record: dict[str, Any]) -> bool:
+    return (record.get("codec") or {}).get("name") == "midi"
+
+
+def _record_midi(record: dict[str, Any], index: int) -> bytes:
+    """The .mid of one logged output; ChargenError when it holds no notes."""
+    codec = codec_from_metadata(record["codec"])
+    # With the settings it was logged with (older rows: this server's), as `chargen history export` does.
+    return render_midi(codec, codec.encode(record["outputs"][index]["text"]), record.get("params") or {})
+
+
+def _add_notes(record: dict[str, Any]) -> dict[str, Any]:
+    """Each output's notes, as a fresh generation answers them: the page's piano roll and player."""
+    for index, output in enumerate(record.get("outputs") or []):
+        try:
+            output["notes"] = midi_notes(_record_midi(record, index))
+        except ChargenError as exc:  # e.g. no notes at all
+            output.update(notes=[], midi_error=str(exc))
+    return record
+
+
 def _decorate(service: Service, record: dict[str, Any]) -> dict[str, Any]:
     names = {s.sha256: s.name for s in service.models.values()}
     record["model"] = names.get(record.get("checkpoint_sha256", ""))
-    if (record.get("codec") or {}).get("name") == "midi":
+    if _is_midi(record):
         record["midi_url"] = f"/v1/generations/{record['id']}.mid"
     return record
 
@@ -122,14 +146,12 @@ async def generation_midi(gen_id: str = PathParam(pattern=ID_PATTERN), index: in
                           service: Service = Depends(get_service)) -> Response:
     log = _require_log(service)
     record = await _read(partial(log.get, gen_id))
-    if (record.get("codec") or {}).get("name") != "midi":
+    if not _is_midi(record):
         raise ServiceError(404, f"generation {gen_id} is not music: it has no .mid")
     outputs = record.get("outputs") or []
     if index >= len(outputs):
         raise ServiceError(404, f"generation {gen_id} has {len(outputs)} output(s); no index {index}")
-    codec = codec_from_metadata(record["codec"])
-    # With the settings it was logged with (older rows: this server's), as `chargen history export` does.
-    data = await run_in_threadpool(render_midi, codec, codec.encode(outputs[index]["text"]), record.get("params") or {})
+    data = await run_in_threadpool(_record_midi, record, index)
     return Response(data, media_type="audio/midi",
                     headers={"Content-Disposition": f'attachment; filename="{record["id"]}-{index}.mid"'})
 
@@ -138,4 +160,16 @@ async def generation_midi(gen_id: str = PathParam(pattern=ID_PATTERN), index: in
 async def get_generation(gen_id: str = PathParam(pattern=ID_PATTERN),
                          service: Service = Depends(get_service)) -> dict[str, Any]:
     log = _require_log(service)
-    return _decorate(service, await _read(partial(log.get, gen_id)))
+    record = _decorate(service, await _read(partial(log.get, gen_id)))
+    return await run_in_threadpool(_add_notes, record) if _is_midi(record) else record
+
+
+@router.get("/v1/models/{name}/curve")
+async def model_curve(name: str = PathParam(max_length=128),
+                      service: Service = Depends(get_service)) -> dict[str, Any]:
+    """The training curve of the model's run (``metrics.jsonl``) and its trend; empty without a run folder."""
+    served = service.lookup(name)
+    run_dir = served.checkpoint.path.parent  # where `chargen info` reads it too
+    points, verdict = await run_in_threadpool(lambda: (read_curve(run_dir), trend(run_dir)))
+    return {"model": served.name, "points": [asdict(point) for point in points],
+            "trend": verdict.to_dict() if verdict is not None else None}
