@@ -1,0 +1,99 @@
+"""click parameter types for chargen's options: numbers that must be finite, checked paths.
+
+Every float option of every command uses :class:`FiniteFloat`, so ``nan``,
+``inf`` and ``1e999`` are usage errors (exit 2) wherever a number is read,
+not a run that never stops or a late "internal error".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from chargen.user_paths import check_output_file, check_output_folder, path_kind
+
+#: seeds go to torch, numpy and a signed 64-bit history column
+SEED_RANGE = click.IntRange(0, 2**63 - 1)
+#: a cap for counts a user could mistype by orders of magnitude (steps, tokens, rows, limits)
+HUGE = 10**9
+#: how many history rows to list (0: all)
+COUNT_RANGE = click.IntRange(0, HUGE)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in an optional range that must be a finite number (no nan, no infinities)."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False) -> None:
+        super().__init__(min, max, min_open=min_open, max_open=max_open, clamp=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class SemitoneRange(click.ParamType):
+    """``LOW..HIGH`` semitones, e.g. ``-5..6``."""
+
+    name = "LOW..HIGH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            low, high = (int(part) for part in str(value).split(".."))
+        except ValueError:
+            self.fail(f"{value!r} is not a range like -5..6", param, ctx)
+        if not -24 <= low <= high <= 24:
+            self.fail(f"{value!r}: need -24 <= LOW <= HIGH <= 24", param, ctx)
+        return (low, high)
+
+
+class InputFile(click.Path):
+    """An existing regular file (or a symlink to one): not a folder, FIFO or device."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        kind = path_kind(path)
+        if kind != "file":
+            self.fail(f"{path}: " + ("no such file" if kind is None else f"is a {kind}, not a regular file"),
+                      param, ctx)
+        return path
+
+
+class OutputFile(click.Path):
+    """A file to write: absent or a regular file, in an existing folder."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        problem = check_output_file(path)
+        if problem:
+            self.fail(problem, param, ctx)
+        return path
+
+
+class OutputFolder(click.Path):
+    """A folder to write into: absent (it will be made) or a folder."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        problem = check_output_folder(path)
+        if problem:
+            self.fail(problem, param, ctx)
+        return path
