@@ -28,7 +28,7 @@ demo-midi: install
 test: install
 	@scripts/ensure_chromium.sh
 	$(BIN)/ruff check chargen tests benchmarks scripts
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov=chargen --cov-report=term:skip-covered
 
 bench: install
 	$(BIN)/python -m benchmarks.run
