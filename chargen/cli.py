@@ -17,6 +17,7 @@ from chargen.cli_types import (
     InputFile,
     OutputFile,
     OutputFolder,
+    RunOrPath,
     SemitoneRange,
 )
 
@@ -41,7 +42,8 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--resume", "resume", metavar="RUN", help="Continue the run RUN (name or folder) where it stopped.")
+@click.option("--resume", "resume", type=RunOrPath(), metavar="RUN",
+              help="Continue the run RUN (name or folder) where it stopped.")
 @click.option("--codec", type=click.Choice(["auto", "text", "midi"]), default="auto", show_default=True,
               help="How to read the corpus; auto picks by file type.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus files.")
@@ -134,7 +136,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 
 
 @cli.command()
-@click.option("--checkpoint", "-c", metavar="PATH|RUN",
+@click.option("--checkpoint", "-c", type=RunOrPath(), metavar="PATH|RUN",
               help="Weights file, run folder or run name [default: newest run].")
 @click.option("--len", "length", type=click.IntRange(0, HUGE), default=500, show_default=True,
               help="Tokens (characters) to generate.")
@@ -276,7 +278,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 
 
 @cli.command()
-@click.argument("checkpoint", required=False, metavar="[PATH|RUN]")
+@click.argument("checkpoint", type=RunOrPath(), required=False, metavar="[PATH|RUN]")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(checkpoint: str | None, as_json: bool) -> None:
     """Describe a checkpoint: model, vocabulary, corpus, training progress."""
@@ -321,7 +323,8 @@ def info(checkpoint: str | None, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback should come with --token.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--checkpoint", "-c", "checkpoints", multiple=True, metavar="[NAME=]PATH|RUN",
+@click.option("--checkpoint", "-c", "checkpoints", type=RunOrPath(named=True), multiple=True,
+              metavar="[NAME=]PATH|RUN",
               help="Model to serve; repeat for several. NAME= sets the name clients use "
               "[default name: the run folder's; default model: the newest run].")
 @click.option("--token", envvar="CHARGEN_API_TOKEN", show_envvar=True,

@@ -97,3 +97,24 @@ class OutputFolder(click.Path):
         if problem:
             self.fail(problem, param, ctx)
         return path
+
+
+class RunOrPath(click.ParamType):
+    """A weights file, a run folder or a run name (``NAME=`` first when ``named``).
+
+    Only what exists as something other than a file or folder (a FIFO, a
+    device) is refused here; finding the run is the checkpoint module's job.
+    """
+
+    name = "PATH|RUN"
+
+    def __init__(self, named: bool = False) -> None:
+        self.named = named
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        spec = str(value)
+        target = spec.split("=", 1)[1] if self.named and "=" in spec and path_kind(Path(spec)) is None else spec
+        kind = path_kind(Path(target)) if target else None
+        if kind not in (None, "file", "folder"):
+            self.fail(f"{target}: is a {kind}; give a weights file, a run folder or a run name", param, ctx)
+        return value

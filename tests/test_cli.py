@@ -337,3 +337,14 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_1() -> None:
         result = invoke("serve", "--port", str(port))
     assert result.returncode == 1
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}: the port is already in use")
+
+
+@pytest.mark.parametrize("args", [["info", "{}"], ["sample", "-c", "{}"], ["train", "--resume", "{}"],
+                                  ["serve", "-c", "music={}"]])
+def test_checkpoint_given_as_a_device_or_fifo_says_what_it_is(tmp_path: Path, args: list[str]) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, what in (("/dev/zero", "character device"), (str(fifo), "FIFO")):
+        result = invoke(*(arg.format(path) for arg in args))
+        assert result.returncode == 2
+        assert_one_line_error(result, what)
