@@ -73,6 +73,10 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                         f"{path}: not valid {encoding} at byte offset {offset} "
                         f"({exc.reason}); use --encoding to read it as another encoding"
                     ) from None
+                except UnicodeError as exc:  # a decoder's own complaint, e.g. utf-16 without a BOM
+                    raise CorpusError(
+                        f"{path}: cannot be read as {encoding} ({exc}); use --encoding to read it as another encoding"
+                    ) from None
                 consumed += len(chunk)
                 if text:
                     yield text

@@ -174,3 +174,10 @@ def test_codec_base_class_does_not_import_its_subclasses() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_an_encoding_whose_decoder_refuses_the_file_is_a_corpus_error(tmp_path: Path) -> None:
+    corpus = tmp_path / "plain.txt"
+    corpus.write_text("hello world\n" * 10)
+    with pytest.raises(CorpusError, match="cannot be read as utf-16"):  # found by tests/test_cli_fuzz.py
+        TextCodec.fit([corpus], encoding="utf-16")
