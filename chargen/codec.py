@@ -104,7 +104,7 @@ class Codec(ABC):
 def __getattr__(name: str) -> Any:
     # The registry moved to chargen.codec_registry (this base class must not
     # import its subclasses); old import paths still resolve, on first use only.
-    if name in ("codec_from_metadata", "codec_class", "codec_names"):
+    if name in ("codec_from_metadata", "codec_class"):
         import chargen.codec_registry
 
         return getattr(chargen.codec_registry, name)

@@ -21,10 +21,6 @@ def codec_class(name: str) -> type[Codec]:
     return CODECS[name]
 
 
-def codec_names() -> list[str]:
-    return sorted(CODECS)
-
-
 def codec_from_metadata(meta: dict[str, Any]) -> Codec:
     """Rebuild the codec a checkpoint was trained with."""
     name = meta.get("name") if isinstance(meta, dict) else None

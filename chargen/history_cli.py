@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from chargen.cli_types import COUNT_RANGE, FiniteFloat
+from chargen.cli_types import COUNT_RANGE, FiniteFloat, OutputFile
 from chargen.errors import ChargenError
 from chargen.history import (
     DATABASE_ENV,
@@ -238,7 +238,7 @@ def show(generation_id: str, as_json: bool, database: str | None) -> None:
 
 @history.command()
 @click.argument("generation_id", metavar="ID")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=OutputFile(),
               help="Write here instead of stdout (required for MIDI).")
 @click.option("--sample", "sample_number", type=click.IntRange(min=1), default=1, show_default=True,
               help="Which of the --num-samples outputs to export.")

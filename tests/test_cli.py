@@ -348,3 +348,9 @@ def test_checkpoint_given_as_a_device_or_fifo_says_what_it_is(tmp_path: Path, ar
         result = invoke(*(arg.format(path) for arg in args))
         assert result.returncode == 2
         assert_one_line_error(result, what)
+
+
+def test_history_export_output_is_checked_like_every_output(tmp_path: Path) -> None:
+    result = invoke("history", "export", "some-id", "-o", "/dev/null")
+    assert result.returncode == 2
+    assert_one_line_error(result, "character device")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chargen.codec_registry import codec_from_metadata, codec_names
+from chargen.codec_registry import CODECS, codec_from_metadata
 from chargen.errors import ChargenError, CheckpointError, CorruptFileError
 from chargen.midi_codec import (
     DEFAULT_VOCAB,
@@ -122,7 +122,7 @@ def test_velocity_bins() -> None:
 
 
 def test_metadata_round_trip_and_registry() -> None:
-    assert "midi" in codec_names()
+    assert CODECS["midi"] is MidiCodec
     codec = MidiCodec(MidiVocab(step_ms=20, max_shift_steps=50, velocity_bins=16))
     again = codec_from_metadata(codec.to_metadata())
     assert isinstance(again, MidiCodec) and again.vocab == codec.vocab
