@@ -56,47 +56,43 @@ class SemitoneRange(click.ParamType):
         return (low, high)
 
 
-class InputFile(click.Path):
+class CheckedPath(click.Path):
+    """A path that :meth:`problem` finds nothing wrong with (else a usage error saying what)."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def problem(self, path: Path) -> str | None:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        problem = self.problem(path)
+        if problem:
+            self.fail(problem, param, ctx)
+        return path
+
+
+class InputFile(CheckedPath):
     """An existing regular file (or a symlink to one): not a folder, FIFO or device."""
 
-    def __init__(self) -> None:
-        super().__init__(path_type=Path)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = super().convert(value, param, ctx)
+    def problem(self, path: Path) -> str | None:
         kind = path_kind(path)
-        if kind != "file":
-            self.fail(f"{path}: " + ("no such file" if kind is None else f"is a {kind}, not a regular file"),
-                      param, ctx)
-        return path
+        if kind == "file":
+            return None
+        return f"{path}: " + ("no such file" if kind is None else f"is a {kind}, not a regular file")
 
 
-class OutputFile(click.Path):
+class OutputFile(CheckedPath):
     """A file to write: absent or a regular file, in an existing folder."""
 
-    def __init__(self) -> None:
-        super().__init__(path_type=Path)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = super().convert(value, param, ctx)
-        problem = check_output_file(path)
-        if problem:
-            self.fail(problem, param, ctx)
-        return path
+    problem = staticmethod(check_output_file)
 
 
-class OutputFolder(click.Path):
+class OutputFolder(CheckedPath):
     """A folder to write into: absent (it will be made) or a folder."""
 
-    def __init__(self) -> None:
-        super().__init__(path_type=Path)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = super().convert(value, param, ctx)
-        problem = check_output_folder(path)
-        if problem:
-            self.fail(problem, param, ctx)
-        return path
+    problem = staticmethod(check_output_folder)
 
 
 class RunOrPath(click.ParamType):
