@@ -57,9 +57,9 @@ def cli() -> None:
               help="Parallel streams per batch.")
 @click.option("--seq-len", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
               help="Tokens per stream per step (truncated BPTT length).")
-@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3e-3, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, max=10, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (linear warmup, cosine decay to 10%).")
-@click.option("--weight-decay", type=FiniteFloat(min=0), default=0.0, show_default=True, help="AdamW decay.")
+@click.option("--weight-decay", type=FiniteFloat(0, 10), default=0.0, show_default=True, help="AdamW decay.")
 @click.option("--epochs", type=FiniteFloat(min=0, max=HUGE, min_open=True), help="Stop after this many epochs.")
 @click.option("--max-steps", type=click.IntRange(1, HUGE), help="Stop after this many steps.")
 @click.option("--minutes", type=FiniteFloat(min=0, max=366 * 24 * 60, min_open=True),

@@ -205,6 +205,8 @@ def test_non_finite_numbers_are_usage_errors_everywhere(path: str, param: click.
         (["train", "x.txt", "--seed", "-1"], "--seed"),
         (["train", "x.txt", "--minutes", "1e12"], "--minutes"),
         (["train", "x.txt", "--threads", "100000"], "--threads"),
+        (["train", "x.txt", "--lr", "1e300"], "--lr"),  # found by test_cli_fuzz: torch's float overflow
+        (["train", "x.txt", "--weight-decay", "1e300"], "--weight-decay"),
         (["sample", "--seed", str(2**64)], "--seed"),
         (["sample", "--len", str(10**12)], "--len"),
         (["sample", "-n", "100000"], "--num-samples"),
