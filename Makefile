@@ -30,7 +30,7 @@ test: install
 	@scripts/ensure_postgres.sh
 	@scripts/ensure_fluidsynth.sh
 	$(BIN)/ruff check chargen tests benchmarks scripts
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov=chargen --cov-report=term:skip-covered
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
 from chargen import __version__
+from chargen.cli_failures import ChargenGroup
+from chargen.cli_types import (
+    HUGE,
+    SEED_RANGE,
+    FiniteFloat,
+    InputFile,
+    OutputFile,
+    OutputFolder,
+    RunOrPath,
+    SemitoneRange,
+)
 from chargen.errors import ChargenError
 
 SIZES = ("tiny", "small", "medium", "large")
@@ -20,24 +29,7 @@ def _warn(message: str) -> None:
     click.echo(f"chargen: {message}", err=True)
 
 
-class SemitoneRange(click.ParamType):
-    """``LOW..HIGH`` semitones, e.g. ``-5..6``."""
-
-    name = "LOW..HIGH"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, tuple):
-            return value
-        try:
-            low, high = (int(part) for part in str(value).split(".."))
-        except ValueError:
-            self.fail(f"{value!r} is not a range like -5..6", param, ctx)
-        if not -24 <= low <= high <= 24:
-            self.fail(f"{value!r}: need -24 <= LOW <= HIGH <= 24", param, ctx)
-        return (low, high)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=ChargenGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="chargen")
 def cli() -> None:
     """Train character-level (and MIDI-event) LSTM/GRU/RNN language models and generate from them.
@@ -51,41 +43,42 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--resume", "resume", metavar="RUN", help="Continue the run RUN (name or folder) where it stopped.")
+@click.option("--resume", "resume", type=RunOrPath(), metavar="RUN",
+              help="Continue the run RUN (name or folder) where it stopped.")
 @click.option("--codec", type=click.Choice(["auto", "text", "midi"]), default="auto", show_default=True,
               help="How to read the corpus; auto picks by file type.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus files.")
 @click.option("--size", type=click.Choice(SIZES), help="Model preset [default: medium = 2x512 LSTM].")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="Recurrent cell [default: lstm].")
-@click.option("--layers", type=click.IntRange(min=1), help="Recurrent layers (overrides the preset).")
-@click.option("--hidden", type=click.IntRange(min=1), help="Hidden units per layer (overrides the preset).")
-@click.option("--embedding", type=click.IntRange(min=1), help="Embedding width (overrides the preset).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout (overrides the preset).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--layers", type=click.IntRange(1, 64), help="Recurrent layers (overrides the preset).")
+@click.option("--hidden", type=click.IntRange(1, 65536), help="Hidden units per layer (overrides the preset).")
+@click.option("--embedding", type=click.IntRange(1, 65536), help="Embedding width (overrides the preset).")
+@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), help="Dropout (overrides the preset).")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
               help="Parallel streams per batch.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--seq-len", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
               help="Tokens per stream per step (truncated BPTT length).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, max=10, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (linear warmup, cosine decay to 10%).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True, help="AdamW decay.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many epochs.")
-@click.option("--max-steps", type=click.IntRange(min=1),
+@click.option("--weight-decay", type=FiniteFloat(0, 10), default=0.0, show_default=True, help="AdamW decay.")
+@click.option("--epochs", type=FiniteFloat(min=0, max=HUGE, min_open=True), help="Stop after this many epochs.")
+@click.option("--max-steps", type=click.IntRange(1, HUGE),
               help="Stop after this many steps (with --resume: go on to this step, also past a finished run's end).")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
+@click.option("--minutes", type=FiniteFloat(min=0, max=366 * 24 * 60, min_open=True),
               help="Wall-clock budget; the schedule is fitted to it. Default when no stop is given: 10.")
-@click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--eval-every", type=click.IntRange(1, HUGE), default=200, show_default=True,
               help="Validate and checkpoint every N steps.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+@click.option("--val-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Last fraction of the corpus held out for validation.")
-@click.option("--seed", type=int, default=1337, show_default=True, help="Seed for weights, dropout and order.")
+@click.option("--seed", type=SEED_RANGE, default=1337, show_default=True, help="Seed for weights, dropout and order.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPUs.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: torch's choice).")
+@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads (default: torch's choice).")
 @click.option("--transpose", type=SemitoneRange(),
               help="MIDI only: transpose each training stream by a random shift in LOW..HIGH, e.g. -5..6.")
 @click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=OutputFolder(),
               help="Parent folder of run folders [default: $CHARGEN_CHECKPOINTS or ./checkpoints].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -145,40 +138,40 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 
 
 @cli.command()
-@click.option("--checkpoint", "-c", metavar="PATH|RUN",
+@click.option("--checkpoint", "-c", type=RunOrPath(), metavar="PATH|RUN",
               help="Weights file, run folder or run name [default: newest run].")
-@click.option("--len", "length", type=click.IntRange(min=0), default=500, show_default=True,
+@click.option("--len", "length", type=click.IntRange(0, HUGE), default=500, show_default=True,
               help="Tokens (characters) to generate.")
-@click.option("--temperature", "-t", type=click.FloatRange(min=0, min_open=True),
+@click.option("--temperature", "-t", type=FiniteFloat(min=0, min_open=True),
               help="Softmax temperature (> 0) [default: 1.0].")
-@click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the k likeliest tokens.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling threshold.")
+@click.option("--top-k", type=click.IntRange(1, HUGE), help="Sample only among the k likeliest tokens.")
+@click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling threshold.")
 @click.option("--greedy", is_flag=True, help="Always take the likeliest token.")
-@click.option("--beam-width", type=click.IntRange(min=1),
+@click.option("--beam-width", type=click.IntRange(1, 1024),
               help="Beam search with K beams advanced as one batch (1 = greedy).")
 @click.option("--beam-sample", is_flag=True, help="Stochastic beam search: draw candidates, keep the likeliest.")
-@click.option("--no-repeat-ngram", type=click.IntRange(min=0),
+@click.option("--no-repeat-ngram", type=click.IntRange(0, HUGE),
               help="Never repeat an n-gram of this length [default: 12 for greedy/beam, off for sampling].")
 @click.option("--prime", help="Text to start from (must use the model's characters).")
-@click.option("--prime-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--prime-file", type=InputFile(),
               help="Read the prime text from a file.")
-@click.option("--prime-midi", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--prime-midi", type=InputFile(),
               help="MIDI models: prime with the start of this .mid file.")
-@click.option("--prime-len", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--prime-len", type=click.IntRange(1, HUGE), default=200, show_default=True,
               help="Tokens of --prime-midi to use.")
-@click.option("--seed", type=int, help="Seed: same seed + checkpoint + options = identical output.")
-@click.option("--num-samples", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seed", type=SEED_RANGE, help="Seed: same seed + checkpoint + options = identical output.")
+@click.option("--num-samples", "-n", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Samples generated together as one batch.")
 @click.option("--format", "output_format", type=click.Choice(["text", "midi"]),
               help="text: tokens on stdout; midi: write .mid files [default: midi for MIDI models].")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--output", "-o", type=OutputFile(),
               help="MIDI output file [default: chargen-<time>.mid]; with -n N, numbered files. "
               "A .wav name also renders audio (needs fluidsynth).")
-@click.option("--tempo", type=click.FloatRange(20, 400), default=120.0, show_default=True,
+@click.option("--tempo", type=FiniteFloat(20, 400), default=120.0, show_default=True,
               help="MIDI export: tempo written in the file (timing itself is absolute).")
 @click.option("--program", type=click.IntRange(0, 127), default=0, show_default=True,
               help="MIDI export: General MIDI instrument (0 = piano).")
-@click.option("--max-note-seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option("--max-note-seconds", type=FiniteFloat(min=0, max=3600, min_open=True), default=5.0, show_default=True,
               help="MIDI export: end notes held longer than this (a key the model never released).")
 @click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
@@ -199,21 +192,25 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     """
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
     from chargen.sampling import DecodeConfig, Generator
+    from chargen.user_paths import read_text_file
 
     if greedy and (beam_width is not None or beam_sample):
         raise click.UsageError("--greedy and --beam-width/--beam-sample are different decoders; choose one")
     if sum(x is not None for x in (prime, prime_file, prime_midi)) > 1:
         raise click.UsageError("give only one of --prime, --prime-file and --prime-midi")
     if prime_file is not None:
-        try:
-            prime = prime_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ChargenError(f"{prime_file}: cannot read prime text ({exc})") from None
+        prime = read_text_file(prime_file)  # bounded; BOM and CRLF as in a corpus
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     is_midi = loaded.codec.name == "midi"
     output_format = output_format or ("midi" if is_midi else "text")
     if output_format == "midi" and not is_midi:
         raise click.UsageError(f"--format midi needs a MIDI model; this one uses the {loaded.codec.name} codec")
+    from chargen.audio import find_synth, is_audio_path, render_wav
+
+    if is_audio_path(output) and output_format != "midi":
+        raise click.UsageError("-o FILE.wav renders music: it needs a MIDI model and --format midi")
+    if output is not None and output_format == "text":
+        raise click.UsageError("-o/--output names .mid files; text goes to stdout (redirect it: > FILE)")
     if prime_midi is not None:
         if not is_midi:
             raise click.UsageError("--prime-midi needs a MIDI model")
@@ -231,10 +228,6 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         config.validate(loaded.codec.vocab_size)  # the decoder's rules, as the service applies them
     except ChargenError as exc:
         raise click.UsageError(str(exc)) from None
-    from chargen.audio import find_synth, is_audio_path, render_wav
-
-    if is_audio_path(output) and output_format != "midi":
-        raise click.UsageError("-o FILE.wav renders music: it needs a MIDI model and --format midi")
     synth = find_synth() if is_audio_path(output) else None  # before generating: fail with nothing written
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
     checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
@@ -299,7 +292,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 
 
 @cli.command()
-@click.argument("checkpoint", required=False, metavar="[PATH|RUN]")
+@click.argument("checkpoint", type=RunOrPath(), required=False, metavar="[PATH|RUN]")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(checkpoint: str | None, as_json: bool) -> None:
     """Describe a checkpoint: model, vocabulary, corpus, training progress."""
@@ -408,7 +401,8 @@ def plot(runs: tuple[str, ...], output: Path, x_axis: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback should come with --token.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--checkpoint", "-c", "checkpoints", multiple=True, metavar="[NAME=]PATH|RUN",
+@click.option("--checkpoint", "-c", "checkpoints", type=RunOrPath(named=True), multiple=True,
+              metavar="[NAME=]PATH|RUN",
               help="Model to serve; repeat for several. NAME= sets the name clients use "
               "[default name: the run folder's; default model: the newest run].")
 @click.option("--token", envvar="CHARGEN_API_TOKEN", show_envvar=True,
@@ -416,18 +410,18 @@ def plot(runs: tuple[str, ...], output: Path, x_axis: str) -> None:
 @click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
               "else $CHARGEN_HOME/history.db].")
 @click.option("--no-log", is_flag=True, help="Do not record generations in the history.")
-@click.option("--max-length", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--max-length", type=click.IntRange(1, HUGE), default=2000, show_default=True,
               help="Most tokens per sample one request may ask for.")
-@click.option("--max-beam-width", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--max-samples", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--max-beam-width", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--max-samples", type=click.IntRange(1, HUGE), default=8, show_default=True,
               help="Most samples per request.")
-@click.option("--max-prime-chars", type=click.IntRange(min=1), default=8000, show_default=True)
-@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=65536, show_default=True)
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-prime-chars", type=click.IntRange(1, HUGE), default=8000, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(1024, HUGE), default=65536, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1, HUGE), default=64, show_default=True,
               help="Sampling streams stepped together per model; more requests wait their turn.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-queue", type=click.IntRange(1, HUGE), default=256, show_default=True,
               help="Requests running or waiting per model; more are answered 503.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="torch CPU threads; batching, not threads, serves concurrent requests.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
@@ -443,6 +437,7 @@ def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None,
       curl -s localhost:8000/v1/generate -H 'content-type: application/json' -d '{"prime": "The ", "length": 200}'
     Stop with Ctrl-C or SIGTERM: running generations end with an error and are not logged.
     """
+    from chargen.ports import require_free_port
     from chargen.serve import Limits
     from chargen.serve import serve as run_service
 
@@ -451,6 +446,7 @@ def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None,
     limits = Limits(max_length=max_length, max_beam_width=max_beam_width, max_samples=max_samples,
                     max_prime_chars=max_prime_chars, max_body_bytes=max_body_bytes, max_batch=max_batch,
                     max_queue=max_queue)
+    require_free_port(host, port)
     run_service(host, port, list(checkpoints), token=token or None, database=database, history=not no_log,
                 limits=limits, threads=threads, log_level=log_level)
 
@@ -461,7 +457,7 @@ def midi() -> None:
 
 
 @midi.command("tokens")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=InputFile())
 @click.option("--json", "as_json", is_flag=True, help="Print token ids and event names as JSON.")
 def midi_tokens(file: Path, as_json: bool) -> None:
     """Print FILE as its token stream (one printable character per event)."""
@@ -510,35 +506,5 @@ def replay(generation_id: str, database: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console entry point: every failure is one line on stderr and a non-zero exit."""
-    try:
-        # Outside standalone mode click hands back (not raises) the code of an Exit
-        # (`--help`, a command's `raise Exit(1)`); a command's own return value comes
-        # back the same way, and only an int is taken for an exit code.
-        code = cli.main(prog_name="chargen", standalone_mode=False)
-    except click.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "chargen"
-        click.echo(f"{command}: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        click.echo(f"chargen: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("chargen: aborted", err=True)
-        sys.exit(130)
-    except ChargenError as exc:
-        click.echo(f"chargen: error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("chargen: interrupted", err=True)
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.stderr.close()  # stdout closed by `| head`: not an error worth a message
-        sys.exit(1)
-    except Exception as exc:  # a bug: still one line, the traceback on request
-        if os.environ.get("CHARGEN_DEBUG"):
-            traceback.print_exc()
-        click.echo(f"chargen: internal error: {type(exc).__name__}: {exc} (set CHARGEN_DEBUG=1 for a traceback)",
-                   err=True)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    """Console entry point; failures are handled by ChargenGroup.main (one line, an exit code)."""
+    cli.main(prog_name="chargen")

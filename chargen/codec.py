@@ -8,13 +8,13 @@ Training, sampling, beam search and the history only ever see this interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from chargen.errors import CheckpointError, UnknownTokensError
+from chargen.errors import UnknownTokensError
 
 
 class Codec(ABC):
@@ -47,6 +47,12 @@ class Codec(ABC):
     def from_metadata(cls, meta: dict[str, Any]) -> Codec:
         """Inverse of :meth:`to_metadata`."""
 
+    @classmethod
+    def fit(cls, paths: Sequence[Path], encoding: str = "utf-8") -> Codec:
+        """The codec for a corpus of ``paths``: text learns its alphabet from them;
+        a fixed vocabulary (MIDI) ignores them."""
+        return cls()
+
     @abstractmethod
     def encode_file(self, path: Path) -> np.ndarray:
         """Token ids of one corpus file (1-D integer array).
@@ -54,6 +60,14 @@ class Codec(ABC):
         Raises CorruptFileError for a file that cannot be read; the corpus
         loader decides whether to skip it.
         """
+
+    def encode_pieces(self, path: Path) -> Iterator[np.ndarray]:
+        """Token ids of one corpus file in consecutive pieces (the whole file by default).
+
+        Codecs of big corpora (text) override this so that a file never has to
+        be one array in memory.
+        """
+        yield self.encode_file(path)
 
     #: whether :meth:`augment_window` does anything (training refuses --transpose otherwise)
     supports_transpose: ClassVar[bool] = False
@@ -87,38 +101,11 @@ class Codec(ABC):
         return "".join(symbols[i] for i in ids)
 
 
-_REGISTRY: dict[str, type[Codec]] = {}
+def __getattr__(name: str) -> Any:
+    # The registry moved to chargen.codec_registry (this base class must not
+    # import its subclasses); old import paths still resolve, on first use only.
+    if name in ("codec_from_metadata", "codec_class"):
+        import chargen.codec_registry
 
-
-def register(cls: type[Codec]) -> type[Codec]:
-    """Class decorator: make a codec loadable from checkpoint metadata by name."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def codec_from_metadata(meta: dict[str, Any]) -> Codec:
-    _load_builtin_codecs()
-    name = meta.get("name")
-    if name not in _REGISTRY:
-        raise CheckpointError(f"checkpoint uses unknown codec {name!r}")
-    return _REGISTRY[name].from_metadata(meta)
-
-
-def codec_class(name: str) -> type[Codec]:
-    _load_builtin_codecs()
-    return _REGISTRY[name]
-
-
-def codec_names() -> list[str]:
-    _load_builtin_codecs()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin_codecs() -> None:
-    # Imported lazily so that the text path never pays for mido.
-    import chargen.text_codec
-
-    try:
-        import chargen.midi_codec  # noqa: F401
-    except ImportError:  # pragma: no cover - only while the MIDI codec is absent
-        pass
+        return getattr(chargen.codec_registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

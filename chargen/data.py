@@ -7,9 +7,7 @@ MB trains without ever becoming Python objects.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chargen.codec import Codec, codec_class
-from chargen.errors import CorpusError, CorruptFileError
-from chargen.text_codec import TextCodec, code_points, iter_text_chunks
+from chargen.codec import Codec
+from chargen.codec_registry import CODECS, codec_class, codec_for_suffix
+from chargen.errors import ChargenError, CorpusError, CorruptFileError
+from chargen.fileio import atomic_write, sha256_files
+from chargen.user_paths import require_file_or_folder
 
 Warn = Callable[[str], None]
 
@@ -42,42 +42,37 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def find_corpus_files(paths: Sequence[str | Path], codec: str = "auto") -> tuple[str, list[Path]]:
-    """Resolve files and folders to (codec name, sorted file list)."""
+    """Resolve files and folders to (codec name, sorted file list).
+
+    A folder contributes the files whose suffix belongs to a codec (every
+    codec's under ``auto``, else the chosen one's). Under ``auto`` all files,
+    named one by one or found in folders, must belong to one codec.
+    """
     if not paths:
         raise CorpusError("no corpus given: name a text file, several files, or a folder")
-    midi_suffixes = (".mid", ".midi")
+    suffixes = tuple(s for name, cls in CODECS.items() if codec in ("auto", name) for s in cls.suffixes)
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            midi = [p for p in found if p.suffix.lower() in midi_suffixes]
-            text = [p for p in found if p.suffix.lower() == ".txt"]
-            chosen = midi if (codec == "midi" or (codec == "auto" and midi and not text)) else text
-            if codec == "auto" and midi and text:
-                chosen = midi if len(midi) >= len(text) else text
-            if not chosen:
-                raise CorpusError(f"{path}: folder holds no .txt or .mid/.midi files")
-            files.extend(chosen)
-        elif path.is_file():
-            files.append(path)
+        try:
+            kind = require_file_or_folder(path)
+        except ChargenError as exc:
+            raise CorpusError(str(exc)) from None
+        if kind == "folder":
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
+            if not found:
+                raise CorpusError(f"{path}: folder holds no {'/'.join(suffixes)} files")
+            files.extend(found)
         else:
-            raise CorpusError(f"{path}: no such file or folder")
+            files.append(path)
     if codec == "auto":
-        is_midi = [p.suffix.lower() in midi_suffixes for p in files]
-        if any(is_midi) and not all(is_midi):
-            raise CorpusError("corpus mixes MIDI and text files; pass --codec to choose one")
-        codec = "midi" if all(is_midi) else "text"
+        # A named file of no known suffix is read as text (corpus.dat, README).
+        found_codecs = {codec_for_suffix(p) or "text" for p in files}
+        if len(found_codecs) > 1:
+            raise CorpusError(f"corpus mixes {' and '.join(sorted(found_codecs))} files; pass --codec to choose one")
+        codec = found_codecs.pop()
     return codec, files
-
-
-def _hash_files(files: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def build_corpus(
@@ -90,64 +85,55 @@ def build_corpus(
 ) -> tuple[Codec, CorpusInfo]:
     """Encode the corpus into ``cache_path`` (.npy) and return its codec and facts.
 
-    A given ``codec`` is reused (resume, fine-tuning); otherwise a text
-    vocabulary is fitted to the corpus, or the fixed MIDI vocabulary is used.
+    A given ``codec`` is reused (resume, fine-tuning); otherwise the codec is
+    fitted to the corpus (a text vocabulary; MIDI's is fixed). Files the codec
+    finds corrupt (CorruptFileError) are skipped with a warning.
     """
     warn = warn or (lambda message: None)
     codec_name, files = find_corpus_files(paths, codec_name if codec is None else codec.name)
+    fitted = codec if codec is not None else codec_class(codec_name).fit(files, encoding)
+    dtype = token_dtype(fitted.vocab_size)
+    used: list[Path] = []
     skipped: list[str] = []
-    if codec_name == "text":
-        if codec is None:
-            codec = TextCodec.fit(files, encoding)
-        assert isinstance(codec, TextCodec)
-        total = sum(len(code_points(c)) for p in files for c in iter_text_chunks(p, codec.encoding))
-        if total == 0:
-            raise CorpusError("the corpus is empty: no characters to learn")
-        out = _open_cache(cache_path, total, codec.vocab_size)
-        pos = 0
-        for path in files:
-            for chunk in iter_text_chunks(path, codec.encoding):
-                ids = codec.encode_chunk(chunk)
-                out[pos : pos + len(ids)] = ids
-                pos += len(ids)
-        used = files
-    else:
-        codec = codec or codec_class(codec_name)()
-        pieces: list[np.ndarray] = []
-        used = []
-        for path in files:
-            try:
-                pieces.append(codec.encode_file(path))
+    total = 0
+
+    def write(tmp: Path) -> None:
+        # Pieces stream straight into the .npy (never the whole corpus in memory);
+        # its length goes into the header at the end.
+        nonlocal total
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (0,)}
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            data_start = handle.tell()
+            for path in files:
+                file_start = handle.tell()
+                try:
+                    for piece in fitted.encode_pieces(path):
+                        handle.write(np.ascontiguousarray(piece, dtype=dtype).tobytes())
+                except CorruptFileError as exc:
+                    handle.seek(file_start)
+                    handle.truncate()
+                    skipped.append(str(exc))
+                    warn(f"skipping {exc}")
+                    continue
                 used.append(path)
-            except CorruptFileError as exc:
-                skipped.append(str(exc))
-                warn(f"skipping {exc}")
-        if skipped:
-            warn(f"skipped {len(skipped)} of {len(files)} files; {len(used)} usable")
-        total = sum(len(p) for p in pieces)
-        if total == 0:
-            raise CorpusError(f"no usable tokens in the corpus ({len(skipped)} of {len(files)} files skipped)")
-        out = _open_cache(cache_path, total, codec.vocab_size)
-        out[:] = np.concatenate(pieces)
-        pos = total
-    out.flush()
-    del out
-    tmp = cache_path.with_name(cache_path.name + ".tmp")
-    os.replace(tmp, cache_path)
-    info = CorpusInfo(
-        paths=[str(p) for p in paths],
-        files=len(used),
-        tokens=pos,
-        sha256=_hash_files(used),
-        skipped=skipped,
-    )
-    return codec, info
+            total = (handle.tell() - data_start) // dtype.itemsize
+            if total == 0:
+                if skipped:
+                    raise CorpusError(f"no usable tokens in the corpus ({len(skipped)} of {len(files)} files skipped)")
+                raise CorpusError("the corpus is empty: no characters to learn")
+            # numpy pads the header so that the length of axis 0 can be rewritten in place.
+            handle.seek(0)
+            np.lib.format.write_array_header_1_0(handle, dict(header, shape=(total,)))
+            if handle.tell() != data_start:  # pragma: no cover - a numpy without that padding
+                raise RuntimeError("numpy's .npy header grew; cannot finish the token cache in place")
 
-
-def _open_cache(cache_path: Path, length: int, vocab_size: int) -> np.memmap:
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_name(cache_path.name + ".tmp")
-    return np.lib.format.open_memmap(tmp, mode="w+", dtype=token_dtype(vocab_size), shape=(length,))
+    atomic_write(cache_path, write)
+    if skipped:
+        warn(f"skipped {len(skipped)} of {len(files)} files; {len(used)} usable")
+    info = CorpusInfo(paths=[str(p) for p in paths], files=len(used), tokens=total, sha256=sha256_files(used),
+                      skipped=skipped)
+    return fitted, info
 
 
 def load_tokens(cache_path: Path) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from chargen.cli_types import COUNT_RANGE, FiniteFloat, OutputFile
 from chargen.errors import ChargenError
 from chargen.history.errors import HistoryUnavailable
 from chargen.history.location import DATABASE_ENV, display_url, resolve_database_url, sqlite_file
@@ -220,7 +221,7 @@ def _generation_command(*options: Callable[[F], F]) -> Callable[[F], click.Comma
 
 
 @history.command("list")
-@click.option("-n", "--count", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("-n", "--count", type=COUNT_RANGE, default=20, show_default=True,
               help="How many to show, newest first; 0 shows all.")
 @click.option("-q", "--query", metavar="TEXT", help="Only generations whose prime or output contains TEXT (any case).")
 @click.option("--checkpoint", metavar="PATH",
@@ -274,12 +275,12 @@ def show(generation_id: str, as_json: bool, database: str | None) -> None:
 
 @history.command()
 @click.argument("generation_id", metavar="ID")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=OutputFile(),
               help="Write here instead of stdout (required for MIDI).")
 @click.option("--sample", "sample_number", type=click.IntRange(min=1), default=1, show_default=True,
               help="Which of the --num-samples outputs to export.")
 @click.option("--no-prime", is_flag=True, help="Leave out the prime; export only the generated part.")
-@click.option("--tempo-bpm", type=click.FloatRange(min=0, min_open=True),
+@click.option("--tempo-bpm", type=FiniteFloat(20, 400),
               help="MIDI tempo [default: as logged, else 120].")
 @click.option("--program", type=click.IntRange(0, 127), help="MIDI instrument [default: as logged, else 0].")
 @_database_option
@@ -353,7 +354,7 @@ def path(database: str | None) -> None:
 
 
 @history.command()
-@click.option("-n", "--count", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("-n", "--count", type=COUNT_RANGE, default=20, show_default=True,
               help="How many to show, newest first; 0 shows all.")
 @click.option("--json", "as_json", is_flag=True, help="Print full records as a JSON array.")
 @_database_option

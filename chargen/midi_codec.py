@@ -45,7 +45,6 @@ Decisions (also in docs/midi.md):
 from __future__ import annotations
 
 import io
-import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -55,8 +54,9 @@ from typing import Any, NamedTuple
 import mido
 import numpy as np
 
-from chargen.codec import Codec, register
+from chargen.codec import Codec
 from chargen.errors import ChargenError, CheckpointError, CorruptFileError
+from chargen.user_paths import read_bounded
 
 SYMBOL_BASE = 0x1401
 # U+1401..U+167F are printable, non-space; U+1680 is OGHAM SPACE MARK.
@@ -211,12 +211,9 @@ def read_midi_bytes(data: bytes) -> mido.MidiFile:
 def read_midi_file(path: Path | str) -> mido.MidiFile:
     """mido.MidiFile of ``path``; CorruptFileError names the file and the problem."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise CorruptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise CorruptFileError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB, not taken for a MIDI file")
+        data = read_bounded(Path(path), MAX_FILE_BYTES, "MIDI file")
+    except ChargenError as exc:
+        raise CorruptFileError(str(exc)) from None
     try:
         return read_midi_bytes(data)
     except CorruptFileError as exc:
@@ -465,59 +462,9 @@ def midi_stats(ids: Sequence[int] | np.ndarray, vocab: MidiVocab = DEFAULT_VOCAB
 
 
 # ---------------------------------------------------------------------------
-# Augmentation
-
-
-def transpose(ids: Sequence[int] | np.ndarray, semitones: int, vocab: MidiVocab = DEFAULT_VOCAB) -> np.ndarray:
-    """Shift every pitch by ``semitones``; notes pushed outside 0..127 are dropped.
-
-    Where nothing leaves the range this is a pure token map (so
-    ``transpose(transpose(x, k), -k) == x``); otherwise the stream is rebuilt
-    from its notes so that it stays canonical.
-    """
-    arr = np.asarray(_check_ids(ids, vocab), dtype=np.int64)
-    if semitones == 0:
-        return arr
-    is_note = arr < vocab.shift_base
-    pitch = arr % 128
-    moved = pitch + semitones
-    if not np.any(is_note & ((moved < 0) | (moved > 127))):
-        return np.where(is_note, arr + semitones, arr)
-    shifted = (n._replace(pitch=n.pitch + semitones) for n in ids_to_notes(arr, vocab))
-    return np.asarray(notes_to_ids([n for n in shifted if 0 <= n.pitch <= 127], vocab), dtype=np.int64)
-
-
-def stretch(ids: Sequence[int] | np.ndarray, factor: float, vocab: MidiVocab = DEFAULT_VOCAB) -> np.ndarray:
-    """Play ``factor`` times as long (1.05 = 5 % slower), re-quantized to the grid."""
-    if not (isinstance(factor, int | float) and 0.5 <= factor <= 2.0):
-        raise ChargenError(f"tempo stretch factor must be within 0.5..2, not {factor!r}")
-    notes = [
-        n._replace(start=math.floor(n.start * factor + 0.5), end=math.floor(n.end * factor + 0.5))
-        for n in ids_to_notes(ids, vocab)
-    ]
-    return np.asarray(notes_to_ids(notes, vocab), dtype=np.int64)
-
-
-def augment(
-    ids: Sequence[int] | np.ndarray,
-    rng: np.random.Generator,
-    semitones: tuple[int, int] = (-5, 6),
-    max_stretch: float = 0.0,
-    vocab: MidiVocab = DEFAULT_VOCAB,
-) -> np.ndarray:
-    """Random transposition in ``semitones`` (inclusive) and optional tempo stretch of +-``max_stretch``."""
-    low, high = semitones
-    out = transpose(ids, int(rng.integers(low, high + 1)), vocab)
-    if max_stretch > 0:
-        out = stretch(out, float(rng.uniform(1 - max_stretch, 1 + max_stretch)), vocab)
-    return out
-
-
-# ---------------------------------------------------------------------------
 # The codec
 
 
-@register
 class MidiCodec(Codec):
     name = "midi"
     suffixes = (".mid", ".midi")
@@ -547,7 +494,7 @@ class MidiCodec(Codec):
         self._symbols = "".join(chr(SYMBOL_BASE + i) for i in range(vocab.size))
 
     @classmethod
-    def fit(cls, paths: Sequence[Path] = ()) -> MidiCodec:
+    def fit(cls, paths: Sequence[Path] = (), encoding: str = "utf-8") -> MidiCodec:
         """Same shape as TextCodec.fit; the MIDI vocabulary never depends on the data."""
         return cls()
 

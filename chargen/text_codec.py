@@ -1,4 +1,11 @@
-"""Text codec: one token per Unicode code point (é and 你 are one token each)."""
+"""Text codec: one token per Unicode code point (é and 你 are one token each).
+
+Text read from a file (a corpus or a prime) follows one rule, :func:`normalize_text`:
+a byte-order mark at the start of the file is dropped and CRLF line ends become
+LF, so a file saved on Windows and the same text saved elsewhere train the same
+vocabulary and prime the same way. A lone CR (old Mac line ends, progress bars)
+is kept: it is a character the file really uses.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,38 @@ from typing import Any
 
 import numpy as np
 
-from chargen.codec import Codec, register
+from chargen.codec import Codec
 from chargen.errors import CorpusError
 
 CHUNK_BYTES = 8 << 20  # decode big corpora in pieces, never as one Python str
+BOM = "\ufeff"
+
+
+def normalize_text(text: str) -> str:
+    """The rule for a whole file's text: no byte-order mark at the start, CRLF as LF."""
+    return text.removeprefix(BOM).replace("\r\n", "\n")
 
 
 def iter_text_chunks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
-    """Decoded text of ``path`` in chunks; errors name the file and byte offset."""
+    """Decoded, normalised text of ``path`` in chunks; errors name the file and byte offset.
+
+    The chunks joined equal :func:`normalize_text` of the whole file.
+    """
+    first = True
+    held_cr = ""  # a CR at a chunk's end may be half of a CRLF split across chunks
+    for text in _decoded_chunks(path, encoding):
+        if first:
+            text, first = text.removeprefix(BOM), False
+        text = (held_cr + text).replace("\r\n", "\n")
+        held_cr = "\r" if text.endswith("\r") else ""
+        text = text[: len(text) - len(held_cr)]
+        if text:
+            yield text
+    if held_cr:
+        yield held_cr
+
+
+def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
     try:
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     except LookupError:
@@ -42,6 +73,10 @@ def iter_text_chunks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
                         f"{path}: not valid {encoding} at byte offset {offset} "
                         f"({exc.reason}); use --encoding to read it as another encoding"
                     ) from None
+                except UnicodeError as exc:  # a decoder's own complaint, e.g. utf-16 without a BOM
+                    raise CorpusError(
+                        f"{path}: cannot be read as {encoding} ({exc}); use --encoding to read it as another encoding"
+                    ) from None
                 consumed += len(chunk)
                 if text:
                     yield text
@@ -55,7 +90,6 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
-@register
 class TextCodec(Codec):
     name = "text"
     suffixes = (".txt",)
@@ -68,7 +102,7 @@ class TextCodec(Codec):
         self._points = code_points(self._alphabet)  # sorted, for searchsorted
 
     @classmethod
-    def fit(cls, paths: Sequence[Path], encoding: str = "utf-8") -> TextCodec:
+    def fit(cls, paths: Sequence[Path] = (), encoding: str = "utf-8") -> TextCodec:
         """Vocabulary of every code point that occurs in ``paths``."""
         seen = np.zeros(0, dtype="<u4")
         for path in paths:
@@ -102,6 +136,10 @@ class TextCodec(Codec):
             raise CorpusError(f"text contains characters outside the vocabulary: {missing[:10]}")
         return ids.astype(np.int64)
 
+    def encode_pieces(self, path: Path) -> Iterator[np.ndarray]:
+        for chunk in iter_text_chunks(path, self.encoding):
+            yield self.encode_chunk(chunk)
+
     def encode_file(self, path: Path) -> np.ndarray:
-        parts = [self.encode_chunk(chunk) for chunk in iter_text_chunks(path, self.encoding)]
+        parts = list(self.encode_pieces(path))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -46,6 +46,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180, **kwargs)
     )
 
 
+def invoke(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``chargen ARGS`` in this process with click's CliRunner (through the same
+    ChargenGroup.main as the console script); the result looks like ``run_cli``'s."""
+    from click.testing import CliRunner
+
+    from chargen.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), input=input, prog_name="chargen")
+    return subprocess.CompletedProcess(["chargen", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode != 0, result
     assert "Traceback" not in result.stderr, result.stderr

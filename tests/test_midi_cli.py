@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from chargen.midi_codec import MidiCodec
-from tests.conftest import REPO, assert_one_line_error, run_cli, shared_path
+from tests.conftest import REPO, assert_one_line_error, invoke, run_cli, shared_path
 
 BASICS = REPO / "corpora" / "midi-basics"
 
@@ -86,6 +86,6 @@ def test_a_folder_of_only_corrupt_midi_is_one_clear_error(tmp_path: Path) -> Non
 
 
 def test_text_model_refuses_midi_options(trained_run: Path) -> None:
-    assert_one_line_error(run_cli("sample", "-c", str(trained_run), "--format", "midi"), "needs a MIDI model")
-    assert_one_line_error(run_cli("train", str(REPO / "corpora" / "fables.txt"), "--transpose", "-2..2",
+    assert_one_line_error(invoke("sample", "-c", str(trained_run), "--format", "midi"), "needs a MIDI model")
+    assert_one_line_error(invoke("train", str(REPO / "corpora" / "fables.txt"), "--transpose", "-2..2",
                                   "--max-steps", "1"), "--transpose applies to MIDI")

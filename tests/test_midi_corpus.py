@@ -13,7 +13,7 @@ import mido
 import numpy as np
 import pytest
 
-from chargen.codec import codec_class
+from chargen.codec_registry import codec_class
 from chargen.midi_codec import MidiCodec, ids_to_notes, midi_stats
 from chargen.midi_export import write_midi
 

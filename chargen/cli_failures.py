@@ -1,0 +1,69 @@
+"""chargen's one failure path: every command's errors become one line on stderr and an exit code.
+
+Usage errors exit 2; problems the user can fix (ChargenError, a file the
+system refused) 1; Ctrl-C 130; a bug 1, with its traceback only when
+``CHARGEN_DEBUG=1``. click's own exits (``ctx.exit(n)``) keep their code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from chargen.errors import ChargenError
+
+
+class ChargenGroup(click.Group):
+    """The command group whose ``main`` is chargen's one failure path (see :func:`exit_code_for`)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            returned = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            # Without standalone mode click returns an explicit ctx.exit(n) as n instead of exiting.
+            code = returned if isinstance(returned, int) else 0
+        except Exception as exc:  # noqa: BLE001 - this is the place every failure comes to
+            code = exit_code_for(exc)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Report ``exc`` as one line on stderr and return the exit code for it.
+
+    Usage errors exit 2, problems the user can fix (ChargenError, a file the
+    system refused) 1, Ctrl-C 130, a bug 1 with its traceback only when
+    CHARGEN_DEBUG=1.
+    """
+    if isinstance(exc, click.UsageError):
+        command = exc.ctx.command_path if exc.ctx else "chargen"
+        _error(f"{command}: error: {exc.format_message()}")
+        return 2
+    if isinstance(exc, click.ClickException):
+        _error(f"chargen: error: {exc.format_message()}")
+        return exc.exit_code
+    if isinstance(exc, click.Abort | KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        _error("chargen: interrupted")
+        return 130
+    if isinstance(exc, ChargenError):
+        _error(f"chargen: error: {exc}")
+        return 1
+    if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, BrokenPipeError):
+        # The system refused a file (read-only folder, disk full, permissions): not a bug.
+        names = ": ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+        _error(f"chargen: error: {names}: {exc.strerror or exc}")
+        return 1
+    if os.environ.get("CHARGEN_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc)
+    _error(f"chargen: internal error: {type(exc).__name__}: {exc} (set CHARGEN_DEBUG=1 for a traceback)")
+    return 1
+
+
+def _error(message: str) -> None:
+    # One line, whatever the message holds (tracebacks and multi-line texts included).
+    click.echo(" ".join(message.split()), err=True)

@@ -1,0 +1,35 @@
+"""Which codecs exist: names (stored in checkpoints) and corpus suffixes to codec classes.
+
+The base class in ``chargen.codec`` knows nothing of its subclasses; this
+module is the one place that lists them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chargen.codec import Codec
+from chargen.errors import CheckpointError
+from chargen.midi_codec import MidiCodec
+from chargen.text_codec import TextCodec
+
+CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (TextCodec, MidiCodec)}
+
+
+def codec_class(name: str) -> type[Codec]:
+    return CODECS[name]
+
+
+def codec_from_metadata(meta: dict[str, Any]) -> Codec:
+    """Rebuild the codec a checkpoint was trained with."""
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or name not in CODECS:
+        raise CheckpointError(f"checkpoint uses unknown codec {name!r}")
+    return CODECS[name].from_metadata(meta)
+
+
+def codec_for_suffix(path: Path) -> str | None:
+    """Name of the codec whose corpus files end like ``path``, or None."""
+    suffix = path.suffix.lower()
+    return next((name for name, cls in CODECS.items() if suffix in cls.suffixes), None)
