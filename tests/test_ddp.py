@@ -117,6 +117,7 @@ def test_two_ranks_train_the_one_process_weights_and_resume_with_another_count(t
     ddp, one = root / "ddp", root / "one"
     assert sorted(p.name for p in root.iterdir()) == ["ddp", "one"]  # one run folder for the two ranks
     assert max_difference(weights(ddp), weights(one)) < 1e-5
+    assert load_state(ddp / STATE)["best_val"] == pytest.approx(load_state(one / STATE)["best_val"], abs=1e-5)
 
     recorded = json.loads((ddp / RUN_JSON).read_text())
     assert recorded["world_size"] == 2 and recorded["train_config"]["batch_size"] == 8  # the global batch
