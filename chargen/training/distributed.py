@@ -174,7 +174,8 @@ class Distributed:
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)  # CharRNN has no buffers
 
     def seed_dropout(self, seed: int, step: int) -> None:
-        """Ranks other than 0 draw their own dropout masks (rank 0 keeps the single-process stream)."""
+        """Ranks other than 0 draw their own dropout masks, seeded by the step so a resumed run draws
+        them again; rank 0 keeps the single-process stream (saved and restored with the run)."""
         if self.enabled and self.rank:
             torch.manual_seed(hash((seed, step, self.rank)) & 0x7FFF_FFFF_FFFF)
 

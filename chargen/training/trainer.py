@@ -97,7 +97,6 @@ class Trainer:
         else:
             self.state = TrainingState.restore(resume_from, self.model, self.optimizer, self.device)
             self.state.hidden = self.dist.shard_hidden(self.state.hidden)
-        self.dist.seed_dropout(config.seed, self.state.step)
         self.resumed = resume_from is not None
         self.session_start_step = self.state.step
         self.last_train: float | None = None
@@ -131,6 +130,7 @@ class Trainer:
             state.hidden = None
         x, y = self.batcher.batch(state.step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.dist.seed_dropout(config.seed, state.step)  # ranks > 0: their masks, a function of the step
         self.lr = lr_at(state.step, state.total_steps or 10**9, config)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
