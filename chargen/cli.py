@@ -98,7 +98,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
     """
     from chargen.runs import resume_run, start_run
     from chargen.train import TrainConfig
+    from chargen.training import distributed
 
+    ranks = distributed.start(device)  # under torchrun: join the job (one process per rank)
     if resume:
         if corpus:
             raise click.UsageError("give either CORPUS or --resume RUN, not both")
@@ -117,6 +119,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
         overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
                            progress=not quiet, warn=_warn)
+    distributed.stop()
+    if not ranks.is_main:  # rank 0 logs and reports for the job
+        sys.exit(130 if result.interrupted else 0)
     if not no_log:
         from chargen.checkpoint import LAST, checkpoint_codec
         from chargen.history import HistoryUnavailable

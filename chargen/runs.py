@@ -28,7 +28,7 @@ from chargen.codec import Codec
 from chargen.data import CorpusInfo, Warn, build_corpus, token_dtype
 from chargen.errors import ChargenError
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig
-from chargen.training import TrainConfig, TrainResult, train
+from chargen.training import TrainConfig, TrainResult, distributed, train
 
 
 def check_run_name(name: str) -> str:
@@ -72,16 +72,19 @@ def start_run(
     warn: Warn | None = None,
 ) -> TrainResult:
     root = out or default_checkpoint_root()
-    run_dir = root / (check_run_name(run_name) if run_name is not None else default_run_name(corpus_paths))
+    ranks = distributed.current()  # torchrun: rank 0 names the run and encodes the corpus; the others wait
+    run_dir = root / ranks.json_from_main(
+        lambda: check_run_name(run_name) if run_name is not None else default_run_name(corpus_paths))
     if (run_dir / STATE).exists():
         raise ChargenError(f"{run_dir} already holds a run; use --resume {run_dir.name} or another --run-name")
-    created = not run_dir.exists()
+    created = not run_dir.exists() and ranks.is_main
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
-        codec, corpus = build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
+        codec, corpus = ranks.build_corpus_once(
+            lambda: build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn))
         model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}))
         return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
     except BaseException:

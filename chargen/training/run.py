@@ -36,6 +36,7 @@ from chargen.codec import Codec
 from chargen.data import CorpusInfo, load_tokens, split_tokens
 from chargen.errors import ChargenError, CheckpointError
 from chargen.model import ModelConfig
+from chargen.training import distributed
 from chargen.training.budget import StepBudget
 from chargen.training.config import Reporter, TrainConfig, TrainResult
 from chargen.training.metrics import MetricsLog
@@ -159,6 +160,11 @@ def train(
         saved, model_config, config, new_limit = _restore(run_dir, config)
     if model_config is None or config is None:
         raise ValueError("a new run needs a model_config and a config")
+    ranks = distributed.current()  # torchrun: the global batch; rank 0 alone writes and reports
+    if not ranks.is_main:
+        report, progress = (lambda message: None), False
+    if saved is None:
+        config = replace(config, batch_size=ranks.global_batch(config.batch_size))
 
     data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len)
     trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
@@ -169,29 +175,35 @@ def train(
         report(f"resuming at step {state.step} with a new limit: {_limit_text(config)}"
                + (f" (the run had planned {before} steps)" if before else ""))
 
-    for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed half-way
+    for stale in run_dir.glob(".*.tmp") if ranks.is_main else ():  # left by a write killed half-way
         stale.unlink(missing_ok=True)
     metrics = MetricsLog(run_dir)
     if saved is None:
-        write_json(run_dir / RUN_JSON, {
-            "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
-            "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
-            "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
-        })
+        if ranks.is_main:
+            write_json(run_dir / RUN_JSON, {
+                "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
+                "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
+                "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
+                "world_size": ranks.world_size,
+            })
         trainer.checkpoint(None)  # from the first moment on, the run folder is resumable
-    else:
+    elif ranks.is_main:
         metrics.keep_until(state.step)  # lines written after the checkpoint we resume from
-        update_run_json(run_dir, status=RUNNING, train_config=config.to_dict())
+        update_run_json(run_dir, status=RUNNING, train_config=config.to_dict(), world_size=ranks.world_size)
 
-    output = trainer.on_progress = ProgressOutput(trainer, metrics, progress)
+    output = ProgressOutput(trainer, metrics, progress)
+    if ranks.is_main:
+        trainer.on_progress = output
     budget = None
     if config.minutes:
         budget = StepBudget(config.minutes, state.step, config.eval_every, len(data.val), trainer.tokens_per_step,
                             fit=not state.total_steps)
+    budget = ranks.agree_budget(budget)  # torchrun: rank 0's clock decides for all
     status = FAILED
     try:
-        with StopFlag() as flag:
-            interrupted = trainer.fit(lambda: flag.stop, budget, pause_at_step)
+        with StopFlag() as flag, ranks.failures():
+            distributed.install_signal_dedup(flag)
+            interrupted = trainer.fit(lambda: ranks.any(flag.stop), budget, pause_at_step)
         status = INTERRUPTED if interrupted else FINISHED
     except KeyboardInterrupt:
         status = INTERRUPTED
@@ -199,7 +211,8 @@ def train(
     finally:
         output.close()
         try:
-            update_run_json(run_dir, status=status)
+            if ranks.is_main:
+                update_run_json(run_dir, status=status)
         except ChargenError:
             pass  # the folder became unwritable: the error that stopped the run says so
     result = TrainResult(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,14 @@ from torch import nn
 from chargen import __version__
 from chargen.checkpoint import BEST, LAST, STATE, save_state, save_weights
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Split, StreamBatcher
+from chargen.data import CorpusInfo, Split
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.training.budget import StepBudget
 from chargen.training.config import TrainConfig, lr_at
+from chargen.training.distributed import current as current_distributed
 from chargen.training.optim import build_optimizer, grad_scaler
 from chargen.training.state import TrainingState
 
@@ -84,8 +85,10 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
-        self.batcher = StreamBatcher(data.train, config.batch_size, config.seq_len, self._augmentation())
+        self.dist = current_distributed()  # torchrun: this rank's place; else a no-op
+        self.batcher = self.dist.batcher(data.train, config.batch_size, config.seq_len, self._augmentation())
         self.model = CharRNN(model_config).to(self.device)
+        self.forward = self.dist.wrap(self.model, self.device)  # DDP under torchrun; saved: self.model
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scaler = grad_scaler(self.device, self.precision)
         self.tokens_per_step = config.batch_size * config.seq_len
@@ -93,6 +96,7 @@ class Trainer:
             self.state = TrainingState(total_steps=planned_steps(config, self.batcher.steps_per_epoch))
         else:
             self.state = TrainingState.restore(resume_from, self.model, self.optimizer, self.device)
+            self.state.hidden = self.dist.shard_hidden(self.state.hidden)
         self.resumed = resume_from is not None
         self.session_start_step = self.state.step
         self.last_train: float | None = None
@@ -126,11 +130,12 @@ class Trainer:
             state.hidden = None
         x, y = self.batcher.batch(state.step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.dist.seed_dropout(config.seed, state.step)  # ranks > 0: their masks, a function of the step
         self.lr = lr_at(state.step, state.total_steps or 10**9, config)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         with autocast_context(self.device, self.precision):
-            logits, hidden = self.model(x, state.hidden)  # [B, T, V]
+            logits, hidden = self.forward(x, state.hidden)  # [B, T, V]
             loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         state.hidden = detach_state(hidden)
         self.optimizer.zero_grad(set_to_none=True)
@@ -145,7 +150,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
             self.optimizer.step()
         state.step += 1
-        self.last_train = loss.item()
+        self.last_train = self.dist.mean(loss.item())  # of the global batch
         if not math.isfinite(self.last_train):
             raise ChargenError(f"training diverged at step {state.step} (loss is {self.last_train}); "
                                "lower --lr or --weight-decay")
@@ -167,15 +172,19 @@ class Trainer:
             raise ValueError("this Trainer has no run folder and codec to checkpoint into")
         began = time.monotonic()
         state = self.state
+        hidden = self.dist.gather_hidden(state.hidden)  # every rank takes part; rank 0 alone writes
+        is_best = val_loss is not None and val_loss < state.best_val
+        if is_best:
+            state.best_val = val_loss
+        if not self.dist.is_main:
+            return
         info = dict(self.training_info(), step=state.step,
                     best_val_loss=state.best_val if math.isfinite(state.best_val) else None)
-        if val_loss is not None and val_loss < state.best_val:
-            state.best_val = val_loss
-            info["best_val_loss"] = val_loss
+        if is_best:
             save_weights(self.run_dir / BEST, self.model, self.codec, info)
         save_weights(self.run_dir / LAST, self.model, self.codec, info)
-        save_state(self.run_dir / STATE, state.to_state_dict(self.model, self.optimizer, self.device,
-                                                             self.model_config, self.config, self.elapsed_s))
+        save_state(self.run_dir / STATE, replace(state, hidden=hidden).to_state_dict(
+            self.model, self.optimizer, self.device, self.model_config, self.config, self.elapsed_s))
         self.overhead_s += time.monotonic() - began
 
     # ------------------------------------------------------------------ the loop
@@ -251,4 +260,5 @@ class Trainer:
             "corpus_tokens": corpus.tokens if corpus else None,
             "corpus_paths": corpus.paths if corpus else None,
             "train_config": self.config.to_dict(),
+            "world_size": self.dist.world_size,  # processes that trained together (torchrun)
         }
