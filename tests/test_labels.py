@@ -252,3 +252,4 @@ def test_one_scheduler_batch_with_mixed_labels_gives_each_its_own() -> None:
         expected = generator.generate(prime, config).samples
         assert [s.ids for s in payload[0]] == [s.ids for s in expected], config.label
     assert len({tuple(payload[0][0].ids) for _, payload in results[:4]}) == 4
+
