@@ -7,6 +7,7 @@ A run folder ``checkpoints/<run>/`` holds
                      step, schedule, hidden state (tensors and plain data only,
                      loaded with ``weights_only=True``)
   tokens.npy         the encoded corpus, memory-mapped
+  labels.npy         a labelled run only: each token's label id
   run.json           how the run was started, and its status (running/finished/interrupted/failed)
   metrics.jsonl      the training curve, one JSON line per evaluation or progress point
 Every write is atomic: a temp file in the same folder, fsync, then rename, so a
@@ -41,6 +42,7 @@ BEST = "best.safetensors"
 LAST = "last.safetensors"
 STATE = "state.pt"
 TOKENS = "tokens.npy"
+LABELS = "labels.npy"  # a labelled run: each token's label id, beside tokens.npy
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 

@@ -77,6 +77,9 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads (default: torch's choice).")
 @click.option("--transpose", type=SemitoneRange(),
               help="MIDI only: transpose each training stream by a random shift in LOW..HIGH, e.g. -5..6.")
+@click.option("--labels-from", type=click.Choice(["folders"]),
+              help="Condition on labels: each subfolder of the one CORPUS folder is a label (sample --label NAME).")
+@click.option("--label", "label", metavar="NAME", help="Condition on one label NAME for the whole corpus.")
 @click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>].")
 @click.option("--out", type=OutputFolder(),
               help="Parent folder of run folders [default: $CHARGEN_CHECKPOINTS or ./checkpoints].")
@@ -89,7 +92,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
           batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
           device: str, precision: str, threads: int | None, transpose: tuple[int, int] | None,
-          run_name: str | None, out: Path | None,
+          labels_from: str | None, label: str | None, run_name: str | None, out: Path | None,
           quiet: bool, as_json: bool, database: str | None, no_log: bool) -> None:
     """Train a model on CORPUS: text files, a folder of .txt, or a folder of .mid files.
 
@@ -104,12 +107,18 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
     if resume:
         if corpus:
             raise click.UsageError("give either CORPUS or --resume RUN, not both")
+        if labels_from or label is not None:
+            raise click.UsageError("--labels-from and --label start a run; a resumed run keeps its labels")
         # A limit given here replaces the run's own (a finished run is extended to it).
         limits = TrainConfig(max_steps=max_steps, epochs=epochs, minutes=minutes, device=device, threads=threads)
         result = resume_run(resume, limits, progress=not quiet, warn=_warn)
     else:
         if not corpus:
             raise click.UsageError("missing CORPUS: a text file, several files, or a folder")
+        if labels_from and label is not None:
+            raise click.UsageError("give either --labels-from or --label, not both")
+        if labels_from and (len(corpus) != 1 or not corpus[0].is_dir()):
+            raise click.UsageError("--labels-from folders takes one CORPUS folder, whose subfolders are the labels")
         if epochs is None and max_steps is None and minutes is None:
             minutes = 10.0
         config = TrainConfig(batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay,
@@ -118,7 +127,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
                              threads=threads, transpose=transpose)
         overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
-                           progress=not quiet, warn=_warn)
+                           progress=not quiet, warn=_warn, labels_from=labels_from, label=label)
     distributed.stop()
     if not ranks.is_main:  # rank 0 logs and reports for the job
         sys.exit(130 if result.interrupted else 0)
@@ -165,6 +174,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--prime-len", type=click.IntRange(1, HUGE), default=200, show_default=True,
               help="Tokens of --prime-midi to use.")
 @click.option("--seed", type=SEED_RANGE, help="Seed: same seed + checkpoint + options = identical output.")
+@click.option("--label", metavar="NAME", help="A labelled model: generate for this label (chargen info lists them).")
 @click.option("--num-samples", "-n", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Samples generated together as one batch.")
 @click.option("--format", "output_format", type=click.Choice(["text", "midi"]),
@@ -187,7 +197,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 def sample(checkpoint: str | None, length: int, temperature: float | None, top_k: int | None,
            top_p: float | None, greedy: bool, beam_width: int | None, beam_sample: bool, no_repeat_ngram: int | None,
            prime: str | None, prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None,
-           num_samples: int, output_format: str | None, output: Path | None, tempo: float, program: int,
+           label: str | None, num_samples: int, output_format: str | None, output: Path | None, tempo: float,
+           program: int,
            max_note_seconds: float, as_json: bool, quiet: bool, database: str | None, no_log: bool,
            require_log: bool) -> None:
     """Generate from a trained model; only generated text goes to stdout.
@@ -223,7 +234,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     # No --temperature is temperature 1 (which changes nothing): the one value greedy accepts.
     config = DecodeConfig(length=length, temperature=1.0 if temperature is None else temperature, top_k=top_k,
                           top_p=top_p, greedy=greedy, beam_width=beam_width, beam_sample=beam_sample,
-                          num_samples=num_samples, no_repeat_ngram=no_repeat_ngram, seed=seed)
+                          num_samples=num_samples, no_repeat_ngram=no_repeat_ngram, seed=seed, label=label)
     if (beam_width or 1) > loaded.codec.vocab_size:
         raise click.UsageError(f"--beam-width {beam_width} exceeds the model's vocabulary of "
                                f"{loaded.codec.vocab_size} tokens")
@@ -231,6 +242,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
     try:
         config.validate(loaded.codec.vocab_size)  # the decoder's rules, as the service applies them
+        loaded.config.label_id(label)  # the model's label rule, as the service applies it
     except ChargenError as exc:
         raise click.UsageError(str(exc)) from None
     synth = find_synth() if is_audio_path(output) else None  # before generating: fail with nothing written
@@ -316,6 +328,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "codec": loaded.codec.name,
         "vocab_size": loaded.codec.vocab_size,
         "vocabulary": loaded.codec.symbols,
+        "labels": list(loaded.config.labels),
         "corpus_sha256": training.get("corpus_sha256"),
         "corpus_tokens": training.get("corpus_tokens"),
         "corpus_paths": training.get("corpus_paths"),
@@ -335,6 +348,8 @@ def info(checkpoint: str | None, as_json: bool) -> None:
                f"dropout {cfg.dropout}, {data['parameters']:,} parameters")
     symbols = json.dumps(loaded.codec.symbols, ensure_ascii=False)
     click.echo(f"codec        {data['codec']}, {data['vocab_size']} tokens: {symbols}")
+    if cfg.labels:
+        click.echo(f"labels       {', '.join(cfg.labels)} (sample --label NAME)")
     click.echo(f"corpus       {', '.join(data['corpus_paths'] or [])} ({data['corpus_tokens']:,} tokens, "
                f"sha256 {str(data['corpus_sha256'])[:16]}...)")
     click.echo(f"trained      {data['steps']} steps")

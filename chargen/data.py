@@ -7,6 +7,7 @@ MB trains without ever becoming Python objects.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ class CorpusInfo:
     tokens: int
     sha256: str
     skipped: list[str] = field(default_factory=list)  # "path: reason"
+    # A labelled corpus: label names (ids in this order), and where training ends in tokens.npy. Each label's
+    # last val_fraction is validation; tokens.npy holds every label's training part, then every validation part.
+    labels: list[str] = field(default_factory=list)
+    train_tokens: int | None = None
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -136,6 +141,75 @@ def build_corpus(
     return fitted, info
 
 
+def label_folders(folder: str | Path, warn: Warn | None = None) -> list[tuple[str, Path]]:
+    """``--labels-from folders``: each immediate subfolder of ``folder`` is a label, sorted by name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CorpusError(f"{root}: --labels-from folders needs a folder whose subfolders are the labels")
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        raise CorpusError(f"{root}: no subfolders; --labels-from folders takes each subfolder as a label")
+    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".txt", ".mid", ".midi")]
+    if loose and warn is not None:
+        warn(f"{root}: {len(loose)} file(s) outside the label subfolders are not used ({', '.join(sorted(loose)[:3])}"
+             + (", ..." if len(loose) > 3 else "") + ")")
+    return [(p.name, p) for p in subfolders]
+
+
+def build_labelled_corpus(
+    groups: Sequence[tuple[str, Sequence[str | Path]]],
+    cache_path: Path,
+    labels_path: Path,
+    val_fraction: float,
+    codec_name: str = "auto",
+    encoding: str = "utf-8",
+    warn: Warn | None = None,
+) -> tuple[Codec, CorpusInfo]:
+    """Encode each label's files, and write ``cache_path`` (tokens) and ``labels_path`` (each token's label id).
+
+    Each label is split on its own (its last ``val_fraction`` is validation), so every
+    label has validation data; tokens.npy then holds all training parts, then all
+    validation parts, and ``CorpusInfo.train_tokens`` says where the second begins.
+    """
+    warn = warn or (lambda message: None)
+    names = [name for name, _ in groups]
+    all_paths = [p for _, paths in groups for p in paths]
+    codec_name, files = find_corpus_files(all_paths, codec_name)
+    codec = codec_class(codec_name).fit(files, encoding)  # one vocabulary across every label
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # per label: (train, val) token ids
+    hashes, skipped, used_files = hashlib.sha256(), [], 0  # noqa: S324 - a fingerprint, not security
+    for label, (name, paths) in enumerate(groups):
+        part_path = cache_path.with_name(f".{cache_path.name}.label{label}.npy")
+        try:
+            _, info = build_corpus(paths, part_path, codec_name, encoding, warn, codec=codec)
+            ids = np.load(part_path)
+        finally:
+            part_path.unlink(missing_ok=True)
+        n_val = int(len(ids) * val_fraction)
+        if n_val < 2 or len(ids) - n_val < 2:
+            raise CorpusError(f"label {name!r} has {len(ids)} tokens: too few for a training and a "
+                              f"{val_fraction:.0%} validation part; add files or raise --val-fraction")
+        parts.append((ids[: len(ids) - n_val], ids[len(ids) - n_val :]))
+        hashes.update(info.sha256.encode())
+        skipped.extend(info.skipped)
+        used_files += info.files
+    ordered = [train for train, _ in parts] + [val for _, val in parts]
+    label_of = list(range(len(parts))) * 2
+    total = sum(len(p) for p in ordered)
+    tokens = np.concatenate(ordered).astype(token_dtype(codec.vocab_size), copy=False)
+    label_ids = np.repeat(np.array(label_of, dtype=token_dtype(len(names) + 1)), [len(p) for p in ordered])
+    for array, path in ((tokens, cache_path), (label_ids, labels_path)):
+        atomic_write(path, lambda tmp, array=array: _save_npy(tmp, array))
+    return codec, CorpusInfo(paths=[str(p) for p in all_paths], files=used_files, tokens=total,
+                             sha256=hashes.hexdigest(), skipped=skipped, labels=list(names),
+                             train_tokens=sum(len(train) for train, _ in parts))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
 def load_tokens(cache_path: Path) -> np.ndarray:
     return np.load(cache_path, mmap_mode="r")
 
@@ -144,11 +218,18 @@ def load_tokens(cache_path: Path) -> np.ndarray:
 class Split:
     train: np.ndarray
     val: np.ndarray
+    train_labels: np.ndarray | None = None  # a labelled corpus: each token's label id
+    val_labels: np.ndarray | None = None
 
 
-def split_tokens(ids: np.ndarray, val_fraction: float, batch_size: int, seq_len: int) -> Split:
-    """First (1 - val_fraction) for training, the rest for validation (nanoGPT's split)."""
-    n_val = int(len(ids) * val_fraction)
+def split_tokens(ids: np.ndarray, val_fraction: float, batch_size: int, seq_len: int,
+                 train_tokens: int | None = None, labels: np.ndarray | None = None) -> Split:
+    """First (1 - val_fraction) for training, the rest for validation (nanoGPT's split).
+
+    A labelled corpus (``build_labelled_corpus``) says where its training part ends
+    (``train_tokens``) and brings each token's label (``labels``), split the same way.
+    """
+    n_val = int(len(ids) * val_fraction) if train_tokens is None else len(ids) - train_tokens
     n_train = len(ids) - n_val
     need_train = batch_size * seq_len + 1
     need_val = seq_len + 1
@@ -159,7 +240,11 @@ def split_tokens(ids: np.ndarray, val_fraction: float, batch_size: int, seq_len:
             f"with {val_fraction:.0%} validation needs at least {need}; "
             "add text or lower --batch-size/--seq-len"
         )
-    return Split(train=ids[:n_train], val=ids[n_train:])
+    if labels is None:
+        return Split(train=ids[:n_train], val=ids[n_train:])
+    if len(labels) != len(ids):
+        raise CorpusError(f"the label file holds {len(labels)} labels for {len(ids)} tokens")
+    return Split(train=ids[:n_train], val=ids[n_train:], train_labels=labels[:n_train], val_labels=labels[n_train:])
 
 
 class StreamBatcher:
@@ -171,8 +256,9 @@ class StreamBatcher:
     """
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int,
-                 augment: Callable[[np.ndarray, int], np.ndarray] | None = None):
+                 augment: Callable[[np.ndarray, int], np.ndarray] | None = None, labels: np.ndarray | None = None):
         self.ids = ids
+        self.labels = labels  # each token's label id (a labelled corpus), read in the same windows
         self.augment = augment  # (window [B, T+1], step) -> window; deterministic in step
         self.batch_size = batch_size
         self.seq_len = seq_len
@@ -192,14 +278,32 @@ class StreamBatcher:
         tokens = torch.from_numpy(window)
         return tokens[:, :-1], tokens[:, 1:]  # inputs, targets: [B, T] each
 
+    def batch_labels(self, step: int) -> torch.Tensor | None:
+        """The labels of ``batch(step)``'s inputs [B, T] (each input token's own), None when unlabelled."""
+        if self.labels is None:
+            return None
+        pos = (step % self.steps_per_epoch) * self.seq_len
+        return torch.from_numpy(self.labels[self._starts + pos + self._offsets[:, :-1]].astype(np.int64))
 
-def validation_batches(ids: np.ndarray, seq_len: int, streams: int = 16):
-    """Yield (x, y) covering the validation split in ``streams`` parallel streams."""
-    streams = max(1, min(streams, (len(ids) - 1) // seq_len))
-    stream_len = (len(ids) - 1) // streams
+
+def _validation_windows(length: int, seq_len: int, streams: int):
+    """Index arrays [streams, width + 1] of the windows ``validation_batches`` reads."""
+    streams = max(1, min(streams, (length - 1) // seq_len))
+    stream_len = (length - 1) // streams
     starts = np.arange(streams, dtype=np.int64)[:, None] * stream_len
     for pos in range(0, stream_len, seq_len):
         width = min(seq_len, stream_len - pos)
-        window = ids[starts + pos + np.arange(width + 1)[None, :]].astype(np.int64)
-        tokens = torch.from_numpy(window)
+        yield starts + pos + np.arange(width + 1)[None, :]
+
+
+def validation_batches(ids: np.ndarray, seq_len: int, streams: int = 16):
+    """Yield (x, y) covering the validation split in ``streams`` parallel streams."""
+    for index in _validation_windows(len(ids), seq_len, streams):
+        tokens = torch.from_numpy(ids[index].astype(np.int64))
         yield tokens[:, :-1], tokens[:, 1:]
+
+
+def validation_label_batches(labels: np.ndarray, seq_len: int, streams: int = 16):
+    """The labels [streams, width] of each ``validation_batches(ids, ...)`` input (``labels`` beside ``ids``)."""
+    for index in _validation_windows(len(labels), seq_len, streams):
+        yield torch.from_numpy(labels[index[:, :-1]].astype(np.int64))

@@ -94,7 +94,14 @@ class Stepper:
                 self.bias.append((b_ih if self.cell == "gru" else b_ih + b_hh).clone())
                 self.b_hh.append(b_hh.clone())
             # Layer 0's input projection depends only on the token: precompute it, bias included.
-            self.input_table = torch.addmm(self.bias[0], model.embed.weight.detach(), self.w_ih[0])  # [V, G*H]
+            embedding = cfg.embedding
+            self.input_table = torch.addmm(self.bias[0], model.embed.weight.detach(),
+                                           self.w_ih[0][:embedding])  # [V, G*H]
+            # A labelled model's label is constant through a generation: its share of layer 0's
+            # pre-activations is one row per label, added to each row's gates (``label_bias``).
+            self.label_table: torch.Tensor | None = None  # [labels + 1, G*H]
+            if model.label_embed is not None:
+                self.label_table = model.label_embed.weight.detach() @ self.w_ih[0][embedding:]
             self.head_w = model.head.weight.detach().t().contiguous()  # [H, V]
             self.head_b = model.head.bias.detach().clone()
 
@@ -103,14 +110,32 @@ class Stepper:
         n = 2 if self.cell == "lstm" else 1
         return tuple(torch.zeros(shape, dtype=self.head_w.dtype) for _ in range(n))
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """tokens: [B] -> logits [B, V], new state (same layout as ``CharRNN``)."""
-        if torch.is_inference_mode_enabled():  # the decoders already are: skip a context switch per token
-            return self._step(tokens, state)
-        with torch.inference_mode():
-            return self._step(tokens, state)
+    def label_bias(self, label: int | None, rows: int = 1) -> torch.Tensor | None:
+        """Layer 0's per-row gate bias [rows, G*H] for label id ``label`` (None: "no label", the table's
+        last row); None for an unlabelled model."""
+        if self.label_table is None:
+            return None
+        if label is None:
+            label = self.label_table.shape[0] - 1
+        return self.label_table[label].expand(rows, -1).contiguous()
 
-    def _step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, tokens: torch.Tensor, state: State,
+             bias: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """tokens: [B] -> logits [B, V], new state (same layout as ``CharRNN``).
+
+        ``bias``: a labelled model's per-row label bias [B, G*H] (``label_bias``); None when unlabelled.
+        """
+        if torch.is_inference_mode_enabled():  # the decoders already are: skip a context switch per token
+            return self._step(tokens, state, bias)
+        with torch.inference_mode():
+            return self._step(tokens, state, bias)
+
+    def _layer0_input(self, tokens: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Layer 0's input pre-activations [B, G*H] (a fresh tensor: callers accumulate into it)."""
+        rows = self.input_table.index_select(0, tokens)
+        return rows if bias is None else rows.add_(bias)
+
+    def _step(self, tokens: torch.Tensor, state: State, bias: torch.Tensor | None) -> tuple[torch.Tensor, State]:
         hidden, lstm, gru = self.hidden, self.cell == "lstm", self.cell == "gru"
         h_all = state[0].unbind(0)  # L x [B, H]
         c_all = state[1].unbind(0) if lstm else ()
@@ -120,12 +145,12 @@ class Stepper:
         for layer in range(self.layers):
             h = h_all[layer]
             if gru:
-                gi, gh = self._gru_products(layer, tokens, x, h)  # [B, 3H] each: r, z, n
+                gi, gh = self._gru_products(layer, tokens, x, h, bias)  # [B, 3H] each: r, z, n
                 r, z = gi[:, : 2 * hidden].add_(gh[:, : 2 * hidden]).sigmoid_().chunk(2, dim=1)
                 n = torch.addcmul(gi[:, 2 * hidden :], r, gh[:, 2 * hidden :]).tanh_()
                 x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             else:
-                gates = self._gates(layer, tokens, x, h)  # [B, G*H]
+                gates = self._gates(layer, tokens, x, h, bias)  # [B, G*H]
                 if lstm:  # gates (i, f, o, 2g): c = f c + i tanh(g) = f c + 2 i sigmoid(2g) - i
                     i, f, o, s = gates.sigmoid_().chunk(4, dim=1)
                     c = torch.addcmul(f * c_all[layer], i, s, value=2).sub_(i)
@@ -138,17 +163,18 @@ class Stepper:
         hs = torch.stack(new_h)  # [L, B, H]
         return logits, ((hs, torch.stack(new_c)) if lstm else (hs,))
 
-    def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
         """LSTM/RNN pre-activations [B, G*H]; accumulating in place (addmm_) saves a copy per product."""
         if layer == 0:
-            return self.input_table.index_select(0, tokens).addmm_(h, self.w_hh[0])
+            return self._layer0_input(tokens, bias).addmm_(h, self.w_hh[0])
         # Two products instead of one over cat([x, h]): same bytes, no copy.
         return torch.addmm(self.bias[layer], h, self.w_hh[layer]).addmm_(x, self.w_ih[layer])
 
-    def _gru_products(self, layer: int, tokens: torch.Tensor, x: torch.Tensor,
-                      h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gru_products(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+                      bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """GRU input and hidden products [B, 3H] each, kept apart: r multiplies only the hidden one's n."""
-        gi = (self.input_table.index_select(0, tokens) if layer == 0
+        gi = (self._layer0_input(tokens, bias) if layer == 0
               else torch.addmm(self.bias[layer], x, self.w_ih[layer]))
         return gi, torch.addmm(self.b_hh[layer], h, self.w_hh[layer])
 
@@ -187,16 +213,18 @@ class PackedStepper(Stepper):
                 else:
                     self.packed_both[layer] = _pack(torch.cat([self.w_ih[layer], self.w_hh[layer]]))
 
-    def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
         packed_both = self.packed_both[layer]
         if packed_both is None:  # layer 0
-            return _linear(h, self.packed_hh[0], None).add_(self.input_table.index_select(0, tokens))
+            gates = _linear(h, self.packed_hh[0], None).add_(self.input_table.index_select(0, tokens))
+            return gates if bias is None else gates.add_(bias)
         return _linear(torch.cat([x, h], dim=1), packed_both, self.bias[layer])  # [B, G*H]
 
-    def _gru_products(self, layer: int, tokens: torch.Tensor, x: torch.Tensor,
-                      h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gru_products(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+                      bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         packed_ih = self.packed_ih[layer]
-        gi = (self.input_table.index_select(0, tokens) if packed_ih is None
+        gi = (self._layer0_input(tokens, bias) if packed_ih is None
               else _linear(x, packed_ih, self.bias[layer]))
         return gi, _linear(h, self.packed_hh[layer], self.b_hh[layer])
 

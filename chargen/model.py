@@ -6,7 +6,7 @@ generation steps use :mod:`chargen.inference`, which reads the same weights.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -19,6 +19,9 @@ CELLS = ("lstm", "gru", "rnn")
 #: Recurrent state: (h, c) for an LSTM, (h,) otherwise; each [layers, batch, hidden].
 State = tuple[torch.Tensor, ...]
 
+#: Width of the learned label vector joined to each token's embedding (labelled models only).
+DEFAULT_LABEL_EMBEDDING = 16
+
 
 @dataclass
 class ModelConfig:
@@ -28,8 +31,15 @@ class ModelConfig:
     hidden: int = 512
     embedding: int = 128
     dropout: float = 0.0
+    # Conditioning labels (names, in id order); empty: an unlabelled model, exactly as before labels existed.
+    labels: list[str] = field(default_factory=list)
+    label_embedding: int = DEFAULT_LABEL_EMBEDDING
 
     def __post_init__(self) -> None:
+        self.labels = list(self.labels)
+        check_label_names(self.labels)
+        if self.labels and self.label_embedding < 1:
+            raise ChargenError("label_embedding must be positive")
         if self.cell not in CELLS:
             raise ChargenError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         if self.vocab_size < 1 or self.layers < 1 or self.hidden < 1 or self.embedding < 1:
@@ -37,13 +47,41 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ChargenError("dropout must be in [0, 1)")
 
+    @property
+    def no_label(self) -> int:
+        """The id of "no label" (the last row of the label table): unlabelled input to a labelled model."""
+        return len(self.labels)
+
+    def label_id(self, name: str | None) -> int | None:
+        """The one rule for a requested label (CLI, service, replay): its id, ``no_label`` for None on a
+        labelled model, None for None on an unlabelled one; ChargenError naming the labels otherwise."""
+        if name is None:
+            return self.no_label if self.labels else None
+        if not self.labels:
+            raise ChargenError(f"label {name!r}: this model has no labels (train with --labels-from or --label)")
+        if name not in self.labels:
+            raise ChargenError(f"unknown label {name!r}; this model's labels: {', '.join(self.labels)}")
+        return self.labels.index(name)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.labels:  # an unlabelled model's metadata stays what it always was
+            del data["labels"], data["label_embedding"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def check_label_names(names: list[str]) -> None:
+    """Label names: distinct, non-empty strings without control characters."""
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            raise ChargenError(f"label {name!r} must be a non-empty name without control characters")
+    if len(set(names)) != len(names):
+        raise ChargenError(f"label names must be distinct: {', '.join(names)}")
 
 
 #: Named sizes for users who do not tune: (layers, hidden, embedding, dropout).
@@ -62,8 +100,9 @@ class CharRNN(nn.Module):
         self.config = config
         rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.cell]
         self.embed = nn.Embedding(config.vocab_size, config.embedding)
+        label_width = config.label_embedding if config.labels else 0
         self.rnn = rnn_class(
-            config.embedding,
+            config.embedding + label_width,
             config.hidden,
             num_layers=config.layers,
             batch_first=True,
@@ -71,6 +110,9 @@ class CharRNN(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden, config.vocab_size)
+        # Made last, so an unlabelled model draws its initial weights exactly as before labels existed.
+        # Row len(labels) is "no label". The label joins every step's input, so training stays one fused RNN call.
+        self.label_embed = nn.Embedding(len(config.labels) + 1, label_width) if config.labels else None
 
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         shape = (self.config.layers, batch, self.config.hidden)
@@ -78,8 +120,18 @@ class CharRNN(nn.Module):
         dtype = self.head.weight.dtype
         return tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(n))
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, tokens: torch.Tensor, state: State | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """tokens [B, T]; labels (labelled models): [B, T] or [B] label ids, None = "no label"."""
         x = self.embed(tokens)  # [B, T, E]
+        if self.label_embed is not None:
+            if labels is None:
+                labels = torch.full(tokens.shape, self.config.no_label, dtype=torch.long, device=tokens.device)
+            elif labels.dim() == 1:
+                labels = labels[:, None].expand(tokens.shape)
+            x = torch.cat([x, self.label_embed(labels).to(x.dtype)], dim=-1)  # [B, T, E + E_l]
+        elif labels is not None:
+            raise ChargenError("this model has no labels")
         if state is None:
             out, new_state = self.rnn(x)  # out: [B, T, H]
         elif self.config.cell == "lstm":
@@ -103,7 +155,7 @@ def flops_per_token(config: ModelConfig) -> int:
     """Multiply-add FLOPs (x2) of one forward token; training costs ~3x this."""
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
     total = 0
-    width = config.embedding
+    width = config.embedding + (config.label_embedding if config.labels else 0)
     for _ in range(config.layers):
         total += 2 * gates * config.hidden * (width + config.hidden)
         width = config.hidden

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from chargen.checkpoint import (
+    LABELS,
     LAST,
     STATE,
     TOKENS,
@@ -25,9 +26,9 @@ from chargen.checkpoint import (
     sha256_file,
 )
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Warn, build_corpus, token_dtype
+from chargen.data import CorpusInfo, Warn, build_corpus, build_labelled_corpus, label_folders, token_dtype
 from chargen.errors import ChargenError
-from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig
+from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig, check_label_names
 from chargen.training import TrainConfig, TrainResult, distributed, train
 
 
@@ -70,7 +71,19 @@ def start_run(
     encoding: str = "utf-8",
     progress: bool = True,
     warn: Warn | None = None,
+    labels_from: str | None = None,
+    label: str | None = None,
 ) -> TrainResult:
+    """Start a run. ``labels_from="folders"``: the one CORPUS folder's subfolders are the labels;
+    ``label``: the whole corpus is that one label. Otherwise an unlabelled model, as before labels."""
+    if labels_from is not None and label is not None:
+        raise ChargenError("give either --labels-from or --label, not both")
+    if labels_from not in (None, "folders"):
+        raise ChargenError(f"--labels-from {labels_from!r}: the only source of labels is 'folders'")
+    if label is not None:
+        check_label_names([label])
+    if labels_from and len(corpus_paths) != 1:
+        raise ChargenError("--labels-from folders takes one CORPUS folder, whose subfolders are the labels")
     root = out or default_checkpoint_root()
     ranks = distributed.current()  # torchrun: rank 0 names the run and encodes the corpus; the others wait
     run_dir = root / ranks.json_from_main(
@@ -83,9 +96,16 @@ def start_run(
     except OSError as exc:
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
-        codec, corpus = ranks.build_corpus_once(
-            lambda: build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn))
-        model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}))
+        def build() -> tuple[Codec, CorpusInfo]:
+            if labels_from or label is not None:
+                groups = ([(name, [folder]) for name, folder in label_folders(corpus_paths[0], warn)] if labels_from
+                          else [(label or "", list(corpus_paths))])
+                return build_labelled_corpus(groups, run_dir / TOKENS, run_dir / LABELS,
+                                             train_config.val_fraction, codec_name, encoding, warn)
+            return build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
+
+        codec, corpus = ranks.build_corpus_once(build)
+        model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}), labels=corpus.labels)
         return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
     except BaseException:
         # Nothing was trained: leave no run without weights behind to be picked as "newest".
@@ -104,6 +124,12 @@ def check_tokens(run_dir: Path, recorded: dict[str, object], codec: Codec) -> No
         if sha256_file(path) != expected_hash:
             raise ChargenError(f"{path}: not the encoded corpus this run was started with (sha256 differs); "
                                "cannot resume")
+        labels_hash = recorded.get("labels_sha256")
+        if isinstance(labels_hash, str):
+            labels_path = run_dir / LABELS
+            if not labels_path.is_file() or sha256_file(labels_path) != labels_hash:
+                raise ChargenError(f"{labels_path}: missing, or not the label file this run was started with; "
+                                   "cannot resume")
         return
     try:  # runs from before tokens_sha256 was recorded: check what can be checked cheaply
         ids = np.load(path, mmap_mode="r")

@@ -15,7 +15,7 @@ from chargen.sampling.ngram import NgramBlocker, advance_beams, effective_ban
 
 @torch.inference_mode()
 def beam_search(stepper: Stepper, logits: torch.Tensor, state: State, prime_ids: list[int], cfg: DecodeConfig,
-                rng: torch.Generator) -> list[tuple[list[int], float]]:
+                rng: torch.Generator, label: int | None = None) -> list[tuple[list[int], float]]:
     """The best ``cfg.num_samples`` beams as (ids, log-probability), best first, from the primed ``logits`` [1, V].
 
     The bookkeeping stays in a few whole-tensor ops per step, with no Python
@@ -23,6 +23,7 @@ def beam_search(stepper: Stepper, logits: torch.Tensor, state: State, prime_ids:
     few hundred microseconds, and every small op after it costs several.
     """
     k = cfg.beam_width or 1
+    bias = stepper.label_bias(label, k)  # every beam has the generation's label
     vocab = logits.shape[-1]
     logits, state = logits.expand(k, -1), tuple(s.expand(-1, k, -1) for s in state)  # views: reordered below
     scores = torch.full((k, 1), float("-inf"), dtype=torch.float64)  # [K, 1] total log-likelihood
@@ -54,7 +55,7 @@ def beam_search(stepper: Stepper, logits: torch.Tensor, state: State, prime_ids:
         history.append((parents, tokens))
         if block:
             blockers, rows, cols = advance_beams(blockers, parents.tolist(), tokens.tolist(), vocab)
-        logits, state = stepper.step(tokens, reorder_state(state, parents))
+        logits, state = stepper.step(tokens, reorder_state(state, parents), bias)
     final = scores[:, 0].tolist()
     finite = [i for i in sorted(range(k), key=lambda i: final[i], reverse=True) if math.isfinite(final[i])]
     steps = [(p.tolist(), t.tolist()) for p, t in history]

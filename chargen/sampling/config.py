@@ -25,6 +25,7 @@ class DecodeConfig:
     num_samples: int = 1
     no_repeat_ngram: int | None = None  # None: DEFAULT for greedy/beam, off for sampling
     seed: int | None = None
+    label: str | None = None  # a labelled model's conditioning label; None: no label
 
     @property
     def decoder(self) -> str:

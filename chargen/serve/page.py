@@ -50,6 +50,7 @@ _TEMPLATE = r"""<!doctype html>
   <h1>chargen</h1>
   <form id="form">
     <label>Model <select id="model" required></select></label>
+    <label id="label-box" hidden>Label <select id="label"></select></label>
     <label>Decoder
       <select id="decoder">
         <option value="sample">sample</option><option value="greedy">greedy</option>
@@ -123,6 +124,18 @@ async function loadModels() {
   }));
   setStatus(models.length + " model(s) served");
   modelsLoaded();
+  syncLabels();
+}
+
+function syncLabels() {  // a labelled model's labels; "" asks for none
+  const labels = (currentModel() || {}).labels || [];
+  $("label").replaceChildren(...["", ...labels].map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name || "(none)";
+    return option;
+  }));
+  $("label-box").hidden = labels.length === 0;
 }
 
 function syncDecoder() {
@@ -138,6 +151,7 @@ function requestBody() {
   const prime = $("prime").value;
   if (prime) body.prime = prime;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("label").value !== "") body.label = $("label").value;
   const decoder = $("decoder").value;
   if (decoder === "sample") body.temperature = Number($("temperature").value);
   if (decoder === "greedy") body.greedy = true;
@@ -281,6 +295,7 @@ $("decoder").addEventListener("change", syncDecoder);
 $("model").addEventListener("change", () => {
   const model = currentModel();
   $("prime").placeholder = model && model.codec === "midi" ? "MIDI tokens (printable form)" : "text to continue";
+  syncLabels();
 });
 $("token").value = sessionStorage.getItem("chargen-token") || "";
 $("token").addEventListener("change", () => {

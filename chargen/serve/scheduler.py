@@ -43,6 +43,7 @@ class Job:
         self.prime_ids = prime_ids
         self.logits: torch.Tensor | None = None  # [n, V], set by prime() in the scheduler thread
         self.state: State = ()
+        self.bias: torch.Tensor | None = None  # [n, G*H]: a labelled model's label bias (Stepper.label_bias)
         self.rng: torch.Generator | None = None
         self.vocab = 0
         self.blocking = bool(config.no_repeat_ngram)
@@ -63,7 +64,9 @@ class Job:
 
     def prime(self, generator: Generator) -> None:
         # As Generator._sample: expand the batch-1 primed state to n identical rows.
-        logits, state = generator.prime_state(self.prime_ids)
+        label = generator.label_id(self.config.label)  # checked when the request was prepared
+        logits, state = generator.prime_state(self.prime_ids, label)
+        self.bias = generator.stepper.label_bias(label, self.n)
         self.vocab = logits.shape[-1]
         self.logits, self.state = logits.expand(self.n, -1), expand_state(state, self.n)
         self.rng = torch.Generator().manual_seed(self.config.seed)
@@ -106,6 +109,7 @@ class BatchScheduler:
         self._active: list[Job] = []  # owned by the worker thread
         self._logits: torch.Tensor | None = None  # [rows, V]
         self._state: State | None = None  # each [layers, rows, hidden]
+        self._bias: torch.Tensor | None = None  # [rows, G*H]: labelled models only, each row its request's label
         # Sampling noise for the coming ticks of the cycle, row for row with the batch: each
         # request draws from its own RNG once per NOISE_AHEAD ticks, and a tick reads one slice.
         self._noise: torch.Tensor | None = None  # [NOISE_AHEAD, rows, V]
@@ -186,11 +190,14 @@ class BatchScheduler:
         noise = job.draw_noise(NOISE_AHEAD, skip=self._phase)  # from this tick to the cycle's end
         if self._logits is None or self._state is None or self._noise is None:
             self._logits, self._state, self._noise = job.logits.contiguous(), job.state, noise
+            self._bias = job.bias
         else:
             self._logits = torch.cat([self._logits, job.logits])
             self._state = tuple(torch.cat([a, b], dim=1) for a, b in zip(self._state, job.state))
             self._noise = torch.cat([self._noise, noise], dim=1)
-        job.logits, job.state = None, ()  # the batch holds them now
+            if self._bias is not None and job.bias is not None:
+                self._bias = torch.cat([self._bias, job.bias])
+        job.logits, job.state, job.bias = None, (), None  # the batch holds them now
         self._active.append(job)
 
     def _retain(self, keep: list[Job]) -> torch.Tensor | None:
@@ -205,9 +212,11 @@ class BatchScheduler:
         self._active = keep
         index = torch.tensor(rows, dtype=torch.long)
         if not rows:
-            self._logits = self._state = self._noise = None
+            self._logits = self._state = self._noise = self._bias = None
             return index
         assert self._logits is not None and self._state is not None and self._noise is not None
+        if self._bias is not None:
+            self._bias = self._bias.index_select(0, index)
         self._logits = self._logits.index_select(0, index)
         self._state = reorder_state(self._state, index)
         self._noise = self._noise.index_select(1, index)
@@ -283,7 +292,7 @@ class BatchScheduler:
             if self._phase == NOISE_AHEAD:  # next cycle: every request draws its next NOISE_AHEAD ticks
                 self._noise = torch.cat([job.draw_noise(NOISE_AHEAD) for job in going], dim=1)
             step_tokens = tokens if index is None else tokens.index_select(0, index)
-            self._logits, self._state = self.generator.stepper.step(step_tokens, self._state)
+            self._logits, self._state = self.generator.stepper.step(step_tokens, self._state, self._bias)
             self.stats.steps += 1
             self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(step_tokens))
             self.stats.max_batch_requests = max(self.stats.max_batch_requests, len(going))
@@ -298,6 +307,6 @@ class BatchScheduler:
         with self._cond:
             jobs = list(self._pending) + self._active
             self._pending.clear()
-        self._active, self._logits, self._state, self._noise = [], None, None, None
+        self._active, self._logits, self._state, self._noise, self._bias = [], None, None, None, None
         for job in jobs:
             job.emit("error", (status, message))

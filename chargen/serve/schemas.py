@@ -35,5 +35,7 @@ class GenerateRequest(BaseModel):
     num_samples: int = Field(1, ge=1, description="Samples generated together (capped by max_samples).")
     no_repeat_ngram: int | None = Field(None, ge=0, le=10_000)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    label: str | None = Field(None, min_length=1, max_length=200,
+                              description="Conditioning label of a labelled model (GET /v1/models lists them).")
     format: Literal["text", "midi"] = "text"
     stream: bool = Field(False, description="Answer with Server-Sent Events: token, then done (or error).")

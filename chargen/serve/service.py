@@ -72,6 +72,7 @@ class Served:
             "steps": ckpt.training.get("step"),
             "sha256": self.sha256,
             "default_prime": ckpt.codec.default_prime,
+            "labels": list(ckpt.config.labels),
         }
 
 
@@ -163,8 +164,9 @@ class Service:
         config = DecodeConfig(length=body.length, temperature=body.temperature, top_k=body.top_k,
                               top_p=body.top_p, greedy=body.greedy, beam_sample=body.beam_sample,
                               num_samples=body.num_samples, no_repeat_ngram=body.no_repeat_ngram,
-                              seed=body.seed, **beam)
+                              seed=body.seed, label=body.label, **beam)
         config.validate(codec.vocab_size)  # the decoder's rules, as `chargen sample` applies them
+        served.generator.label_id(config.label)  # the model's label rule, as `chargen sample` applies it
         prime_ids = codec.encode(body.prime if body.prime else codec.default_prime)
         return config.resolved(), prime_ids
 

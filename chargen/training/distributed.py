@@ -156,14 +156,15 @@ class Distributed:
         return batch_size * self.world_size
 
     def batcher(self, ids: np.ndarray, batch_size: int, seq_len: int,
-                augment: Callable[[np.ndarray, int], np.ndarray] | None) -> StreamBatcher:
+                augment: Callable[[np.ndarray, int], np.ndarray] | None,
+                labels: np.ndarray | None = None) -> StreamBatcher:
         """This rank's share of the global batch ``batch_size``."""
         if not self.enabled:
-            return StreamBatcher(ids, batch_size, seq_len, augment)
+            return StreamBatcher(ids, batch_size, seq_len, augment, labels)
         if batch_size % self.world_size:
             raise ChargenError(f"the run's global batch of {batch_size} streams does not split evenly over "
                                f"{self.world_size} processes; use a number of processes that divides it")
-        return ShardedStreamBatcher(ids, batch_size, seq_len, augment, self.rank, self.world_size)
+        return ShardedStreamBatcher(ids, batch_size, seq_len, augment, self.rank, self.world_size, labels)
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """What forward/backward goes through: DDP averages the gradients across ranks."""
@@ -221,8 +222,9 @@ class ShardedStreamBatcher(StreamBatcher):
     """Rows ``rank*B .. rank*B+B-1`` of the ``batch_size`` streams a single process would read."""
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int,
-                 augment: Callable[[np.ndarray, int], np.ndarray] | None, rank: int, world_size: int):
-        super().__init__(ids, batch_size, seq_len, augment)
+                 augment: Callable[[np.ndarray, int], np.ndarray] | None, rank: int, world_size: int,
+                 labels: np.ndarray | None = None):
+        super().__init__(ids, batch_size, seq_len, augment, labels)
         per_rank = batch_size // world_size
         self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
         if augment is None:
@@ -235,6 +237,10 @@ class ShardedStreamBatcher(StreamBatcher):
         # A transposition draws a shift per row in order: to draw the single-process shifts,
         # the whole window is augmented (MIDI corpora are small), and this rank keeps its rows.
         return inputs[self.rows], targets[self.rows]
+
+    def batch_labels(self, step: int) -> torch.Tensor | None:
+        labels = super().batch_labels(step)
+        return labels if labels is None or self.augment is None else labels[self.rows]
 
 
 class AgreedBudget:

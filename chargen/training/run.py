@@ -23,6 +23,7 @@ from chargen.checkpoint import (
     FAILED,
     FINISHED,
     INTERRUPTED,
+    LABELS,
     RUN_JSON,
     RUNNING,
     STATE,
@@ -166,7 +167,9 @@ def train(
     if saved is None:
         config = replace(config, batch_size=ranks.global_batch(config.batch_size))
 
-    data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len)
+    labels = load_tokens(run_dir / LABELS) if corpus.labels else None
+    data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len,
+                        corpus.train_tokens, labels)
     trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
     state = trainer.state
     if new_limit:
@@ -184,6 +187,7 @@ def train(
                 "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
                 "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
                 "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
+                **({"labels_sha256": sha256_file(run_dir / LABELS)} if corpus.labels else {}),
                 "world_size": ranks.world_size,
             })
         trainer.checkpoint(None)  # from the first moment on, the run folder is resumable

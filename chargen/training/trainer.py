@@ -61,10 +61,16 @@ def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int:
     return 0
 
 
+#: Share of a labelled run's (stream, window) pairs trained with "no label": unlabelled sampling
+#: from a labelled model stays in the distribution it learnt.
+LABEL_DROPOUT = 0.1
+
+
 @torch.no_grad()
-def evaluate(model: CharRNN, val: np.ndarray, seq_len: int, device: torch.device, precision: str) -> float:
+def evaluate(model: CharRNN, val: np.ndarray, seq_len: int, device: torch.device, precision: str,
+             labels: np.ndarray | None = None) -> float:
     """Mean validation loss in nats per token over the whole validation split (what `chargen score` computes)."""
-    return mean_loss(model, val, seq_len, device, precision)
+    return mean_loss(model, val, seq_len, device, precision, labels=labels)
 
 
 class Trainer:
@@ -86,7 +92,10 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.dist = current_distributed()  # torchrun: this rank's place; else a no-op
-        self.batcher = self.dist.batcher(data.train, config.batch_size, config.seq_len, self._augmentation())
+        self.batcher = self.dist.batcher(data.train, config.batch_size, config.seq_len, self._augmentation(),
+                                         labels=data.train_labels)
+        if (data.train_labels is not None) != bool(model_config.labels):
+            raise ChargenError("a labelled model needs a labelled corpus, and an unlabelled one an unlabelled corpus")
         self.model = CharRNN(model_config).to(self.device)
         self.forward = self.dist.wrap(self.model, self.device)  # DDP under torchrun; saved: self.model
         self.optimizer = build_optimizer(self.model, config, self.device)
@@ -131,11 +140,12 @@ class Trainer:
         x, y = self.batcher.batch(state.step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         self.dist.seed_dropout(config.seed, state.step)  # ranks > 0: their masks, a function of the step
+        labels = self._labels(state.step)
         self.lr = lr_at(state.step, state.total_steps or 10**9, config)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         with autocast_context(self.device, self.precision):
-            logits, hidden = self.forward(x, state.hidden)  # [B, T, V]
+            logits, hidden = self.forward(x, state.hidden, labels)  # [B, T, V]
             loss = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         state.hidden = detach_state(hidden)
         self.optimizer.zero_grad(set_to_none=True)
@@ -156,10 +166,21 @@ class Trainer:
                                "lower --lr or --weight-decay")
         return self.last_train
 
+    def _labels(self, step: int) -> torch.Tensor | None:
+        """A labelled run's input labels [B, T], LABEL_DROPOUT of the streams set to "no label" this step."""
+        labels = self.batcher.batch_labels(step)
+        if labels is None:
+            return None
+        rng = np.random.default_rng((self.config.seed, step, 1))  # a function of the step: resumes exactly
+        dropped = torch.from_numpy(rng.random(labels.shape[0]) < LABEL_DROPOUT)
+        labels[dropped] = self.model_config.no_label
+        return labels.to(self.device, non_blocking=True)
+
     def evaluate(self) -> float:
         """Validation loss (nats per token) over the whole validation split; recorded in the state."""
         began = time.monotonic()
-        self.last_val = evaluate(self.model, self.data.val, self.config.seq_len, self.device, self.precision)
+        self.last_val = evaluate(self.model, self.data.val, self.config.seq_len, self.device, self.precision,
+                                 self.data.val_labels)
         self.state.evals.append({"step": self.state.step, "minutes": self.elapsed_s / 60, "val_loss": self.last_val,
                                  "train_loss": self.last_train if self.last_train is not None else math.nan})
         self.evals_done += 1
