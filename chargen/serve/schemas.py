@@ -35,5 +35,10 @@ class GenerateRequest(BaseModel):
     num_samples: int = Field(1, ge=1, description="Samples generated together (capped by max_samples).")
     no_repeat_ngram: int | None = Field(None, ge=0, le=10_000)
     seed: int | None = Field(None, ge=0, lt=2**63)
+    grammar: bool | None = Field(None, description="Music models: decode under the MIDI grammar (note-offs only "
+                                 "for sounding notes, no second note-on, a polyphony cap). Default: on for music "
+                                 "models; text models take none.")
+    max_polyphony: int | None = Field(None, ge=0, le=128, description="Music models: most notes sounding at once "
+                                      "under the grammar; 0 = no cap. Default: the cap learnt from the corpus.")
     format: Literal["text", "midi"] = "text"
     stream: bool = Field(False, description="Answer with Server-Sent Events: token, then done (or error).")
