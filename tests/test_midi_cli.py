@@ -132,3 +132,25 @@ def test_an_older_checkpoint_gets_its_cap_from_the_run_tokens_else_none(midi_run
     shown = run_cli("sample", "-c", str(alone), "--len", "20", "--seed", "1", "--format", "text", "--json", "--no-log")
     assert json.loads(shown.stdout)["params"]["max_polyphony"] == 0
     assert "no cap" in run_cli("info", str(alone)).stdout
+
+
+def test_replay_is_byte_identical_with_the_grammar_and_rows_from_before_it_replay_without(
+        midi_run: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    for options in (["--temperature", "1.0", "-n", "2"], ["--beam-width", "3"], ["--no-grammar"]):
+        result = run_cli("sample", "-c", str(midi_run), "--len", "150", "--seed", "5", "--format", "text",
+                         "--database", url, "--require-log", "-q", *options)
+        assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "history.db") as db:
+        ids = [row[0] for row in db.execute("SELECT id FROM generations ORDER BY created_at")]
+        # The ungrammatical row as it was logged before the grammar existed: no grammar settings at all.
+        db.execute("UPDATE generations SET params = json_remove(params, '$.grammar', '$.max_polyphony', "
+                   "'$.max_hold_s') WHERE id = ?", (ids[-1],))
+    assert len(ids) == 3
+    for gen_id in ids:
+        replay = run_cli("history", "replay", gen_id, "--database", url, "--json")
+        assert replay.returncode == 0, replay.stderr
+        data = json.loads(replay.stdout)
+        assert data["identical"] and data["replayed"] == data["recorded"]
