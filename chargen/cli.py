@@ -164,6 +164,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
               "note-on, a polyphony cap) [default: on for MIDI models].")
 @click.option("--max-polyphony", type=click.IntRange(min=0), metavar="N",
               help="MIDI grammar: at most N notes at once; 0 = no cap [default: the cap learnt from the corpus].")
+@click.option("--max-hold-s", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="MIDI grammar: no note held longer than this, the model must release it; 0 = no limit "
+              "[default: 0].")
 @click.option("--prime", help="Text to start from (must use the model's characters).")
 @click.option("--prime-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Read the prime text from a file.")
@@ -193,9 +196,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--require-log", is_flag=True, help="Exit 1 if the generation could not be logged.")
 def sample(checkpoint: str | None, length: int, temperature: float | None, top_k: int | None,
            top_p: float | None, greedy: bool, beam_width: int | None, beam_sample: bool, no_repeat_ngram: int | None,
-           grammar: bool | None, max_polyphony: int | None, prime: str | None, prime_file: Path | None,
-           prime_midi: Path | None, prime_len: int, seed: int | None,
-           num_samples: int, output_format: str | None, output: Path | None, tempo: float, program: int,
+           grammar: bool | None, max_polyphony: int | None, max_hold_s: float | None, prime: str | None,
+           prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None, num_samples: int,
+           output_format: str | None, output: Path | None, tempo: float, program: int,
            max_note_seconds: float, as_json: bool, quiet: bool, database: str | None, no_log: bool,
            require_log: bool) -> None:
     """Generate from a trained model; only generated text goes to stdout.
@@ -228,7 +231,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     config = DecodeConfig(length=length, temperature=1.0 if temperature is None else temperature, top_k=top_k,
                           top_p=top_p, greedy=greedy, beam_width=beam_width, beam_sample=beam_sample,
                           num_samples=num_samples, no_repeat_ngram=no_repeat_ngram, seed=seed,
-                          grammar=grammar, max_polyphony=max_polyphony)
+                          grammar=grammar, max_polyphony=max_polyphony, max_hold_s=max_hold_s)
     if (beam_width or 1) > loaded.codec.vocab_size:
         raise click.UsageError(f"--beam-width {beam_width} exceeds the model's vocabulary of "
                                f"{loaded.codec.vocab_size} tokens")

@@ -136,11 +136,12 @@ def music_server(music_checkpoint: Path) -> Iterator[str]:
 
 
 def _music_options(decoder: str, seed: int, grammar: bool | None, max_polyphony: int | None,
-                   no_repeat_ngram: int | None, temperature: float | None) -> dict[str, Any]:
+                   no_repeat_ngram: int | None, temperature: float | None,
+                   max_hold_s: float | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {"length": 60, "seed": seed, "num_samples": 2, "greedy": decoder == "greedy",
                                "temperature": temperature if decoder == "sample" else None, "top_k": None,
                                "top_p": None, "no_repeat_ngram": no_repeat_ngram, "grammar": grammar,
-                               "max_polyphony": max_polyphony}
+                               "max_polyphony": max_polyphony, "max_hold_s": max_hold_s}
     if decoder == "beam":
         options["beam_width"] = 2
     return options
@@ -150,26 +151,28 @@ def via_cli_music(checkpoint: Path, options: dict[str, Any]) -> tuple[str, Any]:
     extra = ["--format", "text"]
     if options["grammar"] is not None:
         extra.append("--grammar" if options["grammar"] else "--no-grammar")
-    for key in ("max_polyphony", "beam_width"):
+    for key in ("max_polyphony", "max_hold_s", "beam_width"):
         if options.get(key) is not None:
             extra += [f"--{key.replace('_', '-')}", str(options[key])]
-    plain = {k: v for k, v in options.items() if k not in ("grammar", "max_polyphony", "beam_width")}
+    plain = {k: v for k, v in options.items() if k not in ("grammar", "max_polyphony", "max_hold_s", "beam_width")}
     return via_cli(checkpoint, plain, extra)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(decoder=st.sampled_from(["sample", "greedy", "beam"]), seed=st.integers(0, 2**31 - 1),
        grammar=st.sampled_from([None, True, False]), max_polyphony=st.sampled_from([None, 0, 1, 2, 5]),
-       no_repeat_ngram=st.none() | st.integers(0, 3), temperature=st.none() | st.floats(0.5, 2.0))
+       no_repeat_ngram=st.none() | st.integers(0, 3), temperature=st.none() | st.floats(0.5, 2.0),
+       max_hold_s=st.sampled_from([None, 0.0, 0.2]))
 def test_service_and_cli_decode_music_alike_with_the_grammar_on_and_off(
         music_server: str, music_checkpoint: Path, decoder: str, seed: int, grammar: bool | None,
-        max_polyphony: int | None, no_repeat_ngram: int | None, temperature: float | None) -> None:
-    options = _music_options(decoder, seed, grammar, max_polyphony, no_repeat_ngram, temperature)
+        max_polyphony: int | None, no_repeat_ngram: int | None, temperature: float | None,
+        max_hold_s: float | None) -> None:
+    options = _music_options(decoder, seed, grammar, max_polyphony, no_repeat_ngram, temperature, max_hold_s)
     cli_kind, cli_result = via_cli_music(music_checkpoint, options)
     http_kind, http_result = via_http(music_server, options)
     assert cli_kind == http_kind, (options, cli_result, http_result)
-    if cli_kind == "error":  # max-polyphony with the grammar switched off: the same rule, the same words
-        assert grammar is False and max_polyphony
+    if cli_kind == "error":  # settings for a switched-off grammar: the same rule, the same words
+        assert grammar is False and (max_polyphony or max_hold_s)
         status, detail = http_result
         assert status == 400 and detail in cli_result, (detail, cli_result)
         return

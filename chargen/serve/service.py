@@ -164,7 +164,8 @@ class Service:
         config = DecodeConfig(length=body.length, temperature=body.temperature, top_k=body.top_k,
                               top_p=body.top_p, greedy=body.greedy, beam_sample=body.beam_sample,
                               num_samples=body.num_samples, no_repeat_ngram=body.no_repeat_ngram,
-                              seed=body.seed, grammar=body.grammar, max_polyphony=body.max_polyphony, **beam)
+                              seed=body.seed, grammar=body.grammar, max_polyphony=body.max_polyphony,
+                              max_hold_s=body.max_hold_s, **beam)
         music = served.generator.music
         config.validate(codec.vocab_size, music)  # the decoder's rules, as `chargen sample` applies them
         prime_ids = codec.encode(body.prime if body.prime else codec.default_prime)
