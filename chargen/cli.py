@@ -166,7 +166,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
               help="MIDI grammar: at most N notes at once; 0 = no cap [default: the cap learnt from the corpus].")
 @click.option("--max-hold-s", type=click.FloatRange(min=0), metavar="SECONDS",
               help="MIDI grammar: no note held longer than this, the model must release it; 0 = no limit "
-              "[default: 0].")
+              "[default: 5, the export's held-note cap].")
 @click.option("--prime", help="Text to start from (must use the model's characters).")
 @click.option("--prime-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Read the prime text from a file.")

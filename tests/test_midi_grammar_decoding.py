@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from chargen.errors import ChargenError
 from chargen.midi_codec import MidiCodec, ids_to_notes
-from chargen.midi_export import decode_to_midi
+from chargen.midi_export import DEFAULT_MAX_NOTE_S, decode_to_midi
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import DecodeConfig, Generator, sequence_logprob
+from chargen.sampling.config import DEFAULT_MAX_HOLD_S
 from chargen.text_codec import TextCodec
 from tests.test_midi_grammar import _check_stream, _longest_note_s, _read_back
 
@@ -64,7 +65,7 @@ def test_on_by_default_for_music_with_the_learnt_cap_and_off_when_asked(generato
         assert max(peak(s.ids) for s in free.samples) > CAP, name  # without the grammar the cap means nothing
         assert (free.config.grammar, free.config.max_polyphony, free.config.max_hold_s) == (False, 0, 0.0)
         result = generator.generate(None, DecodeConfig(length=300, seed=1, **options))
-        assert (result.config.grammar, result.config.max_polyphony) == (True, CAP), name  # recorded explicitly
+        assert (result.config.grammar, result.config.max_polyphony, result.config.max_hold_s) == (True, CAP, 5.0)
         assert all(0 < peak(s.ids) <= CAP for s in result.samples), name
         # The reported log-probability is the model's own, not the renormalised masked one.
         prime = generator.codec.encode(generator.codec.default_prime)
@@ -73,6 +74,10 @@ def test_on_by_default_for_music_with_the_learnt_cap_and_off_when_asked(generato
         # Replay from the recorded settings: the same tokens, the same floats.
         again = generator.generate(None, DecodeConfig(**vars(result.config)))
         assert [(s.ids, s.logprob) for s in again.samples] == [(s.ids, s.logprob) for s in result.samples]
+
+
+def test_the_default_longest_hold_is_the_export_held_note_cap() -> None:
+    assert DEFAULT_MAX_HOLD_S == DEFAULT_MAX_NOTE_S
 
 
 def test_max_polyphony_overrides_the_learnt_cap_and_zero_is_no_cap(generator: Generator) -> None:

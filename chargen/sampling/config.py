@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 #: n-gram length blocked by default for the deterministic decoders, whose
 #: character-level output otherwise loops ("the same the same the same ...").
 DEFAULT_NO_REPEAT_NGRAM = 12
-#: Music models: the longest a note may be held under the grammar by default (seconds; 0 = no limit).
-DEFAULT_MAX_HOLD_S = 0.0
+#: Music models: the longest a note may be held under the grammar by default (seconds; 0 = no limit):
+#: the export's held-note cap (chargen.midi_export.DEFAULT_MAX_NOTE_S), so the model releases the notes
+#: the export would otherwise cut (BENCHMARKS.md, "Music quality").
+DEFAULT_MAX_HOLD_S = 5.0
 
 
 @dataclass
