@@ -8,7 +8,7 @@ decoded without the MIDI grammar (today's decoder) and with it
 (:mod:`chargen.midi_grammar`, polyphony cap K: the checkpoint's stored cap, or
 else the corpus's 99th percentile of onset polyphony), the latter twice: the
 cap alone, and with ``max_hold`` set to the held-note cap (the model must
-release a note before the export would cut it). Every piece, corpus file
+release a note before the export would cut it; the decoder's default). Every piece, corpus file
 or sample, goes the same way: token ids (the corpus encoded by the checkpoint's
 codec) -> :func:`chargen.midi_export.decode_to_midi` -> a Standard MIDI File
 read back by pretty_midi, which the statistics are taken from. Samples are
