@@ -8,7 +8,7 @@ decoded without the MIDI grammar (today's decoder) and with it
 (:mod:`chargen.midi_grammar`, polyphony cap K: the checkpoint's stored cap, or
 else the corpus's 99th percentile of onset polyphony), the latter twice: the
 cap alone, and with ``max_hold`` set to the held-note cap (the model must
-release a note before the export would cut it). Every piece, corpus file
+release a note before the export would cut it; the decoder's default). Every piece, corpus file
 or sample, goes the same way: token ids (the corpus encoded by the checkpoint's
 codec) -> :func:`chargen.midi_export.decode_to_midi` -> a Standard MIDI File
 read back by pretty_midi, which the statistics are taken from. Samples are
@@ -127,7 +127,6 @@ class Row:
     decoder: str
     grammar: str
     pieces: list[Notes] = field(default_factory=list)
-    note: str = ""  # why a row has no figures
 
     @property
     def notes(self) -> Notes:
@@ -159,35 +158,23 @@ class Row:
         }
 
 
-class GrammarUnavailable(Exception):
-    """The decoder has no hook for the MIDI grammar yet."""
-
-
 @dataclass(frozen=True)
 class GrammarSettings:
     """The MIDI grammar's settings for one row (see :class:`chargen.midi_grammar.MidiGrammar`)."""
 
     cap: int  # polyphony cap, 0 = none
-    max_hold: int = 0  # longest note in steps, 0 = no limit
+    max_hold_s: float = 0.0  # longest note in seconds, 0 = no limit
 
-    def label(self, vocab: MidiVocab) -> str:
-        hold = f", hold <= {self.max_hold * vocab.step_s:g} s" if self.max_hold else ""
+    def label(self) -> str:
+        hold = f", hold <= {self.max_hold_s:g} s" if self.max_hold_s else ""
         return f"on, cap {self.cap}{hold}"
 
 
 def decode_config(base: DecodeConfig, grammar: GrammarSettings | None) -> DecodeConfig:
-    """``base`` without the MIDI grammar (None) or with it, as ``grammar`` says.
-
-    TODO(lead, once the one decoder takes the grammar): this is the one place
-    to change, to something like
-        return replace(base, midi_grammar=grammar is not None, max_polyphony=grammar.cap if grammar else 0,
-                       max_hold=grammar.max_hold if grammar else 0)
-    (whatever the DecodeConfig fields are called): the "off" rows must switch
-    the grammar off explicitly once it is on by default for music models.
-    """
+    """``base`` without the MIDI grammar (None: switched off explicitly, as it is on by default) or with it."""
     if grammar is None:
-        return replace(base)
-    raise GrammarUnavailable("the decoder has no MIDI grammar hook yet")
+        return replace(base, grammar=False)
+    return replace(base, grammar=True, max_polyphony=grammar.cap, max_hold_s=grammar.max_hold_s)
 
 
 def corpus_row(files: Sequence[Path], codec: MidiCodec, max_note_s: float) -> tuple[Row, np.ndarray]:
@@ -209,7 +196,6 @@ def corpus_row(files: Sequence[Path], codec: MidiCodec, max_note_s: float) -> tu
 def sample_rows(generator: Generator, grammars: Sequence[GrammarSettings], temperatures: Sequence[float],
                 beam_width: int, length: int, samples: int, seed: int, max_note_s: float) -> list[Row]:
     """For each decoder setting, a row without the grammar and one per ``grammars``."""
-    vocab = generator.codec.vocab
     settings = [(f"sample T={t:g}", DecodeConfig(length=length, temperature=t, num_samples=samples, seed=seed))
                 for t in temperatures]
     if beam_width:
@@ -217,13 +203,9 @@ def sample_rows(generator: Generator, grammars: Sequence[GrammarSettings], tempe
     rows = []
     for name, base in settings:
         for grammar in (None, *grammars):
-            row = Row("model", name, "off" if grammar is None else grammar.label(vocab))
-            try:
-                result = generator.generate(None, decode_config(base, grammar))
-            except GrammarUnavailable as exc:
-                row.note = str(exc)
-            else:
-                row.pieces = [read_back(s.ids, vocab, max_note_s, max_note_s) for s in result.samples]
+            row = Row("model", name, "off" if grammar is None else grammar.label())
+            result = generator.generate(None, decode_config(base, grammar))
+            row.pieces = [read_back(s.ids, generator.codec.vocab, max_note_s, max_note_s) for s in result.samples]
             rows.append(row)
     return rows
 
@@ -237,10 +219,6 @@ def table(rows: Sequence[Row], corpus_profile: np.ndarray) -> str:
              "note length median (IQR) s | notes/s | cut by the held-note cap |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        if row.note:
-            lines.append(f"| {row.source} | {row.decoder} | {row.grammar} | " + " | ".join(["–"] * 7)
-                         + f" | {row.note} |")
-            continue
         s = row.stats(corpus_profile)
         lines.append(
             f"| {row.source} | {row.decoder} | {row.grammar} | {len(row.pieces)} | {len(row.notes.pitch)} | "
@@ -266,8 +244,8 @@ def report(checkpoint: str, corpus: Path, length: int, samples: int, temperature
     else:
         cap_source = "given with --cap"
     # The cap alone, then with notes held at most as long as the export would let them sound.
-    grammars = [GrammarSettings(cap), GrammarSettings(cap, max(1, round(max_note_s / codec.vocab.step_s)))]
-    rows = [corpus_stats, *sample_rows(Generator(loaded.model, codec), grammars, temperatures, beam_width, length,
+    grammars = [GrammarSettings(cap), GrammarSettings(cap, max_note_s)]
+    rows = [corpus_stats, *sample_rows(Generator.from_checkpoint(loaded), grammars, temperatures, beam_width, length,
                                        samples, seed, max_note_s)]
     head = (f"Checkpoint `{loaded.path}`, corpus `{corpus}` ({len(corpus_stats.pieces)} files with notes). "
             f"{samples} samples of {length} tokens per temperature, one beam of {length}; seed {seed}; "

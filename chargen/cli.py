@@ -166,6 +166,14 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--beam-sample", is_flag=True, help="Stochastic beam search: draw candidates, keep the likeliest.")
 @click.option("--no-repeat-ngram", type=click.IntRange(0, HUGE),
               help="Never repeat an n-gram of this length [default: 12 for greedy/beam, off for sampling].")
+@click.option("--grammar/--no-grammar", default=None,
+              help="MIDI models: decode under the MIDI grammar (note-offs only for sounding notes, no second "
+              "note-on, a polyphony cap) [default: on for MIDI models].")
+@click.option("--max-polyphony", type=click.IntRange(min=0), metavar="N",
+              help="MIDI grammar: at most N notes at once; 0 = no cap [default: the cap learnt from the corpus].")
+@click.option("--max-hold-s", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="MIDI grammar: no note held longer than this, the model must release it; 0 = no limit "
+              "[default: 5, the export's held-note cap].")
 @click.option("--prime", help="Text to start from (must use the model's characters).")
 @click.option("--prime-file", type=InputFile(),
               help="Read the prime text from a file.")
@@ -196,9 +204,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--require-log", is_flag=True, help="Exit 1 if the generation could not be logged.")
 def sample(checkpoint: str | None, length: int, temperature: float | None, top_k: int | None,
            top_p: float | None, greedy: bool, beam_width: int | None, beam_sample: bool, no_repeat_ngram: int | None,
-           prime: str | None, prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None,
-           label: str | None, num_samples: int, output_format: str | None, output: Path | None, tempo: float,
-           program: int,
+           grammar: bool | None, max_polyphony: int | None, max_hold_s: float | None, prime: str | None,
+           prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None, label: str | None,
+           num_samples: int, output_format: str | None, output: Path | None, tempo: float, program: int,
            max_note_seconds: float, as_json: bool, quiet: bool, database: str | None, no_log: bool,
            require_log: bool) -> None:
     """Generate from a trained model; only generated text goes to stdout.
@@ -234,21 +242,22 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     # No --temperature is temperature 1 (which changes nothing): the one value greedy accepts.
     config = DecodeConfig(length=length, temperature=1.0 if temperature is None else temperature, top_k=top_k,
                           top_p=top_p, greedy=greedy, beam_width=beam_width, beam_sample=beam_sample,
-                          num_samples=num_samples, no_repeat_ngram=no_repeat_ngram, seed=seed, label=label)
+                          num_samples=num_samples, no_repeat_ngram=no_repeat_ngram, seed=seed, label=label,
+                          grammar=grammar, max_polyphony=max_polyphony, max_hold_s=max_hold_s)
     if (beam_width or 1) > loaded.codec.vocab_size:
         raise click.UsageError(f"--beam-width {beam_width} exceeds the model's vocabulary of "
                                f"{loaded.codec.vocab_size} tokens")
     if config.decoder == "beam" and num_samples > (beam_width or 1):
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
+    generator = Generator.from_checkpoint(loaded)  # music: with the learnt polyphony cap
     try:
-        config.validate(loaded.codec.vocab_size)  # the decoder's rules, as the service applies them
+        config.validate(loaded.codec.vocab_size, generator.music)  # the decoder's rules, as the service applies them
         loaded.config.label_id(label)  # the model's label rule, as the service applies it
     except ChargenError as exc:
         raise click.UsageError(str(exc)) from None
     synth = find_synth() if is_audio_path(output) else None  # before generating: fail with nothing written
     loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
     checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
-    generator = Generator(loaded.model, loaded.codec)
     stream = not as_json and num_samples == 1 and config.decoder != "beam" and output_format == "text"
     out = click.get_text_stream("stdout")
     if stream and prime:
@@ -315,10 +324,12 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     """Describe a checkpoint: model, vocabulary, corpus, training progress."""
     from chargen.checkpoint import load_checkpoint, read_run_json, resolve_checkpoint
     from chargen.curves import trend
+    from chargen.sampling.grammar import learnt_polyphony_cap
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     training = loaded.training
     best = training.get("best_val_loss")
+    cap, cap_source = learnt_polyphony_cap(loaded) if loaded.codec.name == "midi" else (None, "")
     curve = trend(loaded.path.parent)
     data = {
         "path": str(loaded.path),
@@ -338,6 +349,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "chargen_version": training.get("chargen_version"),
         "status": (read_run_json(loaded.path.parent) or {}).get("status"),
         "trend": curve.to_dict() if curve else None,
+        "polyphony_cap": cap,
     }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -353,6 +365,8 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"corpus       {', '.join(data['corpus_paths'] or [])} ({data['corpus_tokens']:,} tokens, "
                f"sha256 {str(data['corpus_sha256'])[:16]}...)")
     click.echo(f"trained      {data['steps']} steps")
+    if cap_source:
+        click.echo(f"polyphony    cap {cap}, {cap_source}" if cap is not None else f"polyphony    cap {cap_source}")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:

@@ -27,11 +27,13 @@ percentile, refuses at most 1 % of the corpus's own note onsets.
   allowed set is never empty.
 * Optional, off by default: with ``max_hold`` > 0 (steps), no note sounds longer
   than that. A TIME_SHIFT that would carry the longest-held note past it is
-  banned; once it is due, so is every TIME_SHIFT and VELOCITY, so the model
-  must end a note (the due note's NOTE_OFF is always allowed: it started at
-  least one step ago) or start one under the cap. Set to the export's
-  held-note cap (``max_note_s`` in steps), the model picks the moment and the
-  note to release instead of the export cutting notes it forgot.
+  banned; once it is due, so is every event but a NOTE_OFF (the due note's is
+  always allowed: it started at least one step ago), so the model must end a
+  note before anything else happens. Set to the export's held-note cap
+  (``max_note_s`` in steps), the model picks the note to release instead of
+  the export cutting notes it forgot. (Letting a NOTE_ON under the cap through
+  as well, as a first version did, kept a forgetful model's polyphony near the
+  cap: it started notes instead of releasing; BENCHMARKS.md, "Music quality".)
 
 Tokens pushed that break a rule (a prime is not checked, and a decoder may
 push anything) update the state the way :func:`chargen.midi_codec.ids_to_notes`
@@ -68,9 +70,10 @@ def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: i
     still sound (``max_shift_steps`` or more: no limit; 0: it must end now).
     """
     offs_allowed = sounding & ~fresh
-    banned = list(range(_PITCHES)) if full else [p for p in range(_PITCHES) if sounding >> p & 1]
+    due = room <= 0  # a note must end now: only a NOTE_OFF may come, no new note, nothing that lets time pass
+    banned = list(range(_PITCHES)) if full or due else [p for p in range(_PITCHES) if sounding >> p & 1]
     banned += [vocab.note_off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
-    if room <= 0:  # only a NOTE_OFF (or a NOTE_ON under the cap) may come: nothing that lets time pass
+    if due:
         banned += range(vocab.shift_base, vocab.size)
     elif room < vocab.max_shift_steps:
         banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1

@@ -119,8 +119,9 @@ def replay(database: str | None, generation_id: str) -> ReplayOutcome:
         )
     loaded = load_checkpoint(path)
     known = {f.name for f in fields(DecodeConfig)}
-    config = DecodeConfig(**{k: v for k, v in record.params.items() if k in known})
-    result = Generator(loaded.model, loaded.codec).generate(record.prime or None, config)
+    # Rows from before the MIDI grammar existed were decoded without it.
+    config = DecodeConfig(**{"grammar": False, **{k: v for k, v in record.params.items() if k in known}})
+    result = Generator.from_checkpoint(loaded).generate(record.prime or None, config)
     recorded = [o.text for o in record.outputs]
     replayed = [s.text for s in result.samples]
     return ReplayOutcome(record.id, recorded == replayed, recorded, replayed)

@@ -89,3 +89,68 @@ def test_text_model_refuses_midi_options(trained_run: Path) -> None:
     assert_one_line_error(invoke("sample", "-c", str(trained_run), "--format", "midi"), "needs a MIDI model")
     assert_one_line_error(invoke("train", str(REPO / "corpora" / "fables.txt"), "--transpose", "-2..2",
                                   "--max-steps", "1"), "--transpose applies to MIDI")
+
+
+def test_the_run_stores_its_polyphony_cap_and_info_shows_it(midi_run: Path) -> None:
+    from chargen.checkpoint import load_checkpoint
+
+    assert load_checkpoint(midi_run / "best.safetensors").training["polyphony_cap"] == 4  # the chorales: SATB
+    assert json.loads(run_cli("info", str(midi_run), "--json").stdout)["polyphony_cap"] == 4
+    assert "polyphony    cap 4, learnt from the training corpus" in run_cli("info", str(midi_run)).stdout
+
+
+def test_sample_grammar_options(midi_run: Path, trained_run: Path) -> None:
+    def params(*args: str) -> dict:
+        result = run_cli("sample", "-c", str(midi_run), "--len", "50", "--seed", "2", "--format", "text", "--json",
+                         "--no-log", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["params"]
+
+    assert {k: params()[k] for k in ("grammar", "max_polyphony")} == {"grammar": True, "max_polyphony": 4}
+    assert params("--max-polyphony", "2")["max_polyphony"] == 2
+    assert {k: params("--no-grammar")[k] for k in ("grammar", "max_polyphony")} == {"grammar": False,
+                                                                                    "max_polyphony": 0}
+    result = run_cli("sample", "-c", str(midi_run), "--no-grammar", "--max-polyphony", "2", "--len", "5")
+    assert result.returncode == 2 and "switched off" in result.stderr
+    result = run_cli("sample", "-c", str(trained_run), "--max-polyphony", "2", "--len", "5")
+    assert result.returncode == 2 and "needs a music model" in result.stderr
+
+
+def test_an_older_checkpoint_gets_its_cap_from_the_run_tokens_else_none(midi_run: Path, tmp_path: Path) -> None:
+    from chargen.checkpoint import load_checkpoint, save_weights
+    from chargen.sampling import learnt_polyphony_cap
+
+    loaded = load_checkpoint(midi_run / "best.safetensors")
+    older = {k: v for k, v in loaded.training.items() if k != "polyphony_cap"}
+    beside_tokens = midi_run / "older.safetensors"
+    save_weights(beside_tokens, loaded.model, loaded.codec, older)
+    assert learnt_polyphony_cap(load_checkpoint(beside_tokens)) == (4, f"computed from {midi_run / 'tokens.npy'}")
+    alone = tmp_path / "alone.safetensors"
+    shutil.move(beside_tokens, alone)
+    cap, source = learnt_polyphony_cap(load_checkpoint(alone))
+    assert cap is None and "no cap" in source
+    shown = run_cli("sample", "-c", str(alone), "--len", "20", "--seed", "1", "--format", "text", "--json", "--no-log")
+    assert json.loads(shown.stdout)["params"]["max_polyphony"] == 0
+    assert "no cap" in run_cli("info", str(alone)).stdout
+
+
+def test_replay_is_byte_identical_with_the_grammar_and_rows_from_before_it_replay_without(
+        midi_run: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    for options in (["--temperature", "1.0", "-n", "2"], ["--beam-width", "3"], ["--no-grammar"]):
+        result = run_cli("sample", "-c", str(midi_run), "--len", "150", "--seed", "5", "--format", "text",
+                         "--database", url, "--require-log", "-q", *options)
+        assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "history.db") as db:
+        ids = [row[0] for row in db.execute("SELECT id FROM generations ORDER BY created_at")]
+        # The ungrammatical row as it was logged before the grammar existed: no grammar settings at all.
+        db.execute("UPDATE generations SET params = json_remove(params, '$.grammar', '$.max_polyphony', "
+                   "'$.max_hold_s') WHERE id = ?", (ids[-1],))
+    assert len(ids) == 3
+    for gen_id in ids:
+        replay = run_cli("history", "replay", gen_id, "--database", url, "--json")
+        assert replay.returncode == 0, replay.stderr
+        data = json.loads(replay.stdout)
+        assert data["identical"] and data["replayed"] == data["recorded"]

@@ -83,6 +83,14 @@ def test_max_hold_limits_time_shifts_then_forces_a_note_off() -> None:
     assert not ALWAYS & set(MidiGrammar(1, [ON + 60, SHIFT + 99]).banned())  # max_hold 0: no limit
 
 
+
+def test_a_due_note_must_be_released_before_any_new_note_starts() -> None:
+    grammar = MidiGrammar(0, [ON + 60, SHIFT + 99, ON + 64, SHIFT], max_hold=101)  # 60 held 101 steps: due
+    assert set(range(V.size)) - set(grammar.banned()) == {OFF + 60, OFF + 64}  # no NOTE_ON, though no cap
+    grammar.push(OFF + 60)
+    assert ON + 67 not in grammar.banned() and SHIFT not in grammar.banned()
+
+
 def test_max_hold_counts_from_the_latest_start_of_a_restarted_note_and_the_oldest_note_decides() -> None:
     grammar = MidiGrammar(0, [ON + 60, SHIFT + 99, ON + 60, ON + 64, SHIFT + 9], max_hold=100)
     assert SHIFT + 89 not in grammar.banned() and SHIFT + 90 in grammar.banned()  # 60 restarted 10 steps ago

@@ -1,142 +1,136 @@
-"""Prototype: the MIDI grammar applied in Generator-style decoding loops (sampling, greedy, beam).
+"""The MIDI grammar through the real decoder (chargen.sampling): sampling, greedy and beam search alike.
 
-The decoder itself is chargen.sampling's (being unified elsewhere); these loops
-mirror it step for step with the grammar's bans as a [B, V] mask, to show the
-interface suffices for all three decoders before it is wired in: the samples
-respect the cap, and the log-probability stays the model's own.
+Whatever the decoder, the settings and the prime, a music model's output under
+the grammar exports a file with no note-off without its note-on and never more
+notes at once than the cap; the reported log-probability stays the model's own;
+the resolved settings (on by default, the learnt cap) replay to the same tokens.
 """
 
 from __future__ import annotations
 
-import io
-import math
-
-import mido
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from chargen.constraints import ban_mask
-from chargen.inference import expand_state, reorder_state
-from chargen.midi_codec import MidiCodec
-from chargen.midi_export import decode_to_midi
-from chargen.midi_grammar import MidiGrammar
+from chargen.errors import ChargenError
+from chargen.midi_codec import MidiCodec, ids_to_notes
+from chargen.midi_export import DEFAULT_MAX_NOTE_S, decode_to_midi
 from chargen.model import CharRNN, ModelConfig
-from chargen.sampling import Generator, advance_beams, draw_one, sequence_logprob
+from chargen.sampling import DecodeConfig, Generator, sequence_logprob
+from chargen.sampling.config import DEFAULT_MAX_HOLD_S
+from chargen.text_codec import TextCodec
+from tests.test_midi_grammar import _check_stream, _longest_note_s, _read_back
 
 CAP = 4
+V = MidiCodec().vocab
 
 
-@pytest.fixture(scope="module")
-def generator() -> Generator:
+def eager_model(codec: MidiCodec) -> CharRNN:
     """An untrained model made eager for notes (sharper output layer, NOTE_ONs favoured).
 
     Unconstrained, even its greedy and beam outputs pile up a dozen notes, so
-    every decoder below has something for the grammar to stop.
+    every decoder has something for the grammar to stop.
     """
     torch.manual_seed(0)
-    codec = MidiCodec()
     model = CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=32, embedding=16))
     with torch.no_grad():
         model.head.weight.mul_(10.0)
         model.head.bias[: codec.vocab.note_off_base] += 1.0
-    return Generator(model, codec)
+    return model
 
 
-def sample_loop(gen: Generator, prime: list[int], length: int, n: int, cap: int | None, seed: int,
-                greedy: bool = False) -> list[tuple[list[int], float]]:
-    """Generator._sample's loop with the grammar's mask applied before the draw (cap None: no grammar)."""
-    logits, state = gen.prime_state(prime)
-    logits, state = logits.expand(n, -1), expand_state(state, n)
-    grammars = [MidiGrammar(cap, prime, gen.codec.vocab) for _ in range(n)] if cap is not None else []
-    rng = torch.Generator().manual_seed(seed)
-    tokens_out: list[list[int]] = [[] for _ in range(n)]
-    logprob = [0.0] * n
-    for _ in range(length):
-        scores = logits
-        if grammars:
-            scores = logits.masked_fill(torch.from_numpy(ban_mask(grammars, logits.shape[-1])), -math.inf)
-        tokens = scores.argmax(dim=-1) if greedy else draw_one(torch.softmax(scores, dim=-1), rng)
-        own = torch.log_softmax(logits.double(), dim=-1)  # the model's own, not the masked distribution
-        for i, token in enumerate(tokens.tolist()):
-            tokens_out[i].append(token)
-            logprob[i] += float(own[i, token])
-            if grammars:
-                grammars[i].push(token)
-        logits, state = gen.stepper.step(tokens, state)
-    return list(zip(tokens_out, logprob))
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    codec = MidiCodec()
+    return Generator(eager_model(codec), codec, polyphony_cap=CAP)  # as if learnt from its corpus
 
 
-def beam_loop(gen: Generator, prime: list[int], length: int, k: int, cap: int) -> tuple[list[int], float]:
-    """Generator._beam's loop with grammars in place of n-gram blockers (advance_beams forks them)."""
-    vocab = gen.codec.vocab_size
-    logits, state = gen.prime_state(prime)
-    logits, state = logits.expand(k, -1), tuple(s.expand(-1, k, -1) for s in state)
-    scores = torch.full((k, 1), -math.inf, dtype=torch.float64)
-    scores[0] = 0.0
-    grammars = [MidiGrammar(cap, prime, gen.codec.vocab)] * k
-    first = grammars[0].banned()
-    rows, cols = [0] * len(first), list(first)
-    history = []
-    for _ in range(length):
-        candidates = torch.log_softmax(logits.double(), dim=-1).add_(scores)
-        candidates.numpy()[rows, cols] = -math.inf
-        best = torch.topk(candidates.view(-1), k)
-        parents, tokens = best.indices.div(vocab, rounding_mode="floor"), best.indices.remainder(vocab)
-        scores = best.values[:, None]
-        history.append((parents.tolist(), tokens.tolist()))
-        grammars, rows, cols = advance_beams(grammars, parents.tolist(), tokens.tolist(), vocab)
-        logits, state = gen.stepper.step(tokens, reorder_state(state, parents))
-    ids, row = [], 0  # topk sorts: row 0 is the best beam
-    for parent_list, token_list in reversed(history):
-        ids.append(token_list[row])
-        row = parent_list[row]
-    return ids[::-1], float(scores[0, 0])
+def peak(ids: list[int]) -> int:
+    return _read_back(decode_to_midi(ids, max_note_s=5.0))[1]
 
 
-def peak_polyphony(ids: list[int]) -> int:
-    """Most notes sounding at once in the exported file, read back by mido."""
-    buffer = io.BytesIO()
-    decode_to_midi(ids, max_note_s=5.0).save(file=buffer)
-    buffer.seek(0)
-    sounding: set[int] = set()
-    peak = 0
-    for msg in mido.MidiFile(file=buffer):
-        if msg.type == "note_on" and msg.velocity > 0:
-            sounding.add(msg.note)
-            peak = max(peak, len(sounding))
-        elif msg.type in ("note_on", "note_off"):
-            sounding.discard(msg.note)
-    return peak
+DECODERS = {
+    "sample": {"temperature": 1.0, "num_samples": 2},
+    "hot": {"temperature": 1.5, "top_k": 40},
+    "greedy": {"greedy": True},
+    "beam": {"beam_width": 3, "num_samples": 2},
+    "beam-sample": {"beam_width": 3, "beam_sample": True},
+}
 
 
-def test_sampling_with_the_mask_respects_the_cap_where_plain_sampling_does_not(generator: Generator) -> None:
-    prime = [generator.codec.vocab.velocity_base + 20]
-    free = sample_loop(generator, prime, 400, 3, None, seed=1)
-    assert max(peak_polyphony(ids) for ids, _ in free) > CAP  # without the grammar the cap means nothing
-    constrained = sample_loop(generator, prime, 400, 3, CAP, seed=1)
-    for ids, logprob in constrained:
-        assert 0 < peak_polyphony(ids) <= CAP
+def test_on_by_default_for_music_with_the_learnt_cap_and_off_when_asked(generator: Generator) -> None:
+    for name, options in DECODERS.items():
+        free = generator.generate(None, DecodeConfig(length=300, seed=1, grammar=False, **options))
+        assert max(peak(s.ids) for s in free.samples) > CAP, name  # without the grammar the cap means nothing
+        assert (free.config.grammar, free.config.max_polyphony, free.config.max_hold_s) == (False, 0, 0.0)
+        result = generator.generate(None, DecodeConfig(length=300, seed=1, **options))
+        assert (result.config.grammar, result.config.max_polyphony, result.config.max_hold_s) == (True, CAP, 5.0)
+        assert all(0 < peak(s.ids) <= CAP for s in result.samples), name
         # The reported log-probability is the model's own, not the renormalised masked one.
-        assert logprob == pytest.approx(sequence_logprob(generator.model, prime, ids), rel=1e-6)
+        prime = generator.codec.encode(generator.codec.default_prime)
+        for s in result.samples:
+            assert s.logprob == pytest.approx(sequence_logprob(generator.model, prime, s.ids), rel=1e-6)
+        # Replay from the recorded settings: the same tokens, the same floats.
+        again = generator.generate(None, DecodeConfig(**vars(result.config)))
+        assert [(s.ids, s.logprob) for s in again.samples] == [(s.ids, s.logprob) for s in result.samples]
 
 
-def test_greedy_with_the_mask_respects_the_cap(generator: Generator) -> None:
-    (free, _), = sample_loop(generator, [300], 300, 1, None, seed=0, greedy=True)
-    assert peak_polyphony(free) > 3
-    (ids, _), = sample_loop(generator, [300], 300, 1, 3, seed=0, greedy=True)
-    assert peak_polyphony(ids) == 3
-    grammar = MidiGrammar(3, [300])
-    for token in ids:
-        assert grammar.allows(token)
-        grammar.push(token)
+def test_the_default_longest_hold_is_the_export_held_note_cap() -> None:
+    assert DEFAULT_MAX_HOLD_S == DEFAULT_MAX_NOTE_S
 
 
-def test_beam_search_with_grammars_through_advance_beams_respects_the_cap(generator: Generator) -> None:
-    prime = [generator.codec.vocab.velocity_base + 20]
-    ids, score = beam_loop(generator, prime, 200, 4, 3)
-    assert peak_polyphony(ids) == 3
-    grammar = MidiGrammar(3, prime)
-    for token in ids:
-        assert grammar.allows(token)
-        grammar.push(token)
-    assert score == pytest.approx(sequence_logprob(generator.model, prime, ids), rel=1e-6)
+def test_max_polyphony_overrides_the_learnt_cap_and_zero_is_no_cap(generator: Generator) -> None:
+    two = generator.generate(None, DecodeConfig(length=300, seed=2, max_polyphony=2))
+    assert peak(two.samples[0].ids) == 2
+    uncapped = generator.generate(None, DecodeConfig(length=300, seed=2, max_polyphony=0))
+    assert uncapped.config.grammar and peak(uncapped.samples[0].ids) > CAP
+    _check_stream([], uncapped.samples[0].ids, 0)  # still no orphan note-off, no second note-on
+
+
+def test_a_model_without_a_known_cap_decodes_with_the_grammar_but_no_cap() -> None:
+    codec = MidiCodec()
+    result = Generator(eager_model(codec), codec).generate(None, DecodeConfig(length=200, seed=3))
+    assert (result.config.grammar, result.config.max_polyphony) == (True, 0)
+    _check_stream([], result.samples[0].ids, 0)
+
+
+def test_text_models_take_no_grammar_settings() -> None:
+    codec = TextCodec("ab c")
+    generator = Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=8, embedding=4)), codec)
+    assert generator.generate("a", DecodeConfig(length=5, seed=1)).config.grammar is False
+    for bad in ({"grammar": True}, {"max_polyphony": 3}, {"max_hold_s": 1.0}):
+        with pytest.raises(ChargenError, match="needs a music model"):
+            generator.generate("a", DecodeConfig(length=5, seed=1, **bad))
+
+
+def test_settings_for_a_switched_off_grammar_are_refused(generator: Generator) -> None:
+    with pytest.raises(ChargenError, match="switched off"):
+        generator.generate(None, DecodeConfig(length=5, grammar=False, max_polyphony=3))
+    with pytest.raises(ChargenError, match="max-polyphony must be >= 0"):
+        generator.generate(None, DecodeConfig(length=5, max_polyphony=-1))
+
+
+prime_ids = st.lists(st.integers(0, V.size - 1), max_size=30)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(decoder=st.sampled_from(sorted(DECODERS)), seed=st.integers(0, 2**31 - 1), prime=prime_ids,
+       cap=st.none() | st.integers(1, 6), max_hold_s=st.sampled_from([0.0, 0.0, 0.3, 5.0]),
+       no_repeat_ngram=st.none() | st.integers(0, 3))
+def test_any_output_under_the_grammar_exports_cleanly_within_the_cap(
+        generator: Generator, decoder: str, seed: int, prime: list[int], cap: int | None, max_hold_s: float,
+        no_repeat_ngram: int | None) -> None:
+    config = DecodeConfig(length=120, seed=seed, max_polyphony=cap, max_hold_s=max_hold_s,
+                          no_repeat_ngram=no_repeat_ngram, **DECODERS[decoder])
+    result = generator.generate(generator.codec.decode(prime) or None, config)
+    limit = cap if cap is not None else CAP
+    for sample in result.samples:
+        _check_stream(prime, sample.ids, limit)  # token by token: the rules, the n-gram block never overrules them
+        if not ids_to_notes(sample.ids):
+            continue
+        mid = decode_to_midi(sample.ids, max_note_s=5.0)  # the sample alone, as `chargen sample` writes it
+        orphans, most = _read_back(mid)
+        assert orphans == 0 and most <= limit
+        if max_hold_s:
+            assert _longest_note_s(mid) <= max_hold_s + 1e-3

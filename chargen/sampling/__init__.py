@@ -6,6 +6,7 @@ what it produced, and all of them step through :class:`chargen.inference.Stepper
   config.py     DecodeConfig (and its one set of rules), Sample, GenerationResult
   ngram.py      the n-gram block, and the one rule for a ban on every token
   decoder.py    choose_tokens: the one token-choice rule (CLI and service)
+  grammar.py    the MIDI grammar's part: MusicRules, the per-sequence constraints of every decoder
   beam.py       batched beam search
   generator.py  Generator: primed-state cache, the sampling loop, beam search
 """
@@ -29,11 +30,12 @@ from chargen.sampling.generator import (
     TokenCallback,
     sequence_logprob,
 )
+from chargen.sampling.grammar import MusicRules, learnt_polyphony_cap, sequence_constraints
 from chargen.sampling.ngram import NgramBlocker, advance_beams, effective_ban
 
 __all__ = [
     "DEFAULT_NO_REPEAT_NGRAM", "PRIME_CACHE_SIZE", "PRIME_CACHE_TOKENS", "SHORT_PRIME", "Choice", "DecodeConfig",
-    "GenerationResult", "Generator", "NgramBlocker", "NoiseSource", "Sample", "TokenCallback", "advance_beams",
-    "beam_search", "choose_tokens", "draw_one", "effective_ban", "exponential_noise", "filter_logits",
-    "sequence_logprob", "temper",
+    "GenerationResult", "Generator", "MusicRules", "NgramBlocker", "NoiseSource", "Sample", "TokenCallback",
+    "advance_beams", "beam_search", "choose_tokens", "draw_one", "effective_ban", "exponential_noise", "filter_logits",
+    "learnt_polyphony_cap", "sequence_constraints", "sequence_logprob", "temper",
 ]

@@ -10,17 +10,21 @@ from chargen.inference import Stepper, reorder_state
 from chargen.model import State
 from chargen.sampling.config import DecodeConfig
 from chargen.sampling.decoder import filter_logits, temper
-from chargen.sampling.ngram import NgramBlocker, advance_beams, effective_ban
+from chargen.sampling.grammar import MusicRules, sequence_constraints
+from chargen.sampling.ngram import advance_beams, effective_ban
 
 
 @torch.inference_mode()
 def beam_search(stepper: Stepper, logits: torch.Tensor, state: State, prime_ids: list[int], cfg: DecodeConfig,
-                rng: torch.Generator, label: int | None = None) -> list[tuple[list[int], float]]:
+                rng: torch.Generator, label: int | None = None,
+                music: MusicRules | None = None) -> list[tuple[list[int], float]]:
     """The best ``cfg.num_samples`` beams as (ids, log-probability), best first, from the primed ``logits`` [1, V].
 
     The bookkeeping stays in a few whole-tensor ops per step, with no Python
-    per beam unless the n-gram block needs it: at K=8 the step itself is a
-    few hundred microseconds, and every small op after it costs several.
+    per beam unless a constraint (the n-gram block, the MIDI grammar) needs it:
+    at K=8 the step itself is a few hundred microseconds, and every small op
+    after it costs several. Scores are the model's own log-probabilities; bans
+    only decide which candidates may be ranked.
     """
     k = cfg.beam_width or 1
     bias = stepper.label_bias(label, k)  # every beam has the generation's label
@@ -29,8 +33,9 @@ def beam_search(stepper: Stepper, logits: torch.Tensor, state: State, prime_ids:
     scores = torch.full((k, 1), float("-inf"), dtype=torch.float64)  # [K, 1] total log-likelihood
     scores[0] = 0.0  # all beams start identical: expand only the first
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # per step: (parents, tokens); sequences built at the end
-    block = bool(cfg.no_repeat_ngram)
-    blockers = [NgramBlocker(cfg.no_repeat_ngram or 0, prime_ids)] * k
+    constraints = sequence_constraints(cfg, music, prime_ids, 1)
+    block = bool(constraints)
+    blockers = constraints * k  # one shared until advance_beams forks it for a second child
     first = effective_ban(blockers[0].banned(), vocab) if block else ()
     rows, cols = [0] * len(first), list(first)  # bans for the coming step; only row 0 is alive at first
     for _ in range(cfg.length):

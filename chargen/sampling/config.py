@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chargen.errors import ChargenError
+
+if TYPE_CHECKING:
+    from chargen.sampling.grammar import MusicRules
 
 #: n-gram length blocked by default for the deterministic decoders, whose
 #: character-level output otherwise loops ("the same the same the same ...").
 DEFAULT_NO_REPEAT_NGRAM = 12
+#: Music models: the longest a note may be held under the grammar by default (seconds; 0 = no limit):
+#: the export's held-note cap (chargen.midi_export.DEFAULT_MAX_NOTE_S), so the model releases the notes
+#: the export would otherwise cut (BENCHMARKS.md, "Music quality").
+DEFAULT_MAX_HOLD_S = 5.0
 
 
 @dataclass
@@ -26,6 +33,11 @@ class DecodeConfig:
     no_repeat_ngram: int | None = None  # None: DEFAULT for greedy/beam, off for sampling
     seed: int | None = None
     label: str | None = None  # a labelled model's conditioning label; None: no label
+    # The MIDI grammar (chargen.sampling.grammar): None = on for music models (off for text);
+    # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = DEFAULT_MAX_HOLD_S.
+    grammar: bool | None = None
+    max_polyphony: int | None = None
+    max_hold_s: float | None = None
 
     @property
     def decoder(self) -> str:
@@ -33,17 +45,32 @@ class DecodeConfig:
             return "beam"
         return "greedy" if self.greedy else "sample"
 
-    def resolved(self) -> DecodeConfig:
-        """A copy with every default made explicit (a seed drawn if none), for logging and replay."""
+    def resolved(self, music: MusicRules | None = None) -> DecodeConfig:
+        """A copy with every default made explicit (a seed drawn if none), for logging and replay.
+
+        ``music``: the model's part (None for text models): the grammar's defaults come from it.
+        """
         data = asdict(self)
+        if data["grammar"] is None:
+            data["grammar"] = music is not None
+        if not data["grammar"]:
+            data["max_polyphony"], data["max_hold_s"] = 0, 0.0
+        else:
+            if data["max_polyphony"] is None:
+                data["max_polyphony"] = music.polyphony_cap if music is not None else 0
+            if data["max_hold_s"] is None:
+                data["max_hold_s"] = DEFAULT_MAX_HOLD_S
         if data["seed"] is None:
             data["seed"] = random.SystemRandom().randrange(2**31)
         if data["no_repeat_ngram"] is None:
             data["no_repeat_ngram"] = DEFAULT_NO_REPEAT_NGRAM if self.decoder in ("greedy", "beam") else 0
         return DecodeConfig(**data)
 
-    def validate(self, vocab_size: int) -> None:
-        """The decoder's rules, the same for the CLI and the service: ChargenError naming the first broken one."""
+    def validate(self, vocab_size: int, music: MusicRules | None = None) -> None:
+        """The decoder's rules, the same for the CLI and the service: ChargenError naming the first broken one.
+
+        ``music``: the model's part, None for a text model (which takes no MIDI grammar settings).
+        """
         if self.length < 0:
             raise ChargenError(f"length must be >= 0 (got {self.length})")
         if not self.temperature > 0:  # NaN fails this too
@@ -68,6 +95,18 @@ class DecodeConfig:
             raise ChargenError("--greedy and --beam-width are different decoders; choose one")
         if self.no_repeat_ngram is not None and self.no_repeat_ngram < 0:
             raise ChargenError("no-repeat-ngram must be >= 0")
+        self._validate_grammar(music)
+
+    def _validate_grammar(self, music: MusicRules | None) -> None:
+        if self.max_polyphony is not None and self.max_polyphony < 0:
+            raise ChargenError(f"max-polyphony must be >= 0, 0 = no cap (got {self.max_polyphony})")
+        if self.max_hold_s is not None and not self.max_hold_s >= 0:  # NaN fails this too
+            raise ChargenError(f"max-hold-s must be >= 0, 0 = no limit (got {self.max_hold_s})")
+        settings = self.max_polyphony or self.max_hold_s  # 0 is what "off" resolves them to: allowed
+        if music is None and (self.grammar or settings):
+            raise ChargenError("the MIDI grammar (grammar, max-polyphony, max-hold-s) needs a music model")
+        if self.grammar is False and settings:
+            raise ChargenError("max-polyphony and max-hold-s apply to the MIDI grammar, which is switched off")
 
 
 @dataclass

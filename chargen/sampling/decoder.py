@@ -74,9 +74,11 @@ def choose_tokens(logits: torch.Tensor, config: DecodeConfig, bans: Sequence[tup
                   noise: NoiseSource | None = None) -> Choice:
     """Each row's next token from ``logits`` [B, V] under ``config``'s rule (greedy, temperature, top-k, top-p).
 
-    ``bans``: per row, the tokens the n-gram block forbids (a ban on every token
-    yields, :func:`effective_ban`). ``noise``: the rows' Exp(1) noise for the
-    draw, argmax(p / q) as torch.multinomial draws; unused by greedy.
+    ``bans``: per row, the tokens its constraint forbids (the MIDI grammar and the
+    n-gram block, :func:`chargen.sampling.grammar.sequence_constraints`; a ban on
+    every token yields, :func:`effective_ban`). ``noise``: the rows' Exp(1) noise
+    for the draw, argmax(p / q) as torch.multinomial draws; unused by greedy. The
+    reported log-probabilities are the model's own, of the unmasked distribution.
     """
     scores = logits
     if bans:

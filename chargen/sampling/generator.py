@@ -9,13 +9,15 @@ from collections.abc import Callable
 
 import torch
 
+from chargen.checkpoint import Checkpoint
 from chargen.codec import Codec
 from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
+from chargen.midi_codec import MidiCodec
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
 from chargen.sampling.decoder import choose_tokens, exponential_noise
-from chargen.sampling.ngram import NgramBlocker
+from chargen.sampling.grammar import MusicRules, learnt_polyphony_cap, sequence_constraints
 
 TokenCallback = Callable[[int, str], None]
 #: Primes up to this many tokens (besides the last) are stepped, not run through ``nn.LSTM``.
@@ -28,9 +30,11 @@ PRIME_CACHE_TOKENS = 256
 class Generator:
     """Generation from one loaded model; reusable across calls (weights fused once) and across threads."""
 
-    def __init__(self, model: CharRNN, codec: Codec):
+    def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None):
         self.model = model.cpu().eval()
         self.codec = codec
+        # Music models decode under the MIDI grammar by default; the cap is the checkpoint's (None: no cap).
+        self.music = MusicRules(codec.vocab, polyphony_cap or 0) if isinstance(codec, MidiCodec) else None
         self.stepper = Stepper(self.model)
         # Primed states of recent short primes (and their label): a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int | None, tuple[int, ...]], tuple[torch.Tensor, State]] = OrderedDict()
@@ -38,6 +42,12 @@ class Generator:
         self._beam_stepper: Stepper | None = None  # made on the first beam search wider than 1
         # Guards _beam_stepper's creation only: packing weights takes a while, and must not stall priming.
         self._beam_stepper_lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> Generator:
+        """A generator for a loaded checkpoint, with its learnt polyphony cap (music models)."""
+        cap = learnt_polyphony_cap(checkpoint)[0] if isinstance(checkpoint.codec, MidiCodec) else None
+        return cls(checkpoint.model, checkpoint.codec, cap)
 
     @property
     def beam_stepper(self) -> Stepper:
@@ -93,9 +103,9 @@ class Generator:
     def generate(
         self, prime: str | None, config: DecodeConfig, on_token: TokenCallback | None = None
     ) -> GenerationResult:
-        config.validate(self.codec.vocab_size)
+        config.validate(self.codec.vocab_size, self.music)
         label = self.label_id(config.label)
-        config = config.resolved()
+        config = config.resolved(self.music)
         prime_text = prime if prime else self.codec.default_prime
         prime_ids = self.codec.encode(prime_text)
         start = time.perf_counter()
@@ -123,7 +133,7 @@ class Generator:
         bias = self.stepper.label_bias(label, n)
         vocab = logits.shape[-1]
         logits, state = logits.expand(n, -1), expand_state(state, n)
-        blockers = [NgramBlocker(cfg.no_repeat_ngram, prime_ids) for _ in range(n)] if cfg.no_repeat_ngram else []
+        blockers = sequence_constraints(cfg, self.music, prime_ids, n)  # grammar and n-gram block
         noise = None if cfg.greedy else (lambda: exponential_noise(n, vocab, rng))
         symbols = self.codec.symbols
         ids: list[list[int]] = [[] for _ in range(n)]
@@ -146,7 +156,7 @@ class Generator:
         logits, state = self.prime_state(prime_ids, label)
         stepper = self.beam_stepper if k > 1 else self.stepper  # width 1 steps exactly as greedy does
         return [Sample(ids=ids, text=self.codec.decode(ids), logprob=logprob)
-                for ids, logprob in beam_search(stepper, logits, state, prime_ids, cfg, rng, label)]
+                for ids, logprob in beam_search(stepper, logits, state, prime_ids, cfg, rng, label, self.music)]
 
 
 def sequence_logprob(model: CharRNN, prime_ids: list[int], ids: list[int], label: int | None = None) -> float:

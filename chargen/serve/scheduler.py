@@ -1,7 +1,8 @@
 """Continuous batching: one thread per served model steps every active sampling/greedy request at once.
 
 Requests join and leave the running batch between ticks. Each keeps its own
-RNG (seeded from its request seed) and n-gram blockers; its tokens are chosen by
+RNG (seeded from its request seed) and constraints (MIDI grammar, n-gram block,
+as ``Generator`` builds them); its tokens are chosen by
 ``chargen.sampling.choose_tokens``, the function ``Generator`` uses, so a seeded
 request returns what ``chargen sample`` returns for it, log-probabilities included.
 The scheduler owns no sampling rule: it only batches, primes, and hands out noise.
@@ -21,7 +22,7 @@ import torch
 
 from chargen.inference import expand_state, reorder_state
 from chargen.model import State
-from chargen.sampling import DecodeConfig, Generator, NgramBlocker, Sample, choose_tokens
+from chargen.sampling import DecodeConfig, Generator, MusicRules, Sample, choose_tokens, sequence_constraints
 from chargen.serve.limits import SHUTDOWN_MESSAGE, ServiceError
 
 logger = logging.getLogger("chargen.service")
@@ -35,7 +36,8 @@ Emit = Callable[[str, Any], None]
 class Job:
     """One sampling/greedy request inside a scheduler: n rows of the batch."""
 
-    def __init__(self, config: DecodeConfig, prime_ids: list[int], emit: Emit, stream: bool):
+    def __init__(self, config: DecodeConfig, prime_ids: list[int], emit: Emit, stream: bool,
+                 music: MusicRules | None = None):
         # No torch calls here: this runs on the event loop, and every torch call there
         # waits for the GIL behind the scheduler thread.
         n = config.num_samples
@@ -46,9 +48,9 @@ class Job:
         self.bias: torch.Tensor | None = None  # [n, G*H]: a labelled model's label bias (Stepper.label_bias)
         self.rng: torch.Generator | None = None
         self.vocab = 0
-        self.blocking = bool(config.no_repeat_ngram)
-        self.blockers = [NgramBlocker(config.no_repeat_ngram or 0, prime_ids) for _ in range(n)] \
-            if self.blocking else []
+        # ``config`` is resolved (Service.prepare), with ``music`` the model's: as Generator._sample's rows.
+        self.blockers = sequence_constraints(config, music, prime_ids, n)
+        self.blocking = bool(self.blockers)
         self.ids: list[list[int]] = [[] for _ in range(n)]
         self.total = [0.0] * n  # summed in order from 0.0, as Generator sums
         self.remaining = config.length  # tokens still to choose
@@ -72,7 +74,7 @@ class Job:
         self.rng = torch.Generator().manual_seed(self.config.seed)
 
     def bans(self) -> list[tuple[int, ...]]:
-        """This tick's n-gram bans, one per row."""
+        """This tick's bans (MIDI grammar, n-gram block), one per row."""
         return [blocker.banned() for blocker in self.blockers] if self.blocking else [()] * self.n
 
     def draw_noise(self, ticks: int, skip: int = 0) -> torch.Tensor:

@@ -37,5 +37,12 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**63)
     label: str | None = Field(None, min_length=1, max_length=200,
                               description="Conditioning label of a labelled model (GET /v1/models lists them).")
+    grammar: bool | None = Field(None, description="Music models: decode under the MIDI grammar (note-offs only "
+                                 "for sounding notes, no second note-on, a polyphony cap). Default: on for music "
+                                 "models; text models take none.")
+    max_polyphony: int | None = Field(None, ge=0, le=128, description="Music models: most notes sounding at once "
+                                      "under the grammar; 0 = no cap. Default: the cap learnt from the corpus.")
+    max_hold_s: float | None = Field(None, ge=0, le=3600, allow_inf_nan=False, description="Music models: no note "
+                                     "held longer than this many seconds under the grammar; 0 = no limit. Default: 5.")
     format: Literal["text", "midi"] = "text"
     stream: bool = Field(False, description="Answer with Server-Sent Events: token, then done (or error).")

@@ -73,6 +73,7 @@ class Served:
             "sha256": self.sha256,
             "default_prime": ckpt.codec.default_prime,
             "labels": list(ckpt.config.labels),
+            "polyphony_cap": self.generator.music.polyphony_cap if self.generator.music else None,
         }
 
 
@@ -104,7 +105,7 @@ class Service:
         for name, ckpt in models.items():
             if not NAME_RE.match(name):
                 raise ChargenError(f"model name {name!r} must match {NAME_PATTERN}")
-            generator = Generator(ckpt.model, ckpt.codec)
+            generator = Generator.from_checkpoint(ckpt)  # music: with the learnt polyphony cap
             self.models[name] = Served(name, ckpt, sha256_file(ckpt.path), generator,
                                        BatchScheduler(name, generator, limits.max_batch))
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -164,11 +165,13 @@ class Service:
         config = DecodeConfig(length=body.length, temperature=body.temperature, top_k=body.top_k,
                               top_p=body.top_p, greedy=body.greedy, beam_sample=body.beam_sample,
                               num_samples=body.num_samples, no_repeat_ngram=body.no_repeat_ngram,
-                              seed=body.seed, label=body.label, **beam)
-        config.validate(codec.vocab_size)  # the decoder's rules, as `chargen sample` applies them
+                              seed=body.seed, label=body.label, grammar=body.grammar,
+                              max_polyphony=body.max_polyphony, max_hold_s=body.max_hold_s, **beam)
+        music = served.generator.music
+        config.validate(codec.vocab_size, music)  # the decoder's rules, as `chargen sample` applies them
         served.generator.label_id(config.label)  # the model's label rule, as `chargen sample` applies it
         prime_ids = codec.encode(body.prime if body.prime else codec.default_prime)
-        return config.resolved(), prime_ids
+        return config.resolved(music), prime_ids
 
     async def start_generation(self, served: Served, config: DecodeConfig, prime: str | None,
                                prime_ids: list[int], stream: bool) -> Handle:
@@ -193,7 +196,7 @@ class Service:
                 future = loop.run_in_executor(self.beam_pool, served.generator.generate, prime, config)
                 future.add_done_callback(partial(_beam_done, emit))
             else:
-                handle.job = Job(config, prime_ids, emit, stream)
+                handle.job = Job(config, prime_ids, emit, stream, served.generator.music)
                 served.scheduler.submit(handle.job)
         except BaseException:
             handle.close()

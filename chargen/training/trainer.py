@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from chargen import __version__
-from chargen.checkpoint import BEST, LAST, STATE, save_state, save_weights
+from chargen.checkpoint import BEST, LAST, STATE, TOKENS, save_state, save_weights
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, Split
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss
+from chargen.midi_codec import MidiCodec
+from chargen.midi_grammar import corpus_polyphony_cap
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.training.budget import StepBudget
 from chargen.training.config import TrainConfig, lr_at
@@ -114,6 +116,10 @@ class Trainer:
         self.overhead_s = 0.0  # time in evaluations and saves this session (the budget's pace excludes it)
         self.evals_done = 0
         self.started = time.monotonic()
+        # Music runs: the corpus's polyphony cap, stored with the weights for the decoder's MIDI grammar.
+        tokens = run_dir / TOKENS if run_dir is not None else None
+        self.polyphony_cap = corpus_polyphony_cap(tokens, codec.vocab) \
+            if isinstance(codec, MidiCodec) and tokens is not None and tokens.is_file() else None
 
     def _augmentation(self) -> Callable[[np.ndarray, int], np.ndarray] | None:
         config, codec = self.config, self.codec
@@ -282,4 +288,5 @@ class Trainer:
             "corpus_paths": corpus.paths if corpus else None,
             "train_config": self.config.to_dict(),
             "world_size": self.dist.world_size,  # processes that trained together (torchrun)
+            **({"polyphony_cap": self.polyphony_cap} if self.polyphony_cap is not None else {}),
         }

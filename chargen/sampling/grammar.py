@@ -1,0 +1,84 @@
+"""The MIDI grammar in the decoder: what a music model brings, and the constraints a sequence decodes under.
+
+:class:`MusicRules` is what a music model adds to a :class:`DecodeConfig`'s
+resolution (its vocabulary and the polyphony cap learnt from its corpus);
+:func:`sequence_constraints` builds, for one generation, the per-sequence
+constraint every decoder (sampling, greedy, beam search, the service's batch
+scheduler) applies: the grammar (:class:`chargen.midi_grammar.MidiGrammar`, a
+rule) and the n-gram block (a preference), combined by
+:class:`chargen.constraints.Constraints` (grammar bans always stand).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chargen.constraints import Constraints, TokenConstraint
+from chargen.midi_codec import MidiVocab
+from chargen.midi_grammar import MidiGrammar, corpus_polyphony_cap
+from chargen.sampling.ngram import NgramBlocker
+
+if TYPE_CHECKING:
+    from chargen.checkpoint import Checkpoint
+    from chargen.sampling.config import DecodeConfig
+
+
+@dataclass(frozen=True)
+class MusicRules:
+    """A music model's part in decoding: its event vocabulary and the polyphony cap learnt from its corpus."""
+
+    vocab: MidiVocab
+    polyphony_cap: int = 0  # the checkpoint's learnt cap; 0 = none known (no cap)
+
+    def hold_steps(self, seconds: float) -> int:
+        """``seconds`` as the grammar's ``max_hold`` in time steps (0 = no limit)."""
+        return max(1, round(seconds / self.vocab.step_s)) if seconds > 0 else 0
+
+
+def sequence_constraints(config: DecodeConfig, music: MusicRules | None, prime_ids: list[int],
+                         rows: int) -> list[TokenConstraint]:
+    """One constraint per row for a resolved ``config`` (the same for every row: they share the prime), or [].
+
+    The n-gram block alone is the plain :class:`NgramBlocker` (what text models
+    always had), the grammar alone the plain :class:`MidiGrammar`; both together
+    are one :class:`Constraints`, where the block yields if it would leave no token.
+    """
+    rules: list[TokenConstraint] = []
+    if config.grammar:
+        if music is None:
+            raise ValueError("the MIDI grammar needs a music model")
+        rules.append(MidiGrammar(config.max_polyphony or 0, prime_ids, music.vocab,
+                                 music.hold_steps(config.max_hold_s or 0.0)))
+    preferences: list[TokenConstraint] = [NgramBlocker(config.no_repeat_ngram, prime_ids)] \
+        if config.no_repeat_ngram else []
+    if rules and preferences:
+        assert music is not None  # rules come only from the grammar
+        first: TokenConstraint = Constraints(rules, preferences, music.vocab.size)
+    elif rules or preferences:
+        first = (rules or preferences)[0]
+    else:
+        return []
+    return [first] + [first.fork() for _ in range(rows - 1)]  # forks: the prime is read once
+
+
+def learnt_polyphony_cap(checkpoint: Checkpoint) -> tuple[int | None, str]:
+    """A music checkpoint's polyphony cap and where it comes from (None: no cap known).
+
+    Runs record it in the weights' training metadata ("polyphony_cap", the 99th
+    percentile of the corpus's onset polyphony). Older checkpoints: computed from
+    their run folder's ``tokens.npy``, if it is still beside them; else None.
+    """
+    from chargen.checkpoint import TOKENS
+
+    stored = checkpoint.training.get("polyphony_cap")
+    if isinstance(stored, int) and stored >= 0:
+        return stored, "learnt from the training corpus"
+    vocab = getattr(checkpoint.codec, "vocab", None)
+    tokens = checkpoint.path.parent / TOKENS
+    if isinstance(vocab, MidiVocab) and tokens.is_file():
+        try:
+            return corpus_polyphony_cap(tokens, vocab), f"computed from {tokens}"
+        except (OSError, ValueError):
+            pass  # unreadable: no cap rather than no generation
+    return None, "none known (older checkpoint without its run's tokens.npy): no cap"
