@@ -16,14 +16,10 @@ SIGKILL at any moment leaves either the old file or the new one.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import pickle
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +28,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from chargen.codec import Codec, codec_from_metadata
+from chargen.codec import Codec
+from chargen.codec_registry import codec_from_metadata
 from chargen.errors import ChargenError, CheckpointError
+from chargen.fileio import atomic_write, sha256_file  # noqa: F401  (re-exported: records, tests)
 from chargen.model import CharRNN, ModelConfig
 
 FORMAT = "chargen-checkpoint"
@@ -54,36 +52,6 @@ RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "
 def default_checkpoint_root() -> Path:
     """``$CHARGEN_CHECKPOINTS`` or ``./checkpoints`` (nanoGPT's out dir, per project)."""
     return Path(os.environ.get("CHARGEN_CHECKPOINTS", "checkpoints"))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename tmp over ``path``; never a half-written file.
-
-    A folder that cannot be written (read-only, full, removed) is a ChargenError naming the file.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise ChargenError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # the folder may refuse this too; a resume clears it
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ChargenError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -131,14 +99,6 @@ class Checkpoint:
     @property
     def sha256(self) -> str:
         return sha256_file(self.path)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_metadata(path: Path) -> dict[str, str]:

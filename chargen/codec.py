@@ -99,13 +99,3 @@ class Codec(ABC):
         """Printable string of token ids."""
         symbols = self.symbols
         return "".join(symbols[i] for i in ids)
-
-
-def __getattr__(name: str) -> Any:
-    # The registry moved to chargen.codec_registry (this base class must not
-    # import its subclasses); old import paths still resolve, on first use only.
-    if name in ("codec_from_metadata", "codec_class"):
-        import chargen.codec_registry
-
-        return getattr(chargen.codec_registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

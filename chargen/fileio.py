@@ -15,6 +15,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from chargen.errors import ChargenError
+
 BLOCK_BYTES = 1 << 20
 
 
@@ -37,19 +39,25 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a new file beside ``path``, then rename it over ``path``.
 
     Readers see the old file or the whole new one, never half of it; the
-    temporary file is removed when ``write`` fails (or is interrupted).
+    temporary file is removed when ``write`` fails (or is interrupted). A folder
+    that cannot be written (read-only, full, removed) is a ChargenError naming the file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise ChargenError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # the folder may refuse this too
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise ChargenError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
     _fsync_folder(path.parent)
 

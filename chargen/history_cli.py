@@ -299,10 +299,9 @@ def export(generation_id: str, output: Path | None, sample_number: int, no_prime
     elif output is None:
         click.echo(content)
     else:
-        try:
-            output.write_text(content, encoding="utf-8")
-        except OSError as exc:
-            raise ChargenError(f"{output}: cannot write ({exc.strerror or exc})") from None
+        from chargen.fileio import atomic_write
+
+        atomic_write(output, lambda tmp: tmp.write_text(content, encoding="utf-8"))
     if output is not None:
         click.echo(f"wrote {output}", err=True)
 
@@ -310,7 +309,7 @@ def export(generation_id: str, output: Path | None, sample_number: int, no_prime
 def _export_midi(record: GenerationRecord, content: str, output: Path, tempo_bpm: float | None,
                  program: int | None) -> None:
     # Imported here: the MIDI stack (mido) is only needed for MIDI output.
-    from chargen.codec import codec_from_metadata
+    from chargen.codec_registry import codec_from_metadata
 
     try:
         from chargen.midi_export import write_midi

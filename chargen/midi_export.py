@@ -10,10 +10,7 @@ channel 1 with a program change to ``program``. Ticks are chosen fine enough
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import mido
 import numpy as np
 
 from chargen.errors import ChargenError
+from chargen.fileio import atomic_write
 from chargen.midi_codec import (
     DEFAULT_VOCAB,
     MidiStats,
@@ -147,32 +145,13 @@ def write_midi(
     vocab: MidiVocab = DEFAULT_VOCAB,
     max_note_s: float | None = None,
 ) -> MidiStats:
-    """Write ``ids`` to ``path`` atomically (temp file + os.replace); returns what was written.
+    """Write ``ids`` to ``path`` atomically (chargen.fileio); returns what was written.
 
     The bytes are :func:`midi_bytes`'s, so a file written here and one the service
     returned for the same ids and settings are identical.
     """
     data = midi_bytes(ids, tempo_bpm=tempo_bpm, program=program, vocab=vocab, max_note_s=max_note_s)
-    target = Path(path)
-    # Same folder, so os.replace is a rename: readers never see half a file.
-    # os.open with 0o666 (not tempfile's 0o600) lets the umask decide the mode.
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    created = False
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        created = True
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        created = False
-    except OSError as exc:
-        raise ChargenError(f"{target}: cannot write MIDI file ({exc.strerror or exc})") from None
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
     return midi_stats(ids, vocab)
 
 

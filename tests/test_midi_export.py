@@ -184,8 +184,9 @@ def test_write_is_atomic_and_replaces(tmp_path: Path) -> None:
 
 
 def test_write_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(ChargenError, match="cannot write") as info:
-        write_midi([60], tmp_path / "missing-dir" / "x.mid")
+        write_midi([60], tmp_path / "a-file" / "x.mid")
     assert "\n" not in str(info.value)
 
 

@@ -7,7 +7,6 @@ with their real work; no session outlives a method call.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, selectinload
 
 import chargen
+from chargen.fileio import sha256_file as file_sha256  # the history names it so
 from chargen.history import schema
 from chargen.history.convert import (
     ConfigLike,
@@ -300,11 +300,3 @@ def _checkpoint_clause(
         except OSError:
             pass
     return or_(*clauses)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from chargen.codec import codec_from_metadata
+from chargen.codec_registry import codec_from_metadata
 from chargen.curves import read_curve, trend
 from chargen.errors import ChargenError
 from chargen.midi_export import midi_notes

@@ -38,7 +38,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from chargen.codec import Codec, codec_from_metadata
+from chargen.codec import Codec
+from chargen.codec_registry import codec_from_metadata
 from chargen.data import CorpusInfo, StreamBatcher
 from chargen.errors import ChargenError
 from chargen.model import State
