@@ -52,6 +52,9 @@ def cli() -> None:
 @cli.command()
 @click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--resume", "resume", metavar="RUN", help="Continue the run RUN (name or folder) where it stopped.")
+@click.option("--init-from", metavar="RUN",
+              help="Fine-tune: start from RUN's weights (best, else last) with a fresh optimizer and schedule; "
+              "new characters extend its vocabulary.")
 @click.option("--codec", type=click.Choice(["auto", "text", "midi"]), default="auto", show_default=True,
               help="How to read the corpus; auto picks by file type.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus files.")
@@ -91,7 +94,8 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--database", metavar="URL", help="History database for the run record.")
 @click.option("--no-log", is_flag=True, help="Do not record this run in the history.")
-def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: str, size: str | None,
+def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, codec: str, encoding: str,
+          size: str | None,
           cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
           batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
@@ -106,6 +110,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
     from chargen.runs import resume_run, start_run
     from chargen.train import TrainConfig
 
+    if resume and init_from:
+        raise click.UsageError("give either --resume RUN or --init-from RUN, not both")
     if resume:
         if corpus:
             raise click.UsageError("give either CORPUS or --resume RUN, not both")
@@ -122,8 +128,15 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
                              val_fraction=val_fraction, seed=seed, device=device, precision=precision,
                              threads=threads, transpose=transpose)
         overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
+        if init_from:
+            from chargen.training.finetune import check_no_shape_options
+
+            try:
+                check_no_shape_options(dict(overrides, size=size))
+            except ChargenError as exc:
+                raise click.UsageError(str(exc)) from None
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
-                           progress=not quiet, warn=_warn)
+                           progress=not quiet, warn=_warn, init_from=init_from)
     if not no_log:
         from chargen.checkpoint import LAST, checkpoint_codec
         from chargen.history import HistoryUnavailable
@@ -327,6 +340,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "chargen_version": training.get("chargen_version"),
         "status": (read_run_json(loaded.path.parent) or {}).get("status"),
         "trend": curve.to_dict() if curve else None,
+        "parent": training.get("parent"),
     }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -344,6 +358,12 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:
         click.echo(f"run status   {data['status']}")
+    parent = data["parent"]
+    if isinstance(parent, dict):
+        added = parent.get("new_symbols") or ""
+        click.echo(f"fine-tuned   from {parent.get('run')} ({parent.get('checkpoint_path')}, sha256 "
+                   f"{str(parent.get('checkpoint_sha256'))[:16]}...)"
+                   + (f"; {len(added)} new symbol(s) {json.dumps(added, ensure_ascii=False)}" if added else ""))
     if curve:
         click.echo(f"trend        {curve.summary}")
 
@@ -355,13 +375,18 @@ def info(checkpoint: str | None, as_json: bool) -> None:
 @click.option("--per-line", type=click.IntRange(min=1), metavar="N", help="Also list the N worst-predicted lines.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
-def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None, device: str, as_json: bool) -> None:
+@click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
+              "else $CHARGEN_HOME/history.db].")
+@click.option("--no-log", is_flag=True, help="Do not record the scores in the history.")
+def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None, device: str, as_json: bool,
+          database: str | None, no_log: bool) -> None:
     """Score FILE...: nats and bits per character (token) and perplexity under a model.
 
     \b
     Text files are read as text (characters the model does not know are removed
     and reported); .mid files as MIDI. Scoring a run's validation text gives the
-    validation loss the run recorded.
+    validation loss the run recorded. Each file's score is logged to the history
+    (list them with `chargen history scores`) unless --no-log.
       chargen score notes.txt --checkpoint fables-small --per-line 5
     """
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
@@ -369,10 +394,19 @@ def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None,
     from chargen.scoring import describe_unknown, score_files
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    checkpoint_sha256 = loaded.sha256  # before scoring: the file may be replaced meanwhile
     scores = score_files(loaded, files, per_line or 0, resolve_device(device))
     for item in scores:
         if item.unknown:
             _warn(describe_unknown(item))
+    if not no_log:
+        from chargen.history import HistoryUnavailable
+        from chargen.records import log_scores
+
+        try:
+            log_scores(database, loaded, checkpoint_sha256, scores)
+        except HistoryUnavailable as exc:
+            _warn(f"warning: scores not logged: {exc}")
     if as_json:
         click.echo(json.dumps({"checkpoint": str(loaded.path), "sha256": loaded.sha256,
                                "files": [item.to_dict() for item in scores]}, ensure_ascii=False, indent=2))

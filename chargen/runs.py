@@ -29,6 +29,7 @@ from chargen.data import CorpusInfo, Warn, build_corpus, token_dtype
 from chargen.errors import ChargenError
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig
 from chargen.training import TrainConfig, TrainResult, train
+from chargen.training.finetune import prepare_finetune
 
 
 def check_run_name(name: str) -> str:
@@ -70,7 +71,9 @@ def start_run(
     encoding: str = "utf-8",
     progress: bool = True,
     warn: Warn | None = None,
+    init_from: str | None = None,
 ) -> TrainResult:
+    """A new run; ``init_from`` (a run name, folder or weights file) fine-tunes that model instead."""
     root = out or default_checkpoint_root()
     run_dir = root / (check_run_name(run_name) if run_name is not None else default_run_name(corpus_paths))
     if (run_dir / STATE).exists():
@@ -81,9 +84,15 @@ def start_run(
     except OSError as exc:
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
-        codec, corpus = build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
-        model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}))
-        return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
+        init = None
+        if init_from is not None:
+            codec, corpus, model_config, init = prepare_finetune(
+                init_from, corpus_paths, run_dir / TOKENS, codec_name, encoding,
+                dict(model_overrides or {}, size=preset), train_config.seed, warn)
+        else:
+            codec, corpus = build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
+            model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}))
+        return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn, init=init)
     except BaseException:
         # Nothing was trained: leave no run without weights behind to be picked as "newest".
         if created and not (run_dir / LAST).exists() and not (run_dir / STATE).exists():

@@ -28,6 +28,7 @@ from chargen.checkpoint import (
     STATE,
     TOKENS,
     load_state,
+    read_run_json,
     sha256_file,
     update_run_json,
     write_json,
@@ -38,6 +39,7 @@ from chargen.errors import ChargenError, CheckpointError
 from chargen.model import ModelConfig
 from chargen.training.budget import StepBudget
 from chargen.training.config import Reporter, TrainConfig, TrainResult
+from chargen.training.finetune import Initialisation
 from chargen.training.metrics import MetricsLog
 from chargen.training.trainer import Progress, Trainer, planned_steps
 
@@ -151,8 +153,12 @@ def train(
     progress: bool = True,
     report: Reporter | None = None,
     pause_at_step: int | None = None,
+    init: Initialisation | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built."""
+    """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built.
+
+    ``init``: a new run starts from these weights (fine-tuning) and records their parent.
+    """
     report = report or (lambda message: print(message, file=sys.stderr))
     saved, new_limit = None, False
     if resume:
@@ -163,6 +169,9 @@ def train(
     data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len)
     trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
     state = trainer.state
+    if init is not None:
+        init.apply(trainer.model)
+    trainer.parent = init.parent if init is not None else (read_run_json(run_dir) or {}).get("parent")
     if new_limit:
         before = state.total_steps
         state.total_steps = planned_steps(config, trainer.batcher.steps_per_epoch)
@@ -177,6 +186,7 @@ def train(
             "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
             "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
             "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
+            **({"parent": init.parent} if init is not None else {}),
         })
         trainer.checkpoint(None)  # from the first moment on, the run folder is resumable
     else:

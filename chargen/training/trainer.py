@@ -32,6 +32,7 @@ from chargen.training.config import TrainConfig, lr_at
 from chargen.training.optim import build_optimizer, grad_scaler
 from chargen.training.state import TrainingState
 
+
 @dataclass
 class Progress:
     """What the progress callback is told: ``kind`` is "step", "eval", "final" or "schedule"."""
@@ -79,6 +80,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.model_config, self.config, self.data = model_config, config, data
         self.codec, self.run_dir, self.corpus = codec, run_dir, corpus
+        self.parent: dict[str, Any] | None = None  # the run a fine-tuned run started from
         self.on_progress = on_progress or (lambda progress: None)
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
@@ -250,4 +252,5 @@ class Trainer:
             "corpus_tokens": corpus.tokens if corpus else None,
             "corpus_paths": corpus.paths if corpus else None,
             "train_config": self.config.to_dict(),
+            **({"parent": self.parent} if self.parent else {}),
         }
