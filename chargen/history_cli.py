@@ -361,16 +361,19 @@ def path(database: str | None) -> None:
 def runs(count: int, as_json: bool, database: str | None) -> None:
     """List logged training runs, newest first, one line each; a fine-tuned run names its parent."""
 
+    records = _listed(database, lambda store: store.list_runs(limit=count or None))
+    short_ids = {r.id: r.short_id for r in records}
+
     def line(r: TrainingRunRecord, id_width: int) -> str:
         loss = "-" if r.best_val_loss is None else f"{r.best_val_loss:.4f}"
         parent = ""
         if r.parent:
             logged = r.parent.get("run_id")
-            parent = f"  from {r.parent.get('run')}" + (f" ({logged})" if logged else "")
+            parent = f"  from {r.parent.get('run')}" + (f" ({short_ids.get(logged, logged)})" if logged else "")
         return (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}{parent}  "
                 f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
 
-    _print_records(_listed(database, lambda store: store.list_runs(limit=count or None)), as_json, line)
+    _print_records(records, as_json, line)
 
 
 @history.command()
