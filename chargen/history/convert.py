@@ -91,16 +91,9 @@ class GenerationFields:
         logprobs = [s.logprob for s in samples]
         total = math.fsum(lp for lp in logprobs if lp is not None) if samples and None not in logprobs else None
         chars = sum(len(s.text) for s in samples)
-        record_id, created = new_record_id(self.created_at)
         return Generation(
-            id=record_id,
-            created_at=created,
-            duration_s=float(self.duration_s),
-            chargen_version=self.chargen_version,
-            checkpoint_path=abspath(self.checkpoint_path),
-            checkpoint_sha256=self.checkpoint_sha256.lower(),
+            **_model_use(self),
             model_config=json_object(self.model_config, "model_config"),
-            codec=json_object(self.codec, "codec"),
             decoder=self.decoder,
             params=json_object(self.params, "params"),
             seed=self.seed,
@@ -120,7 +113,9 @@ class GenerationFields:
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationRecord:
+class ModelUseRecord:
+    """The fields every record of using a model has (``schema.ModelUse``): generations and scores."""
+
     id: str
     short_id: str
     created_at: datetime
@@ -129,6 +124,10 @@ class GenerationRecord:
     checkpoint_path: str
     checkpoint_sha256: str
     run_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRecord(ModelUseRecord):
     model_config: dict[str, Any]
     codec: dict[str, Any]
     decoder: str
@@ -218,16 +217,9 @@ class ScoreFields:
 
     def to_row(self) -> Score:
         """A new, unsaved Score row; ``run_id`` is left for the store to resolve."""
-        record_id, created = new_record_id(self.created_at)
         unknown = json_object(self.unknown, "unknown")
         return Score(
-            id=record_id,
-            created_at=created,
-            duration_s=float(self.duration_s),
-            chargen_version=self.chargen_version,
-            checkpoint_path=abspath(self.checkpoint_path),
-            checkpoint_sha256=self.checkpoint_sha256.lower(),
-            codec=json_object(self.codec, "codec"),
+            **_model_use(self),
             file_path=abspath(self.file_path),
             file_sha256=self.file_sha256.lower(),
             unit=self.unit,
@@ -241,15 +233,7 @@ class ScoreFields:
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoreRecord:
-    id: str
-    short_id: str
-    created_at: datetime
-    duration_s: float
-    chargen_version: str
-    checkpoint_path: str
-    checkpoint_sha256: str
-    run_id: str | None
+class ScoreRecord(ModelUseRecord):
     codec: dict[str, Any]
     file_path: str
     file_sha256: str
@@ -275,6 +259,20 @@ class ScoreRecord:
         data["bits_per_token"] = self.bits_per_token
         data["perplexity"] = math.exp(self.nats_per_token)
         return data
+
+
+def _model_use(fields: GenerationFields | ScoreFields) -> dict[str, Any]:
+    """The columns every record of using a model has (``schema.ModelUse``, less ``run_id``), and its codec."""
+    record_id, created = new_record_id(fields.created_at)
+    return {
+        "id": record_id,
+        "created_at": created,
+        "duration_s": float(fields.duration_s),
+        "chargen_version": fields.chargen_version,
+        "checkpoint_path": abspath(fields.checkpoint_path),
+        "checkpoint_sha256": fields.checkpoint_sha256.lower(),
+        "codec": json_object(fields.codec, "codec"),
+    }
 
 
 def _columns(row: Generation | TrainingRun | Score, record: type, **given: Any) -> dict[str, Any]:

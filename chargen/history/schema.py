@@ -110,8 +110,9 @@ class TrainingRun(Base):
     parent: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class Generation(Base):
-    __tablename__ = "generations"
+class ModelUse:
+    """The columns of a record of using a model (a generation, a score): when, how long, with which
+    chargen and checkpoint, and the training run that wrote that checkpoint (where it was logged)."""
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     created_at: Mapped[datetime]
@@ -122,6 +123,11 @@ class Generation(Base):
     run_id: Mapped[str | None] = mapped_column(
         String(26), ForeignKey("training_runs.id", ondelete="SET NULL"), index=True
     )
+
+
+class Generation(ModelUse, Base):
+    __tablename__ = "generations"
+
     model_config: Mapped[dict[str, Any]]
     codec: Mapped[dict[str, Any]]
     decoder: Mapped[str] = mapped_column(String(16))
@@ -156,20 +162,11 @@ class GenerationOutput(Base):
     generation: Mapped[Generation] = relationship(back_populates="outputs")
 
 
-class Score(Base):
+class Score(ModelUse, Base):
     """One file scored by ``chargen score`` (schema version 2)."""
 
     __tablename__ = "scores"
 
-    id: Mapped[str] = mapped_column(String(26), primary_key=True)
-    created_at: Mapped[datetime]
-    duration_s: Mapped[float] = mapped_column(Float)
-    chargen_version: Mapped[str] = mapped_column(String(32))
-    checkpoint_path: Mapped[str] = mapped_column(Text)
-    checkpoint_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    run_id: Mapped[str | None] = mapped_column(
-        String(26), ForeignKey("training_runs.id", ondelete="SET NULL"), index=True
-    )
     codec: Mapped[dict[str, Any]]
     file_path: Mapped[str] = mapped_column(Text)
     file_sha256: Mapped[str] = mapped_column(String(64), index=True)
