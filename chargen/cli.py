@@ -45,6 +45,9 @@ def cli() -> None:
 @click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--resume", "resume", type=RunOrPath(), metavar="RUN",
               help="Continue the run RUN (name or folder) where it stopped.")
+@click.option("--init-from", metavar="RUN",
+              help="Fine-tune: start from RUN's weights (best, else last) with a fresh optimizer and schedule; "
+              "new characters extend its vocabulary.")
 @click.option("--codec", type=click.Choice(["auto", "text", "midi"]), default="auto", show_default=True,
               help="How to read the corpus; auto picks by file type.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus files.")
@@ -87,7 +90,8 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--database", metavar="URL", help="History database for the run record.")
 @click.option("--no-log", is_flag=True, help="Do not record this run in the history.")
-def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: str, size: str | None,
+def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, codec: str, encoding: str,
+          size: str | None,
           cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
           batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
@@ -103,6 +107,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
     from chargen.train import TrainConfig
     from chargen.training import distributed
 
+    if resume and init_from:
+        raise click.UsageError("give either --resume RUN or --init-from RUN, not both")
     ranks = distributed.start(device)  # under torchrun: join the job (one process per rank)
     if resume:
         if corpus:
@@ -126,8 +132,15 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
                              val_fraction=val_fraction, seed=seed, device=device, precision=precision,
                              threads=threads, transpose=transpose)
         overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
+        if init_from:
+            from chargen.training.finetune import check_no_shape_options
+
+            try:
+                check_no_shape_options(dict(overrides, size=size))
+            except ChargenError as exc:
+                raise click.UsageError(str(exc)) from None
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
-                           progress=not quiet, warn=_warn, labels_from=labels_from, label=label)
+                           progress=not quiet, warn=_warn, labels_from=labels_from, label=label, init_from=init_from)
     distributed.stop()
     if not ranks.is_main:  # rank 0 logs and reports for the job
         sys.exit(130 if result.interrupted else 0)
@@ -169,9 +182,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, codec: str, encoding: st
 @click.option("--grammar/--no-grammar", default=None,
               help="MIDI models: decode under the MIDI grammar (note-offs only for sounding notes, no second "
               "note-on, a polyphony cap) [default: on for MIDI models].")
-@click.option("--max-polyphony", type=click.IntRange(min=0), metavar="N",
+@click.option("--max-polyphony", type=click.IntRange(0, 128), metavar="N",
               help="MIDI grammar: at most N notes at once; 0 = no cap [default: the cap learnt from the corpus].")
-@click.option("--max-hold-s", type=click.FloatRange(min=0), metavar="SECONDS",
+@click.option("--max-hold-s", type=FiniteFloat(0, 3600), metavar="SECONDS",
               help="MIDI grammar: no note held longer than this, the model must release it; 0 = no limit "
               "[default: 5, the export's held-note cap].")
 @click.option("--prime", help="Text to start from (must use the model's characters).")
@@ -350,6 +363,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "status": (read_run_json(loaded.path.parent) or {}).get("status"),
         "trend": curve.to_dict() if curve else None,
         "polyphony_cap": cap,
+        "parent": training.get("parent"),
     }
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -371,6 +385,12 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:
         click.echo(f"run status   {data['status']}")
+    parent = data["parent"]
+    if isinstance(parent, dict):
+        added = parent.get("new_symbols") or ""
+        click.echo(f"fine-tuned   from {parent.get('run')} ({parent.get('checkpoint_path')}, sha256 "
+                   f"{str(parent.get('checkpoint_sha256'))[:16]}...)"
+                   + (f"; {len(added)} new symbol(s) {json.dumps(added, ensure_ascii=False)}" if added else ""))
     if curve:
         click.echo(f"trend        {curve.summary}")
 
@@ -382,13 +402,18 @@ def info(checkpoint: str | None, as_json: bool) -> None:
 @click.option("--per-line", type=click.IntRange(min=1), metavar="N", help="Also list the N worst-predicted lines.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
-def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None, device: str, as_json: bool) -> None:
+@click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
+              "else $CHARGEN_HOME/history.db].")
+@click.option("--no-log", is_flag=True, help="Do not record the scores in the history.")
+def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None, device: str, as_json: bool,
+          database: str | None, no_log: bool) -> None:
     """Score FILE...: nats and bits per character (token) and perplexity under a model.
 
     \b
     Text files are read as text (characters the model does not know are removed
     and reported); .mid files as MIDI. Scoring a run's validation text gives the
-    validation loss the run recorded.
+    validation loss the run recorded. Each file's score is logged to the history
+    (list them with `chargen history scores`) unless --no-log.
       chargen score notes.txt --checkpoint fables-small --per-line 5
     """
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
@@ -396,10 +421,19 @@ def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None,
     from chargen.scoring import describe_unknown, score_files
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    checkpoint_sha256 = loaded.sha256  # before scoring: the file may be replaced meanwhile
     scores = score_files(loaded, files, per_line or 0, resolve_device(device))
     for item in scores:
         if item.unknown:
             _warn(describe_unknown(item))
+    if not no_log:
+        from chargen.history import HistoryUnavailable
+        from chargen.records import log_scores
+
+        try:
+            log_scores(database, loaded, checkpoint_sha256, scores)
+        except HistoryUnavailable as exc:
+            _warn(f"warning: scores not logged: {exc}")
     if as_json:
         click.echo(json.dumps({"checkpoint": str(loaded.path), "sha256": loaded.sha256,
                                "files": [item.to_dict() for item in scores]}, ensure_ascii=False, indent=2))

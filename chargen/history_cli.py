@@ -1,4 +1,4 @@
-"""``chargen history``: browse, show, export and delete logged generations.
+"""``chargen history``: browse, show, export and delete logged generations; list runs and scores.
 
 The main CLI adds this group with ``cli.add_command(history)``. Every command
 takes ``--database URL`` (else ``$CHARGEN_DATABASE_URL``, else
@@ -24,10 +24,10 @@ from chargen.history.errors import HistoryUnavailable
 from chargen.history.location import DATABASE_ENV, display_url, resolve_database_url, sqlite_file
 
 if TYPE_CHECKING:  # the store itself is imported when a command runs: SQLAlchemy costs ~0.3 s
-    from chargen.history import GenerationRecord, History, TrainingRunRecord
+    from chargen.history import GenerationRecord, History, ScoreRecord, TrainingRunRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
-R = TypeVar("R", "GenerationRecord", "TrainingRunRecord")
+R = TypeVar("R", "GenerationRecord", "TrainingRunRecord", "ScoreRecord")
 _DATABASE_KEY = "chargen.history.database"
 
 
@@ -132,7 +132,7 @@ def _one_line(text: str) -> str:
     return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
 
 
-def _local_time(record: GenerationRecord | TrainingRunRecord) -> str:
+def _local_time(record: GenerationRecord | TrainingRunRecord | ScoreRecord) -> str:
     return record.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
@@ -197,7 +197,7 @@ class _ListByDefault(click.Group):
 @_database_option
 @click.pass_context
 def history(ctx: click.Context, database: str | None) -> None:
-    """Browse the log of generations and training runs.
+    """Browse the log of generations, training runs and scores.
 
     Every `chargen sample` is logged with its checkpoint, decoder settings,
     seed, prime and outputs. Without a subcommand, lists the newest ones,
@@ -359,12 +359,40 @@ def path(database: str | None) -> None:
 @_database_option
 @_errors_to_exit
 def runs(count: int, as_json: bool, database: str | None) -> None:
-    """List logged training runs, newest first, one line each."""
+    """List logged training runs, newest first, one line each; a fine-tuned run names its parent."""
+
+    records = _listed(database, lambda store: store.list_runs(limit=count or None))
+    short_ids = {r.id: r.short_id for r in records}
 
     def line(r: TrainingRunRecord, id_width: int) -> str:
         loss = "-" if r.best_val_loss is None else f"{r.best_val_loss:.4f}"
-        return (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}  "
+        parent = ""
+        if r.parent:
+            logged = r.parent.get("run_id")
+            parent = f"  from {r.parent.get('run')}" + (f" ({short_ids.get(logged, logged)})" if logged else "")
+        return (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}{parent}  "
                 f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
 
-    _print_records(_listed(database, lambda store: store.list_runs(limit=count or None)), as_json, line)
+    _print_records(records, as_json, line)
+
+
+@history.command()
+@click.option("-n", "--count", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many to show, newest first; 0 shows all.")
+@click.option("--checkpoint", metavar="PATH",
+              help="Only scores under this checkpoint (a path, or its sha256).")
+@click.option("--json", "as_json", is_flag=True, help="Print full records as a JSON array.")
+@_database_option
+@_errors_to_exit
+def scores(count: int, checkpoint: str | None, as_json: bool, database: str | None) -> None:
+    """List logged `chargen score` results, newest first, one line per scored file."""
+
+    def line(r: ScoreRecord, id_width: int) -> str:
+        unknown = f"  {r.unknown_count} unknown" if r.unknown_count else ""
+        return (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.nats_per_token:.4f} nats/{r.unit}  "
+                f"{r.bits_per_token:.4f} bits/{r.unit}  {r.scored:>9,} {r.unit}s{unknown}  {r.file_path}  "
+                f"← {Path(r.checkpoint_path).parent.name}/{Path(r.checkpoint_path).name}")
+
+    _print_records(_listed(database, lambda store: store.list_scores(limit=count or None, checkpoint=checkpoint)),
+                   as_json, line)
 

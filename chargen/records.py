@@ -1,4 +1,4 @@
-"""Between the engine and the history: log generations and training runs, replay them.
+"""Between the engine and the history: log generations, training runs and scores, replay generations.
 
 The CLI and the service both log through these functions, so a generation is
 recorded the same way whoever asked for it.
@@ -19,7 +19,8 @@ from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
 from chargen.train import TrainResult
 
 if TYPE_CHECKING:
-    from chargen.history import GenerationFields
+    from chargen.history import GenerationFields, ScoreFields
+    from chargen.scoring import FileScore
 
 
 def generation_fields(checkpoint: Checkpoint, checkpoint_sha256: str, config: DecodeConfig, prime: str,
@@ -61,6 +62,39 @@ def log_generation(database: str | None, checkpoint: Checkpoint, result: Generat
         return history.record_generations([fields])[0]
 
 
+def score_fields(checkpoint: Checkpoint, checkpoint_sha256: str, score: FileScore) -> ScoreFields:
+    """The one mapping from a scored file (``chargen.scoring.FileScore``) to a history row's fields."""
+    from chargen.history import ScoreFields  # SQLAlchemy only when logging
+
+    return ScoreFields(
+        checkpoint_path=str(checkpoint.path.resolve()),
+        checkpoint_sha256=checkpoint_sha256,
+        codec=checkpoint.codec.to_metadata(),
+        file_path=str(Path(score.path).resolve()),
+        file_sha256=score.sha256,
+        unit=score.unit,
+        tokens=score.tokens,
+        scored=score.scored,
+        nats_per_token=score.nats_per_token,
+        unknown=dict(score.unknown),
+        worst_lines=[asdict(line) for line in score.worst_lines],
+        duration_s=score.duration_s,
+    )
+
+
+def log_scores(database: str | None, checkpoint: Checkpoint, checkpoint_sha256: str,
+               scores: Sequence[FileScore]) -> list[str]:
+    """Record scored files: one row per file, all or none.
+
+    Raises HistoryUnavailable when the database cannot be written.
+    """
+    from chargen.history import History
+
+    rows = [score_fields(checkpoint, checkpoint_sha256, score) for score in scores]
+    with History(database) as history:
+        return history.record_scores(rows)
+
+
 def log_training_run(database: str | None, result: TrainResult, codec: Codec) -> str:
     from chargen.history import History
 
@@ -79,6 +113,7 @@ def log_training_run(database: str | None, result: TrainResult, codec: Codec) ->
             best_val_loss=result.best_val_loss if math.isfinite(result.best_val_loss) else None,
             checkpoint_path=str(weights.resolve()),
             checkpoint_sha256=sha256_file(weights),
+            parent=training.get("parent") if isinstance(training.get("parent"), dict) else None,
         )
 
 

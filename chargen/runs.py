@@ -30,6 +30,7 @@ from chargen.data import CorpusInfo, Warn, build_corpus, build_labelled_corpus, 
 from chargen.errors import ChargenError
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig, check_label_names
 from chargen.training import TrainConfig, TrainResult, distributed, train
+from chargen.training.finetune import prepare_finetune
 
 
 def check_run_name(name: str) -> str:
@@ -73,9 +74,11 @@ def start_run(
     warn: Warn | None = None,
     labels_from: str | None = None,
     label: str | None = None,
+    init_from: str | None = None,
 ) -> TrainResult:
     """Start a run. ``labels_from="folders"``: the one CORPUS folder's subfolders are the labels;
-    ``label``: the whole corpus is that one label. Otherwise an unlabelled model, as before labels."""
+    ``label``: the whole corpus is that one label; ``init_from`` (a run name, folder or weights file)
+    fine-tunes that model. Otherwise a new unlabelled model, as before labels."""
     if labels_from is not None and label is not None:
         raise ChargenError("give either --labels-from or --label, not both")
     if labels_from not in (None, "folders"):
@@ -84,6 +87,8 @@ def start_run(
         check_label_names([label])
     if labels_from and len(corpus_paths) != 1:
         raise ChargenError("--labels-from folders takes one CORPUS folder, whose subfolders are the labels")
+    if init_from is not None and (labels_from or label is not None):
+        raise ChargenError("--init-from fine-tunes an unlabelled model: it takes no --labels-from or --label")
     root = out or default_checkpoint_root()
     ranks = distributed.current()  # torchrun: rank 0 names the run and encodes the corpus; the others wait
     run_dir = root / ranks.json_from_main(
@@ -96,17 +101,23 @@ def start_run(
     except OSError as exc:
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
-        def build() -> tuple[Codec, CorpusInfo]:
-            if labels_from or label is not None:
-                groups = ([(name, [folder]) for name, folder in label_folders(corpus_paths[0], warn)] if labels_from
-                          else [(label or "", list(corpus_paths))])
-                return build_labelled_corpus(groups, run_dir / TOKENS, run_dir / LABELS,
-                                             train_config.val_fraction, codec_name, encoding, warn)
-            return build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
+        init = None
+        if init_from is not None:
+            codec, corpus, model_config, init = prepare_finetune(
+                init_from, corpus_paths, run_dir / TOKENS, codec_name, encoding,
+                dict(model_overrides or {}, size=preset), train_config.seed, warn)
+        else:
+            def build() -> tuple[Codec, CorpusInfo]:
+                if labels_from or label is not None:
+                    groups = ([(name, [folder]) for name, folder in label_folders(corpus_paths[0], warn)]
+                              if labels_from else [(label or "", list(corpus_paths))])
+                    return build_labelled_corpus(groups, run_dir / TOKENS, run_dir / LABELS,
+                                                 train_config.val_fraction, codec_name, encoding, warn)
+                return build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
 
-        codec, corpus = ranks.build_corpus_once(build)
-        model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}), labels=corpus.labels)
-        return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
+            codec, corpus = ranks.build_corpus_once(build)
+            model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}), labels=corpus.labels)
+        return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn, init=init)
     except BaseException:
         # Nothing was trained: leave no run without weights behind to be picked as "newest".
         if created and not (run_dir / LAST).exists() and not (run_dir / STATE).exists():

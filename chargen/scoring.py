@@ -10,6 +10,7 @@ reported, never guessed at. ``.mid`` files go through the model's codec.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chargen.checkpoint import Checkpoint
+from chargen.checkpoint import Checkpoint, sha256_file
 from chargen.codec import Codec
 from chargen.errors import ChargenError
 from chargen.evaluation import token_losses
@@ -45,6 +46,8 @@ class FileScore:
     nats_per_token: float
     unknown: dict[str, int] = field(default_factory=dict)  # removed character -> occurrences
     worst_lines: list[LineScore] = field(default_factory=list)
+    sha256: str = ""  # of the file as read
+    duration_s: float = 0.0  # reading and scoring it
 
     @property
     def bits_per_token(self) -> float:
@@ -106,7 +109,9 @@ def worst_lines(tokenized: TokenizedText, losses: np.ndarray, count: int) -> lis
 
 def score_file(checkpoint: Checkpoint, path: Path, per_line: int = 0,
                device: torch.device | str = "cpu") -> FileScore:
+    began = time.monotonic()
     codec = checkpoint.codec
+    file_sha256 = sha256_file(path)
     seq_len = int(checkpoint.training.get("train_config", {}).get("seq_len", 0))
     is_midi = path.suffix.lower() in MIDI_SUFFIXES
     tokenized = None
@@ -125,6 +130,7 @@ def score_file(checkpoint: Checkpoint, path: Path, per_line: int = 0,
         nats_per_token=float(losses.sum(dtype=np.float64) / losses.size),
         unknown=tokenized.unknown if tokenized else {},
         worst_lines=worst_lines(tokenized, losses, per_line) if tokenized and per_line else [],
+        sha256=file_sha256, duration_s=time.monotonic() - began,
     )
 
 

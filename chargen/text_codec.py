@@ -94,12 +94,16 @@ class TextCodec(Codec):
     name = "text"
     suffixes = (".txt",)
 
-    def __init__(self, alphabet: str, encoding: str = "utf-8"):
+    def __init__(self, alphabet: str, encoding: str = "utf-8", keep_order: bool = False):
+        """``alphabet``'s distinct characters, sorted; or, with ``keep_order``, in the given order
+        (a fine-tuned model's vocabulary: its parent's ids first, new characters appended)."""
         if not alphabet:
             raise CorpusError("the corpus is empty: no characters to learn")
-        self._alphabet = "".join(sorted(set(alphabet)))
+        self._alphabet = "".join(dict.fromkeys(alphabet)) if keep_order else "".join(sorted(set(alphabet)))
         self.encoding = encoding
-        self._points = code_points(self._alphabet)  # sorted, for searchsorted
+        points = code_points(self._alphabet)
+        self._order = np.argsort(points, kind="stable")  # sorted position -> token id
+        self._points = points[self._order]  # sorted, for searchsorted
 
     @classmethod
     def fit(cls, paths: Sequence[Path] = (), encoding: str = "utf-8") -> TextCodec:
@@ -124,7 +128,11 @@ class TextCodec(Codec):
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> TextCodec:
-        return cls(meta["alphabet"], meta.get("encoding", "utf-8"))
+        return cls(meta["alphabet"], meta.get("encoding", "utf-8"), keep_order=True)
+
+    def extended(self, characters: str) -> TextCodec:
+        """This vocabulary with ``characters`` it lacks appended: every known id keeps its value."""
+        return TextCodec(self._alphabet + characters, self.encoding, keep_order=True)
 
     def encode_chunk(self, text: str) -> np.ndarray:
         points = code_points(text)
@@ -134,7 +142,7 @@ class TextCodec(Codec):
         if bad.any():
             missing = sorted({chr(p) for p in points[bad][:1000]})
             raise CorpusError(f"text contains characters outside the vocabulary: {missing[:10]}")
-        return ids.astype(np.int64)
+        return self._order[ids].astype(np.int64)
 
     def encode_pieces(self, path: Path) -> Iterator[np.ndarray]:
         for chunk in iter_text_chunks(path, self.encoding):

@@ -47,7 +47,7 @@ MIGRATION_RUNS = "migration_runs_probe"
 
 
 def migrating_worker() -> None:
-    """Subprocess body: like concurrent_worker, but this chargen knows a schema version 2.
+    """Subprocess body: like concurrent_worker, but this chargen knows one schema version more.
 
     Its migration is not idempotent on purpose (one row per run, then a pause that
     keeps the transaction open), so a migration run twice shows as two rows.
@@ -58,8 +58,8 @@ def migrating_worker() -> None:
         conn.exec_driver_sql(f"INSERT INTO {MIGRATION_RUNS} (pid) VALUES ({os.getpid()})")
         time.sleep(0.5)
 
-    schema.SCHEMA_VERSION = 2
-    schema.MIGRATIONS = {2: migrate}
+    schema.MIGRATIONS = {**schema.MIGRATIONS, schema.SCHEMA_VERSION + 1: migrate}
+    schema.SCHEMA_VERSION += 1
     url = sys.argv[1]
     print("ready", flush=True)
     sys.stdin.readline()

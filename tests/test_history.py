@@ -222,7 +222,7 @@ def test_processes_migrating_at_once_run_the_migration_once(history: History) ->
     assert start_together("migrating_worker", history.url, 4) == [(0, "done\n", "")] * 4
     with history._engine.connect() as conn:
         assert conn.exec_driver_sql(f"SELECT count(*) FROM {MIGRATION_RUNS}").scalar() == 1
-        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalar() == 2
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalar() == hist_schema.SCHEMA_VERSION + 1
     assert history.get_generation(gid).id == gid
 
 
@@ -303,7 +303,7 @@ def test_default_location_is_used_and_reopened_without_loss(tmp_path: Path, monk
     monkeypatch.delenv("CHARGEN_DATABASE_URL", raising=False)
     with History() as h:
         gid = record(h)
-        assert h.schema_version() == hist.SCHEMA_VERSION == 1
+        assert h.schema_version() == hist.SCHEMA_VERSION == 2
     assert (tmp_path / "home" / "history.db").is_file()
     with History() as h:
         assert [g.id for g in h.list_generations()] == [gid]
@@ -331,26 +331,27 @@ def test_tables_without_a_version_are_not_adopted(db: Path) -> None:
 
 
 def test_older_schema_is_migrated_forward_in_order(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with History(str(db)) as h:  # a version-1 database with data in it
+    with History(str(db)) as h:  # a database of this version with data in it
         gid = record(h, outputs=["a", "b"])
     calls: list[int] = []
+    now = hist_schema.SCHEMA_VERSION
 
     def add_rating(conn) -> None:
-        calls.append(2)
+        calls.append(now + 1)
         conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
 
     def add_index(conn) -> None:
-        calls.append(3)
+        calls.append(now + 2)
         conn.exec_driver_sql("CREATE INDEX ix_generations_rating ON generations (rating)")
 
-    monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(hist_schema, "MIGRATIONS", {2: add_rating, 3: add_index})
+    monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", now + 2)
+    monkeypatch.setattr(hist_schema, "MIGRATIONS", {**hist_schema.MIGRATIONS, now + 1: add_rating, now + 2: add_index})
     with History(str(db)) as h:
-        assert h.schema_version() == 3
+        assert h.schema_version() == now + 2
         assert h.get_generation(gid).outputs == (SampleRecord("a"), SampleRecord("b"))
     with History(str(db)) as h:  # already current: nothing runs twice
         pass
-    assert calls == [2, 3]
+    assert calls == [now + 1, now + 2]
     con = sqlite3.connect(db)
     assert "rating" in [row[1] for row in con.execute("PRAGMA table_info(generations)")]
     con.close()
@@ -364,13 +365,14 @@ def test_failed_migration_leaves_the_database_untouched(db: Path, monkeypatch: p
         conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
         conn.exec_driver_sql("SELECT no_such_function()")
 
-    monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(hist_schema, "MIGRATIONS", {2: broken})
+    now = hist_schema.SCHEMA_VERSION
+    monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setattr(hist_schema, "MIGRATIONS", {**hist_schema.MIGRATIONS, now + 1: broken})
     with pytest.raises(HistoryUnavailable):
         History(str(db))
     monkeypatch.undo()
-    with History(str(db)) as h:  # rolled back as one transaction: still a clean version 1
-        assert h.schema_version() == 1 and h.get_generation(gid).id == gid
+    with History(str(db)) as h:  # rolled back as one transaction: still a clean database of this version
+        assert h.schema_version() == now and h.get_generation(gid).id == gid
 
 
 @settings(max_examples=50, deadline=None)
@@ -404,3 +406,82 @@ def test_any_substring_of_an_output_finds_it(search_history: History, text: str,
     end = data.draw(st.integers(start + 1, len(text)))
     gid = record(search_history, prime="", outputs=[text])
     assert gid in {g.id for g in search_history.list_generations(limit=None, query=text[start:end])}
+
+
+# -- lineage (fine-tuning) and scores: schema version 2 -------------------------------------
+
+
+def _score(**overrides) -> dict:
+    fields = {
+        "checkpoint_path": "/ckpt/fables/best.safetensors",
+        "checkpoint_sha256": SHA_A,
+        "codec": {"name": "text", "alphabet": "\n abc", "encoding": "utf-8"},
+        "file_path": "/texts/notes.txt",
+        "file_sha256": "d" * 64,
+        "unit": "char",
+        "tokens": 1200,
+        "scored": 1199,
+        "nats_per_token": 1.5,
+        "duration_s": 0.125,
+        "unknown": {"é": 3, "ß": 1},
+        "worst_lines": [{"line": 7, "text": "zzz", "nats_per_char": 4.5, "chars": 4}],
+    }
+    fields.update(overrides)
+    return fields
+
+
+def test_fine_tuned_run_names_its_parent_and_links_the_parent_run(history: History) -> None:
+    parent_id = _run(history)
+    child_id = _run(history, checkpoint_sha256=SHA_B, checkpoint_path="/ckpt/ft/best.safetensors",
+                    parent={"run": "fables", "checkpoint_path": "/ckpt/fables/best.safetensors",
+                            "checkpoint_sha256": SHA_A.upper(), "new_symbols": "é"})
+    orphan_id = _run(history, checkpoint_sha256="e" * 64,
+                     parent={"run": "gone", "checkpoint_path": "/x/best.safetensors", "checkpoint_sha256": "f" * 64})
+    child = history.get_run(child_id)
+    assert child.parent == {"run": "fables", "checkpoint_path": "/ckpt/fables/best.safetensors",
+                            "checkpoint_sha256": SHA_A.upper(), "new_symbols": "é", "run_id": parent_id}
+    assert history.get_run(orphan_id).parent["run_id"] is None  # a parent never logged here
+    assert history.get_run(parent_id).parent is None
+    listed = {r["id"]: r for r in (run.to_dict() for run in history.list_runs())}
+    assert listed[child_id]["parent"]["run_id"] == parent_id and listed[parent_id]["parent"] is None
+
+
+def test_scores_are_recorded_one_row_per_file_and_listed_newest_first(history: History) -> None:
+    run_id = _run(history)
+    first, second = history.record_scores([_score(), _score(file_path="/texts/b.mid", unit="token", unknown={},
+                                                            worst_lines=[], checkpoint_sha256=SHA_B)])
+    assert [s.id for s in history.list_scores()] == [second, first]
+    got = history.get_score(first)
+    assert (got.file_path, got.file_sha256, got.unit, got.tokens, got.scored) == (
+        os.path.abspath("/texts/notes.txt"), "d" * 64, "char", 1200, 1199)
+    assert got.nats_per_token == 1.5 and got.unknown == {"é": 3, "ß": 1} and got.unknown_count == 4
+    assert got.worst_lines == [{"line": 7, "text": "zzz", "nats_per_char": 4.5, "chars": 4}]
+    assert got.run_id == run_id and history.get_score(second).run_id is None  # linked by checkpoint sha256
+    assert [s.id for s in history.list_scores(checkpoint=SHA_B)] == [second]
+    data = got.to_dict()
+    assert data["bits_per_token"] == pytest.approx(1.5 / np.log(2)) and data["perplexity"] == pytest.approx(np.exp(1.5))
+    json.dumps(data)
+    with pytest.raises(ValueError, match="finite"):
+        history.record_scores([_score(), _score(nats_per_token=float("nan"))])
+    assert len(history.list_scores()) == 2  # all or none
+    with pytest.raises(HistoryLookupError, match="no score"):
+        history.get_score("ZZZZ")
+
+
+def test_a_version_1_database_is_migrated_to_lineage_and_scores(db: Path) -> None:
+    with History(str(db)) as h:
+        run_id = _run(h)
+        gid = record(h)
+    con = sqlite3.connect(db)  # back to what a version-1 chargen made
+    con.execute("DROP TABLE scores")
+    con.execute("ALTER TABLE training_runs DROP COLUMN parent")
+    con.execute("UPDATE schema_version SET version = 1")
+    con.commit()
+    con.close()
+    with History(str(db)) as h:
+        assert h.schema_version() == hist_schema.SCHEMA_VERSION == 2
+        assert h.get_run(run_id).parent is None and h.get_generation(gid).id == gid
+        child = _run(h, checkpoint_sha256=SHA_B, parent={"run": "fables", "checkpoint_sha256": SHA_A})
+        assert h.get_run(child).parent["run_id"] == run_id
+        (score_id,) = h.record_scores([_score()])
+        assert h.get_score(score_id).run_id == run_id

@@ -19,7 +19,7 @@ from chargen.history import History, SampleRecord
 from chargen.history_cli import history as history_group
 from tests.conftest import run_cli
 
-SUBCOMMANDS = ["list", "show", "export", "rm", "path", "runs"]
+SUBCOMMANDS = ["list", "show", "export", "rm", "path", "runs", "scores"]
 
 
 @pytest.fixture(autouse=True)
@@ -266,3 +266,29 @@ def test_starting_the_cli_imports_no_sqlalchemy() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
     assert result.stdout.splitlines()[-1] == "0 []", result.stderr
+
+
+def test_score_logs_a_row_per_file_listed_by_history_scores(db: str, trained_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("The fox and the crow.\nThe lion.\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("A wolf met a lamb \u2603 by the river.\n", encoding="utf-8")
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    scored = run_cli("score", *files, "-c", str(trained_run), "--per-line", "1", "--json", "--database", db)
+    assert scored.returncode == 0, scored.stderr
+    printed = {Path(f["path"]).name: f for f in json.loads(scored.stdout)["files"]}
+    listed = run("scores", "--json", "--database", db)
+    assert listed.exit_code == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [Path(r["file_path"]).name for r in rows] == ["b.txt", "a.txt"]  # newest first: one row per file
+    for row in rows:
+        shown = printed[Path(row["file_path"]).name]
+        assert row["nats_per_token"] == pytest.approx(shown["nats_per_token"])
+        assert (row["tokens"], row["scored"], row["unit"]) == (shown["tokens"], shown["scored"], "char")
+        assert row["file_sha256"] == shown["sha256"]
+        assert row["checkpoint_sha256"] == json.loads(scored.stdout)["sha256"]
+        assert row["worst_lines"] == shown["worst_lines"] and row["duration_s"] >= 0
+    assert rows[0]["unknown"] == {"\u2603": 1} and rows[0]["unknown_count"] == 1
+    lines = run("scores", "--database", db).stdout.splitlines()
+    assert len(lines) == 2 and "nats/char" in lines[0] and "1 unknown" in lines[0]
+    assert run("scores", "-n", "1", "--json", "--database", db).stdout.count('"file_path"') == 1
+    skipped = run_cli("score", files[0], "-c", str(trained_run), "--no-log", "--database", db)
+    assert skipped.returncode == 0 and len(json.loads(run("scores", "--json", "--database", db).stdout)) == 2

@@ -16,7 +16,7 @@ import pytest
 from history_helpers import start_together
 from pg_support import connect
 
-from chargen.history import History
+from chargen.history import SCHEMA_VERSION, History
 from tests.conftest import REPO
 
 
@@ -59,7 +59,7 @@ def test_sixteen_concurrent_sample_processes_lose_no_row(run: Path, postgres_url
 def test_processes_opening_an_empty_database_together_all_succeed(postgres_url: str, count: int) -> None:
     assert start_together("concurrent_worker", postgres_url, count) == [(0, "done\n", "")] * count
     with connect(postgres_url) as conn:
-        assert conn.execute("SELECT id, version FROM schema_version").fetchall() == [(1, 1)]
+        assert conn.execute("SELECT id, version FROM schema_version").fetchall() == [(1, SCHEMA_VERSION)]
     with History(postgres_url) as history:
         rows = history.list_generations(limit=None)
     assert sorted(g.params["worker"] for g in rows) == sorted(str(i) for i in range(count))

@@ -28,6 +28,7 @@ SQLITE_ONLY = {
     "test_tables_without_a_version_are_not_adopted",
     "test_older_schema_is_migrated_forward_in_order",
     "test_failed_migration_leaves_the_database_untouched",
+    "test_a_version_1_database_is_migrated_to_lineage_and_scores",
 }
 NO_DATABASE = {
     "test_resolve_database_url_precedence",
@@ -96,26 +97,28 @@ def test_tables_without_a_version_are_not_adopted_on_postgresql(postgres_url: st
 
 def test_older_schema_is_migrated_forward_in_order_on_postgresql(
         postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with History(postgres_url) as h:  # a version-1 database with data in it
+    with History(postgres_url) as h:  # a database of this version with data in it
         gid = record(h, outputs=["a", "b"])
     calls: list[int] = []
+    now = history_schema.SCHEMA_VERSION
 
     def add_rating(conn) -> None:
-        calls.append(2)
+        calls.append(now + 1)
         conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
 
     def add_index(conn) -> None:
-        calls.append(3)
+        calls.append(now + 2)
         conn.exec_driver_sql("CREATE INDEX ix_generations_rating ON generations (rating)")
 
-    monkeypatch.setattr(history_schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(history_schema, "MIGRATIONS", {2: add_rating, 3: add_index})
+    monkeypatch.setattr(history_schema, "SCHEMA_VERSION", now + 2)
+    monkeypatch.setattr(history_schema, "MIGRATIONS",
+                        {**history_schema.MIGRATIONS, now + 1: add_rating, now + 2: add_index})
     with History(postgres_url) as h:
-        assert h.schema_version() == 3
+        assert h.schema_version() == now + 2
         assert h.get_generation(gid).outputs == (SampleRecord("a"), SampleRecord("b"))
     with History(postgres_url):  # already current: nothing runs twice
         pass
-    assert calls == [2, 3]
+    assert calls == [now + 1, now + 2]
     with connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM information_schema.columns "
                             "WHERE table_name = 'generations' AND column_name = 'rating'").fetchone() == (1,)
@@ -130,13 +133,33 @@ def test_failed_migration_leaves_the_database_untouched_on_postgresql(
         conn.exec_driver_sql("ALTER TABLE generations ADD COLUMN rating INTEGER")
         conn.exec_driver_sql("SELECT no_such_function()")
 
-    monkeypatch.setattr(history_schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(history_schema, "MIGRATIONS", {2: broken})
+    now = history_schema.SCHEMA_VERSION
+    monkeypatch.setattr(history_schema, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setattr(history_schema, "MIGRATIONS", {**history_schema.MIGRATIONS, now + 1: broken})
     with pytest.raises(HistoryUnavailable):
         History(postgres_url)
     monkeypatch.undo()
-    with History(postgres_url) as h:  # DDL is transactional here too: still a clean version 1
-        assert h.schema_version() == 1 and h.get_generation(gid).id == gid
+    with History(postgres_url) as h:  # DDL is transactional here too: still a clean database of this version
+        assert h.schema_version() == now and h.get_generation(gid).id == gid
     with connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM information_schema.columns "
                             "WHERE table_name = 'generations' AND column_name = 'rating'").fetchone() == (0,)
+
+
+def test_a_version_1_database_is_migrated_to_lineage_and_scores_on_postgresql(postgres_url: str) -> None:
+    from test_history import _run, _score
+
+    with History(postgres_url) as h:
+        run_id = _run(h)
+        gid = record(h)
+    with connect(postgres_url) as conn:  # back to what a version-1 chargen made
+        conn.execute("DROP TABLE scores")
+        conn.execute("ALTER TABLE training_runs DROP COLUMN parent")
+        conn.execute("UPDATE schema_version SET version = 1")
+    with History(postgres_url) as h:
+        assert h.schema_version() == history_schema.SCHEMA_VERSION == 2
+        assert h.get_run(run_id).parent is None and h.get_generation(gid).id == gid
+        child = _run(h, checkpoint_sha256="b" * 64, parent={"run": "fables", "checkpoint_sha256": "a" * 64})
+        assert h.get_run(child).parent["run_id"] == run_id
+        (score_id,) = h.record_scores([_score()])
+        assert h.get_score(score_id).run_id == run_id

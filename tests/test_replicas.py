@@ -21,7 +21,7 @@ import pytest
 from pg_support import connect
 from service_support import free_port, make_checkpoint, parse_sse
 
-from chargen.history import History
+from chargen.history import SCHEMA_VERSION, History
 from tests.conftest import REPO, run_cli
 
 BASICS = REPO / "corpora" / "midi-basics"
@@ -129,7 +129,7 @@ def test_a_generation_made_through_one_replica_is_served_by_the_other(
         replicas: tuple[Replica, Replica], postgres_url: str, tmp_path: Path) -> None:
     a, b = replicas
     with connect(postgres_url) as conn:  # two servers started together: one schema, made once
-        assert conn.execute("SELECT id, version FROM schema_version").fetchall() == [(1, 1)]
+        assert conn.execute("SELECT id, version FROM schema_version").fetchall() == [(1, SCHEMA_VERSION)]
 
     made = _generate(a.url, model="text", prime="the ", length=40, num_samples=2, seed=3)
     gid = made["history_id"]

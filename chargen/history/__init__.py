@@ -1,6 +1,6 @@
 """History of generations and training runs, kept in a SQL database.
 
-Every ``chargen sample`` and ``chargen train`` is logged here (SQLite by
+Every ``chargen sample``, ``chargen train`` and ``chargen score`` is logged here (SQLite by
 default, any SQLAlchemy URL otherwise; ``postgresql://`` runs on psycopg 3).
 The store is an optional extra: every failure to reach or write it is raised
 as :class:`HistoryUnavailable`, one line, so that callers can warn and carry
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
         GenerationRecord,
         SampleLike,
         SampleRecord,
+        ScoreFields,
+        ScoreRecord,
         TrainingRunRecord,
     )
     from chargen.history.engine import DEFAULT_BUSY_TIMEOUT_MS
@@ -57,6 +59,8 @@ _HOMES = {
     "GenerationRecord": "convert",
     "SampleLike": "convert",
     "SampleRecord": "convert",
+    "ScoreFields": "convert",
+    "ScoreRecord": "convert",
     "TrainingRunRecord": "convert",
     "DEFAULT_BUSY_TIMEOUT_MS": "engine",
     "HistoryLookupError": "errors",
@@ -88,6 +92,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SampleLike",
     "SampleRecord",
+    "ScoreFields",
+    "ScoreRecord",
     "TrainingRunRecord",
     "display_url",
     "file_sha256",

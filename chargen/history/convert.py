@@ -1,8 +1,9 @@
-"""Plain records handed to callers, the fields of a new generation row, and JSON conversion.
+"""Plain records handed to callers, the fields of new generation and score rows, and JSON conversion.
 
-Callers get frozen dataclasses, never live ORM objects: :class:`GenerationRecord`
-and :class:`TrainingRunRecord` come out of the store; :class:`GenerationFields`
-goes in (validated when it is made, so a bad entry fails before any write).
+Callers get frozen dataclasses, never live ORM objects: :class:`GenerationRecord`,
+:class:`TrainingRunRecord` and :class:`ScoreRecord` come out of the store;
+:class:`GenerationFields` and :class:`ScoreFields` go in (validated when they are
+made, so a bad entry fails before any write).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 import chargen
 from chargen.history.ids import new_record_id
-from chargen.history.schema import Generation, GenerationOutput, TrainingRun
+from chargen.history.schema import Generation, GenerationOutput, Score, TrainingRun
 
 DECODERS = ("sample", "greedy", "beam")
 
@@ -90,16 +91,9 @@ class GenerationFields:
         logprobs = [s.logprob for s in samples]
         total = math.fsum(lp for lp in logprobs if lp is not None) if samples and None not in logprobs else None
         chars = sum(len(s.text) for s in samples)
-        record_id, created = new_record_id(self.created_at)
         return Generation(
-            id=record_id,
-            created_at=created,
-            duration_s=float(self.duration_s),
-            chargen_version=self.chargen_version,
-            checkpoint_path=abspath(self.checkpoint_path),
-            checkpoint_sha256=self.checkpoint_sha256.lower(),
+            **_model_use(self),
             model_config=json_object(self.model_config, "model_config"),
-            codec=json_object(self.codec, "codec"),
             decoder=self.decoder,
             params=json_object(self.params, "params"),
             seed=self.seed,
@@ -119,7 +113,9 @@ class GenerationFields:
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationRecord:
+class ModelUseRecord:
+    """The fields every record of using a model has (``schema.ModelUse``): generations and scores."""
+
     id: str
     short_id: str
     created_at: datetime
@@ -128,6 +124,10 @@ class GenerationRecord:
     checkpoint_path: str
     checkpoint_sha256: str
     run_id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRecord(ModelUseRecord):
     model_config: dict[str, Any]
     codec: dict[str, Any]
     decoder: str
@@ -170,6 +170,7 @@ class TrainingRunRecord:
     best_val_loss: float | None
     checkpoint_path: str
     checkpoint_sha256: str | None
+    parent: dict[str, Any] | None = None  # the run a fine-tuned run started from
 
     @classmethod
     def from_row(cls, row: TrainingRun, short_id: str) -> TrainingRunRecord:
@@ -181,7 +182,100 @@ class TrainingRunRecord:
         return data
 
 
-def _columns(row: Generation | TrainingRun, record: type, **given: Any) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class ScoreFields:
+    """Everything a new score row holds (one scored file), as given by the caller; validated on creation.
+
+    ``unknown`` maps each removed character to its occurrences; ``worst_lines`` is a
+    list of JSON objects (line, text, nats_per_char, chars). ``run_id`` defaults to
+    the newest training run that produced a checkpoint with this sha256.
+    """
+
+    checkpoint_path: str | os.PathLike[str]
+    checkpoint_sha256: str
+    codec: Mapping[str, Any]
+    file_path: str | os.PathLike[str]
+    file_sha256: str
+    unit: str
+    tokens: int
+    scored: int
+    nats_per_token: float
+    duration_s: float
+    unknown: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    worst_lines: Sequence[Mapping[str, Any]] = ()
+    run_id: str | None = None
+    chargen_version: str = chargen.__version__
+    created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if "name" not in self.codec:
+            raise ValueError("codec metadata needs a 'name'")
+        if not math.isfinite(self.nats_per_token):
+            raise ValueError(f"nats_per_token must be finite, not {self.nats_per_token}")
+        if self.created_at is not None and self.created_at.tzinfo is None:
+            raise ValueError("created_at must be timezone-aware")
+
+    def to_row(self) -> Score:
+        """A new, unsaved Score row; ``run_id`` is left for the store to resolve."""
+        unknown = json_object(self.unknown, "unknown")
+        return Score(
+            **_model_use(self),
+            file_path=abspath(self.file_path),
+            file_sha256=self.file_sha256.lower(),
+            unit=self.unit,
+            tokens=int(self.tokens),
+            scored=int(self.scored),
+            nats_per_token=float(self.nats_per_token),
+            unknown_count=sum(int(n) for n in unknown.values()),
+            unknown=unknown,
+            worst_lines=[json_object(line, "worst_lines") for line in self.worst_lines],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRecord(ModelUseRecord):
+    codec: dict[str, Any]
+    file_path: str
+    file_sha256: str
+    unit: str
+    tokens: int
+    scored: int
+    nats_per_token: float
+    unknown_count: int
+    unknown: dict[str, int]
+    worst_lines: list[dict[str, Any]]
+
+    @classmethod
+    def from_row(cls, row: Score, short_id: str) -> ScoreRecord:
+        return cls(**_columns(row, cls, short_id=short_id))
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nats_per_token / math.log(2)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["created_at"] = self.created_at.isoformat()
+        data["bits_per_token"] = self.bits_per_token
+        data["perplexity"] = math.exp(self.nats_per_token)
+        return data
+
+
+def _model_use(fields: GenerationFields | ScoreFields) -> dict[str, Any]:
+    """The columns every record of using a model has (``schema.ModelUse``, less ``run_id``), and its codec."""
+    record_id, created = new_record_id(fields.created_at)
+    return {
+        "id": record_id,
+        "created_at": created,
+        "duration_s": float(fields.duration_s),
+        "chargen_version": fields.chargen_version,
+        "checkpoint_path": abspath(fields.checkpoint_path),
+        "checkpoint_sha256": fields.checkpoint_sha256.lower(),
+        "codec": json_object(fields.codec, "codec"),
+    }
+
+
+def _columns(row: Generation | TrainingRun | Score, record: type, **given: Any) -> dict[str, Any]:
     """The record's fields: ``given`` ones, the rest read from the row's same-named attributes."""
     return {f.name: given[f.name] if f.name in given else getattr(row, f.name)
             for f in dataclasses.fields(record)}

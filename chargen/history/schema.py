@@ -38,12 +38,12 @@ from sqlalchemy.types import TypeDecorator
 from chargen.history.errors import HistoryUnavailable
 
 #: bumped by every entry added to MIGRATIONS
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: MIGRATIONS[n] upgrades a database from version n - 1 to n, inside the
 #: caller's write transaction. Version 1 is the baseline made by create_all;
 #: a fresh database is created at SCHEMA_VERSION directly. Write migrations
 #: with portable DDL/SQL only (they also run on PostgreSQL).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}  # filled in below the tables
 #: pg_advisory_xact_lock key that serialises schema creation and migration
 #: (any fixed 64-bit number; this one spells "chargen" in ASCII)
 SCHEMA_LOCK_KEY = 0x63686172_67656E
@@ -105,10 +105,14 @@ class TrainingRun(Base):
     best_val_loss: Mapped[float | None] = mapped_column(Float)
     checkpoint_path: Mapped[str] = mapped_column(Text)
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: the weights a fine-tuned run started from: {run, checkpoint_path, checkpoint_sha256, run_id, ...};
+    #: None for a run trained from scratch (schema version 2)
+    parent: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class Generation(Base):
-    __tablename__ = "generations"
+class ModelUse:
+    """The columns of a record of using a model (a generation, a score): when, how long, with which
+    chargen and checkpoint, and the training run that wrote that checkpoint (where it was logged)."""
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     created_at: Mapped[datetime]
@@ -119,6 +123,11 @@ class Generation(Base):
     run_id: Mapped[str | None] = mapped_column(
         String(26), ForeignKey("training_runs.id", ondelete="SET NULL"), index=True
     )
+
+
+class Generation(ModelUse, Base):
+    __tablename__ = "generations"
+
     model_config: Mapped[dict[str, Any]]
     codec: Mapped[dict[str, Any]]
     decoder: Mapped[str] = mapped_column(String(16))
@@ -153,7 +162,34 @@ class GenerationOutput(Base):
     generation: Mapped[Generation] = relationship(back_populates="outputs")
 
 
+class Score(ModelUse, Base):
+    """One file scored by ``chargen score`` (schema version 2)."""
+
+    __tablename__ = "scores"
+
+    codec: Mapped[dict[str, Any]]
+    file_path: Mapped[str] = mapped_column(Text)
+    file_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    unit: Mapped[str] = mapped_column(String(16))  # "char" or "token"
+    tokens: Mapped[int] = mapped_column(BigInteger)  # tokens read (unknown characters removed)
+    scored: Mapped[int] = mapped_column(BigInteger)  # tokens whose prediction was scored
+    nats_per_token: Mapped[float] = mapped_column(Float)
+    unknown_count: Mapped[int] = mapped_column(BigInteger)
+    unknown: Mapped[dict[str, Any]]  # removed character -> occurrences
+    worst_lines: Mapped[list[Any]] = mapped_column(JSON)  # [{line, text, nats_per_char, chars}], worst first
+
+
 _OUR_TABLES = frozenset(Base.metadata.tables)
+
+
+def _lineage_and_scores(conn: Connection) -> None:
+    """Version 2: training runs name their parent (fine-tuning); scored files are logged."""
+    column_type = JSON().compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {TrainingRun.__tablename__} ADD COLUMN parent {column_type}")
+    Score.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS[2] = _lineage_and_scores
 
 
 def read_version(conn: Connection, where: str) -> int:

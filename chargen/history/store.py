@@ -25,6 +25,8 @@ from chargen.history.convert import (
     ConfigLike,
     GenerationFields,
     GenerationRecord,
+    ScoreFields,
+    ScoreRecord,
     TrainingRunRecord,
     abspath,
     finite,
@@ -34,11 +36,12 @@ from chargen.history.engine import DEFAULT_BUSY_TIMEOUT_MS, WRITE_OPTION, create
 from chargen.history.errors import HistoryLookupError, HistoryUnavailable
 from chargen.history.ids import new_record_id, short_id
 from chargen.history.location import display_url, resolve_database_url
-from chargen.history.schema import Generation, GenerationOutput, TrainingRun
+from chargen.history.schema import Generation, GenerationOutput, Score, TrainingRun
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_Row = TypeVar("_Row", Generation, TrainingRun)
-_Record = TypeVar("_Record", GenerationRecord, TrainingRunRecord)
+_Row = TypeVar("_Row", Generation, TrainingRun, Score)
+_Record = TypeVar("_Record", GenerationRecord, TrainingRunRecord, ScoreRecord)
+_KINDS = {Generation: "generation", TrainingRun: "training run", Score: "score"}
 
 
 class History:
@@ -109,16 +112,30 @@ class History:
         rows = [entry.to_row() for entry in entries]  # validates all before writing any
         ids = [row.id for row in rows]  # read now: the commit expires the rows
         with self._session(write=True) as session:
-            runs: dict[str, str | None] = {}
-            for row, entry in zip(rows, entries):
-                if entry.run_id is not None:
-                    row.run_id = self._resolve(session, TrainingRun, entry.run_id).id
-                else:
-                    if row.checkpoint_sha256 not in runs:
-                        runs[row.checkpoint_sha256] = self._find_run(session, row.checkpoint_sha256)
-                    row.run_id = runs[row.checkpoint_sha256]
+            self._link_runs(session, rows, [entry.run_id for entry in entries])
             session.add_all(rows)
         return ids
+
+    def record_scores(self, scores: Sequence[ScoreFields | Mapping[str, Any]]) -> list[str]:
+        """Store scored files in one transaction: all or none. Returns their ids, in order."""
+        entries = [s if isinstance(s, ScoreFields) else ScoreFields(**s) for s in scores]
+        rows = [entry.to_row() for entry in entries]  # validates all before writing any
+        ids = [row.id for row in rows]
+        with self._session(write=True) as session:
+            self._link_runs(session, rows, [entry.run_id for entry in entries])
+            session.add_all(rows)
+        return ids
+
+    def _link_runs(self, session: Session, rows: Sequence[Generation | Score], given: Sequence[str | None]) -> None:
+        """Each row's training run: the given id, else the newest run that wrote its checkpoint."""
+        runs: dict[str, str | None] = {}
+        for row, run_id in zip(rows, given):
+            if run_id is not None:
+                row.run_id = self._resolve(session, TrainingRun, run_id).id
+            else:
+                if row.checkpoint_sha256 not in runs:
+                    runs[row.checkpoint_sha256] = self._find_run(session, row.checkpoint_sha256)
+                row.run_id = runs[row.checkpoint_sha256]
 
     def record_training_run(
         self,
@@ -135,9 +152,15 @@ class History:
         checkpoint_sha256: str | None = None,
         chargen_version: str = chargen.__version__,
         created_at: datetime | None = None,
+        parent: Mapping[str, Any] | None = None,
     ) -> str:
-        """Store one training run; returns its id. ``best_val_loss`` is in nats."""
+        """Store one training run; returns its id. ``best_val_loss`` is in nats.
+
+        ``parent`` (fine-tuning) names the weights the run started from; its
+        ``checkpoint_sha256`` links it to the parent's own run row (``run_id``) where logged.
+        """
         record_id, created = new_record_id(created_at)
+        lineage = None if parent is None else json_object(parent, "parent")
         row = TrainingRun(
             id=record_id,
             created_at=created,
@@ -154,6 +177,10 @@ class History:
             checkpoint_sha256=None if checkpoint_sha256 is None else checkpoint_sha256.lower(),
         )
         with self._session(write=True) as session:
+            sha256 = (lineage or {}).get("checkpoint_sha256")
+            if lineage is not None and isinstance(sha256, str):
+                lineage["run_id"] = self._find_run(session, sha256.lower())
+            row.parent = lineage
             session.add(row)
         return record_id
 
@@ -213,6 +240,17 @@ class History:
     def get_run(self, id_or_prefix: str) -> TrainingRunRecord:
         return self._get(TrainingRun, TrainingRunRecord, id_or_prefix)
 
+    def list_scores(self, limit: int | None = 20, checkpoint: str | os.PathLike[str] | None = None
+                    ) -> list[ScoreRecord]:
+        """Newest first; ``checkpoint`` as in :meth:`list_generations`."""
+        stmt = _with_short_ids(Score).order_by(Score.id.desc())
+        if checkpoint is not None:
+            stmt = stmt.where(_checkpoint_clause(Score, checkpoint))
+        return self._list(stmt, ScoreRecord, limit)
+
+    def get_score(self, id_or_prefix: str) -> ScoreRecord:
+        return self._get(Score, ScoreRecord, id_or_prefix)
+
     def _get(self, model: type[_Row], record: type[_Record], id_or_prefix: str) -> _Record:
         with self._session() as session:
             row = self._resolve(session, model, id_or_prefix)
@@ -238,7 +276,7 @@ class History:
 
     @staticmethod
     def _resolve(session: Session, model: type[_Row], id_or_prefix: str) -> _Row:
-        kind = "generation" if model is Generation else "training run"
+        kind = _KINDS[model]
         wanted = id_or_prefix.strip().upper()
         if not wanted:
             raise HistoryLookupError(f"give a {kind} id")
@@ -286,7 +324,7 @@ def _rows_with_short_ids(session: Session, stmt: Select[tuple[_Row, str | None, 
 
 
 def _checkpoint_clause(
-    model: type[Generation | TrainingRun], checkpoint: str | os.PathLike[str]
+    model: type[Generation | TrainingRun | Score], checkpoint: str | os.PathLike[str]
 ) -> ColumnElement[bool]:
     value = os.fspath(checkpoint)
     if _SHA256.fullmatch(value):

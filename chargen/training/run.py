@@ -29,6 +29,7 @@ from chargen.checkpoint import (
     STATE,
     TOKENS,
     load_state,
+    read_run_json,
     sha256_file,
     update_run_json,
     write_json,
@@ -40,6 +41,7 @@ from chargen.model import ModelConfig
 from chargen.training import distributed
 from chargen.training.budget import StepBudget
 from chargen.training.config import Reporter, TrainConfig, TrainResult
+from chargen.training.finetune import Initialisation
 from chargen.training.metrics import MetricsLog
 from chargen.training.trainer import Progress, Trainer, planned_steps
 
@@ -153,8 +155,12 @@ def train(
     progress: bool = True,
     report: Reporter | None = None,
     pause_at_step: int | None = None,
+    init: Initialisation | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built."""
+    """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built.
+
+    ``init``: a new run starts from these weights (fine-tuning) and records their parent.
+    """
     report = report or (lambda message: print(message, file=sys.stderr))
     saved, new_limit = None, False
     if resume:
@@ -172,6 +178,9 @@ def train(
                         corpus.train_tokens, labels)
     trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
     state = trainer.state
+    if init is not None:
+        init.apply(trainer.model)
+    trainer.parent = init.parent if init is not None else (read_run_json(run_dir) or {}).get("parent")
     if new_limit:
         before = state.total_steps
         state.total_steps = planned_steps(config, trainer.batcher.steps_per_epoch)
@@ -189,6 +198,7 @@ def train(
                 "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
                 **({"labels_sha256": sha256_file(run_dir / LABELS)} if corpus.labels else {}),
                 "world_size": ranks.world_size,
+                **({"parent": init.parent} if init is not None else {}),
             })
         trainer.checkpoint(None)  # from the first moment on, the run folder is resumable
     elif ranks.is_main:

@@ -89,6 +89,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.model_config, self.config, self.data = model_config, config, data
         self.codec, self.run_dir, self.corpus = codec, run_dir, corpus
+        self.parent: dict[str, Any] | None = None  # the run a fine-tuned run started from
         self.on_progress = on_progress or (lambda progress: None)
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
@@ -289,4 +290,5 @@ class Trainer:
             "train_config": self.config.to_dict(),
             "world_size": self.dist.world_size,  # processes that trained together (torchrun)
             **({"polyphony_cap": self.polyphony_cap} if self.polyphony_cap is not None else {}),
+            **({"parent": self.parent} if self.parent else {}),
         }
