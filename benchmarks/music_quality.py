@@ -5,12 +5,12 @@
 
 Rows: the corpus, then samples at each temperature and one beam search, each
 decoded without the MIDI grammar (today's decoder) and with it
-(:mod:`chargen.midi_grammar`, polyphony cap K: the checkpoint's stored cap, or
+(:mod:`chargen.midi.grammar`, polyphony cap K: the checkpoint's stored cap, or
 else the corpus's 99th percentile of onset polyphony), the latter twice: the
 cap alone, and with ``max_hold`` set to the held-note cap (the model must
 release a note before the export would cut it; the decoder's default). Every piece, corpus file
 or sample, goes the same way: token ids (the corpus encoded by the checkpoint's
-codec) -> :func:`chargen.midi_export.decode_to_midi` -> a Standard MIDI File
+codec) -> :func:`chargen.midi.export.decode_to_midi` -> a Standard MIDI File
 read back by pretty_midi, which the statistics are taken from. Samples are
 exported with the held-note cap ``--max-note-s`` (5 s, as ``chargen sample``
 does); the corpus without it, so that its own long notes count as such.
@@ -54,9 +54,9 @@ import numpy as np
 from chargen.checkpoint import load_checkpoint, resolve_checkpoint
 from chargen.data import find_corpus_files
 from chargen.errors import ChargenError, CorruptFileError
-from chargen.midi_codec import MidiCodec, MidiVocab, ids_to_notes
-from chargen.midi_export import decode_to_midi
-from chargen.midi_grammar import polyphony_cap
+from chargen.midi import MidiCodec, MidiVocab, ids_to_notes
+from chargen.midi.export import decode_to_midi
+from chargen.midi.grammar import polyphony_cap
 from chargen.sampling import DecodeConfig, Generator
 
 MAX_NOTE_S = 5.0
@@ -160,7 +160,7 @@ class Row:
 
 @dataclass(frozen=True)
 class GrammarSettings:
-    """The MIDI grammar's settings for one row (see :class:`chargen.midi_grammar.MidiGrammar`)."""
+    """The MIDI grammar's settings for one row (see :class:`chargen.midi.grammar.MidiGrammar`)."""
 
     cap: int  # polyphony cap, 0 = none
     max_hold_s: float = 0.0  # longest note in seconds, 0 = no limit

@@ -283,7 +283,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     result = generator.generate(prime, config, on_token if stream else None)
     midi_paths: list[Path] = []
     if output_format == "midi":
-        from chargen.midi_export import output_paths, write_midi
+        from chargen.midi.export import output_paths, write_midi
 
         midi_paths = output_paths(output.with_suffix(".mid") if synth and output else output, len(result.samples))
         for item, path in zip(result.samples, midi_paths):
@@ -529,7 +529,7 @@ def midi() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print token ids and event names as JSON.")
 def midi_tokens(file: Path, as_json: bool) -> None:
     """Print FILE as its token stream (one printable character per event)."""
-    from chargen.midi_codec import MidiCodec, midi_stats, token_name
+    from chargen.midi import MidiCodec, midi_stats, token_name
 
     codec = MidiCodec()
     ids = codec.encode_file(file).tolist()

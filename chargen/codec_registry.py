@@ -11,7 +11,7 @@ from typing import Any
 
 from chargen.codec import Codec
 from chargen.errors import CheckpointError
-from chargen.midi_codec import MidiCodec
+from chargen.midi import MidiCodec
 from chargen.text_codec import TextCodec
 
 CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (TextCodec, MidiCodec)}

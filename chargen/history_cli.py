@@ -312,9 +312,9 @@ def _export_midi(record: GenerationRecord, content: str, output: Path, tempo_bpm
     from chargen.codec_registry import codec_from_metadata
 
     try:
-        from chargen.midi_export import write_midi
+        from chargen.midi.export import write_midi
     except ImportError:
-        raise ChargenError("MIDI export is not available: chargen.midi_export is missing") from None
+        raise ChargenError("MIDI export is not available: chargen.midi.export is missing") from None
 
     def logged(key: str, default: Any) -> Any:
         return record.params.get(key, record.codec.get(key, default))

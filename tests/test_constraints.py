@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from chargen.constraints import Constraints, ban_mask
-from chargen.midi_codec import DEFAULT_VOCAB
-from chargen.midi_grammar import MidiGrammar
+from chargen.midi import DEFAULT_VOCAB
+from chargen.midi.grammar import MidiGrammar
 from chargen.sampling import NgramBlocker, advance_beams
 
 V = DEFAULT_VOCAB

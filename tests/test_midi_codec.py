@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from chargen.codec_registry import CODECS, codec_from_metadata
 from chargen.errors import ChargenError, CheckpointError, CorruptFileError
-from chargen.midi_codec import (
+from chargen.midi import (
     DEFAULT_VOCAB,
     MidiCodec,
     MidiVocab,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from chargen.codec_registry import codec_class
-from chargen.midi_codec import MidiCodec, ids_to_notes, midi_stats
-from chargen.midi_export import write_midi
+from chargen.midi import MidiCodec, ids_to_notes, midi_stats
+from chargen.midi.export import write_midi
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "corpora" / "midi-basics"

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chargen.errors import ChargenError
-from chargen.midi_codec import DEFAULT_VOCAB as V
-from chargen.midi_codec import midi_stats
-from chargen.midi_export import decode_to_midi, midi_bytes, midi_notes, write_midi
+from chargen.midi import DEFAULT_VOCAB as V
+from chargen.midi import midi_stats
+from chargen.midi.export import decode_to_midi, midi_bytes, midi_notes, write_midi
 
 pretty_midi = pytest.importorskip("pretty_midi")
 

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chargen.constraints import ban_lists, ban_mask
-from chargen.midi_codec import DEFAULT_VOCAB, MidiCodec, ids_to_notes
-from chargen.midi_export import decode_to_midi, write_midi
-from chargen.midi_grammar import (
+from chargen.midi import DEFAULT_VOCAB, MidiCodec, ids_to_notes
+from chargen.midi.export import decode_to_midi, write_midi
+from chargen.midi.grammar import (
     MidiGrammar,
     corpus_polyphony_cap,
     onset_polyphony_counts,

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chargen.errors import ChargenError
-from chargen.midi_codec import MidiCodec, ids_to_notes
-from chargen.midi_export import DEFAULT_MAX_NOTE_S, decode_to_midi
+from chargen.midi import MidiCodec, ids_to_notes
+from chargen.midi.export import DEFAULT_MAX_NOTE_S, decode_to_midi
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import DecodeConfig, Generator, sequence_logprob
 from chargen.sampling.config import DEFAULT_MAX_HOLD_S

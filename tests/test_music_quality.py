@@ -22,7 +22,7 @@ from benchmarks.music_quality import (
     total_variation,
 )
 from chargen.checkpoint import save_weights
-from chargen.midi_codec import DEFAULT_VOCAB, MidiCodec
+from chargen.midi import DEFAULT_VOCAB, MidiCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.text_codec import TextCodec
 from tests.conftest import FABLES, REPO

@@ -20,7 +20,7 @@ from test_service import (  # noqa: F401  (models: a fixture; the test: run agai
 
 from chargen import records
 from chargen.checkpoint import Checkpoint, load_checkpoint
-from chargen.midi_codec import MidiCodec
+from chargen.midi import MidiCodec
 from chargen.serve import create_app
 
 

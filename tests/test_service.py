@@ -15,7 +15,7 @@ import pytest
 from service_support import ServerProcess, make_checkpoint, parse_sse, reference, thread_server
 
 from chargen.checkpoint import Checkpoint, load_checkpoint
-from chargen.midi_codec import MidiCodec
+from chargen.midi import MidiCodec
 from chargen.serve import Limits, create_app
 from chargen.serve.page import PAGE
 

@@ -10,7 +10,7 @@ from service_support import make_checkpoint, thread_server
 
 from chargen.checkpoint import BEST, load_checkpoint
 from chargen.curves import read_curve, trend
-from chargen.midi_codec import MidiCodec
+from chargen.midi import MidiCodec
 from chargen.serve import Limits, create_app
 from chargen.training.metrics import MetricsLog
 

@@ -140,7 +140,7 @@ def test_fifo_or_device_as_corpus_says_what_it_is(tmp_path: Path, special: str) 
 
 
 def test_a_corrupt_file_is_skipped_without_leaving_its_tokens_behind(tmp_path: Path) -> None:
-    from chargen.midi_codec import MidiCodec
+    from chargen.midi import MidiCodec
 
     basics = sorted((Path(__file__).resolve().parents[1] / "corpora" / "midi-basics").glob("*.mid"))[:2]
     folder = tmp_path / "midi"
@@ -170,7 +170,7 @@ def test_codec_base_class_does_not_import_its_subclasses() -> None:
     import sys
 
     code = ("import sys, chargen.codec; "
-            "print(sorted(m for m in sys.modules if m in ('chargen.text_codec', 'chargen.midi_codec')))")
+            "print(sorted(m for m in sys.modules if m in ('chargen.text_codec', 'chargen.midi')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 #: character-level output otherwise loops ("the same the same the same ...").
 DEFAULT_NO_REPEAT_NGRAM = 12
 #: Music models: the longest a note may be held under the grammar by default (seconds; 0 = no limit):
-#: the export's held-note cap (chargen.midi_export.DEFAULT_MAX_NOTE_S), so the model releases the notes
+#: the export's held-note cap (chargen.midi.export.DEFAULT_MAX_NOTE_S), so the model releases the notes
 #: the export would otherwise cut (BENCHMARKS.md, "Music quality").
 DEFAULT_MAX_HOLD_S = 5.0
 

@@ -12,7 +12,7 @@ import torch
 from chargen.checkpoint import Checkpoint
 from chargen.codec import Codec
 from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
-from chargen.midi_codec import MidiCodec
+from chargen.midi import MidiCodec
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample

@@ -4,7 +4,7 @@
 resolution (its vocabulary and the polyphony cap learnt from its corpus);
 :func:`sequence_constraints` builds, for one generation, the per-sequence
 constraint every decoder (sampling, greedy, beam search, the service's batch
-scheduler) applies: the grammar (:class:`chargen.midi_grammar.MidiGrammar`, a
+scheduler) applies: the grammar (:class:`chargen.midi.grammar.MidiGrammar`, a
 rule) and the n-gram block (a preference), combined by
 :class:`chargen.constraints.Constraints` (grammar bans always stand).
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chargen.constraints import Constraints, TokenConstraint
-from chargen.midi_codec import MidiVocab
-from chargen.midi_grammar import MidiGrammar, corpus_polyphony_cap
+from chargen.midi import MidiVocab
+from chargen.midi.grammar import MidiGrammar, corpus_polyphony_cap
 from chargen.sampling.ngram import NgramBlocker
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from chargen.codec_registry import codec_from_metadata
 from chargen.curves import read_curve, trend
 from chargen.errors import ChargenError
-from chargen.midi_export import midi_notes
+from chargen.midi.export import midi_notes
 from chargen.serve.history_writer import GenerationLog, GenerationNotFound, HistoryError
 from chargen.serve.limits import ID_PATTERN, ServiceError, over_limit
 from chargen.serve.page import PAGE, PAGE_CSP

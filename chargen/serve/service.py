@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chargen.checkpoint import Checkpoint, sha256_file
 from chargen.errors import ChargenError
-from chargen.midi_export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
+from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
 from chargen.sampling import DecodeConfig, Generator, Sample
 from chargen.serve.history_writer import GenerationLog, HistoryError, HistoryWriter, LogEntry
 from chargen.serve.limits import (

@@ -26,8 +26,8 @@ from chargen.data import CorpusInfo, Split
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss
-from chargen.midi_codec import MidiCodec
-from chargen.midi_grammar import corpus_polyphony_cap
+from chargen.midi import MidiCodec
+from chargen.midi.grammar import corpus_polyphony_cap
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.training.budget import StepBudget
 from chargen.training.config import TrainConfig, lr_at

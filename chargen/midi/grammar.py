@@ -1,6 +1,6 @@
 """The MIDI event grammar as a per-sequence decoding constraint, and the corpus's polyphony cap.
 
-A model trained on performance events (:mod:`chargen.midi_codec`) can emit
+A model trained on performance events (:mod:`chargen.midi`) can emit
 events that make no sense as music: a NOTE_OFF for a key that is not down, or
 ever more NOTE_ONs without their NOTE_OFFs, until the export's held-note cap
 ends them (sampled chorales pile up 7.5 notes where the corpus has 4).
@@ -10,7 +10,7 @@ next; it has the shape of :class:`chargen.sampling.NgramBlocker`
 so a decoder applies it the same way for sampling, greedy and beam search.
 
 The rules. The first two match what every encoded corpus file already does
-(see "Canonical form" in :mod:`chargen.midi_codec`), so they never forbid
+(see "Canonical form" in :mod:`chargen.midi`), so they never forbid
 anything the model learnt from data; the cap, at the corpus's 99th
 percentile, refuses at most 1 % of the corpus's own note onsets.
 
@@ -36,7 +36,7 @@ percentile, refuses at most 1 % of the corpus's own note onsets.
   cap: it started notes instead of releasing; BENCHMARKS.md, "Music quality".)
 
 Tokens pushed that break a rule (a prime is not checked, and a decoder may
-push anything) update the state the way :func:`chargen.midi_codec.ids_to_notes`
+push anything) update the state the way :func:`chargen.midi.ids_to_notes`
 reads them (a stray NOTE_OFF is ignored, a repeated NOTE_ON restarts the
 note), so the state always mirrors what the export will write.
 
@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chargen.midi_codec import DEFAULT_VOCAB, MidiVocab
+from chargen.midi.vocab import DEFAULT_VOCAB, MidiVocab
 
 #: The percentile of the corpus's onset polyphony taken as the default cap.
 CAP_PERCENTILE = 99.0
@@ -182,7 +182,7 @@ def onset_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MidiVocab = D
     each note event changes its pitch's state from that of the pitch's previous
     event (carried across chunks), so the number sounding is a cumulative sum
     of those changes. Stray NOTE_OFFs and repeated NOTE_ONs change nothing, as
-    in :func:`chargen.midi_codec.ids_to_notes`. A note ended in the step it
+    in :func:`chargen.midi.ids_to_notes`. A note ended in the step it
     began is not counted for the rest of that step (the encoder never writes one).
     """
     tokens = np.asarray(ids)

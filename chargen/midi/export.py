@@ -20,13 +20,8 @@ import numpy as np
 
 from chargen.errors import ChargenError
 from chargen.fileio import atomic_write
-from chargen.midi_codec import (
-    DEFAULT_VOCAB,
-    MidiStats,
-    MidiVocab,
-    ids_to_notes,
-    midi_stats,
-)
+from chargen.midi.events import ids_to_notes, midi_stats
+from chargen.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab
 
 BASE_TICKS_PER_BEAT = 960
 MAX_TICKS_PER_BEAT = 0x7FFF  # 15 bits: the top bit would mean an SMPTE division
