@@ -16,7 +16,7 @@ import click
 import pytest
 
 from chargen.checkpoint import BEST, LAST, sha256_file
-from chargen.cli_types import FiniteFloat
+from chargen.cli.types import FiniteFloat
 from chargen.errors import ChargenError
 from tests.conftest import FABLES, assert_one_line_error, invoke, run_cli
 
@@ -221,7 +221,7 @@ def test_huge_or_negative_counts_are_usage_errors(args: list[str], fragment: str
 
 def _test_group() -> click.Group:
     """A group with chargen's failure path and commands that fail in each way."""
-    from chargen.cli_failures import ChargenGroup
+    from chargen.cli.failures import ChargenGroup
 
     @click.group(cls=ChargenGroup)
     def group() -> None:

@@ -15,8 +15,8 @@ from click.testing import CliRunner, Result
 from history_helpers import SHA_B, record
 
 from chargen.cli import main
+from chargen.cli.history import history as history_group
 from chargen.history import History, SampleRecord
-from chargen.history_cli import history as history_group
 from tests.conftest import run_cli
 
 SUBCOMMANDS = ["list", "show", "export", "rm", "path", "runs", "scores"]

@@ -16,7 +16,7 @@ One module per part:
 - :mod:`~chargen.history.convert`: the records callers get and the fields they give, JSON;
 - :mod:`~chargen.history.store`: :class:`History`, the store itself.
 
-The ``chargen history`` commands are in :mod:`chargen.history_cli`.
+The ``chargen history`` commands are in :mod:`chargen.cli.history`.
 
 Names are loaded on first use, so that ``import chargen.history`` (and the
 CLI, which imports :mod:`~chargen.history.location` for its help text) costs

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from chargen.cli_types import COUNT_RANGE, FiniteFloat, OutputFile
+from chargen.cli.types import COUNT_RANGE, FiniteFloat, OutputFile
 from chargen.errors import ChargenError
 from chargen.history.errors import HistoryUnavailable
 from chargen.history.location import DATABASE_ENV, display_url, resolve_database_url, sqlite_file
@@ -395,4 +395,3 @@ def scores(count: int, checkpoint: str | None, as_json: bool, database: str | No
 
     _print_records(_listed(database, lambda store: store.list_scores(limit=count or None, checkpoint=checkpoint)),
                    as_json, line)
-

@@ -1,0 +1,25 @@
+"""The ``chargen`` group every command joins, and the one way commands warn."""
+
+from __future__ import annotations
+
+import click
+
+from chargen import __version__
+from chargen.cli.failures import ChargenGroup
+
+
+def warn(message: str) -> None:
+    """A diagnostic on stderr (stdout carries only output)."""
+    click.echo(f"chargen: {message}", err=True)
+
+
+@click.group(cls=ChargenGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="chargen")
+def cli() -> None:
+    """Train character-level (and MIDI-event) LSTM/GRU/RNN language models and generate from them.
+
+    \b
+    Quick start:
+      chargen train corpora/fables.txt --minutes 2
+      chargen sample --len 300 --temperature 0.8
+    """

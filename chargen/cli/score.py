@@ -1,0 +1,60 @@
+"""``chargen score``: how well a model predicts files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from chargen.cli.group import cli, warn
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", "-c", metavar="PATH|RUN",
+              help="Weights file, run folder or run name [default: newest run].")
+@click.option("--per-line", type=click.IntRange(min=1), metavar="N", help="Also list the N worst-predicted lines.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
+              "else $CHARGEN_HOME/history.db].")
+@click.option("--no-log", is_flag=True, help="Do not record the scores in the history.")
+def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None, device: str, as_json: bool,
+          database: str | None, no_log: bool) -> None:
+    """Score FILE...: nats and bits per character (token) and perplexity under a model.
+
+    \b
+    Text files are read as text (characters the model does not know are removed
+    and reported); .mid files as MIDI. Scoring a run's validation text gives the
+    validation loss the run recorded. Each file's score is logged to the history
+    (list them with `chargen history scores`) unless --no-log.
+      chargen score notes.txt --checkpoint fables-small --per-line 5
+    """
+    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+    from chargen.device import resolve_device
+    from chargen.scoring import describe_unknown, score_files
+
+    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
+    checkpoint_sha256 = loaded.sha256  # before scoring: the file may be replaced meanwhile
+    scores = score_files(loaded, files, per_line or 0, resolve_device(device))
+    for item in scores:
+        if item.unknown:
+            warn(describe_unknown(item))
+    if not no_log:
+        from chargen.history import HistoryUnavailable
+        from chargen.records import log_scores
+
+        try:
+            log_scores(database, loaded, checkpoint_sha256, scores)
+        except HistoryUnavailable as exc:
+            warn(f"warning: scores not logged: {exc}")
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(loaded.path), "sha256": loaded.sha256,
+                               "files": [item.to_dict() for item in scores]}, ensure_ascii=False, indent=2))
+        return
+    for item in scores:
+        click.echo(f"{item.path}: {item.nats_per_token:.4f} nats/{item.unit}, {item.bits_per_token:.4f} "
+                   f"bits/{item.unit}, perplexity {item.perplexity:.3f} ({item.scored:,} {item.unit}s scored)")
+        for line in item.worst_lines:
+            click.echo(f"  line {line.line}: {line.nats_per_char:.3f} nats/char  {line.text[:100]!r}")
