@@ -163,6 +163,9 @@ def train(
     data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len)
     trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
     state = trainer.state
+    for line in [*trainer.calibration.notes, trainer.calibration.message()]:
+        if line:
+            report(line)
     if new_limit:
         before = state.total_steps
         state.total_steps = planned_steps(config, trainer.batcher.steps_per_epoch)
@@ -177,6 +180,7 @@ def train(
             "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
             "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
             "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it
+            "speed": trainer.speed_info(),
         })
         trainer.checkpoint(None)  # from the first moment on, the run folder is resumable
     else:
@@ -199,7 +203,7 @@ def train(
     finally:
         output.close()
         try:
-            update_run_json(run_dir, status=status)
+            update_run_json(run_dir, status=status, speed=trainer.speed_info())
         except ChargenError:
             pass  # the folder became unwritable: the error that stopped the run says so
     result = TrainResult(

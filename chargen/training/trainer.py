@@ -23,14 +23,17 @@ from chargen import __version__
 from chargen.checkpoint import BEST, LAST, STATE, save_state, save_weights
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, Split, StreamBatcher
-from chargen.device import autocast_context, resolve_device, resolve_precision
+from chargen.device import autocast_context, resolve_device
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss
 from chargen.model import CharRNN, ModelConfig, detach_state
+from chargen.threads import ThreadTuner
 from chargen.training.budget import StepBudget
+from chargen.training.calibrate import choose_precision
 from chargen.training.config import TrainConfig, lr_at
 from chargen.training.optim import build_optimizer, grad_scaler
 from chargen.training.state import TrainingState
+
 
 @dataclass
 class Progress:
@@ -75,13 +78,13 @@ class Trainer:
     def __init__(self, model_config: ModelConfig, config: TrainConfig, data: Split, codec: Codec | None = None,
                  run_dir: Path | None = None, corpus: CorpusInfo | None = None,
                  resume_from: dict[str, Any] | None = None, on_progress: ProgressCallback | None = None):
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        self.threads = ThreadTuner(config.threads)  # --threads N, else the cores free, re-measured during fit
         self.model_config, self.config, self.data = model_config, config, data
         self.codec, self.run_dir, self.corpus = codec, run_dir, corpus
         self.on_progress = on_progress or (lambda progress: None)
         self.device = resolve_device(config.device)
-        self.precision = resolve_precision(config.precision, self.device)
+        self.calibration = choose_precision(model_config, config, data, self.device)  # before the seed
+        self.precision = self.calibration.precision
         torch.manual_seed(config.seed)
         self.batcher = StreamBatcher(data.train, config.batch_size, config.seq_len, self._augmentation())
         self.model = CharRNN(model_config).to(self.device)
@@ -187,6 +190,7 @@ class Trainer:
         state, config = self.state, self.config
         interrupted = False
         self.model.train()
+        self.threads.revisit(state.step)
         while True:
             if state.total_steps and state.step >= state.total_steps:
                 break
@@ -203,12 +207,16 @@ class Trainer:
                 if fitted is not None:
                     state.total_steps = fitted
                     self._report("schedule")
+            self.threads.before_step()
+            began = time.perf_counter()
             self.step()
+            self.threads.after_step(time.perf_counter() - began, state.step)
             self._report("step")
             if state.step % config.eval_every == 0 and not (state.total_steps and state.step >= state.total_steps):
                 self.evaluate()
                 self._report("eval")
                 self._save(self.last_val)
+                self.threads.revisit(state.step)  # the neighbours may have come or gone
         # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause.
         if state.step > self.session_start_step or not self.resumed:
             self.evaluate()
@@ -249,5 +257,10 @@ class Trainer:
             "corpus_sha256": corpus.sha256 if corpus else None,
             "corpus_tokens": corpus.tokens if corpus else None,
             "corpus_paths": corpus.paths if corpus else None,
-            "train_config": self.config.to_dict(),
+            "train_config": dict(self.config.to_dict(), **self.speed_info()),
         }
+
+    def speed_info(self) -> dict[str, Any]:
+        """How the precision and threads were chosen (run.json, the weights' metadata, the history's row)."""
+        return {"precision_used": self.precision, "calibration": self.calibration.to_dict(),
+                "threads_used": self.threads.threads, "threads_history": self.threads.history}

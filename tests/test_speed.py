@@ -1,0 +1,171 @@
+"""Issue 14: precision chosen by measurement (cached), threads from the free cores, the budget's model size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chargen.checkpoint import LAST, RUN_JSON, load_checkpoint
+from chargen.data import split_tokens
+from chargen.model import ModelConfig
+from chargen.runs import start_run
+from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
+from chargen.training import StepBudget, TrainConfig
+from chargen.training.calibrate import CACHE_FILE, CANDIDATES_ENV, choose_precision
+from tests.conftest import FABLES
+
+
+def tiny_setup() -> tuple[ModelConfig, TrainConfig, object]:
+    ids = np.frombuffer(FABLES.read_bytes()[:6000], dtype=np.uint8) % 40
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=10, seed=3, threads=1)
+    return ModelConfig(vocab_size=40, layers=1, hidden=24, embedding=8), config, split_tokens(
+        ids.astype(np.int64), config.val_fraction, config.batch_size, config.seq_len)
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_calibration_is_cached_and_a_failing_candidate_is_dropped(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")  # fp16 raises on a CPU: it must be dropped, not fatal
+    model_config, config, data = tiny_setup()
+    device = torch.device("cpu")
+    first = choose_precision(model_config, config, data, device, home=tmp_path)
+    assert first.precision == "fp32" and not first.cached
+    assert "fp16" in first.dropped and "fp32" in first.speeds
+    cache = json.loads((tmp_path / CACHE_FILE).read_text())
+    assert len(cache) == 1 and next(iter(cache.values()))["precision"] == "fp32"
+    again = choose_precision(model_config, config, data, device, home=tmp_path)
+    assert again.cached and again.speeds == first.speeds and again.seconds == 0  # nothing measured
+    other = choose_precision(ModelConfig(vocab_size=40, layers=1, hidden=16, embedding=8), config, data, device,
+                             home=tmp_path)
+    assert not other.cached  # another model shape is calibrated on its own
+    assert len(json.loads((tmp_path / CACHE_FILE).read_text())) == 2
+
+
+def test_a_corrupt_cache_is_ignored_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")
+    (tmp_path / CACHE_FILE).write_text("{not json")
+    model_config, config, data = tiny_setup()
+    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
+    assert result.precision == "fp32" and not result.cached
+    assert any("corrupt" in note for note in result.notes)
+    assert json.loads((tmp_path / CACHE_FILE).read_text())  # rewritten whole
+
+
+def test_one_candidate_measures_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CANDIDATES_ENV, "fp32")  # a CPU without native bf16
+    model_config, config, data = tiny_setup()
+    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
+    assert result.precision == "fp32" and not result.speeds and not (tmp_path / CACHE_FILE).exists()
+
+
+def test_an_explicit_precision_is_not_calibrated(tmp_path: Path) -> None:
+    model_config, config, data = tiny_setup()
+    config.precision = "fp32"
+    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
+    assert result.requested == "fp32" and result.message() is None and not (tmp_path / CACHE_FILE).exists()
+
+
+def test_the_choice_is_printed_and_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")
+    corpus = tmp_path / "fables.txt"
+    corpus.write_text(FABLES.read_text()[:8000])
+    said: list[str] = []
+    result = start_run([corpus], TrainConfig(batch_size=4, seq_len=16, max_steps=4, eval_every=2, threads=1),
+                       "tiny", {"hidden": 24, "embedding": 8}, "calibrated", progress=False, warn=said.append)
+    assert sum("precision fp32 (calibrated" in line for line in said) == 1, said
+    speed = json.loads((result.run_dir / RUN_JSON).read_text())["speed"]
+    assert speed["precision_used"] == "fp32" and "fp16" in speed["calibration"]["dropped"]
+    training = load_checkpoint(result.run_dir / LAST).training["train_config"]
+    assert training["precision_used"] == "fp32" and training["calibration"]["speeds"]
+    said.clear()
+    start_run([corpus], TrainConfig(batch_size=4, seq_len=16, max_steps=2, eval_every=2, threads=1), "tiny",
+              {"hidden": 24, "embedding": 8}, "again", progress=False, warn=said.append)
+    assert any("cached calibration" in line for line in said), said
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_free_cores_subtracts_the_load() -> None:
+    assert free_cores(cores=2, load=0.1) == 2
+    assert free_cores(cores=2, load=1.2) == 1
+    assert free_cores(cores=2, load=7.0) == 1  # never below one
+    assert free_cores(cores=16, load=3.6) == 12
+    assert candidate_counts(1) == [1] and candidate_counts(2) == [1, 2] and candidate_counts(16) == [1, 8, 16]
+
+
+def test_pick_prefers_fewer_threads_unless_clearly_faster() -> None:
+    assert pick({1: 1.0, 2: 0.7}, current=1) == 2
+    assert pick({1: 1.0, 2: 0.98}, current=2) == 1  # within the margin: fewer threads
+    assert pick({1: 1.0, 2: 3.0}, current=2) == 1  # a busy neighbour: one thread
+    assert pick({}, current=2) == 2
+
+
+def test_the_tuner_probes_each_count_and_keeps_the_fastest() -> None:
+    saved = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner(cores=2, load=lambda: 0.0)  # quiet: both counts are tried
+        assert tuner.threads == 2
+        tuner.revisit()
+        seen = []
+        step = 0
+        while tuner.probing:
+            tuner.before_step()
+            seen.append(torch.get_num_threads())
+            step += 1
+            tuner.after_step(0.5 if torch.get_num_threads() == 1 else 2.0, step)  # 1 thread is faster
+        assert set(seen) == {1, 2} and tuner.threads == 1 and torch.get_num_threads() == 1
+        assert tuner.history == [(step, 1)]
+        busy = ThreadTuner(cores=2, load=lambda: 2.1)  # this run and a neighbour: 2 threads is not even tried
+        assert busy.threads == 1
+        busy.revisit(5)
+        assert not busy.probing and busy.threads == 1 and torch.get_num_threads() == 1
+        assert ThreadTuner(cores=2, load=lambda: None).threads == 2  # no load average: all cores
+        fixed = ThreadTuner(fixed=2, cores=2)
+        fixed.revisit()
+        assert not fixed.probing and torch.get_num_threads() == 2  # --threads N wins
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_a_minutes_run_beside_a_busy_neighbour_ends_with_its_schedule(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CANDIDATES_ENV, "fp32")
+    corpus = tmp_path / "fables.txt"
+    corpus.write_text(FABLES.read_text()[:8000])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        result = start_run([corpus], TrainConfig(batch_size=4, seq_len=16, minutes=0.1, eval_every=50),
+                           "tiny", {"hidden": 24, "embedding": 8}, "busy", progress=False, warn=lambda m: None)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert not result.interrupted and result.total_steps > 0
+    assert result.step >= 0.9 * result.total_steps  # the cosine ran (nearly) to its floor
+    speed = json.loads((result.run_dir / RUN_JSON).read_text())["speed"]
+    assert speed["threads_used"] >= 1
+
+
+def test_budget_shortens_its_schedule_when_the_tail_slows_down() -> None:
+    from tests.test_trainer import FakeClock, drive
+
+    clock = FakeClock()
+    budget = StepBudget(minutes=1, start_step=0, eval_every=10**9, val_tokens=0, tokens_per_step=100, fit=True,
+                        clock=clock)
+    # 0.05 s a step until 57 s into the minute (in the tail, where refits stop), then a neighbour: 0.5 s
+    slow_from = int(57 / 0.05)
+    fits = drive(budget, clock, lambda step: 0.05 if step < slow_from else 0.5, 2000)
+    tail = [total for step, total in fits if step > slow_from]
+    assert tail and all(later < earlier for earlier, later in zip(tail, tail[1:]))  # only ever shorter
+    final_total = fits[-1][1]
+    step_at_deadline = next(step for step in range(slow_from, 2000)
+                            if slow_from * 0.05 + (step - slow_from) * 0.5 >= 60)
+    assert final_total <= step_at_deadline + 1  # the schedule ends by the deadline
