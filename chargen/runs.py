@@ -23,9 +23,10 @@ from chargen.checkpoint import (
     read_run_json,
     resolve_run_dir,
     sha256_file,
+    update_run_json,
 )
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Warn, build_corpus, token_dtype
+from chargen.data import CorpusInfo, Warn, build_corpus, load_tokens, token_dtype
 from chargen.errors import ChargenError
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig
 from chargen.training import TrainConfig, TrainResult, train
@@ -50,6 +51,10 @@ def default_run_name(paths: Sequence[str | Path]) -> str:
     stem = Path(paths[0]).stem if paths else "run"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "run"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+#: Giving any of these fixes the model's size: a --minutes budget then does not choose it.
+SIZE_FIELDS = ("layers", "hidden", "embedding")
 
 
 def model_config_for(vocab_size: int, preset: str | None = None, **overrides: object) -> ModelConfig:
@@ -82,8 +87,18 @@ def start_run(
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
         codec, corpus = build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
+        sized = None
+        if preset is None and train_config.minutes and not any((model_overrides or {}).get(k) for k in SIZE_FIELDS):
+            from chargen.training.sizing import size_run  # the budget buys the model (issue 14)
+
+            cell = str((model_overrides or {}).get("cell") or "lstm")
+            preset, train_config, sized = size_run(load_tokens(run_dir / TOKENS), codec.vocab_size, train_config,
+                                                   cell, warn or (lambda message: None))
         model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}))
-        return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
+        result = train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
+        if sized is not None:
+            update_run_json(run_dir, sizing={"preset": sized.preset, "speeds": sized.speeds, "reason": sized.reason})
+        return result
     except BaseException:
         # Nothing was trained: leave no run without weights behind to be picked as "newest".
         if created and not (run_dir / LAST).exists() and not (run_dir / STATE).exists():

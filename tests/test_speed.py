@@ -13,11 +13,12 @@ import torch
 
 from chargen.checkpoint import LAST, RUN_JSON, load_checkpoint
 from chargen.data import split_tokens
-from chargen.model import ModelConfig
+from chargen.model import CharRNN, ModelConfig
 from chargen.runs import start_run
 from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
 from chargen.training import StepBudget, TrainConfig
 from chargen.training.calibrate import CACHE_FILE, CANDIDATES_ENV, choose_precision
+from chargen.training.sizing import choose_size, parameters, size_for_budget
 from tests.conftest import FABLES
 
 
@@ -169,3 +170,50 @@ def test_budget_shortens_its_schedule_when_the_tail_slows_down() -> None:
     step_at_deadline = next(step for step in range(slow_from, 2000)
                             if slow_from * 0.05 + (step - slow_from) * 0.5 >= 60)
     assert final_total <= step_at_deadline + 1  # the schedule ends by the deadline
+
+
+# ----------------------------------------------------------------------------- the budget's model size
+
+
+PARAMS = {"tiny": 90_000, "small": 850_000, "medium": 3_400_000, "large": 12_000_000}
+
+
+def test_a_small_budget_gets_a_smaller_model() -> None:
+    speeds = {"tiny": 60_000.0, "small": 20_000.0, "medium": 8_000.0, "large": 2_500.0}
+    corpus = 10_000_000
+    picks = {minutes: choose_size(minutes, speeds, PARAMS, corpus).preset for minutes in (0.1, 2, 10, 60, 600)}
+    # tokens per parameter: small sees 2.8 at 2 min; medium 1.4 at 10 min, 8.5 at 60; large 2.5 at 600 (2 needed)
+    assert picks == {0.1: "tiny", 2: "small", 10: "small", 60: "medium", 600: "large"}
+    assert choose_size(600, speeds, PARAMS, 1_000_000).preset == "small"  # a 1M-token corpus caps the size
+    faster = {name: speed * 3 for name, speed in speeds.items()}
+    assert choose_size(10, faster, PARAMS, corpus).preset == "medium"  # a faster machine buys more
+    slow = choose_size(0.01, speeds, PARAMS, corpus)
+    assert slow.preset == "tiny" and "smallest" in slow.reason
+    assert choose_size(2, speeds, PARAMS, corpus).lr == pytest.approx(3e-3 * 2 ** 0.5)  # small: 256 wide
+
+
+def test_sizing_measures_only_presets_that_could_pass() -> None:
+    measured: list[int] = []
+
+    def measure(model_config: ModelConfig) -> float:
+        measured.append(model_config.hidden)
+        return {128: 60_000.0, 256: 20_000.0, 512: 8_000.0, 768: 2_500.0}[model_config.hidden]
+
+    choice = size_for_budget(65, TrainConfig(minutes=2), 10_000_000, "lstm", measure)
+    assert choice.preset == "small" and measured == [128, 256]  # medium could not pass even at 2x its estimate
+    assert parameters(ModelConfig(vocab_size=65, layers=1, hidden=8, embedding=4)) == sum(
+        p.numel() for p in CharRNN(ModelConfig(vocab_size=65, layers=1, hidden=8, embedding=4)).parameters())
+
+
+def test_minutes_without_a_size_chooses_one_and_explicit_sizes_win(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CANDIDATES_ENV, "fp32")
+    said: list[str] = []
+    config = TrainConfig(minutes=0.02, batch_size=4, seq_len=16, eval_every=1000, threads=1)
+    result = start_run([FABLES], config, None, {}, "sized", progress=False, warn=said.append)
+    run = json.loads((result.run_dir / RUN_JSON).read_text())
+    assert run["sizing"]["preset"] == "tiny" and run["model_config"]["hidden"] == 128  # a corpus this small
+    assert any(line.startswith("size tiny for 0.02 minutes") for line in said), said
+    said.clear()
+    start_run([FABLES], config, None, {"hidden": 16}, "explicit", progress=False, warn=said.append)
+    assert not any(line.startswith("size ") for line in said)

@@ -210,3 +210,12 @@ def measure(names: list[str], model_config: ModelConfig, config: TrainConfig, da
 def _reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:120]
+
+
+def measured_speed(model_config: ModelConfig, config: TrainConfig, data: Split, device: torch.device) -> float:
+    """Training chars/s of ``model_config`` here at the precision auto (or the config) picks for it."""
+    calibration = choose_precision(model_config, config, data, device)
+    speed = calibration.speeds.get(calibration.precision)
+    if speed is None:  # nothing was calibrated (one candidate): time that one
+        speed = measure([calibration.precision], model_config, config, data).speeds.get(calibration.precision)
+    return speed or 0.0
