@@ -13,13 +13,16 @@ import torch
 
 from chargen.checkpoint import LAST, RUN_JSON, load_checkpoint
 from chargen.data import split_tokens
+from chargen.inference import Stepper
+from chargen.kernels import CACHE_FILE as KERNEL_CACHE
+from chargen.kernels import KERNEL_ENV, NumpyStepper, batch1_stepper, choose_kernel
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs import start_run
 from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
 from chargen.training import StepBudget, TrainConfig
 from chargen.training.calibrate import CACHE_FILE, CANDIDATES_ENV, choose_precision
 from chargen.training.sizing import choose_size, parameters, size_for_budget
-from tests.conftest import FABLES
+from tests.conftest import FABLES, run_cli
 
 
 def tiny_setup() -> tuple[ModelConfig, TrainConfig, object]:
@@ -217,3 +220,43 @@ def test_minutes_without_a_size_chooses_one_and_explicit_sizes_win(tmp_path: Pat
     said.clear()
     start_run([FABLES], config, None, {"hidden": 16}, "explicit", progress=False, warn=said.append)
     assert not any(line.startswith("size ") for line in said)
+
+
+# ----------------------------------------------------------------------------- batch-1 kernels
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_numpy_steps_agree_with_torch_steps(cell: str) -> None:
+    torch.manual_seed(4)
+    model = CharRNN(ModelConfig(vocab_size=30, cell=cell, layers=2, hidden=48, embedding=8)).eval()
+    plain, fast = Stepper(model), NumpyStepper(model)
+    state_a, state_b = plain.initial_state(1), fast.initial_state(1)
+    with torch.inference_mode():
+        for token in [3, 7, 1, 29, 0, 12] * 5:
+            want, state_a = plain.step(torch.tensor([token]), state_a)
+            got, state_b = fast.step(torch.tensor([token]), state_b)
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)  # only the BLAS's order of additions differs
+        rows = torch.tensor([1, 2])  # several rows: torch's products, exactly
+        assert torch.equal(fast.step(rows, plain.initial_state(2))[0], plain.step(rows, plain.initial_state(2))[0])
+
+
+def test_the_kernel_choice_is_cached_and_can_be_forced(monkeypatch: pytest.MonkeyPatch, isolated_home: Path) -> None:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=20, layers=1, hidden=16, embedding=4)).eval()
+    kernel = choose_kernel(model)
+    cached = json.loads((isolated_home / "home" / KERNEL_CACHE).read_text())
+    assert kernel in ("torch", "numpy") and next(iter(cached.values()))["kernel"] == kernel
+    assert isinstance(batch1_stepper(model), NumpyStepper) == (kernel == "numpy")
+    monkeypatch.setenv(KERNEL_ENV, "numpy")
+    assert isinstance(batch1_stepper(model), NumpyStepper)
+
+
+def test_seeded_samples_are_the_same_text_with_either_kernel(trained_run: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = {}
+    for kernel in ("torch", "numpy"):
+        monkeypatch.setenv(KERNEL_ENV, kernel)
+        result = run_cli("sample", "-c", str(trained_run), "--len", "400", "--seed", "11", "-n", "3", "--json")
+        assert result.returncode == 0, result.stderr
+        texts[kernel] = [s["text"] for s in json.loads(result.stdout)["samples"]]
+    assert texts["torch"] == texts["numpy"] and len(texts["torch"][0]) == 400

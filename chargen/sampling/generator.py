@@ -11,6 +11,7 @@ import torch
 
 from chargen.codec import Codec
 from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
+from chargen.kernels import batch1_stepper
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
@@ -31,7 +32,7 @@ class Generator:
     def __init__(self, model: CharRNN, codec: Codec):
         self.model = model.cpu().eval()
         self.codec = codec
-        self.stepper = Stepper(self.model)
+        self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
         # Primed states of recent short primes: a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int, ...], tuple[torch.Tensor, State]] = OrderedDict()
         self._primed_lock = threading.Lock()  # guards _primed
