@@ -80,8 +80,9 @@ def cli() -> None:
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed for weights, dropout and order.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPUs.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: torch's choice).")
+              show_default=True, help="auto: the fastest that holds the loss, measured (cached) per machine and model.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads (default: the free cores, re-measured at each evaluation).")
 @click.option("--transpose", type=SemitoneRange(),
               help="MIDI only: transpose each training stream by a random shift in LOW..HIGH, e.g. -5..6.")
 @click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>].")

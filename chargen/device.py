@@ -54,10 +54,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 on CUDA GPUs that have it (else fp16), fp32 on CPUs.
+    """``auto`` without measuring: bf16 on CUDA GPUs that have it (else fp16), fp32 on CPUs.
 
-    On the CPU, bf16 autocast is slower than fp32 unless the CPU multiplies
-    bf16 natively, and oneDNN's bf16 LSTM needs it; so auto keeps fp32 there.
+    Training resolves ``auto`` by measurement instead (chargen.training.calibrate):
+    on the CPU bf16 autocast pays only where the CPU multiplies bf16 natively, and
+    even there not for every model shape.
     """
     check_precision_name(name)
     if name == "auto":
