@@ -48,6 +48,16 @@ def load_average() -> float | None:
         return None
 
 
+def own_load(cores: int) -> float:
+    """This process's share of the load average, roughly: its CPU seconds over the last minute's 60 s.
+
+    Exact for a process younger than a minute (a ``chargen train`` that just measured
+    precisions and sizes), an overestimate for an older one; the first probe corrects both.
+    """
+    times = os.times()
+    return min(float(cores), (times.user + times.system) / 60)
+
+
 def free_cores(cores: int, load: float | None) -> int:
     """Cores not taken by other processes: ``cores`` less the (rounded) load, at least one; all without a load."""
     if load is None:
@@ -68,12 +78,14 @@ class ThreadTuner:
     """
 
     def __init__(self, fixed: int | None = None, cores: int | None = None,
-                 load: Callable[[], float | None] = load_average):
+                 load: Callable[[], float | None] = load_average, own: Callable[[int], float] = own_load):
         self.fixed = fixed
         self.cores = usable_cores() if cores is None else cores
         self.load = load
         self.candidates = [fixed] if fixed else candidate_counts(self.cores)
-        self.threads = fixed or free_cores(self.cores, load())
+        start_load = load()
+        self.threads = fixed or free_cores(self.cores, None if start_load is None
+                                           else max(0.0, start_load - own(self.cores)))
         self.history: list[tuple[int, int]] = []  # (step, threads) each time the count settles on another
         self._plan: list[tuple[int, bool]] = []  # probe steps still to run: (threads, timed)
         self._best: dict[int, float] = {}

@@ -30,6 +30,7 @@ import numpy as np
 from chargen.data import split_tokens
 from chargen.device import resolve_device
 from chargen.model import PRESETS, ModelConfig, flops_per_token
+from chargen.threads import ThreadTuner
 from chargen.training.config import TrainConfig
 
 TOKENS_PER_PARAM = 2.0
@@ -137,6 +138,7 @@ def size_run(tokens: np.ndarray, vocab_size: int, config: TrainConfig, cell: str
 
     data = split_tokens(tokens, config.val_fraction, config.batch_size, config.seq_len)
     device = resolve_device(config.device)
+    ThreadTuner(config.threads)  # measure at the thread count the run will start with (the calibration's key)
     choice = size_for_budget(vocab_size, config, len(data.train), cell,
                              lambda model_config: measured_speed(model_config, config, data, device))
     config = apply_choice(config, choice)
