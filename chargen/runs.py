@@ -87,7 +87,7 @@ def start_run(
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
         codec, corpus = build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
-        sized = None
+        sized, began = None, time.monotonic()
         if preset is None and train_config.minutes and not any((model_overrides or {}).get(k) for k in SIZE_FIELDS):
             from chargen.training.sizing import size_run  # the budget buys the model (issue 14)
 
@@ -95,7 +95,8 @@ def start_run(
             preset, train_config, sized = size_run(load_tokens(run_dir / TOKENS), codec.vocab_size, train_config,
                                                    cell, warn or (lambda message: None))
         model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}))
-        result = train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn)
+        result = train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn,
+                       started=began)
         if sized is not None:
             update_run_json(run_dir, sizing={"preset": sized.preset, "speeds": sized.speeds, "reason": sized.reason})
         return result

@@ -261,3 +261,14 @@ def test_seeded_samples_are_the_same_text_with_either_kernel(trained_run: Path,
         assert result.returncode == 0, result.stderr
         texts[kernel] = [s["text"] for s in json.loads(result.stdout)["samples"]]
     assert texts["torch"] == texts["numpy"] and len(texts["torch"][0]) == 400
+
+
+def test_the_budget_counts_from_the_set_up() -> None:
+    from tests.test_trainer import FakeClock
+
+    clock = FakeClock()
+    budget = StepBudget(minutes=1, start_step=0, eval_every=10**9, val_tokens=0, tokens_per_step=100, fit=True,
+                        clock=clock, started=clock.now - 20)  # 20 s spent sizing and calibrating
+    assert budget.deadline == clock.now + 40
+    clock.now += 40
+    assert budget.expired()

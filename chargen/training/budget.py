@@ -42,9 +42,11 @@ class StepBudget:
     """
 
     def __init__(self, minutes: float, start_step: int, eval_every: int, val_tokens: int, tokens_per_step: int,
-                 fit: bool, clock: Callable[[], float] = time.monotonic):
+                 fit: bool, clock: Callable[[], float] = time.monotonic, started: float | None = None):
         self.clock = clock
-        self.start = clock()
+        # ``started``: when the command began its set-up (sizing, precision calibration): the budget is
+        # the user's wall-clock, so what was spent before the first step counts against it.
+        self.start = clock() if started is None else started
         self.seconds = minutes * 60
         self.deadline = self.start + self.seconds
         self.fit = fit  # False when steps or epochs fix the total: the deadline alone applies

@@ -151,8 +151,14 @@ def train(
     progress: bool = True,
     report: Reporter | None = None,
     pause_at_step: int | None = None,
+    started: float | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built."""
+    """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built.
+
+    ``started`` (``time.monotonic()``): when the caller began setting the run up; a --minutes
+    budget counts from it (default: now), so sizing and calibration spend the user's minutes too.
+    """
+    started = time.monotonic() if started is None else started
     report = report or (lambda message: print(message, file=sys.stderr))
     saved, new_limit = None, False
     if resume:
@@ -191,7 +197,7 @@ def train(
     budget = None
     if config.minutes:
         budget = StepBudget(config.minutes, state.step, config.eval_every, len(data.val), trainer.tokens_per_step,
-                            fit=not state.total_steps)
+                            fit=not state.total_steps, started=started)
     status = FAILED
     try:
         with StopFlag() as flag:
