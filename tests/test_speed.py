@@ -272,3 +272,11 @@ def test_the_budget_counts_from_the_set_up() -> None:
     assert budget.deadline == clock.now + 40
     clock.now += 40
     assert budget.expired()
+
+
+def test_calibration_ignores_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")
+    model_config, config, data = tiny_setup()
+    config.transpose = (-2, 2)  # a MIDI run's setting: the probe has no codec to transpose with
+    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
+    assert "fp32" in result.speeds and "fp32" not in result.dropped

@@ -139,6 +139,8 @@ def choose_precision(model_config: ModelConfig, config: TrainConfig, data: Split
             notes.append(f"warning: ignoring a damaged entry in {path}")
     result = measure(names, model_config, config, data)
     result.notes = notes
+    if not result.speeds:  # every candidate failed: nothing worth keeping, fp32 it is
+        return result
     cache[key] = {k: v for k, v in result.to_dict().items() if k not in ("cached", "requested")}
     try:
         write_json(path, cache)
@@ -167,8 +169,9 @@ def measure(names: list[str], model_config: ModelConfig, config: TrainConfig, da
     began = time.monotonic()
     steps = WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND
     # No warmup: the full lr from the first step, so the few steps move the loss and drift would show.
+    # No augmentation: it needs the codec, and costs the same at every precision.
     probe = replace(config, warmup_steps=0, max_steps=steps * 10, epochs=None, minutes=None,
-                    threads=torch.get_num_threads())
+                    threads=torch.get_num_threads(), transpose=None)
     result = Calibration(precision=BASELINE, requested="auto")
     trainers: dict[str, Trainer] = {}
     best: dict[str, float] = {}
