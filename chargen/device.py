@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -107,3 +110,24 @@ def autocast_context(device: torch.device, precision: str) -> Iterator[None]:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with torch.autocast(device.type, dtype=dtype):
         yield
+
+
+def machine_key(device: torch.device, threads: int) -> str:
+    """What makes a calibration valid elsewhere: the processor, its flags, torch, the threads."""
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        model, flags = platform.processor(), ""
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = value.strip()
+                if model and flags:
+                    break
+        except OSError:
+            pass
+        hardware = f"{model} flags:{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    return f"{device.type} {hardware} torch {torch.__version__} threads {threads}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from chargen.checkpoint import write_json
+from chargen.device import machine_key
 from chargen.errors import ChargenError
 from chargen.inference import Stepper, generation_threads
 from chargen.model import CharRNN, State
@@ -130,8 +131,6 @@ def measure_kernels(model: CharRNN, rounds: int = ROUNDS) -> dict[str, float]:
 
 
 def model_key(model: CharRNN) -> str:
-    from chargen.training.calibrate import machine_key  # one definition of "this machine"
-
     c = model.config
     return f"{machine_key(torch.device('cpu'), 1)} | {c.cell} {c.layers}x{c.hidden} emb {c.embedding} " \
            f"vocab {c.vocab_size}"

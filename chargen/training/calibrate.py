@@ -12,10 +12,8 @@ measured at all, so auto costs nothing over a plain fp32 run there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 
 from chargen.checkpoint import write_json
 from chargen.data import Split
-from chargen.device import BF16_MATH, bf16_math_available, cpu_has_native_bf16, resolve_precision
+from chargen.device import BF16_MATH, bf16_math_available, cpu_has_native_bf16, machine_key, resolve_precision
 from chargen.errors import ChargenError
 from chargen.model import ModelConfig
 from chargen.paths import chargen_home
@@ -88,27 +86,6 @@ def candidates(device: torch.device) -> list[str]:
     if device.type == "cpu" and cpu_has_native_bf16():
         return [BASELINE, "bf16"] + ([BF16_MATH] if bf16_math_available() else [])
     return [BASELINE]
-
-
-def machine_key(device: torch.device, threads: int) -> str:
-    """What makes a calibration valid elsewhere: the processor, its flags, torch, the threads."""
-    if device.type == "cuda":
-        hardware = torch.cuda.get_device_name(device)
-    else:
-        model, flags = platform.processor(), ""
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = value.strip()
-                if model and flags:
-                    break
-        except OSError:
-            pass
-        hardware = f"{model} flags:{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
-    return f"{device.type} {hardware} torch {torch.__version__} threads {threads}"
 
 
 def shape_key(model_config: ModelConfig, config: TrainConfig) -> str:
