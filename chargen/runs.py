@@ -76,6 +76,7 @@ def start_run(
     progress: bool = True,
     warn: Warn | None = None,
 ) -> TrainResult:
+    began = time.monotonic()  # a --minutes budget counts from here: reading the corpus and sizing spend it too
     root = out or default_checkpoint_root()
     run_dir = root / (check_run_name(run_name) if run_name is not None else default_run_name(corpus_paths))
     if (run_dir / STATE).exists():
@@ -87,7 +88,7 @@ def start_run(
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
         codec, corpus = build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
-        sized, began = None, time.monotonic()
+        sized = None
         if preset is None and train_config.minutes and not any((model_overrides or {}).get(k) for k in SIZE_FIELDS):
             from chargen.training.sizing import size_run  # the budget buys the model (issue 14)
 
