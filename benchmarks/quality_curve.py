@@ -1,10 +1,16 @@
-"""Validation loss against wall-clock minutes on tiny-shakespeare, with default settings.
+"""Validation loss against wall-clock minutes on tiny-shakespeare: the new defaults against the previous ones.
 
-    python -m benchmarks.quality_curve --minutes 5 10 30 [--out BENCHMARKS.md] [--png benchmarks/quality_curve.png]
+    python -m benchmarks.quality_curve --minutes 2 10 30 [--settings new previous] [--corpus FILE]
+                                       [--out BENCHMARKS.md] [--png benchmarks/quality_curve.png]
 
-Runs ``chargen train CORPUS --minutes M`` (defaults only) for each budget, one
-after another, reads the validation curve each run recorded in its state file,
-and writes a Markdown section (between markers) and a PNG plot. Corpus:
+Runs ``chargen train CORPUS --minutes M`` for each budget and each setting, back
+to back (for each budget: new, then previous), reads the validation curve each
+run recorded in its state file, and writes a Markdown section (between markers)
+and a PNG plot. "new" is chargen's defaults as they are (precision, threads and
+model size chosen by measurement); "previous" is the defaults before issue 14:
+``--size medium --batch-size 32 --lr 3e-3 --precision fp32``. The new defaults' first run on a
+machine also calibrates (precision, model size) before its budget starts: cached in CHARGEN_HOME
+after, so run it once with a short budget first to compare budgets alone. Corpus:
 ../shared/corpora/tinyshakespeare.txt (nanoGPT's split: first 90% train, last
 10% validation), or the project's fables corpus where that is absent (said so).
 """
@@ -13,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import cpu_flags, cpu_model
 from chargen.checkpoint import STATE, load_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,15 +35,22 @@ SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 BEGIN, END = "<!-- quality-curve:begin -->", "<!-- quality-curve:end -->"
 
 
-def run_budget(corpus: Path, minutes: float, root: Path) -> dict:
-    name = f"curve-{minutes:g}min"
+#: The settings compared: chargen's defaults now, and the defaults before issue 14.
+SETTINGS = {"new": [], "previous": ["--size", "medium", "--batch-size", "32", "--lr", "3e-3", "--precision", "fp32"]}
+
+
+def run_budget(corpus: Path, minutes: float, root: Path, setting: str = "new") -> dict:
+    name = f"curve-{setting}-{minutes:g}min"
     command = [sys.executable, "-m", "chargen", "train", str(corpus), "--minutes", f"{minutes:g}",
-               "--run-name", name, "--out", str(root), "--quiet", "--no-log"]
+               "--run-name", name, "--out", str(root), "--quiet", "--no-log", *SETTINGS[setting]]
     load_before = os.getloadavg()[0]
     started = time.time()
     subprocess.run(command, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     state = load_state(root / name / STATE)
-    return {"minutes": minutes, "evals": state["evals"], "best": float(state["best_val"]),
+    model = state.get("model_config", {})
+    return {"setting": setting, "model": f"{model.get('layers')}x{model.get('hidden')}",
+            "train_loss": state["evals"][-1].get("train_loss") if state["evals"] else None,
+            "minutes": minutes, "evals": state["evals"], "best": float(state["best_val"]),
             "steps": int(state["step"]), "wall_s": time.time() - started, "load_before": load_before,
             "load_after": os.getloadavg()[0]}
 
@@ -65,47 +78,63 @@ def plot(results: list[dict], png: Path) -> bool:
     for result in results:
         xs = [e["minutes"] for e in result["evals"]]
         ys = [e["val_loss"] for e in result["evals"]]
-        ax.plot(xs, ys, marker="o", markersize=3, label=f"--minutes {result['minutes']:g}")
+        ax.plot(xs, ys, marker="o", markersize=3, linestyle="-" if result["setting"] == "new" else "--",
+                label=f"{result['setting']} {result['model']}, --minutes {result['minutes']:g}")
     ax.axhline(1.4697, color="grey", linestyle="--", linewidth=1, label="nanoGPT shakespeare_char (A100)")
     ax.set_xlabel("wall-clock minutes")
     ax.set_ylabel("validation loss (nats/char)")
     ax.set_ylim(1.3, 2.2)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("chargen defaults (2x512 LSTM) on tiny-shakespeare, 2-core CPU")
+    ax.set_title("chargen: new defaults against previous (medium, fp32)")
     fig.tight_layout()
     fig.savefig(png)
     return True
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, nargs="+", default=[5, 10, 30])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[2, 10, 30])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["new", "previous"])
+    parser.add_argument("--corpus", type=Path, help="text file or folder (default: tinyshakespeare, else fables)")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--png", type=Path, default=REPO / "benchmarks" / "quality_curve.png")
-    args = parser.parse_args()
-    corpus = SHAKESPEARE if SHAKESPEARE.exists() else REPO / "corpora" / "fables.txt"
+    args = parser.parse_args(argv)
+    corpus = args.corpus or (SHAKESPEARE if SHAKESPEARE.exists() else REPO / "corpora" / "fables.txt")
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_budget(corpus, minutes, Path(tmp)) for minutes in args.minutes]
+        # Back to back: both settings at one budget before the next budget, so a drift of the machine's
+        # speed over the hours touches both alike.
+        results = [run_budget(corpus, minutes, Path(tmp), setting)
+                   for minutes in args.minutes for setting in args.settings]
+    flags = ", ".join(name for name, have in cpu_flags().items() if have) or "none of interest"
     lines = [
         "## Quality at a budget (validation loss against minutes)",
         "",
-        f"Command: `python -m benchmarks.quality_curve --minutes {' '.join(f'{m:g}' for m in args.minutes)}`, "
-        f"i.e. `chargen train {corpus.name} --minutes M` with every other setting at its default "
-        "(medium preset: 2x512 LSTM, embedding 128, batch 32 x 100, AdamW 3e-3, cosine to 10%).",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Command: `python -m benchmarks.quality_curve {' '.join(sys.argv[1:] if argv is None else argv)}`, "
+        f"i.e. `chargen train {corpus.name} --minutes M` with the new defaults (size, precision and threads "
+        f"chosen by measurement) and with the previous ones (`{' '.join(SETTINGS['previous'])}`), back to back.",
+        f"Machine: {cpu_model()} (flags: {flags}), {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. Corpus: `{corpus}`"
-        + ("" if corpus == SHAKESPEARE else " (tiny-shakespeare absent: NOT comparable to the targets)") + ".",
+        + ("" if corpus == SHAKESPEARE else " (not tiny-shakespeare: NOT comparable to the targets)") + ".",
         "",
-        "| budget | steps | best val (nats/char) | bits/char | wall time | load avg before/after |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| budget | setting | model | steps | best val (nats/char) | bits/char | last train loss | wall time "
+        "| load avg before/after |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['minutes']:g} min | {r['steps']} | {r['best']:.4f} | {r['best'] / 0.693147:.3f} | "
-                     f"{r['wall_s'] / 60:.1f} min | {r['load_before']:.1f} / {r['load_after']:.1f} |")
+        train = f"{r['train_loss']:.4f}" if isinstance(r["train_loss"], float) else "–"
+        lines.append(f"| {r['minutes']:g} min | {r['setting']} | {r['model']} | {r['steps']} | {r['best']:.4f} | "
+                     f"{r['best'] / 0.693147:.3f} | {train} | {r['wall_s'] / 60:.1f} min | "
+                     f"{r['load_before']:.1f} / {r['load_after']:.1f} |")
+    by = {(r["minutes"], r["setting"]): r["best"] for r in results}
+    gains = [f"{m:g} min: {by[(m, 'previous')] - by[(m, 'new')]:+.4f}" for m in args.minutes
+             if (m, "new") in by and (m, "previous") in by]
+    if gains:
+        lines += ["", "Previous minus new best validation loss (positive: the new defaults are better): "
+                  + "; ".join(gains) + "."]
     lines += ["", "Curve of the longest run (every evaluation):", "",
               "| minutes | step | val loss |", "|---:|---:|---:|"]
-    for e in results[-1]["evals"]:
+    for e in max(results, key=lambda r: r["minutes"])["evals"]:
         lines.append(f"| {e['minutes']:.1f} | {e['step']} | {e['val_loss']:.4f} |")
     if plot(results, args.png):
         shown = os.path.relpath(args.png.resolve(), args.out.resolve().parent)  # a link that works from the .md

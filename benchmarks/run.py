@@ -158,7 +158,9 @@ class ChargenTrainer:
     step); only evaluation and saving are left out, as they are not training throughput."""
 
     def __init__(self, config: ModelConfig, corpus: Corpus, precision: str = "fp32"):
-        train_config = TrainConfig(batch_size=BATCH, seq_len=SEQ, seed=0, device="cpu", precision=precision)
+        # The benchmark sets the threads itself: fixed, so the Trainer's thread policy leaves them be.
+        train_config = TrainConfig(batch_size=BATCH, seq_len=SEQ, seed=0, device="cpu", precision=precision,
+                                   threads=torch.get_num_threads())
         self.trainer = Trainer(config, train_config, Split(train=corpus.train, val=corpus.val))
 
     def run(self, steps: int) -> float:

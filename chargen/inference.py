@@ -159,9 +159,12 @@ class Stepper:
                 else:
                     x = gates.tanh_()
             new_h.append(x)
-        logits = torch.addmm(self.head_b, x, self.head_w)  # [B, V]
+        logits = self._head(x)  # [B, V]
         hs = torch.stack(new_h)  # [L, B, H]
         return logits, ((hs, torch.stack(new_c)) if lstm else (hs,))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.head_b, x, self.head_w)
 
     def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
                bias: torch.Tensor | None) -> torch.Tensor:

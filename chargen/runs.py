@@ -24,9 +24,10 @@ from chargen.checkpoint import (
     read_run_json,
     resolve_run_dir,
     sha256_file,
+    update_run_json,
 )
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Warn, build_corpus, build_labelled_corpus, label_folders, token_dtype
+from chargen.data import CorpusInfo, Warn, build_corpus, build_labelled_corpus, label_folders, load_tokens, token_dtype
 from chargen.errors import ChargenError
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig, check_label_names
 from chargen.training import TrainConfig, TrainResult, distributed, train
@@ -52,6 +53,10 @@ def default_run_name(paths: Sequence[str | Path]) -> str:
     stem = Path(paths[0]).stem if paths else "run"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "run"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+#: Giving any of these fixes the model's size: a --minutes budget then does not choose it.
+SIZE_FIELDS = ("layers", "hidden", "embedding")
 
 
 def model_config_for(vocab_size: int, preset: str | None = None, **overrides: object) -> ModelConfig:
@@ -89,6 +94,7 @@ def start_run(
         raise ChargenError("--labels-from folders takes one CORPUS folder, whose subfolders are the labels")
     if init_from is not None and (labels_from or label is not None):
         raise ChargenError("--init-from fine-tunes an unlabelled model: it takes no --labels-from or --label")
+    began = time.monotonic()  # a --minutes budget counts from here: reading the corpus and sizing spend it too
     root = out or default_checkpoint_root()
     ranks = distributed.current()  # torchrun: rank 0 names the run and encodes the corpus; the others wait
     run_dir = root / ranks.json_from_main(
@@ -101,7 +107,7 @@ def start_run(
     except OSError as exc:
         raise ChargenError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
     try:
-        init = None
+        init = sized = None
         if init_from is not None:
             codec, corpus, model_config, init = prepare_finetune(
                 init_from, corpus_paths, run_dir / TOKENS, codec_name, encoding,
@@ -116,8 +122,21 @@ def start_run(
                 return build_corpus(corpus_paths, run_dir / TOKENS, codec_name, encoding, warn)
 
             codec, corpus = ranks.build_corpus_once(build)
+            # The budget buys the model (issue 14); under torchrun every rank must build the same one,
+            # so sizing (a measurement per process) is for single-process runs.
+            if (preset is None and train_config.minutes and ranks.world_size == 1
+                    and not any((model_overrides or {}).get(k) for k in SIZE_FIELDS)):
+                from chargen.training.sizing import size_run
+
+                cell = str((model_overrides or {}).get("cell") or "lstm")
+                preset, train_config, sized = size_run(load_tokens(run_dir / TOKENS), codec.vocab_size, train_config,
+                                                       cell, warn or (lambda message: None))
             model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}), labels=corpus.labels)
-        return train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn, init=init)
+        result = train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn,
+                       init=init, started=began)
+        if sized is not None:
+            update_run_json(run_dir, sizing={"preset": sized.preset, "speeds": sized.speeds, "reason": sized.reason})
+        return result
     except BaseException:
         # Nothing was trained: leave no run without weights behind to be picked as "newest".
         if created and not (run_dir / LAST).exists() and not (run_dir / STATE).exists():

@@ -58,8 +58,9 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
 @click.option("--seed", type=SEED_RANGE, default=1337, show_default=True, help="Seed for weights, dropout and order.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPUs.")
-@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads (default: torch's choice).")
+              show_default=True, help="auto: the fastest that holds the loss, measured (cached) per machine and model.")
+@click.option("--threads", type=click.IntRange(1, 1024),
+              help="CPU threads (default: the free cores, re-measured at each evaluation).")
 @click.option("--transpose", type=SemitoneRange(),
               help="MIDI only: transpose each training stream by a random shift in LOW..HIGH, e.g. -5..6.")
 @click.option("--labels-from", type=click.Choice(["folders"]),

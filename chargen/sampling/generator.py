@@ -12,6 +12,7 @@ import torch
 from chargen.checkpoint import Checkpoint
 from chargen.codec import Codec
 from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
+from chargen.kernels import batch1_stepper
 from chargen.midi import MidiCodec
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
@@ -35,7 +36,7 @@ class Generator:
         self.codec = codec
         # Music models decode under the MIDI grammar by default; the cap is the checkpoint's (None: no cap).
         self.music = MusicRules(codec.vocab, polyphony_cap or 0) if isinstance(codec, MidiCodec) else None
-        self.stepper = Stepper(self.model)
+        self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
         # Primed states of recent short primes (and their label): a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int | None, tuple[int, ...]], tuple[torch.Tensor, State]] = OrderedDict()
         self._primed_lock = threading.Lock()  # guards _primed

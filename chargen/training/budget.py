@@ -22,6 +22,10 @@ REFIT_EVERY = 25
 #: No refits in the last 10% of the budget: the schedule's tail stays put, and a late slowdown
 #: is caught by the deadline itself (the loop stops when the time is up, whatever the plan).
 REFIT_UNTIL = 0.9
+#: ...except to shorten it: in the tail, a pace that would leave the schedule unfinished at the deadline
+#: (a neighbour started) cuts the total to what still fits. The lr then only moves down, and the run
+#: still ends with its schedule complete. Paced over at least this many steps since the last sample.
+TAIL_MIN_STEPS = 5
 #: The pace is that of the most recent half of the measured time: it follows a change of speed
 #: within a few refits, yet averages over enough steps to include evaluations.
 RECENT_SHARE = 0.5
@@ -38,9 +42,11 @@ class StepBudget:
     """
 
     def __init__(self, minutes: float, start_step: int, eval_every: int, val_tokens: int, tokens_per_step: int,
-                 fit: bool, clock: Callable[[], float] = time.monotonic):
+                 fit: bool, clock: Callable[[], float] = time.monotonic, started: float | None = None):
         self.clock = clock
-        self.start = clock()
+        # ``started``: when the command began its set-up (sizing, precision calibration): the budget is
+        # the user's wall-clock, so what was spent before the first step counts against it.
+        self.start = clock() if started is None else started
         self.seconds = minutes * 60
         self.deadline = self.start + self.seconds
         self.fit = fit  # False when steps or epochs fix the total: the deadline alone applies
@@ -50,6 +56,7 @@ class StepBudget:
         self.first_step = start_step
         self._samples: list[tuple[int, float, float]] = []  # (step, time, overhead seconds so far)
         self._fitted = False
+        self._total: int | None = None  # the last total returned
 
     def expired(self) -> bool:
         return self.clock() >= self.deadline
@@ -66,13 +73,29 @@ class StepBudget:
         if first or due:
             self._samples.append((step, now, overhead_s))
         if not due:
-            return None
+            in_tail = self._fitted and now - self.start >= REFIT_UNTIL * self.seconds
+            return self._shorten(step, now, overhead_s, evals_done) if in_tail else None
         self._fitted = True
-        per_step = self._recent_pace()
+        self._total = self._fit(step, now, overhead_s, evals_done, self._recent_pace())
+        return self._total
+
+    def _fit(self, step: int, now: float, overhead_s: float, evals_done: int, per_step: float) -> int:
         per_eval = (overhead_s / evals_done if evals_done
                     else per_step * FORWARD_SHARE * self.val_tokens / max(1, self.tokens_per_step))
         remaining = self.deadline - now - per_eval  # the final evaluation and save must fit too
         return step + max(1, int(remaining / (per_step + per_eval / self.eval_every)))
+
+    def _shorten(self, step: int, now: float, overhead_s: float, evals_done: int) -> int | None:
+        """In the tail: a smaller total when the pace since the last sample would miss the deadline."""
+        old_step, then, old_overhead = self._samples[-1]
+        if self._total is None or step - old_step < TAIL_MIN_STEPS or step >= self._total:
+            return None
+        per_step = max(1e-9, (now - then) - (overhead_s - old_overhead)) / (step - old_step)
+        total = self._fit(step, now, overhead_s, evals_done, per_step)
+        if total >= self._total:
+            return None
+        self._total = total
+        return total
 
     def _recent_pace(self) -> float:
         """Seconds per training step (evaluations and saves excluded) over the recent share of the time."""

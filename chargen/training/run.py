@@ -156,11 +156,15 @@ def train(
     report: Reporter | None = None,
     pause_at_step: int | None = None,
     init: Initialisation | None = None,
+    started: float | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in ``run_dir``, whose ``tokens.npy`` is already built.
 
     ``init``: a new run starts from these weights (fine-tuning) and records their parent.
+    ``started`` (``time.monotonic()``): when the caller began setting the run up; a --minutes
+    budget counts from it (default: now), so sizing and calibration spend the user's minutes too.
     """
+    started = time.monotonic() if started is None else started
     report = report or (lambda message: print(message, file=sys.stderr))
     saved, new_limit = None, False
     if resume:
@@ -181,6 +185,9 @@ def train(
     if init is not None:
         init.apply(trainer.model)
     trainer.parent = init.parent if init is not None else (read_run_json(run_dir) or {}).get("parent")
+    for line in [*trainer.calibration.notes, trainer.calibration.message()]:
+        if line:
+            report(line)
     if new_limit:
         before = state.total_steps
         state.total_steps = planned_steps(config, trainer.batcher.steps_per_epoch)
@@ -199,6 +206,7 @@ def train(
                 **({"labels_sha256": sha256_file(run_dir / LABELS)} if corpus.labels else {}),
                 "world_size": ranks.world_size,
                 **({"parent": init.parent} if init is not None else {}),
+                "speed": trainer.speed_info(),
             })
         trainer.checkpoint(None)  # from the first moment on, the run folder is resumable
     elif ranks.is_main:
@@ -211,7 +219,7 @@ def train(
     budget = None
     if config.minutes:
         budget = StepBudget(config.minutes, state.step, config.eval_every, len(data.val), trainer.tokens_per_step,
-                            fit=not state.total_steps)
+                            fit=not state.total_steps, started=started)
     budget = ranks.agree_budget(budget)  # torchrun: rank 0's clock decides for all
     status = FAILED
     try:
@@ -226,7 +234,7 @@ def train(
         output.close()
         try:
             if ranks.is_main:
-                update_run_json(run_dir, status=status)
+                update_run_json(run_dir, status=status, speed=trainer.speed_info())
         except ChargenError:
             pass  # the folder became unwritable: the error that stopped the run says so
     result = TrainResult(

@@ -29,7 +29,9 @@ from chargen.evaluation import mean_loss
 from chargen.midi import MidiCodec
 from chargen.midi.grammar import corpus_polyphony_cap
 from chargen.model import CharRNN, ModelConfig, detach_state
+from chargen.threads import ThreadTuner
 from chargen.training.budget import StepBudget
+from chargen.training.calibrate import Calibration, choose_precision
 from chargen.training.config import TrainConfig, lr_at
 from chargen.training.distributed import current as current_distributed
 from chargen.training.optim import build_optimizer, grad_scaler
@@ -85,16 +87,19 @@ class Trainer:
     def __init__(self, model_config: ModelConfig, config: TrainConfig, data: Split, codec: Codec | None = None,
                  run_dir: Path | None = None, corpus: CorpusInfo | None = None,
                  resume_from: dict[str, Any] | None = None, on_progress: ProgressCallback | None = None):
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        self.threads = ThreadTuner(config.threads)  # --threads N, else the cores free, re-measured during fit
         self.model_config, self.config, self.data = model_config, config, data
         self.codec, self.run_dir, self.corpus = codec, run_dir, corpus
         self.parent: dict[str, Any] | None = None  # the run a fine-tuned run started from
         self.on_progress = on_progress or (lambda progress: None)
         self.device = resolve_device(config.device)
-        self.precision = resolve_precision(config.precision, self.device)
-        torch.manual_seed(config.seed)
         self.dist = current_distributed()  # torchrun: this rank's place; else a no-op
+        # auto: measured (before the seed); under torchrun every rank must use the same precision,
+        # and separate measurements could disagree, so there auto is the device's default.
+        self.calibration = (choose_precision(model_config, config, data, self.device) if self.dist.world_size == 1
+                            else Calibration(resolve_precision(config.precision, self.device), config.precision))
+        self.precision = self.calibration.precision
+        torch.manual_seed(config.seed)
         self.batcher = self.dist.batcher(data.train, config.batch_size, config.seq_len, self._augmentation(),
                                          labels=data.train_labels)
         if (data.train_labels is not None) != bool(model_config.labels):
@@ -225,6 +230,7 @@ class Trainer:
         state, config = self.state, self.config
         interrupted = False
         self.model.train()
+        self.threads.revisit(state.step)
         while True:
             if state.total_steps and state.step >= state.total_steps:
                 break
@@ -241,12 +247,16 @@ class Trainer:
                 if fitted is not None:
                     state.total_steps = fitted
                     self._report("schedule")
+            self.threads.before_step()
+            began = time.perf_counter()
             self.step()
+            self.threads.after_step(time.perf_counter() - began, state.step)
             self._report("step")
             if state.step % config.eval_every == 0 and not (state.total_steps and state.step >= state.total_steps):
                 self.evaluate()
                 self._report("eval")
                 self._save(self.last_val)
+                self.threads.revisit(state.step)  # the neighbours may have come or gone
         # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause.
         if state.step > self.session_start_step or not self.resumed:
             self.evaluate()
@@ -287,8 +297,13 @@ class Trainer:
             "corpus_sha256": corpus.sha256 if corpus else None,
             "corpus_tokens": corpus.tokens if corpus else None,
             "corpus_paths": corpus.paths if corpus else None,
-            "train_config": self.config.to_dict(),
+            "train_config": dict(self.config.to_dict(), **self.speed_info()),
             "world_size": self.dist.world_size,  # processes that trained together (torchrun)
             **({"polyphony_cap": self.polyphony_cap} if self.polyphony_cap is not None else {}),
             **({"parent": self.parent} if self.parent else {}),
         }
+
+    def speed_info(self) -> dict[str, Any]:
+        """How the precision and threads were chosen (run.json, the weights' metadata, the history's row)."""
+        return {"precision_used": self.precision, "calibration": self.calibration.to_dict(),
+                "threads_used": self.threads.threads, "threads_history": self.threads.history}

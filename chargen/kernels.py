@@ -1,0 +1,173 @@
+"""Batch-1 generation on the faster mat-vec kernel of this machine: torch's (MKL) or numpy's (OpenBLAS).
+
+A batch-1 step is a few mat-vecs that read every weight once; which BLAS reads
+them faster depends on the CPU (measured on one AMD CPU at 256x1024: OpenBLAS 26 µs,
+MKL 45-50 µs). ``batch1_stepper`` times a few hundred steps of each (alternating
+rounds, best round each) the first time a model shape is used on a machine and
+caches the winner in ``$CHARGEN_HOME/kernels.json``.
+
+Both kernels compute the same sums in the same order of operations around the
+products (bias after the dot, as ``addmm`` does); only the order of the additions
+inside one dot product may differ between the two BLAS libraries, which moves a
+logit by a few units in its last place. A sampled token changes only where two
+candidates' perturbed scores tie to within that: the tests check that seeded
+samples are the same text with either kernel. ``CHARGEN_MATVEC=torch|numpy`` forces one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from chargen.checkpoint import write_json
+from chargen.device import machine_key
+from chargen.errors import ChargenError
+from chargen.inference import Stepper, generation_threads
+from chargen.model import CharRNN, State
+from chargen.paths import chargen_home
+
+CACHE_FILE = "kernels.json"
+KERNEL_ENV = "CHARGEN_MATVEC"
+KERNELS = ("torch", "numpy")
+#: Rounds of up to STEPS steps (or ROUND_S seconds) per kernel, alternating; the best round of each counts.
+ROUNDS, STEPS, ROUND_S = 3, 100, 0.02
+#: numpy must be at least this much faster to replace torch (the engine's own path): below, noise decides.
+MARGIN = 1.05
+
+
+@functools.cache
+def single_thread_openblas() -> bool:
+    """Limit numpy's OpenBLAS to one thread (as torch's generation threads are): a 1-row product gains
+    nothing from a second thread, and beside a busy neighbour each of its barriers waits out a time slice.
+    Looks the library up among the loaded ones; False where it is not OpenBLAS or has no such call."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return False
+    for path in sorted(paths):
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            setter = getattr(library, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(1))
+                return True
+    return False
+
+
+class NumpyStepper(Stepper):
+    """A ``Stepper`` whose batch-1 products go through numpy's BLAS; several rows use torch's as before."""
+
+    def __init__(self, model: CharRNN):
+        super().__init__(model)
+        single_thread_openblas()
+        self.np_w_ih = [w.numpy() for w in self.w_ih]
+        self.np_w_hh = [w.numpy() for w in self.w_hh]
+        self.np_head_w = self.head_w.numpy()
+
+    @staticmethod
+    def _mv(vector: torch.Tensor, weight: np.ndarray) -> torch.Tensor:
+        """[1, K] @ [K, N] -> [1, N] as numpy's 1-D dot (a gemv)."""
+        return torch.from_numpy(np.dot(vector.numpy()[0], weight)).unsqueeze(0)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            return super()._head(x)
+        return self._mv(x, self.np_head_w).add_(self.head_b)
+
+    def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        if h.shape[0] != 1:
+            return super()._gates(layer, tokens, x, h, bias)
+        if layer == 0:
+            return self._mv(h, self.np_w_hh[0]).add_(self._layer0_input(tokens, bias))
+        return self._mv(h, self.np_w_hh[layer]).add_(self.bias[layer]).add_(self._mv(x, self.np_w_ih[layer]))
+
+    def _gru_products(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
+                      bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if h.shape[0] != 1:
+            return super()._gru_products(layer, tokens, x, h, bias)
+        gi = (self._layer0_input(tokens, bias) if layer == 0
+              else self._mv(x, self.np_w_ih[layer]).add_(self.bias[layer]))
+        return gi, self._mv(h, self.np_w_hh[layer]).add_(self.b_hh[layer])
+
+
+def stepper_for(kernel: str, model: CharRNN) -> Stepper:
+    return NumpyStepper(model) if kernel == "numpy" else Stepper(model)
+
+
+def step_time(stepper: Stepper, steps: int = STEPS, seconds: float = ROUND_S) -> float:
+    """Seconds per batch-1 step over ``steps`` steps, or fewer when ``seconds`` have passed."""
+    token = torch.tensor([0])
+    state: State = stepper.initial_state(1)
+    with torch.inference_mode():
+        began, done = time.perf_counter(), 0
+        while done < steps and (done == 0 or time.perf_counter() - began <= seconds):
+            _, state = stepper.step(token, state)
+            done += 1
+        return (time.perf_counter() - began) / done
+
+
+def measure_kernels(model: CharRNN, rounds: int = ROUNDS) -> dict[str, float]:
+    """Best seconds per batch-1 step of each kernel, alternating rounds."""
+    steppers = {kernel: stepper_for(kernel, model) for kernel in KERNELS}
+    best = dict.fromkeys(KERNELS, float("inf"))
+    with generation_threads():
+        for stepper in steppers.values():
+            step_time(stepper, 5)  # first calls: allocations, BLAS initialisation
+        for _ in range(rounds):
+            for kernel, stepper in steppers.items():
+                best[kernel] = min(best[kernel], step_time(stepper))
+    return best
+
+
+def model_key(model: CharRNN) -> str:
+    c = model.config
+    return f"{machine_key(torch.device('cpu'), 1)} | {c.cell} {c.layers}x{c.hidden} emb {c.embedding} " \
+           f"vocab {c.vocab_size}"
+
+
+def choose_kernel(model: CharRNN) -> str:
+    """``torch`` or ``numpy`` for this model here: forced, cached, or measured now (and cached)."""
+    forced = os.environ.get(KERNEL_ENV)
+    if forced in KERNELS:
+        return forced
+    try:
+        path = chargen_home() / CACHE_FILE
+    except ChargenError:
+        path = None
+    key = model_key(model)
+    cache: dict[str, object] = {}
+    if path is not None:
+        try:
+            loaded = json.loads(path.read_text())
+            cache = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            cache = {}  # missing or corrupt: measure again and rewrite it
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("kernel") in KERNELS:
+        return str(entry["kernel"])
+    seconds = measure_kernels(model)
+    kernel = "numpy" if seconds["numpy"] * MARGIN < seconds["torch"] else "torch"
+    cache[key] = {"kernel": kernel, "us_per_step": {k: round(v * 1e6, 2) for k, v in seconds.items()}}
+    if path is not None:
+        try:
+            write_json(path, cache)
+        except (OSError, ChargenError):
+            pass  # an unwritable home: measured again next time
+    return kernel
+
+
+def batch1_stepper(model: CharRNN) -> Stepper:
+    """The stepper for batch-1 generation, on this machine's faster mat-vec kernel."""
+    return stepper_for(choose_kernel(model), model)

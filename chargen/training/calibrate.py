@@ -1,0 +1,201 @@
+"""``--precision auto``: the fastest precision that holds the loss, measured on this machine for this model.
+
+Whether bf16 pays depends on the CPU (native bf16 or emulated), the model's shape
+and the threads: measured 1.65x on one AVX-512 BF16 CPU for the medium preset,
+several times *slower* on an AVX2 one. So auto times a few real training steps of
+each candidate from the same initial weights on the same batches, drops one that
+fails or whose loss drifts from fp32's, and keeps the fastest. The result is cached
+per machine and model shape in ``$CHARGEN_HOME/calibration.json``: later runs
+reuse it. Where only fp32 is a candidate (a CPU without native bf16) nothing is
+measured at all, so auto costs nothing over a plain fp32 run there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chargen.checkpoint import write_json
+from chargen.data import Split
+from chargen.device import BF16_MATH, bf16_math_available, cpu_has_native_bf16, machine_key, resolve_precision
+from chargen.errors import ChargenError
+from chargen.model import ModelConfig
+from chargen.paths import chargen_home
+from chargen.training.config import TrainConfig
+
+CACHE_FILE = "calibration.json"
+#: A comma-separated list that replaces the candidates (benchmarks: simulate a CPU without bf16 with "fp32").
+CANDIDATES_ENV = "CHARGEN_PRECISION_CANDIDATES"
+#: Untimed steps first (allocator growth, oneDNN kernel selection), then ROUNDS rounds of STEPS_PER_ROUND
+#: timed steps, candidates taking turns: a neighbour's burst then slows one round of each, not one
+#: candidate, and the best step of each candidate is its speed.
+WARMUP_STEPS = 2
+ROUNDS = 3
+STEPS_PER_ROUND = 2
+#: A candidate holds the loss if its loss after the same steps is within this of fp32's (nats/token):
+#: the acceptance's 0.02 nats for validation loss at equal steps.
+LOSS_TOLERANCE = 0.02
+#: Another precision replaces fp32 only when it is at least this much faster: below it, noise decides.
+MARGIN = 1.05
+BASELINE = "fp32"
+
+
+@dataclass
+class Calibration:
+    """The precision a run uses, and how it was chosen."""
+
+    precision: str
+    requested: str
+    speeds: dict[str, float] = field(default_factory=dict)  # chars/s per candidate measured
+    losses: dict[str, float] = field(default_factory=dict)  # loss after the calibration steps
+    dropped: dict[str, str] = field(default_factory=dict)  # candidate -> why
+    cached: bool = False
+    seconds: float = 0.0  # spent measuring in this session
+    notes: list[str] = field(default_factory=list)  # warnings (a corrupt cache)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["notes"]
+        return data
+
+    def message(self) -> str | None:
+        """The one line a run prints about its precision; None when it was simply asked for."""
+        if self.requested != "auto":
+            return None
+        if not self.speeds:
+            return f"precision {self.precision} (the only candidate on this device)"
+        speeds = ", ".join(f"{name} {value:,.0f}" for name, value in self.speeds.items())
+        dropped = "".join(f"; dropped {name}: {why}" for name, why in self.dropped.items())
+        source = "cached calibration" if self.cached else f"calibrated in {self.seconds:.1f} s"
+        return f"precision {self.precision} ({source}: chars/s {speeds}{dropped})"
+
+
+def candidates(device: torch.device) -> list[str]:
+    """The precisions auto tries on ``device``, fp32 first."""
+    forced = os.environ.get(CANDIDATES_ENV)
+    if forced:
+        return [name.strip() for name in forced.split(",") if name.strip()]
+    if device.type == "cuda":
+        return [BASELINE, "bf16" if torch.cuda.is_bf16_supported() else "fp16"]
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return [BASELINE, "bf16"] + ([BF16_MATH] if bf16_math_available() else [])
+    return [BASELINE]
+
+
+def shape_key(model_config: ModelConfig, config: TrainConfig) -> str:
+    m = model_config
+    return (f"{m.cell} {m.layers}x{m.hidden} emb {m.embedding} vocab {m.vocab_size} "
+            f"batch {config.batch_size} seq {config.seq_len}")
+
+
+def choose_precision(model_config: ModelConfig, config: TrainConfig, data: Split, device: torch.device,
+                     home: Path | None = None) -> Calibration:
+    """The precision to train with: the one asked for, or for auto the fastest that holds the loss."""
+    if config.precision != "auto":
+        return Calibration(precision=resolve_precision(config.precision, device), requested=config.precision)
+    names = candidates(device)
+    if len(names) <= 1:
+        return Calibration(precision=names[0] if names else BASELINE, requested="auto")
+    path = (home or chargen_home()) / CACHE_FILE
+    key = f"{machine_key(device, torch.get_num_threads())} | {shape_key(model_config, config)}"
+    cache, notes = read_cache(path)
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("precision") in names:
+        try:
+            found = Calibration(precision=entry["precision"], requested="auto", speeds=dict(entry["speeds"]),
+                                losses=dict(entry.get("losses", {})), dropped=dict(entry.get("dropped", {})),
+                                cached=True, notes=notes)
+            return found
+        except (KeyError, TypeError, ValueError):
+            notes.append(f"warning: ignoring a damaged entry in {path}")
+    result = measure(names, model_config, config, data)
+    result.notes = notes
+    if not result.speeds:  # every candidate failed: nothing worth keeping, fp32 it is
+        return result
+    cache[key] = {k: v for k, v in result.to_dict().items() if k not in ("cached", "requested")}
+    try:
+        write_json(path, cache)
+    except (OSError, ChargenError) as exc:
+        result.notes.append(f"warning: calibration not cached ({exc})")
+    return result
+
+
+def read_cache(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The cached calibrations, and a warning when the file is there but unreadable (then ignored)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, []
+    except (OSError, ValueError) as exc:
+        return {}, [f"warning: ignoring the corrupt calibration cache {path} ({type(exc).__name__})"]
+    if not isinstance(data, dict):
+        return {}, [f"warning: ignoring the corrupt calibration cache {path} (not an object)"]
+    return data, []
+
+
+def measure(names: list[str], model_config: ModelConfig, config: TrainConfig, data: Split) -> Calibration:
+    """Time real training steps of each candidate, from the same weights on the same batches."""
+    from chargen.training.trainer import Trainer  # the Trainer builds its precision with this module
+
+    began = time.monotonic()
+    steps = WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND
+    # No warmup: the full lr from the first step, so the few steps move the loss and drift would show.
+    # No augmentation: it needs the codec, and costs the same at every precision.
+    probe = replace(config, warmup_steps=0, max_steps=steps * 10, epochs=None, minutes=None,
+                    threads=torch.get_num_threads(), transpose=None)
+    result = Calibration(precision=BASELINE, requested="auto")
+    trainers: dict[str, Trainer] = {}
+    best: dict[str, float] = {}
+    for name in names:
+        try:
+            trainers[name] = Trainer(model_config, replace(probe, precision=name), data)
+        except (ChargenError, RuntimeError, ValueError, TypeError) as exc:
+            result.dropped[name] = _reason(exc)
+    for round_index in range(1 + ROUNDS):
+        count = WARMUP_STEPS if round_index == 0 else STEPS_PER_ROUND
+        for name in list(trainers):
+            trainer = trainers[name]
+            try:
+                for _ in range(count):
+                    start = time.perf_counter()
+                    trainer.step()
+                    seconds = time.perf_counter() - start
+                    if round_index:
+                        best[name] = min(best.get(name, float("inf")), seconds)
+            except (ChargenError, RuntimeError, ValueError, TypeError) as exc:
+                result.dropped[name] = _reason(exc)
+                del trainers[name]
+    tokens = config.batch_size * config.seq_len
+    result.losses = {name: t.last_train for name, t in trainers.items() if t.last_train is not None}
+    result.speeds = {name: tokens / best[name] for name in trainers if name in best}
+    reference = result.losses.get(BASELINE)
+    for name, loss in result.losses.items():
+        if reference is not None and name != BASELINE and abs(loss - reference) > LOSS_TOLERANCE:
+            result.dropped[name] = f"loss {loss:.4f} against fp32's {reference:.4f}"
+    kept = {name: speed for name, speed in result.speeds.items() if name not in result.dropped}
+    if kept:
+        fastest = max(kept, key=kept.__getitem__)
+        if BASELINE not in kept or kept[fastest] >= MARGIN * kept[BASELINE]:
+            result.precision = fastest
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
+
+
+def measured_speed(model_config: ModelConfig, config: TrainConfig, data: Split, device: torch.device) -> float:
+    """Training chars/s of ``model_config`` here at the precision auto (or the config) picks for it."""
+    calibration = choose_precision(model_config, config, data, device)
+    speed = calibration.speeds.get(calibration.precision)
+    if speed is None:  # nothing was calibrated (one candidate): time that one
+        speed = measure([calibration.precision], model_config, config, data).speeds.get(calibration.precision)
+    return speed or 0.0

@@ -1,0 +1,148 @@
+"""``--minutes M`` without a size: the model size a budget of M minutes buys on this machine.
+
+The rule, compute-optimal sizing in its simplest form: take the largest preset that
+(a) sees at least ``TOKENS_PER_PARAM`` training tokens per parameter in M minutes at
+the speed measured here, and (b) has no more than ``PARAMS_PER_TOKEN`` parameters per
+training token of the corpus (Karpathy's char-rnn rule of thumb: parameters and
+corpus characters of the same order, else the model memorises the corpus). If no
+preset sees enough tokens, the smallest is taken.
+
+Why K = 2 tokens per parameter, not Chinchilla's 20: that ratio is for transformers on
+sub-word tokens and large corpora. Here, measured on tiny-shakespeare: at 81 s the small
+preset (about 1.5 tokens per parameter seen) beat the medium one (0.2) by 0.15 nats,
+while after 10 minutes the medium preset (1.4 tokens per parameter) was already
+overfitting a 1 MB corpus. Both point at a ratio of a few tokens per parameter; the
+constants are meant to be re-checked with ``benchmarks/quality_curve.py``.
+
+The learning rate scales as 1/sqrt(width) from the medium preset's 3e-3 at 512 hidden
+units (narrower layers take larger steps); the batch stays 32. Both only where the user
+left them at their defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from chargen.data import split_tokens
+from chargen.device import resolve_device
+from chargen.model import PRESETS, ModelConfig, flops_per_token
+from chargen.threads import ThreadTuner
+from chargen.training.config import TrainConfig
+
+TOKENS_PER_PARAM = 2.0
+PARAMS_PER_TOKEN = 2.0
+#: Presets the budget chooses among, smallest first.
+ORDER = ("tiny", "small", "medium", "large")
+REFERENCE_HIDDEN, REFERENCE_LR = 512, 3e-3
+#: A larger preset is measured only if FLOPs scaling from the last measured one, made this much more
+#: optimistic, could still pass: measuring it would be wasted time. Small models use the cores far worse
+#: than large ones (per-call overheads): small ran at 2.5x medium's chars/s for 4x fewer FLOPs per token.
+OPTIMISM = 4.0
+
+
+@dataclass
+class SizeChoice:
+    preset: str
+    lr: float
+    batch_size: int
+    speeds: dict[str, float]  # chars/s measured per preset
+    reason: str
+
+
+def parameters(model_config: ModelConfig) -> int:
+    """The parameter count of a model, without building it."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[model_config.cell]
+    total, width = model_config.vocab_size * model_config.embedding, model_config.embedding
+    for _ in range(model_config.layers):
+        total += gates * model_config.hidden * (width + model_config.hidden + 2)
+        width = model_config.hidden
+    return total + model_config.hidden * model_config.vocab_size + model_config.vocab_size
+
+
+def preset_config(vocab_size: int, preset: str, cell: str = "lstm") -> ModelConfig:
+    return ModelConfig(vocab_size=vocab_size, cell=cell, **PRESETS[preset])
+
+
+def lr_for(hidden: int) -> float:
+    return REFERENCE_LR * math.sqrt(REFERENCE_HIDDEN / hidden)
+
+
+def choose_size(minutes: float, speeds: dict[str, float], params: dict[str, int], train_tokens: int) -> SizeChoice:
+    """The preset for a ``minutes`` budget from measured ``speeds`` (chars/s) and parameter counts (pure)."""
+    seconds = minutes * 60
+    chosen, reason = None, ""
+    for preset in ORDER:
+        if preset not in speeds or preset not in params:
+            continue
+        seen = speeds[preset] * seconds / params[preset]
+        if params[preset] > PARAMS_PER_TOKEN * train_tokens:
+            reason = reason or f"{preset} has over {PARAMS_PER_TOKEN:g} parameters per corpus token"
+            continue
+        if seen < TOKENS_PER_PARAM:
+            reason = reason or f"{preset} would see {seen:.1f} tokens per parameter (< {TOKENS_PER_PARAM:g})"
+            continue
+        chosen = preset
+    if chosen is None:
+        chosen = next(p for p in ORDER if p in speeds)
+        reason = f"no preset sees {TOKENS_PER_PARAM:g} tokens per parameter in {minutes:g} minutes: the smallest"
+    else:
+        seen = speeds[chosen] * seconds / params[chosen]
+        reason = f"sees {seen:.1f} tokens per parameter" + (f"; {reason}" if reason else "")
+    hidden = PRESETS[chosen]["hidden"]
+    return SizeChoice(preset=chosen, lr=lr_for(hidden), batch_size=32, speeds=dict(speeds), reason=reason)
+
+
+def size_for_budget(vocab_size: int, config: TrainConfig, train_tokens: int, cell: str,
+                    measure: Callable[[ModelConfig], float]) -> SizeChoice:
+    """Measure presets smallest first (``measure`` gives chars/s) until a larger one cannot pass; choose."""
+    assert config.minutes is not None
+    seconds = config.minutes * 60
+    speeds: dict[str, float] = {}
+    params = {p: parameters(preset_config(vocab_size, p, cell)) for p in ORDER}
+    last: str | None = None
+    for preset in ORDER:
+        model_config = preset_config(vocab_size, preset, cell)
+        if params[preset] > PARAMS_PER_TOKEN * train_tokens:
+            break
+        if last is not None:
+            estimate = OPTIMISM * speeds[last] * flops_per_token(preset_config(vocab_size, last, cell)) / max(
+                1, flops_per_token(model_config))
+            if estimate * seconds / params[preset] < TOKENS_PER_PARAM:
+                break
+        speeds[preset] = measure(model_config)
+        last = preset
+    if not speeds:  # even the smallest is too large for the corpus: it is still the best there is
+        speeds[ORDER[0]] = measure(preset_config(vocab_size, ORDER[0], cell))
+    return choose_size(config.minutes, speeds, params, train_tokens)
+
+
+def apply_choice(config: TrainConfig, choice: SizeChoice) -> TrainConfig:
+    """The config with the choice's lr and batch where the user left those at their defaults."""
+    defaults = TrainConfig.__dataclass_fields__
+    changes: dict[str, object] = {}
+    if config.lr == defaults["lr"].default:
+        changes["lr"] = choice.lr
+    if config.batch_size == defaults["batch_size"].default:
+        changes["batch_size"] = choice.batch_size
+    return replace(config, **changes)
+
+
+def size_run(tokens: np.ndarray, vocab_size: int, config: TrainConfig, cell: str,
+             report: Callable[[str], None]) -> tuple[str, TrainConfig, SizeChoice]:
+    """The preset and config for a new ``--minutes`` run on ``tokens`` without an explicit size."""
+    from chargen.training.calibrate import measured_speed
+
+    data = split_tokens(tokens, config.val_fraction, config.batch_size, config.seq_len)
+    device = resolve_device(config.device)
+    ThreadTuner(config.threads)  # measure at the thread count the run will start with (the calibration's key)
+    choice = size_for_budget(vocab_size, config, len(data.train), cell,
+                             lambda model_config: measured_speed(model_config, config, data, device))
+    config = apply_choice(config, choice)
+    speeds = ", ".join(f"{name} {speed:,.0f}" for name, speed in choice.speeds.items())
+    report(f"size {choice.preset} for {config.minutes:g} minutes ({choice.reason}; chars/s {speeds}); "
+           f"lr {config.lr:.2g}, batch {config.batch_size}")
+    return choice.preset, config, choice
