@@ -16,7 +16,7 @@ from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, sha256_f
 from chargen.codec import Codec
 from chargen.errors import ChargenError
 from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
-from chargen.train import TrainResult
+from chargen.training import TrainResult
 
 if TYPE_CHECKING:
     from chargen.history import GenerationFields, ScoreFields

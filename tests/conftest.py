@@ -70,7 +70,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small LSTM trained briefly on the embedded fables corpus (shared by tests)."""
     from chargen.runs import start_run
-    from chargen.train import TrainConfig
+    from chargen.training import TrainConfig
 
     root = tmp_path_factory.mktemp("session-checkpoints")
     config = TrainConfig(batch_size=16, seq_len=64, lr=1e-2, max_steps=150, eval_every=50, seed=7, threads=1)

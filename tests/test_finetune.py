@@ -15,7 +15,7 @@ from chargen.data import load_tokens
 from chargen.runs import resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec
-from chargen.train import TrainConfig
+from chargen.training import TrainConfig
 from chargen.training.finetune import grow_vocabulary, prepare_finetune
 from tests.conftest import REPO, assert_one_line_error, run_cli
 

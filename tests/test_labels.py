@@ -32,7 +32,7 @@ from chargen.model import CharRNN, ModelConfig
 from chargen.runs import resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec
-from chargen.train import TrainConfig
+from chargen.training import TrainConfig
 from tests.conftest import FABLES, assert_one_line_error, run_cli
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"

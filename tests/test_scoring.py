@@ -96,7 +96,7 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path) -> None:
 
 def test_a_midi_file_is_scored_with_a_midi_model(tmp_path: Path) -> None:
     from chargen.runs import start_run
-    from chargen.train import TrainConfig
+    from chargen.training import TrainConfig
 
     basics = REPO / "corpora" / "midi-basics"
     config = TrainConfig(batch_size=8, seq_len=32, lr=1e-2, max_steps=20, eval_every=10, seed=2, threads=1)

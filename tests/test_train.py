@@ -18,7 +18,7 @@ from chargen.checkpoint import BEST, FINISHED, INTERRUPTED, LAST, RUN_JSON, STAT
 from chargen.data import build_corpus
 from chargen.runs import model_config_for, resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
-from chargen.train import TrainConfig, train
+from chargen.training import TrainConfig, train
 from tests.conftest import FABLES, REPO, run_cli
 
 PASSAGE = (

@@ -87,8 +87,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
     state to --resume from. Ctrl-C saves and stops; --resume goes on exactly.
     """
     from chargen.runs import resume_run, start_run
-    from chargen.train import TrainConfig
-    from chargen.training import distributed
+    from chargen.training import TrainConfig, distributed
 
     if resume and init_from:
         raise click.UsageError("give either --resume RUN or --init-from RUN, not both")
