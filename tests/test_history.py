@@ -15,7 +15,7 @@ import pytest
 from history_helpers import MIGRATION_RUNS, SHA_A, SHA_B, record, start_together
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 
 import chargen.history as hist
 import chargen.history.schema as hist_schema
@@ -35,6 +35,12 @@ from chargen.paths import chargen_home
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "history.db"
+
+
+@pytest.fixture
+def db_url(db: Path) -> str:
+    """The test's database as a URL (test_postgres_history names a PostgreSQL database here)."""
+    return str(db)
 
 
 @pytest.fixture
@@ -330,8 +336,8 @@ def test_tables_without_a_version_are_not_adopted(db: Path) -> None:
         History(str(db))
 
 
-def test_older_schema_is_migrated_forward_in_order(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with History(str(db)) as h:  # a database of this version with data in it
+def test_older_schema_is_migrated_forward_in_order(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with History(db_url) as h:  # a database of this version with data in it
         gid = record(h, outputs=["a", "b"])
     calls: list[int] = []
     now = hist_schema.SCHEMA_VERSION
@@ -346,15 +352,14 @@ def test_older_schema_is_migrated_forward_in_order(db: Path, monkeypatch: pytest
 
     monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", now + 2)
     monkeypatch.setattr(hist_schema, "MIGRATIONS", {**hist_schema.MIGRATIONS, now + 1: add_rating, now + 2: add_index})
-    with History(str(db)) as h:
+    with History(db_url) as h:
         assert h.schema_version() == now + 2
         assert h.get_generation(gid).outputs == (SampleRecord("a"), SampleRecord("b"))
-    with History(str(db)) as h:  # already current: nothing runs twice
+    with History(db_url) as h:  # already current: nothing runs twice
         pass
     assert calls == [now + 1, now + 2]
-    con = sqlite3.connect(db)
-    assert "rating" in [row[1] for row in con.execute("PRAGMA table_info(generations)")]
-    con.close()
+    with History(db_url) as h:  # the store's own engine: SQLite or PostgreSQL alike
+        assert "rating" in [column["name"] for column in inspect(h._engine).get_columns("generations")]
 
 
 def test_failed_migration_leaves_the_database_untouched(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
