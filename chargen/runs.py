@@ -131,11 +131,15 @@ def start_run(
                 cell = str((model_overrides or {}).get("cell") or "lstm")
                 preset, train_config, sized = size_run(load_tokens(run_dir / TOKENS), codec.vocab_size, train_config,
                                                        cell, warn or (lambda message: None))
-            model_config = model_config_for(codec.vocab_size, preset, **(model_overrides or {}), labels=corpus.labels)
+            overrides = dict(model_overrides or {})
+            if sized is not None and overrides.get("dropout") is None:  # an explicit --dropout wins
+                overrides["dropout"] = sized.dropout
+            model_config = model_config_for(codec.vocab_size, preset, **overrides, labels=corpus.labels)
         result = train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn,
                        init=init, started=began)
         if sized is not None:
-            update_run_json(run_dir, sizing={"preset": sized.preset, "speeds": sized.speeds, "reason": sized.reason})
+            update_run_json(run_dir, sizing={"preset": sized.preset, "speeds": sized.speeds, "reason": sized.reason,
+                                             "dropout": sized.dropout, "epochs": round(sized.epochs, 2)})
         return result
     except BaseException:
         # Nothing was trained: leave no run without weights behind to be picked as "newest".

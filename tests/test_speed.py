@@ -21,7 +21,7 @@ from chargen.runs import start_run
 from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
 from chargen.training import StepBudget, TrainConfig
 from chargen.training.calibrate import CACHE_FILE, CANDIDATES_ENV, choose_precision
-from chargen.training.sizing import choose_size, parameters, size_for_budget
+from chargen.training.sizing import choose_size, dropout_for, parameters, size_for_budget
 from tests.conftest import FABLES, run_cli
 
 
@@ -185,15 +185,28 @@ PARAMS = {"tiny": 90_000, "small": 850_000, "medium": 3_400_000, "large": 12_000
 def test_a_small_budget_gets_a_smaller_model() -> None:
     speeds = {"tiny": 60_000.0, "small": 20_000.0, "medium": 8_000.0, "large": 2_500.0}
     corpus = 10_000_000
-    picks = {minutes: choose_size(minutes, speeds, PARAMS, corpus).preset for minutes in (0.1, 2, 10, 60, 600)}
-    # tokens per parameter: small sees 2.8 at 2 min; medium 1.4 at 10 min, 8.5 at 60; large 2.5 at 600 (2 needed)
-    assert picks == {0.1: "tiny", 2: "small", 10: "small", 60: "medium", 600: "large"}
-    assert choose_size(600, speeds, PARAMS, 1_000_000).preset == "small"  # a 1M-token corpus caps the size
+    picks = {minutes: choose_size(minutes, speeds, PARAMS, corpus).preset for minutes in (0.05, 1, 10, 60, 600)}
+    # tokens per parameter: small sees 1.4 at 1 min; medium 1.4 at 10 min; large 0.75 at 60, 7.5 at 600 (1 needed)
+    assert picks == {0.05: "tiny", 1: "small", 10: "medium", 60: "medium", 600: "large"}
+    assert choose_size(600, speeds, PARAMS, 1_000_000).preset == "medium"  # a 1M-token corpus caps the size
+    assert choose_size(600, speeds, PARAMS, 250_000).preset == "small"
     faster = {name: speed * 3 for name, speed in speeds.items()}
-    assert choose_size(10, faster, PARAMS, corpus).preset == "medium"  # a faster machine buys more
-    slow = choose_size(0.01, speeds, PARAMS, corpus)
+    assert choose_size(3, speeds, PARAMS, corpus).preset == "small"
+    assert choose_size(3, faster, PARAMS, corpus).preset == "medium"  # a faster machine buys more
+    slow = choose_size(0.001, speeds, PARAMS, corpus)
     assert slow.preset == "tiny" and "smallest" in slow.reason
-    assert choose_size(2, speeds, PARAMS, corpus).lr == pytest.approx(3e-3 * 2 ** 0.5)  # small: 256 wide
+    assert choose_size(1, speeds, PARAMS, corpus).lr == pytest.approx(3e-3 * 2 ** 0.5)  # small: 256 wide
+
+
+def test_a_budget_of_many_passes_over_its_corpus_gets_dropout() -> None:
+    assert [dropout_for(epochs) for epochs in (0.5, 2, 3, 4, 6, 8, 9, 40)] == [0, 0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3]
+    speeds = {"tiny": 60_000.0, "small": 20_000.0, "medium": 8_000.0, "large": 2_500.0}
+    # medium on a 1M-token corpus: 4.8 passes in 10 minutes, 14.4 in 30; large keeps its preset's 0.2
+    short, long = choose_size(10, speeds, PARAMS, 1_000_000), choose_size(30, speeds, PARAMS, 1_000_000)
+    assert (short.preset, short.dropout, round(short.epochs, 1)) == ("medium", 0.2, 4.8)
+    assert (long.preset, long.dropout) == ("medium", 0.3)
+    assert choose_size(600, speeds, PARAMS, 100_000_000).dropout == 0.2
+    assert choose_size(1, speeds, PARAMS, 100_000_000).dropout == 0.0
 
 
 def test_sizing_measures_only_presets_that_could_pass() -> None:
