@@ -2,6 +2,12 @@
 
     python -m benchmarks.quality_curve --minutes 2 10 30 [--settings new previous] [--corpus FILE]
                                        [--out BENCHMARKS.md] [--png benchmarks/quality_curve.png]
+    python -m benchmarks.quality_curve --runs 10:new 10:previous 30:new [--corpus FILE]
+
+Every run's result is added to ``benchmarks/quality_curve.json`` (``--results``; a run of the same
+corpus, budget and setting replaces the older one), and the section is written from all the results
+there, so budgets measured in separate sessions of the benchmark share one table (each row keeps its
+own date and load averages).
 
 Runs ``chargen train CORPUS --minutes M`` for each budget and each setting, back
 to back (for each budget: new, then previous), reads the validation curve each
@@ -18,6 +24,8 @@ after, so run it once with a short budget first to compare budgets alone. Corpus
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import subprocess
 import sys
@@ -48,7 +56,9 @@ def run_budget(corpus: Path, minutes: float, root: Path, setting: str = "new") -
     subprocess.run(command, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     state = load_state(root / name / STATE)
     model = state.get("model_config", {})
-    return {"setting": setting, "model": f"{model.get('layers')}x{model.get('hidden')}",
+    return {"corpus": corpus.name, "date": datetime.date.today().isoformat(), "setting": setting,
+            "model": f"{model.get('layers')}x{model.get('hidden')}"
+                     + (f" drop {model['dropout']:g}" if model.get("dropout") else ""),
             "train_loss": state["evals"][-1].get("train_loss") if state["evals"] else None,
             "minutes": minutes, "evals": state["evals"], "best": float(state["best_val"]),
             "steps": int(state["step"]), "wall_s": time.time() - started, "load_before": load_before,
@@ -75,7 +85,8 @@ def plot(results: list[dict], png: Path) -> bool:
         print("matplotlib not installed: no PNG (pip install matplotlib)", file=sys.stderr)
         return False
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for result in results:
+    corpus = results[0]["corpus"]
+    for result in (r for r in results if r["corpus"] == corpus):
         xs = [e["minutes"] for e in result["evals"]]
         ys = [e["val_loss"] for e in result["evals"]]
         ax.plot(xs, ys, marker="o", markersize=3, linestyle="-" if result["setting"] == "new" else "--",
@@ -86,55 +97,86 @@ def plot(results: list[dict], png: Path) -> bool:
     ax.set_ylim(1.3, 2.2)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("chargen: new defaults against previous (medium, fp32)")
+    ax.set_title(f"chargen on {corpus}: new defaults against previous (medium, fp32)")
     fig.tight_layout()
     fig.savefig(png)
     return True
+
+
+def load_results(path: Path) -> list[dict]:
+    try:
+        return list(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return []
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[2, 10, 30])
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["new", "previous"])
+    parser.add_argument("--runs", nargs="+", metavar="MINUTES:SETTING",
+                        help="exactly these runs, in this order (instead of --minutes x --settings)")
     parser.add_argument("--corpus", type=Path, help="text file or folder (default: tinyshakespeare, else fables)")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--png", type=Path, default=REPO / "benchmarks" / "quality_curve.png")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "quality_curve.json")
     args = parser.parse_args(argv)
     corpus = args.corpus or (SHAKESPEARE if SHAKESPEARE.exists() else REPO / "corpora" / "fables.txt")
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.runs:
+        planned = [(float(spec.split(":")[0]), spec.split(":")[1]) for spec in args.runs]
+        if any(setting not in SETTINGS for _, setting in planned):
+            parser.error(f"--runs: settings are {', '.join(sorted(SETTINGS))}")
+    else:
         # Back to back: both settings at one budget before the next budget, so a drift of the machine's
         # speed over the hours touches both alike.
-        results = [run_budget(corpus, minutes, Path(tmp), setting)
-                   for minutes in args.minutes for setting in args.settings]
+        planned = [(minutes, setting) for minutes in args.minutes for setting in args.settings]
+    results = load_results(args.results)
+    with tempfile.TemporaryDirectory() as tmp:
+        for minutes, setting in planned:
+            result = run_budget(corpus, minutes, Path(tmp), setting)
+            key = (result["corpus"], result["minutes"], result["setting"])
+            results = [r for r in results if (r.get("corpus"), r["minutes"], r["setting"]) != key] + [result]
+            args.results.write_text(json.dumps(results, indent=1) + "\n")  # after each run: hours are not lost
+    results.sort(key=lambda r: (r.get("corpus") != SHAKESPEARE.name, r.get("corpus", ""), r["minutes"],
+                                r["setting"]))
     flags = ", ".join(name for name, have in cpu_flags().items() if have) or "none of interest"
     lines = [
         "## Quality at a budget (validation loss against minutes)",
         "",
-        f"Command: `python -m benchmarks.quality_curve {' '.join(sys.argv[1:] if argv is None else argv)}`, "
-        f"i.e. `chargen train {corpus.name} --minutes M` with the new defaults (size, precision and threads "
-        f"chosen by measurement) and with the previous ones (`{' '.join(SETTINGS['previous'])}`), back to back.",
+        "Commands: `python -m benchmarks.quality_curve --runs M:new M:previous ... [--corpus FILE]`, "
+        "i.e. `chargen train CORPUS --minutes M` with the new defaults (size, dropout, precision and threads "
+        f"chosen by measurement) and with the previous ones (`{' '.join(SETTINGS['previous'])}`), back to back "
+        "for each budget; results kept in `benchmarks/quality_curve.json`.",
         f"Machine: {cpu_model()} (flags: {flags}), {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Corpus: `{corpus}`"
-        + ("" if corpus == SHAKESPEARE else " (not tiny-shakespeare: NOT comparable to the targets)") + ".",
+        f"{torch.get_num_threads()} threads. tinyshakespeare: `{SHAKESPEARE}` (nanoGPT's split).",
         "",
-        "| budget | setting | model | steps | best val (nats/char) | bits/char | last train loss | wall time "
-        "| load avg before/after |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| corpus | budget | setting | model | steps | best val (nats/char) | bits/char | last train loss "
+        "| wall time | date | load avg before/after |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         train = f"{r['train_loss']:.4f}" if isinstance(r["train_loss"], float) else "–"
-        lines.append(f"| {r['minutes']:g} min | {r['setting']} | {r['model']} | {r['steps']} | {r['best']:.4f} | "
-                     f"{r['best'] / 0.693147:.3f} | {train} | {r['wall_s'] / 60:.1f} min | "
-                     f"{r['load_before']:.1f} / {r['load_after']:.1f} |")
-    by = {(r["minutes"], r["setting"]): r["best"] for r in results}
-    gains = [f"{m:g} min: {by[(m, 'previous')] - by[(m, 'new')]:+.4f}" for m in args.minutes
-             if (m, "new") in by and (m, "previous") in by]
+        lines.append(f"| {r.get('corpus', SHAKESPEARE.name)} | {r['minutes']:g} min | {r['setting']} | {r['model']} "
+                     f"| {r['steps']} | {r['best']:.4f} | {r['best'] / 0.693147:.3f} | {train} "
+                     f"| {r['wall_s'] / 60:.1f} min | {r.get('date', '–')} "
+                     f"| {r['load_before']:.1f} / {r['load_after']:.1f} |")
+    by = {(r.get("corpus", SHAKESPEARE.name), r["minutes"], r["setting"]): r["best"] for r in results}
+    gains = [f"{c} {m:g} min: {by[(c, m, 'previous')] - by[(c, m, 'new')]:+.4f}"
+             for (c, m, s) in by if s == "new" and (c, m, "previous") in by]
     if gains:
         lines += ["", "Previous minus new best validation loss (positive: the new defaults are better): "
                   + "; ".join(gains) + "."]
-    lines += ["", "Curve of the longest run (every evaluation):", "",
-              "| minutes | step | val loss |", "|---:|---:|---:|"]
-    for e in max(results, key=lambda r: r["minutes"])["evals"]:
+    new_runs = sorted((r for r in results if r["setting"] == "new" and r.get("corpus") == results[0].get("corpus")),
+                      key=lambda r: r["minutes"])
+    if len(new_runs) > 1:
+        lines += ["", f"New defaults on {results[0].get('corpus')}, each budget against the next shorter one: "
+                  + "; ".join(f"{b['minutes']:g} min {b['best']:.4f} vs {a['minutes']:g} min {a['best']:.4f} "
+                              f"({a['best'] - b['best']:+.4f})" for a, b in zip(new_runs, new_runs[1:])) + "."]
+    longest = max((r for r in results if r.get("corpus") == results[0].get("corpus")), key=lambda r: r["minutes"])
+    lines += ["", f"Curve of the longest run ({longest['setting']}, --minutes {longest['minutes']:g}; "
+              "every evaluation):",
+              "", "| minutes | step | val loss |", "|---:|---:|---:|"]
+    for e in longest["evals"]:
         lines.append(f"| {e['minutes']:.1f} | {e['step']} | {e['val_loss']:.4f} |")
     if plot(results, args.png):
         shown = os.path.relpath(args.png.resolve(), args.out.resolve().parent)  # a link that works from the .md
