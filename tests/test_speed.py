@@ -116,7 +116,7 @@ def test_pick_prefers_fewer_threads_unless_clearly_faster() -> None:
 def test_the_tuner_probes_each_count_and_keeps_the_fastest() -> None:
     saved = torch.get_num_threads()
     try:
-        tuner = ThreadTuner(cores=2, load=lambda: 0.0, own=lambda cores: 0.0)  # quiet: both counts are tried
+        tuner = ThreadTuner(cores=2, others=lambda: 0.0)  # quiet: both counts are tried
         assert tuner.threads == 2
         tuner.revisit()
         seen = []
@@ -128,12 +128,11 @@ def test_the_tuner_probes_each_count_and_keeps_the_fastest() -> None:
             tuner.after_step(0.5 if torch.get_num_threads() == 1 else 2.0, step)  # 1 thread is faster
         assert set(seen) == {1, 2} and tuner.threads == 1 and torch.get_num_threads() == 1
         assert tuner.history == [(step, 1)]
-        busy = ThreadTuner(cores=2, load=lambda: 2.1, own=lambda cores: 0.0)  # a neighbour... and another
+        busy = ThreadTuner(cores=2, others=lambda: 2.1)  # a neighbour... and another
         assert busy.threads == 1
-        assert ThreadTuner(cores=2, load=lambda: 1.0, own=lambda cores: 1.0).threads == 2  # the load was ours
         busy.revisit(5)
         assert not busy.probing and busy.threads == 1 and torch.get_num_threads() == 1
-        assert ThreadTuner(cores=2, load=lambda: None).threads == 2  # no load average: all cores
+        assert ThreadTuner(cores=2, others=lambda: None).threads == 2  # nothing measured: all cores
         fixed = ThreadTuner(fixed=2, cores=2)
         fixed.revisit()
         assert not fixed.probing and torch.get_num_threads() == 2  # --threads N wins
