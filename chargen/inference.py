@@ -183,16 +183,14 @@ class Stepper:
 
     def _lstm_scratch(self, batch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
         """This thread's gate buffer [B, 4H] (with its four gate views) and tanh(c) buffer [B, H] for ``batch``
-        rows: per thread, since one stepper serves concurrent generations (the service)."""
-        buffers: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]] | None = \
-            getattr(self._scratch, "lstm", None)
-        if buffers is None:
-            buffers = self._scratch.lstm = {}
-        found = buffers.get(batch)
-        if found is None:
+        rows: per thread, since one stepper serves concurrent generations (the service). Only the last
+        batch size is kept, so a server whose batches vary holds one set, not one per size."""
+        found = getattr(self._scratch, "lstm", None)
+        if found is None or found[0].shape[0] != batch:
             dtype = self.head_w.dtype
             gates = torch.empty(batch, 4 * self.hidden, dtype=dtype)
-            found = buffers[batch] = (gates, tuple(gates.chunk(4, dim=1)), torch.empty(batch, self.hidden, dtype=dtype))
+            found = self._scratch.lstm = (gates, tuple(gates.chunk(4, dim=1)),
+                                          torch.empty(batch, self.hidden, dtype=dtype))
         return found
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,18 @@ def test_lstm_step_equals_the_unbuffered_step_bit_for_bit(rows: int, labelled: b
             tokens = logits.argmax(dim=-1)
 
 
+def test_lstm_steps_of_alternating_batch_sizes_stay_exact() -> None:
+    """The scratch buffer follows the batch size (a server's batches vary from step to step)."""
+    stepper = Stepper(model_for("lstm", 2))
+    with torch.inference_mode():
+        for rows in (1, 4, 1, 2, 4):
+            state = tuple(torch.rand(s.shape) - 0.5 for s in stepper.initial_state(rows))
+            tokens = torch.arange(rows) % 11
+            logits, (h, c) = stepper.step(tokens, state)
+            want, (want_h, want_c) = reference_lstm_step(stepper, tokens, state, None)
+            assert torch.equal(logits, want) and torch.equal(h, want_h) and torch.equal(c, want_c)
+
+
 def test_lstm_steps_in_concurrent_threads_do_not_share_scratch() -> None:
     """One stepper serves the service's concurrent generations: each thread's gates buffer is its own."""
     import threading
