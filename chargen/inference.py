@@ -131,9 +131,10 @@ class Stepper:
         with torch.inference_mode():
             return self._step(tokens, state, bias)
 
-    def _layer0_input(self, tokens: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Layer 0's input pre-activations [B, G*H] (a fresh tensor: callers accumulate into it)."""
-        rows = self.input_table.index_select(0, tokens)
+    def _layer0_input(self, tokens: torch.Tensor, bias: torch.Tensor | None,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer 0's input pre-activations [B, G*H], in ``out`` or a fresh tensor (callers accumulate into it)."""
+        rows = torch.index_select(self.input_table, 0, tokens, out=out)
         return rows if bias is None else rows.add_(bias)
 
     def _step(self, tokens: torch.Tensor, state: State, bias: torch.Tensor | None) -> tuple[torch.Tensor, State]:
@@ -201,8 +202,7 @@ class Stepper:
         """LSTM/RNN pre-activations [B, G*H], into ``out`` where given (else a fresh tensor; kernels that
         make their own may ignore it); accumulating in place (addmm_) saves a copy per product."""
         if layer == 0:
-            rows = torch.index_select(self.input_table, 0, tokens, out=out)
-            return (rows if bias is None else rows.add_(bias)).addmm_(h, self.w_hh[0])
+            return self._layer0_input(tokens, bias, out).addmm_(h, self.w_hh[0])
         # Two products instead of one over cat([x, h]): same bytes, no copy.
         return torch.addmm(self.bias[layer], h, self.w_hh[layer], out=out).addmm_(x, self.w_ih[layer])
 
