@@ -104,6 +104,7 @@ class Stepper:
                 self.label_table = model.label_embed.weight.detach() @ self.w_ih[0][embedding:]
             self.head_w = model.head.weight.detach().t().contiguous()  # [H, V]
             self.head_b = model.head.bias.detach().clone()
+        self._scratch = threading.local()  # per thread: see _lstm_scratch
 
     def initial_state(self, batch: int) -> State:
         shape = (self.layers, batch, self.hidden)
@@ -130,17 +131,18 @@ class Stepper:
         with torch.inference_mode():
             return self._step(tokens, state, bias)
 
-    def _layer0_input(self, tokens: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Layer 0's input pre-activations [B, G*H] (a fresh tensor: callers accumulate into it)."""
-        rows = self.input_table.index_select(0, tokens)
+    def _layer0_input(self, tokens: torch.Tensor, bias: torch.Tensor | None,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer 0's input pre-activations [B, G*H], in ``out`` or a fresh tensor (callers accumulate into it)."""
+        rows = torch.index_select(self.input_table, 0, tokens, out=out)
         return rows if bias is None else rows.add_(bias)
 
     def _step(self, tokens: torch.Tensor, state: State, bias: torch.Tensor | None) -> tuple[torch.Tensor, State]:
-        hidden, lstm, gru = self.hidden, self.cell == "lstm", self.cell == "gru"
+        if self.cell == "lstm":
+            return self._lstm_step(tokens, state, bias)
+        hidden, gru = self.hidden, self.cell == "gru"
         h_all = state[0].unbind(0)  # L x [B, H]
-        c_all = state[1].unbind(0) if lstm else ()
         new_h: list[torch.Tensor] = []
-        new_c: list[torch.Tensor] = []
         x = tokens
         for layer in range(self.layers):
             h = h_all[layer]
@@ -150,29 +152,59 @@ class Stepper:
                 n = torch.addcmul(gi[:, 2 * hidden :], r, gh[:, 2 * hidden :]).tanh_()
                 x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             else:
-                gates = self._gates(layer, tokens, x, h, bias)  # [B, G*H]
-                if lstm:  # gates (i, f, o, 2g): c = f c + i tanh(g) = f c + 2 i sigmoid(2g) - i
-                    i, f, o, s = gates.sigmoid_().chunk(4, dim=1)
-                    c = torch.addcmul(f * c_all[layer], i, s, value=2).sub_(i)
-                    x = o * c.tanh()
-                    new_c.append(c)
-                else:
-                    x = gates.tanh_()
+                x = self._gates(layer, tokens, x, h, bias).tanh_()
             new_h.append(x)
-        logits = self._head(x)  # [B, V]
-        hs = torch.stack(new_h)  # [L, B, H]
-        return logits, ((hs, torch.stack(new_c)) if lstm else (hs,))
+        return self._head(x), (torch.stack(new_h),)  # logits [B, V], state [L, B, H]
+
+    def _lstm_step(self, tokens: torch.Tensor, state: State,
+                   bias: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """One LSTM step. At batch 1 the mat-vecs are the floor, so the rest avoids per-op overhead: the
+        new state is written in place into fresh [L, B, H] tensors (no stack), and the gates go to a
+        scratch buffer of this thread whose four gate views are made once (no chunk per layer). The
+        element-wise ops are the same ones on the same values as ever, so results are bit for bit equal."""
+        batch = tokens.shape[0]
+        scratch = self._lstm_scratch(batch)
+        gates_buf, (i, f, o, s), tanh_c = scratch
+        h_all, c_all = state[0].unbind(0), state[1].unbind(0)  # L x [B, H]
+        shape = (self.layers, batch, self.hidden)
+        hs, cs = torch.empty(shape, dtype=gates_buf.dtype), torch.empty(shape, dtype=gates_buf.dtype)
+        new_h, new_c = hs.unbind(0), cs.unbind(0)
+        x = tokens
+        for layer in range(self.layers):
+            gates = self._gates(layer, tokens, x, h_all[layer], bias, gates_buf)  # [B, G*H]: (i, f, o, 2g)
+            if gates is gates_buf:
+                gates.sigmoid_()
+                gate_i, gate_f, gate_o, gate_s = i, f, o, s
+            else:  # a kernel that returns its own tensor (numpy's, oneDNN's)
+                gate_i, gate_f, gate_o, gate_s = gates.sigmoid_().chunk(4, dim=1)
+            # c = f c + i tanh(g) = f c + 2 i sigmoid(2g) - i;  h = o tanh(c)
+            c = torch.mul(gate_f, c_all[layer], out=new_c[layer]).addcmul_(gate_i, gate_s, value=2).sub_(gate_i)
+            x = torch.mul(gate_o, torch.tanh(c, out=tanh_c), out=new_h[layer])
+        return self._head(x), (hs, cs)
+
+    def _lstm_scratch(self, batch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        """This thread's gate buffer [B, 4H] (with its four gate views) and tanh(c) buffer [B, H] for ``batch``
+        rows: per thread, since one stepper serves concurrent generations (the service). Only the last
+        batch size is kept, so a server whose batches vary holds one set, not one per size."""
+        found = getattr(self._scratch, "lstm", None)
+        if found is None or found[0].shape[0] != batch:
+            dtype = self.head_w.dtype
+            gates = torch.empty(batch, 4 * self.hidden, dtype=dtype)
+            found = self._scratch.lstm = (gates, tuple(gates.chunk(4, dim=1)),
+                                          torch.empty(batch, self.hidden, dtype=dtype))
+        return found
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.head_b, x, self.head_w)
 
     def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
-        """LSTM/RNN pre-activations [B, G*H]; accumulating in place (addmm_) saves a copy per product."""
+               bias: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """LSTM/RNN pre-activations [B, G*H], into ``out`` where given (else a fresh tensor; kernels that
+        make their own may ignore it); accumulating in place (addmm_) saves a copy per product."""
         if layer == 0:
-            return self._layer0_input(tokens, bias).addmm_(h, self.w_hh[0])
+            return self._layer0_input(tokens, bias, out).addmm_(h, self.w_hh[0])
         # Two products instead of one over cat([x, h]): same bytes, no copy.
-        return torch.addmm(self.bias[layer], h, self.w_hh[layer]).addmm_(x, self.w_ih[layer])
+        return torch.addmm(self.bias[layer], h, self.w_hh[layer], out=out).addmm_(x, self.w_ih[layer])
 
     def _gru_products(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
                       bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +249,7 @@ class PackedStepper(Stepper):
                     self.packed_both[layer] = _pack(torch.cat([self.w_ih[layer], self.w_hh[layer]]))
 
     def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
+               bias: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         packed_both = self.packed_both[layer]
         if packed_both is None:  # layer 0
             gates = _linear(h, self.packed_hh[0], None).add_(self.input_table.index_select(0, tokens))

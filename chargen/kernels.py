@@ -86,9 +86,9 @@ class NumpyStepper(Stepper):
         return self._mv(x, self.np_head_w).add_(self.head_b)
 
     def _gates(self, layer: int, tokens: torch.Tensor, x: torch.Tensor, h: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
+               bias: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         if h.shape[0] != 1:
-            return super()._gates(layer, tokens, x, h, bias)
+            return super()._gates(layer, tokens, x, h, bias, out)
         if layer == 0:
             return self._mv(h, self.np_w_hh[0]).add_(self._layer0_input(tokens, bias))
         return self._mv(h, self.np_w_hh[layer]).add_(self.bias[layer]).add_(self._mv(x, self.np_w_ih[layer]))

@@ -49,6 +49,82 @@ def test_packed_step_for_beams_matches_the_training_forward(cell: str, layers: i
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def reference_lstm_step(stepper: Stepper, tokens: torch.Tensor, state: tuple[torch.Tensor, ...],
+                        bias: torch.Tensor | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The LSTM step as the engine computed it before its scratch buffers (fresh tensors, chunk, stack):
+    the same ops on the same values, so the buffered step must equal it bit for bit (same seeded samples)."""
+    new_h, new_c, x = [], [], tokens
+    for layer in range(stepper.layers):
+        h, c_prev = state[0][layer], state[1][layer]
+        if layer == 0:
+            rows = stepper.input_table.index_select(0, tokens)
+            gates = (rows if bias is None else rows.add_(bias)).addmm_(h, stepper.w_hh[0])
+        else:
+            gates = torch.addmm(stepper.bias[layer], h, stepper.w_hh[layer]).addmm_(x, stepper.w_ih[layer])
+        i, f, o, s = gates.sigmoid_().chunk(4, dim=1)
+        c = torch.addcmul(f * c_prev, i, s, value=2).sub_(i)
+        x = o * c.tanh()
+        new_h.append(x)
+        new_c.append(c)
+    return torch.addmm(stepper.head_b, x, stepper.head_w), (torch.stack(new_h), torch.stack(new_c))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("labelled", [False, True])
+def test_lstm_step_equals_the_unbuffered_step_bit_for_bit(rows: int, labelled: bool) -> None:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, layers=3, hidden=24, embedding=8,
+                                labels=["a", "b"] if labelled else [])).eval()
+    stepper = Stepper(model)
+    bias = stepper.label_bias(1, rows)
+    state = want_state = tuple(torch.rand(s.shape) - 0.5 for s in stepper.initial_state(rows))
+    tokens = torch.randint(0, 11, (rows,))
+    with torch.inference_mode():
+        for _ in range(12):
+            logits, state = stepper.step(tokens, state, bias)
+            want, want_state = reference_lstm_step(stepper, tokens, want_state, bias)
+            assert torch.equal(logits, want)
+            assert all(torch.equal(got, expected) for got, expected in zip(state, want_state))
+            tokens = logits.argmax(dim=-1)
+
+
+def test_lstm_steps_of_alternating_batch_sizes_stay_exact() -> None:
+    """The scratch buffer follows the batch size (a server's batches vary from step to step)."""
+    stepper = Stepper(model_for("lstm", 2))
+    with torch.inference_mode():
+        for rows in (1, 4, 1, 2, 4):
+            state = tuple(torch.rand(s.shape) - 0.5 for s in stepper.initial_state(rows))
+            tokens = torch.arange(rows) % 11
+            logits, (h, c) = stepper.step(tokens, state)
+            want, (want_h, want_c) = reference_lstm_step(stepper, tokens, state, None)
+            assert torch.equal(logits, want) and torch.equal(h, want_h) and torch.equal(c, want_c)
+
+
+def test_lstm_steps_in_concurrent_threads_do_not_share_scratch() -> None:
+    """One stepper serves the service's concurrent generations: each thread's gates buffer is its own."""
+    import threading
+
+    stepper = Stepper(model_for("lstm"))
+    with torch.inference_mode():
+        alone = [stepper.step(torch.tensor([t % 11]), stepper.initial_state(1))[0] for t in range(40)]
+    results: dict[int, list[torch.Tensor]] = {}
+    start = threading.Barrier(4)
+
+    def run(offset: int) -> None:
+        start.wait()
+        with torch.inference_mode():
+            results[offset] = [stepper.step(torch.tensor([(t + offset) % 11]), stepper.initial_state(1))[0]
+                               for t in range(40)]
+
+    threads = [threading.Thread(target=run, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for offset, logits in results.items():
+        assert all(torch.equal(got, alone[(t + offset) % 11]) for t, got in enumerate(logits))
+
+
 def test_batch_stepper_falls_back_when_the_packed_products_disagree(monkeypatch: pytest.MonkeyPatch) -> None:
     model = model_for("lstm")
     plain = Stepper(model)

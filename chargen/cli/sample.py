@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -18,6 +19,9 @@ from chargen.cli.types import (
     RunOrPath,
 )
 from chargen.errors import ChargenError
+
+#: Streamed text is flushed at most this often (seconds), and at the first token and the end.
+STREAM_FLUSH_S = 0.05
 
 
 @cli.command()
@@ -132,9 +136,16 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     if stream and prime:
         out.write(prime)
 
+    last_flush = -STREAM_FLUSH_S  # the first token is flushed at once
+
     def on_token(index: int, text: str) -> None:
+        # A flush per token is a write(2) per character; 20 flushes a second read the same to a person.
+        nonlocal last_flush
         out.write(text)
-        out.flush()
+        now = time.monotonic()
+        if now - last_flush >= STREAM_FLUSH_S:
+            out.flush()
+            last_flush = now
 
     result = generator.generate(prime, config, on_token if stream else None)
     midi_paths: list[Path] = []

@@ -98,5 +98,5 @@ def choose_tokens(logits: torch.Tensor, config: DecodeConfig, bans: Sequence[tup
         probs = torch.softmax(filter_logits(scores, config.top_k, config.top_p), dim=-1)
         tokens = (probs / noise()).argmax(dim=-1)
     # The model's own log-probabilities, in float64 as beam search scores them.
-    chosen = torch.log_softmax(logits.double(), dim=-1).gather(1, tokens[:, None])
+    chosen = torch.log_softmax(logits, dim=-1, dtype=torch.float64).gather(1, tokens[:, None])  # cast first
     return Choice(tokens, chosen.view(-1).tolist())

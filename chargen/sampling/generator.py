@@ -17,7 +17,7 @@ from chargen.midi import MidiCodec
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
-from chargen.sampling.decoder import choose_tokens, exponential_noise
+from chargen.sampling.decoder import choose_tokens
 from chargen.sampling.grammar import MusicRules, learnt_polyphony_cap, sequence_constraints
 
 TokenCallback = Callable[[int, str], None]
@@ -135,7 +135,8 @@ class Generator:
         vocab = logits.shape[-1]
         logits, state = logits.expand(n, -1), expand_state(state, n)
         blockers = sequence_constraints(cfg, self.music, prime_ids, n)  # grammar and n-gram block
-        noise = None if cfg.greedy else (lambda: exponential_noise(n, vocab, rng))
+        noise_buffer = torch.empty(n, vocab)  # refilled each step: exponential_noise's draws, one allocation
+        noise = None if cfg.greedy else (lambda: noise_buffer.exponential_(1, generator=rng))
         symbols = self.codec.symbols
         ids: list[list[int]] = [[] for _ in range(n)]
         totals = [0.0] * n
