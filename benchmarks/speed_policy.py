@@ -17,6 +17,11 @@
 5. A ``--minutes`` run beside that process (no size given: the budget sizes the model, and
    set-up counts against the budget): how far from its budget the whole call ends, and
    whether its schedule completed.
+6. ``chargen sample`` as a user runs it, a process of its own: the time from its start to its
+   first character on stdout (medium checkpoint, warm kernel cache, median of rounds; beside
+   it the time of ``import torch`` alone), and the peak RSS of a ``--len 2000000`` sample
+   (``--stream-preset``, tiny by default so that it takes minutes: the generator's memory
+   does not grow with the length whatever the model), read from the kernel's rusage.
 
 Every figure is a ratio taken side by side; the load average is printed with each
 section. ``--quick`` shrinks everything (tiny preset, a few steps) to check the script
@@ -232,19 +237,61 @@ def minutes_section(runner: Runner, minutes: float) -> list[str]:
             + ("completed." if result.total_steps and result.step >= result.total_steps else "NOT completed."), ""]
 
 
+def first_output(command: list[str]) -> tuple[float, float, int]:
+    """Seconds to the first byte on stdout, seconds to exit, and peak RSS in bytes of ``command``."""
+    began = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert process.stdout is not None
+    first = process.stdout.read(1)
+    to_first = time.monotonic() - began
+    while process.stdout.read(1 << 16):
+        pass
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if not first or process.returncode:
+        raise RuntimeError(f"{shlex.join(command)} failed (exit {process.returncode})")
+    return to_first, time.monotonic() - began, usage.ru_maxrss * 1024  # ru_maxrss: KiB on Linux
+
+
+def streaming_section(runner: Runner, preset: str, stream_preset: str, length: int, rounds: int) -> list[str]:
+    sample = [sys.executable, "-m", "chargen", "sample", "--no-log", "--seed", "1"]
+    medium, _ = runner.train(preset, fresh_home=False, max_steps=2)
+    first_output([*sample, "-c", str(medium.run_dir), "--len", "10"])  # warm: the kernel choice is cached
+    firsts, imports = [], []
+    for _ in range(rounds):
+        firsts.append(first_output([*sample, "-c", str(medium.run_dir), "--len", "200"])[0])
+        began = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        imports.append(time.monotonic() - began)
+    small, _ = runner.train(stream_preset, fresh_home=False, max_steps=2)
+    first_output([*sample, "-c", str(small.run_dir), "--len", "10"])
+    to_first, wall, rss = first_output([*sample, "-c", str(small.run_dir), "--len", str(length)])
+    return [f"### 6. `chargen sample`: first characters, and memory of a long sample (load {load()})", "",
+            f"First character on stdout after {statistics.median(firsts):.2f} s (median of "
+            + ", ".join(f"{f:.2f}" for f in firsts) + f" s; {preset}, `--len 200`, from the process's start; "
+            f"target ≤ 1 s), of which `python -c 'import torch'` alone takes {statistics.median(imports):.2f} s. "
+            f"`chargen sample --len {length:,}` ({stream_preset}): first character after {to_first:.2f} s, "
+            f"{wall:.0f} s in all ({length / wall:,.0f} chars/s), peak RSS {rss / 2**20:,.0f} MiB (target < 1 GiB).",
+            ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed_policy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="training steps per run (sections 1, 2, 4)")
     parser.add_argument("--minutes", type=float, default=1.0, help="the --minutes budget of section 5")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per comparison")
     parser.add_argument("--length", type=int, default=2000, help="characters sampled per round (section 3)")
+    parser.add_argument("--stream-length", type=int, default=2_000_000, help="characters of section 6's sample")
+    parser.add_argument("--stream-preset", default="tiny", choices=sorted(PRESETS), help="its model (section 6)")
+    parser.add_argument("--only", type=int, nargs="+", choices=range(1, 7), metavar="N", help="only these sections")
     parser.add_argument("--quick", action="store_true", help="tiny settings to check that it runs (no figures)")
     parser.add_argument("--corpus", type=Path, help="text file (default: tinyshakespeare if present, else fables)")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="Markdown file to update")
     args = parser.parse_args(argv)
     big, small = ("tiny", "tiny") if args.quick else ("medium", "small")
     if args.quick:
-        args.steps, args.minutes, args.rounds, args.length = 4, 0.05, 1, 50
+        args.steps, args.minutes, args.rounds, args.length, args.stream_length = 4, 0.05, 1, 50, 2000
     corpus = load_corpus(args.corpus)
     flags = ", ".join(name for name, have in cpu_flags().items() if have) or "none of interest"
     command = shlex.join(["python", "-m", "benchmarks.speed_policy", *(sys.argv[1:] if argv is None else argv)])
@@ -260,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda: sampling_section(corpus.path, big, args.length, args.rounds),
             lambda: threads_section(runner, small, args.steps, args.rounds),
             lambda: minutes_section(runner, args.minutes),
+            lambda: streaming_section(runner, big, args.stream_preset, args.stream_length, max(3, args.rounds)),
         ]
-        for section in sections:
+        for number, section in enumerate(sections, 1):
+            if args.only and number not in args.only:
+                continue
             with env(CHARGEN_HOME=str(Path(tmp) / "home-kernels")):
                 lines += section()
             print("\n".join(lines[-4:]), file=sys.stderr, flush=True)
