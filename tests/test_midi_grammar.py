@@ -165,15 +165,21 @@ def test_onset_counts_match_a_per_token_reference_in_any_chunking(ids: list[int]
     assert onset_polyphony_counts(ids, chunk=chunk).tolist() == expected.tolist()
 
 
-def test_polyphony_cap_is_the_99th_percentile_of_onset_polyphony(tmp_path: Path) -> None:
-    # 4,990 single notes and 10 five-note chords: 5,040 onsets, 5,000 of them (99.2 %) at one note.
+def test_polyphony_cap_is_the_99th_percentile_of_simultaneous_notes_over_time(tmp_path: Path) -> None:
+    # 4,990 single notes and 10 five-note chords, each 10 steps long: 99.8 % of the sounding time at one note.
     single = [ON + 60, SHIFT + 9, OFF + 60]
     chord = [ON + 60, ON + 62, ON + 64, ON + 65, ON + 67, SHIFT + 9] + [OFF + p for p in (60, 62, 64, 65, 67)]
     ids = single * 4990 + chord * 10
     assert polyphony_cap(ids) == 1
     assert polyphony_cap(ids, percentile=100.0) == 5
-    assert polyphony_cap(single * 990 + chord * 10) == 4  # 1,040 onsets: 1,030 (99.04 %) at four or fewer
+    # 600 brief chords (one step) among 1,000 long notes (100 steps): 75 % of the onsets are in chords, but
+    # 99.4 % of the sounding time has one note; the onset percentile would have said 5.
+    brief = chord[:5] + [SHIFT] + chord[6:]
+    long = [ON + 60, SHIFT + 99, OFF + 60]
+    assert polyphony_cap(brief * 300 + long * 1000 + brief * 300) == 1
+    assert np.flatnonzero(onset_polyphony_counts(brief * 300 + long * 1000 + brief * 300)).tolist() == [1, 2, 3, 4, 5]
     assert polyphony_cap([SHIFT, VEL]) == 0  # no notes: no cap
+    assert polyphony_cap([ON + 60, OFF + 60, SHIFT]) == 0  # a note that never sounds for any time: none
     path = tmp_path / "tokens.npy"
     np.save(path, np.asarray(ids, dtype=np.uint16))
     assert corpus_polyphony_cap(path) == 1

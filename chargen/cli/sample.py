@@ -42,7 +42,7 @@ from chargen.errors import ChargenError
               help="MIDI grammar: at most N notes at once; 0 = no cap [default: the cap learnt from the corpus].")
 @click.option("--max-hold-s", type=FiniteFloat(0, 3600), metavar="SECONDS",
               help="MIDI grammar: no note held longer than this, the model must release it; 0 = no limit "
-              "[default: 5, the export's held-note cap].")
+              "[default: the hold learnt from the corpus, at most 5 s, the export's held-note cap].")
 @click.option("--prime", help="Text to start from (must use the model's characters).")
 @click.option("--prime-file", type=InputFile(),
               help="Read the prime text from a file.")
