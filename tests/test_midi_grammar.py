@@ -25,6 +25,9 @@ from tests.conftest import REPO
 V = DEFAULT_VOCAB
 ON, OFF, SHIFT, VEL = 0, V.note_off_base, V.shift_base, V.velocity_base
 ALWAYS = set(range(SHIFT, V.size))  # time shifts and velocities
+SHIFTS = set(range(SHIFT, VEL))
+VELOCITIES = set(range(VEL, V.size))
+NOTE_ONS = set(range(ON, OFF))
 BASICS = REPO / "corpora" / "midi-basics"
 
 
@@ -57,11 +60,34 @@ def test_polyphony_cap_bans_every_note_on_and_zero_is_no_cap() -> None:
     assert ON + 72 not in uncapped.banned()
 
 
-def test_time_shifts_and_velocities_are_never_banned() -> None:
+def test_time_shifts_always_pass_and_a_velocity_only_where_its_note_on_may_follow() -> None:
     rng = np.random.default_rng(0)
     grammar = MidiGrammar(2)
-    for token in rng.integers(0, V.size, 2000).tolist():
-        assert not ALWAYS & set(grammar.push(token))
+    seen = set()
+    allowed = set(range(V.size))
+    for _ in range(3000):
+        token = int(rng.choice(sorted(allowed)))  # a model that keeps to the grammar
+        allowed = set(range(V.size)) - set(grammar.push(token))
+        note_on = bool(allowed & NOTE_ONS)
+        if token >= VEL and note_on:  # after a VELOCITY: its NOTE_ON, nothing else
+            assert allowed <= NOTE_ONS
+            seen.add("note-on only")
+        else:
+            assert SHIFTS <= allowed
+            assert (VELOCITIES <= allowed) == (note_on and token < VEL)  # never at the cap, never two in a row
+            assert not (VELOCITIES & allowed) or VELOCITIES <= allowed
+            seen.add("velocities" if VELOCITIES <= allowed else "no velocity")
+    assert seen == {"note-on only", "velocities", "no velocity"}
+
+
+def test_at_the_cap_a_model_cannot_stall_on_velocities() -> None:
+    grammar = MidiGrammar(2, [VEL + 3, ON + 60, VEL + 4, ON + 64])  # at the cap
+    allowed = set(range(V.size)) - set(grammar.banned())
+    assert allowed == SHIFTS  # both notes began this step: only time may pass
+    grammar.push(SHIFT)
+    assert set(range(V.size)) - set(grammar.banned()) == SHIFTS | {OFF + 60, OFF + 64}
+    grammar.push(OFF + 60)
+    assert VELOCITIES <= set(range(V.size)) - set(grammar.banned())  # under the cap again
 
 
 def test_a_note_ended_in_its_own_step_still_counts_toward_the_cap_until_the_step_ends() -> None:
@@ -80,7 +106,7 @@ def test_max_hold_limits_time_shifts_then_forces_a_note_off() -> None:
     assert set(range(V.size)) - set(grammar.banned()) == {OFF + 60}  # due, and at the cap: only its release
     grammar.push(OFF + 60)
     assert not ALWAYS & set(grammar.banned())  # nothing held: time may pass again
-    assert not ALWAYS & set(MidiGrammar(1, [ON + 60, SHIFT + 99]).banned())  # max_hold 0: no limit
+    assert not SHIFTS & set(MidiGrammar(1, [ON + 60, SHIFT + 99]).banned())  # max_hold 0: no limit
 
 
 

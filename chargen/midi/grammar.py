@@ -24,8 +24,14 @@ within 99 % of the time it sounds.
   silent). A second NOTE_ON would otherwise mean an implicit cut, which the
   encoder never writes.
 * With a cap ``cap`` > 0: no NOTE_ON while ``cap`` pitches sound. 0 = no cap.
-* TIME_SHIFT and VELOCITY are always allowed (but see ``max_hold``), so the
-  allowed set is never empty.
+* A VELOCITY only where a NOTE_ON may follow, and then a NOTE_ON: not at the
+  cap, not right after another VELOCITY, and after one nothing but a NOTE_ON
+  (the encoder writes a VELOCITY only just before the NOTE_ON it sets, never
+  two in a row). Without this a model at the cap, wanting a NOTE_ON, wrote
+  VELOCITY after VELOCITY (hundreds in a row; BENCHMARKS.md, "Music quality"):
+  no time passed, so no held note ever came due.
+* TIME_SHIFT is always allowed (but see ``max_hold``, and a VELOCITY's NOTE_ON),
+  so the allowed set is never empty.
 * Optional, off by default: with ``max_hold`` > 0 (steps), no note sounds longer
   than that. A TIME_SHIFT that would carry the longest-held note past it is
   banned; once it is due, so is every event but a NOTE_OFF (the due note's is
@@ -70,28 +76,37 @@ _PITCHES = 128
 
 
 @functools.lru_cache(maxsize=8192)
-def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> tuple[int, ...]:
+def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int,
+                after_velocity: bool = False) -> tuple[int, ...]:
     """Banned ids for one state (pure, so cached: a piece revisits few states).
 
     ``full``: at the polyphony cap. ``room``: steps the longest-held note may
     still sound (``max_shift_steps`` or more: no limit; 0: it must end now).
+    ``after_velocity``: the last token was a VELOCITY.
     """
     offs_allowed = sounding & ~fresh
     due = room <= 0  # a note must end now: only a NOTE_OFF may come, no new note, nothing that lets time pass
-    banned = list(range(_PITCHES)) if full or due else [p for p in range(_PITCHES) if sounding >> p & 1]
+    no_note_on = full or due or sounding == (1 << _PITCHES) - 1
+    banned = list(range(_PITCHES)) if no_note_on else [p for p in range(_PITCHES) if sounding >> p & 1]
+    if after_velocity and not no_note_on:  # the VELOCITY's NOTE_ON, nothing else
+        return tuple(banned + list(range(vocab.note_off_base, vocab.size)))
     banned += [vocab.note_off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
     if due:
         banned += range(vocab.shift_base, vocab.size)
-    elif room < vocab.max_shift_steps:
-        banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1
+    else:
+        if room < vocab.max_shift_steps:
+            banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1
+        if no_note_on or after_velocity:  # a VELOCITY only where its NOTE_ON may follow
+            banned += range(vocab.velocity_base, vocab.size)
     return tuple(banned)
 
 
 @functools.lru_cache(maxsize=8192)
-def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> np.ndarray:
+def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int,
+                after_velocity: bool = False) -> np.ndarray:
     """``_banned_ids`` as a read-only boolean row of the vocabulary (True = banned), for masks."""
     row = np.zeros(vocab.size, dtype=bool)
-    row[list(_banned_ids(vocab, sounding, fresh, full, room))] = True
+    row[list(_banned_ids(vocab, sounding, fresh, full, room, after_velocity))] = True
     row.flags.writeable = False
     return row
 
@@ -99,7 +114,7 @@ def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: i
 class MidiGrammar:
     """Which MIDI events may come next in one sequence (see the module docstring for the rules)."""
 
-    __slots__ = ("cap", "max_hold", "vocab", "sounding", "fresh", "lingering", "now", "onsets")
+    __slots__ = ("cap", "max_hold", "vocab", "sounding", "fresh", "lingering", "now", "onsets", "after_velocity")
 
     def __init__(self, cap: int, history: Iterable[int] = (), vocab: MidiVocab = DEFAULT_VOCAB,
                  max_hold: int = 0):
@@ -115,6 +130,7 @@ class MidiGrammar:
         self.lingering = 0  # bit p: p ended in the step it began; the export keeps it for that step
         self.now = 0  # steps since the start of the history
         self.onsets: tuple[tuple[int, int], ...] = ()  # (pitch, start step) of sounding notes, oldest first
+        self.after_velocity = False  # the last token was a VELOCITY: its NOTE_ON comes next
         for token in history:
             self.push(token)
 
@@ -126,6 +142,7 @@ class MidiGrammar:
     def push(self, token: int) -> tuple[int, ...]:
         """Add ``token``; returns what is banned next (``banned()``)."""
         vocab = self.vocab
+        self.after_velocity = token >= vocab.velocity_base
         if token < vocab.note_off_base:  # NOTE_ON
             bit = 1 << token
             if self.max_hold:  # a restart (from a prime) counts from now
@@ -148,12 +165,12 @@ class MidiGrammar:
             self.lingering = 0
         return self.banned()
 
-    def _key(self) -> tuple[MidiVocab, int, int, bool, int]:
+    def _key(self) -> tuple[MidiVocab, int, int, bool, int, bool]:
         full = self.cap > 0 and self.polyphony >= self.cap
         room = self.vocab.max_shift_steps
         if self.max_hold and self.onsets:
             room = max(0, min(room, self.onsets[0][1] + self.max_hold - self.now))
-        return self.vocab, self.sounding, self.fresh, full, room
+        return self.vocab, self.sounding, self.fresh, full, room, self.after_velocity
 
     def banned(self) -> tuple[int, ...]:
         return _banned_ids(*self._key())
@@ -174,4 +191,5 @@ class MidiGrammar:
         twin.cap, twin.max_hold, twin.vocab = self.cap, self.max_hold, self.vocab
         twin.sounding, twin.fresh, twin.lingering = self.sounding, self.fresh, self.lingering
         twin.now, twin.onsets = self.now, self.onsets  # all immutable: shared until either changes them
+        twin.after_velocity = self.after_velocity
         return twin
