@@ -37,7 +37,8 @@ from chargen.errors import ChargenError
               help="Never repeat an n-gram of this length [default: 12 for greedy/beam, off for sampling].")
 @click.option("--grammar/--no-grammar", default=None,
               help="MIDI models: decode under the MIDI grammar (note-offs only for sounding notes, no second "
-              "note-on, a polyphony cap) [default: on for MIDI models].")
+              "note-on, a velocity only before a note-on, a polyphony cap, a longest hold) "
+              "[default: on for MIDI models].")
 @click.option("--max-polyphony", type=click.IntRange(0, 128), metavar="N",
               help="MIDI grammar: at most N notes at once; 0 = no cap [default: the cap learnt from the corpus].")
 @click.option("--max-hold-s", type=FiniteFloat(0, 3600), metavar="SECONDS",
