@@ -1,14 +1,16 @@
 """How much a MIDI model's samples sound like its corpus: texture statistics as a Markdown table.
 
     python -m benchmarks.music_quality CHECKPOINT CORPUS_DIR [--length 3000] [--samples 3]
-        [--temperatures 0.8 1.0 1.2] [--beam-width 4] [--seed 1] [--cap K] [--out FILE]
+        [--temperatures 0.8 1.0 1.2] [--beam-width 4] [--seed 1] [--cap K] [--max-hold-s S] [--out FILE]
 
 Rows: the corpus, then samples at each temperature and one beam search, each
 decoded without the MIDI grammar (today's decoder) and with it
 (:mod:`chargen.midi.grammar`, polyphony cap K: the checkpoint's stored cap, or
-else the corpus's 99th percentile of onset polyphony), the latter twice: the
-cap alone, and with ``max_hold`` set to the held-note cap (the model must
-release a note before the export would cut it; the decoder's default). Every piece, corpus file
+else the corpus's 99th percentile of simultaneous notes over time), the latter
+twice: the cap alone, and with ``max_hold`` set to the checkpoint's longest
+hold (the model must release a note before then: the decoder's default; the
+corpus's 99th percentile of note length, at most the export's held-note cap,
+or that cap for an older checkpoint without its run's tokens). Every piece, corpus file
 or sample, goes the same way: token ids (the corpus encoded by the checkpoint's
 codec) -> :func:`chargen.midi.export.decode_to_midi` -> a Standard MIDI File
 read back by pretty_midi, which the statistics are taken from. Samples are
@@ -56,8 +58,8 @@ from chargen.data import find_corpus_files
 from chargen.errors import ChargenError, CorruptFileError
 from chargen.midi import MidiCodec, MidiVocab, ids_to_notes
 from chargen.midi.export import decode_to_midi
-from chargen.midi.grammar import polyphony_cap
-from chargen.sampling import DecodeConfig, Generator
+from chargen.midi.texture import polyphony_cap
+from chargen.sampling import DecodeConfig, Generator, learnt_max_hold_s
 
 MAX_NOTE_S = 5.0
 
@@ -228,7 +230,7 @@ def table(rows: Sequence[Row], corpus_profile: np.ndarray) -> str:
 
 
 def report(checkpoint: str, corpus: Path, length: int, samples: int, temperatures: Sequence[float],
-           beam_width: int, seed: int, cap: int | None, max_note_s: float) -> str:
+           beam_width: int, seed: int, cap: int | None, max_note_s: float, max_hold_s: float | None = None) -> str:
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     codec = loaded.codec
     if not isinstance(codec, MidiCodec):
@@ -240,16 +242,22 @@ def report(checkpoint: str, corpus: Path, length: int, samples: int, temperature
     stored = loaded.training.get("polyphony_cap")
     if cap is None:
         cap, cap_source = ((int(stored), "stored in the checkpoint") if stored is not None else
-                           (polyphony_cap(corpus_ids, codec.vocab), "the corpus's 99th percentile of onset polyphony"))
+                           (polyphony_cap(corpus_ids, codec.vocab),
+                            "the corpus's 99th percentile of simultaneous notes over time"))
     else:
         cap_source = "given with --cap"
-    # The cap alone, then with notes held at most as long as the export would let them sound.
-    grammars = [GrammarSettings(cap), GrammarSettings(cap, max_note_s)]
+    if max_hold_s is None:
+        max_hold_s, hold_source = learnt_max_hold_s(loaded)
+    else:
+        hold_source = "given with --max-hold-s"
+    # The cap alone, then with notes held at most as long as the decoder's default lets them (the learnt hold).
+    grammars = [GrammarSettings(cap), GrammarSettings(cap, max_hold_s)]
     rows = [corpus_stats, *sample_rows(Generator.from_checkpoint(loaded), grammars, temperatures, beam_width, length,
                                        samples, seed, max_note_s)]
     head = (f"Checkpoint `{loaded.path}`, corpus `{corpus}` ({len(corpus_stats.pieces)} files with notes). "
             f"{samples} samples of {length} tokens per temperature, one beam of {length}; seed {seed}; "
-            f"samples exported with a {max_note_s:g} s held-note cap. Polyphony cap {cap} ({cap_source}).")
+            f"samples exported with a {max_note_s:g} s held-note cap. Polyphony cap {cap} ({cap_source}); "
+            f"longest hold {max_hold_s:g} s ({hold_source}).")
     return head + "\n\n" + table(rows, corpus_stats.profile())
 
 
@@ -263,12 +271,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--beam-width", type=int, default=4, help="0: no beam search row")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cap", type=int, help="polyphony cap [default: the checkpoint's, else the corpus's]")
+    parser.add_argument("--max-hold-s", type=float, help="longest hold under the grammar [default: the checkpoint's]")
     parser.add_argument("--max-note-s", type=float, default=MAX_NOTE_S, help="held-note cap of the export")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
     try:
         text = report(args.checkpoint, args.corpus, args.length, args.samples, args.temperatures,
-                      args.beam_width, args.seed, args.cap, args.max_note_s)
+                      args.beam_width, args.seed, args.cap, args.max_note_s, args.max_hold_s)
     except ChargenError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(text)

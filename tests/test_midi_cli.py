@@ -91,12 +91,17 @@ def test_text_model_refuses_midi_options(trained_run: Path) -> None:
                                   "--max-steps", "1"), "--transpose applies to MIDI")
 
 
-def test_the_run_stores_its_polyphony_cap_and_info_shows_it(midi_run: Path) -> None:
+def test_the_run_stores_its_polyphony_cap_and_longest_hold_and_info_shows_them(midi_run: Path) -> None:
     from chargen.checkpoint import load_checkpoint
 
-    assert load_checkpoint(midi_run / "best.safetensors").training["polyphony_cap"] == 4  # the chorales: SATB
-    assert json.loads(run_cli("info", str(midi_run), "--json").stdout)["polyphony_cap"] == 4
-    assert "polyphony    cap 4, learnt from the training corpus" in run_cli("info", str(midi_run)).stdout
+    training = load_checkpoint(midi_run / "best.safetensors").training
+    assert training["polyphony_cap"] == 4  # the chorales: SATB
+    assert training["max_hold_s"] == 5.0  # midi-basics: 99 % of its notes are 5.16 s or shorter; the export's cap
+    shown = json.loads(run_cli("info", str(midi_run), "--json").stdout)
+    assert (shown["polyphony_cap"], shown["max_hold_s"]) == (4, 5.0)
+    text = run_cli("info", str(midi_run)).stdout
+    assert "polyphony    cap 4, learnt from the training corpus" in text
+    assert "longest hold 5 s, learnt from the training corpus" in text
 
 
 def test_sample_grammar_options(midi_run: Path, trained_run: Path) -> None:
@@ -106,7 +111,8 @@ def test_sample_grammar_options(midi_run: Path, trained_run: Path) -> None:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)["params"]
 
-    assert {k: params()[k] for k in ("grammar", "max_polyphony")} == {"grammar": True, "max_polyphony": 4}
+    assert {k: params()[k] for k in ("grammar", "max_polyphony", "max_hold_s")} == {
+        "grammar": True, "max_polyphony": 4, "max_hold_s": 5.0}
     assert params("--max-polyphony", "2")["max_polyphony"] == 2
     assert {k: params("--no-grammar")[k] for k in ("grammar", "max_polyphony")} == {"grammar": False,
                                                                                     "max_polyphony": 0}
@@ -116,22 +122,52 @@ def test_sample_grammar_options(midi_run: Path, trained_run: Path) -> None:
     assert result.returncode == 2 and "needs a music model" in result.stderr
 
 
-def test_an_older_checkpoint_gets_its_cap_from_the_run_tokens_else_none(midi_run: Path, tmp_path: Path) -> None:
+def test_an_older_checkpoint_gets_its_limits_from_the_run_tokens_else_fallbacks(midi_run: Path,
+                                                                                 tmp_path: Path) -> None:
     from chargen.checkpoint import load_checkpoint, save_weights
-    from chargen.sampling import learnt_polyphony_cap
+    from chargen.sampling import learnt_max_hold_s, learnt_polyphony_cap
 
     loaded = load_checkpoint(midi_run / "best.safetensors")
-    older = {k: v for k, v in loaded.training.items() if k != "polyphony_cap"}
+    older = {k: v for k, v in loaded.training.items() if k not in ("polyphony_cap", "max_hold_s")}
     beside_tokens = midi_run / "older.safetensors"
     save_weights(beside_tokens, loaded.model, loaded.codec, older)
-    assert learnt_polyphony_cap(load_checkpoint(beside_tokens)) == (4, f"computed from {midi_run / 'tokens.npy'}")
+    source = f"computed from {midi_run / 'tokens.npy'}"
+    assert learnt_polyphony_cap(load_checkpoint(beside_tokens)) == (4, source)
+    assert learnt_max_hold_s(load_checkpoint(beside_tokens)) == (5.0, source)
+    # A cap stored by an earlier version (the onset percentile) and no hold: the cap kept, the hold computed.
+    save_weights(beside_tokens, loaded.model, loaded.codec, dict(older, polyphony_cap=3))
+    assert learnt_polyphony_cap(load_checkpoint(beside_tokens)) == (3, "learnt from the training corpus")
+    assert learnt_max_hold_s(load_checkpoint(beside_tokens)) == (5.0, source)
+    save_weights(beside_tokens, loaded.model, loaded.codec, older)
     alone = tmp_path / "alone.safetensors"
     shutil.move(beside_tokens, alone)
     cap, source = learnt_polyphony_cap(load_checkpoint(alone))
     assert cap is None and "no cap" in source
+    hold, source = learnt_max_hold_s(load_checkpoint(alone))
+    assert hold == 5.0 and "held-note cap" in source
     shown = run_cli("sample", "-c", str(alone), "--len", "20", "--seed", "1", "--format", "text", "--json", "--no-log")
-    assert json.loads(shown.stdout)["params"]["max_polyphony"] == 0
+    assert {k: json.loads(shown.stdout)["params"][k] for k in ("max_polyphony", "max_hold_s")} == {
+        "max_polyphony": 0, "max_hold_s": 5.0}
     assert "no cap" in run_cli("info", str(alone)).stdout
+
+
+def test_a_stored_hold_is_the_default_and_max_hold_s_overrides_it(midi_run: Path, tmp_path: Path) -> None:
+    from chargen.checkpoint import load_checkpoint, save_weights
+
+    loaded = load_checkpoint(midi_run / "best.safetensors")
+    path = tmp_path / "held.safetensors"
+    save_weights(path, loaded.model, loaded.codec, dict(loaded.training, max_hold_s=1.25))
+
+    def params(*args: str) -> dict:
+        result = run_cli("sample", "-c", str(path), "--len", "300", "--seed", "4", "--format", "text", "--json",
+                         "--no-log", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    learnt = params()
+    assert learnt["params"]["max_hold_s"] == 1.25
+    assert params("--max-hold-s", "3")["params"]["max_hold_s"] == 3.0
+    assert "longest hold 1.25 s, learnt from the training corpus" in run_cli("info", str(path)).stdout
 
 
 def test_replay_is_byte_identical_with_the_grammar_and_rows_from_before_it_replay_without(

@@ -101,7 +101,8 @@ def test_script_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     assert corpus_cells[:4] == ["corpus", "", "", "3"] and corpus_cells[7] == "0.000"
     free = [cell.strip() for cell in lines[2].split("|")[1:-1]]
     assert free[1:4] == ["sample T=0.8", "off", "2"] and float(free[5]) > 0  # figures for the samples
-    assert "Polyphony cap 4 (the corpus's 99th percentile of onset polyphony)" in result.stdout
+    assert "Polyphony cap 4 (the corpus's 99th percentile of simultaneous notes over time)" in result.stdout
+    assert "longest hold 5 s (the export's held-note cap (older checkpoint" in result.stdout  # none stored
     assert [cell.strip() for cell in lines[4].split("|")[1:-1]][2] == "on, cap 4, hold <= 5 s"
     assert out.read_text() == result.stdout
 

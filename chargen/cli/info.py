@@ -20,12 +20,13 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     """Describe a checkpoint: model, vocabulary, corpus, training progress."""
     from chargen.checkpoint import load_checkpoint, read_run_json, resolve_checkpoint
     from chargen.curves import trend
-    from chargen.sampling.grammar import learnt_polyphony_cap
+    from chargen.sampling.grammar import learnt_max_hold_s, learnt_polyphony_cap
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     training = loaded.training
     best = training.get("best_val_loss")
     cap, cap_source = learnt_polyphony_cap(loaded) if loaded.codec.name == "midi" else (None, "")
+    hold, hold_source = learnt_max_hold_s(loaded) if loaded.codec.name == "midi" else (None, "")
     curve = trend(loaded.path.parent)
     data = {
         "path": str(loaded.path),
@@ -46,6 +47,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "status": (read_run_json(loaded.path.parent) or {}).get("status"),
         "trend": curve.to_dict() if curve else None,
         "polyphony_cap": cap,
+        "max_hold_s": hold,
         "parent": training.get("parent"),
     }
     if as_json:
@@ -64,6 +66,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     click.echo(f"trained      {data['steps']} steps")
     if cap_source:
         click.echo(f"polyphony    cap {cap}, {cap_source}" if cap is not None else f"polyphony    cap {cap_source}")
+        click.echo(f"longest hold {hold:g} s, {hold_source}")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:

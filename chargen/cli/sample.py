@@ -41,12 +41,13 @@ STREAM_FLUSH_S = 0.05
               help="Never repeat an n-gram of this length [default: 12 for greedy/beam, off for sampling].")
 @click.option("--grammar/--no-grammar", default=None,
               help="MIDI models: decode under the MIDI grammar (note-offs only for sounding notes, no second "
-              "note-on, a polyphony cap) [default: on for MIDI models].")
+              "note-on, a velocity only before a note-on, a polyphony cap, a longest hold) "
+              "[default: on for MIDI models].")
 @click.option("--max-polyphony", type=click.IntRange(0, 128), metavar="N",
               help="MIDI grammar: at most N notes at once; 0 = no cap [default: the cap learnt from the corpus].")
 @click.option("--max-hold-s", type=FiniteFloat(0, 3600), metavar="SECONDS",
               help="MIDI grammar: no note held longer than this, the model must release it; 0 = no limit "
-              "[default: 5, the export's held-note cap].")
+              "[default: the hold learnt from the corpus, at most 5 s, the export's held-note cap].")
 @click.option("--prime", help="Text to start from (must use the model's characters).")
 @click.option("--prime-file", type=InputFile(),
               help="Read the prime text from a file.")

@@ -1,4 +1,4 @@
-"""The MIDI event grammar as a per-sequence decoding constraint, and the corpus's polyphony cap.
+"""The MIDI event grammar as a per-sequence decoding constraint (its limits are learnt: :mod:`chargen.midi.texture`).
 
 A model trained on performance events (:mod:`chargen.midi`) can emit
 events that make no sense as music: a NOTE_OFF for a key that is not down, or
@@ -12,7 +12,8 @@ so a decoder applies it the same way for sampling, greedy and beam search.
 The rules. The first two match what every encoded corpus file already does
 (see "Canonical form" in :mod:`chargen.midi`), so they never forbid
 anything the model learnt from data; the cap, at the corpus's 99th
-percentile, refuses at most 1 % of the corpus's own note onsets.
+percentile of simultaneous notes over time, is what the corpus itself stays
+within 99 % of the time it sounds.
 
 * NOTE_OFF p only while p sounds, and not in the step p started in (no TIME_SHIFT
   since its NOTE_ON): every encoded note lasts at least one step; the export
@@ -23,15 +24,22 @@ percentile, refuses at most 1 % of the corpus's own note onsets.
   silent). A second NOTE_ON would otherwise mean an implicit cut, which the
   encoder never writes.
 * With a cap ``cap`` > 0: no NOTE_ON while ``cap`` pitches sound. 0 = no cap.
-* TIME_SHIFT and VELOCITY are always allowed (but see ``max_hold``), so the
-  allowed set is never empty.
+* A VELOCITY only where a NOTE_ON may follow, and then a NOTE_ON: not at the
+  cap, not right after another VELOCITY, and after one nothing but a NOTE_ON
+  (the encoder writes a VELOCITY only just before the NOTE_ON it sets, never
+  two in a row). Without this a model at the cap, wanting a NOTE_ON, wrote
+  VELOCITY after VELOCITY (hundreds in a row; BENCHMARKS.md, "Music quality"):
+  no time passed, so no held note ever came due.
+* TIME_SHIFT is always allowed (but see ``max_hold``, and a VELOCITY's NOTE_ON),
+  so the allowed set is never empty.
 * Optional, off by default: with ``max_hold`` > 0 (steps), no note sounds longer
   than that. A TIME_SHIFT that would carry the longest-held note past it is
   banned; once it is due, so is every event but a NOTE_OFF (the due note's is
   always allowed: it started at least one step ago), so the model must end a
-  note before anything else happens. Set to the export's held-note cap
-  (``max_note_s`` in steps), the model picks the note to release instead of
-  the export cutting notes it forgot. (Letting a NOTE_ON under the cap through
+  note before anything else happens. Set to at most the export's held-note
+  cap (``max_note_s`` in steps; the decoder's default is the corpus's 99th
+  percentile of note length, capped there), the model picks the note to
+  release instead of the export cutting notes it forgot. (Letting a NOTE_ON under the cap through
   as well, as a first version did, kept a forgetful model's polyphony near the
   cap: it started notes instead of releasing; BENCHMARKS.md, "Music quality".)
 
@@ -48,43 +56,57 @@ references, whatever the sequence length. ``banned()`` is one cached lookup.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
 
+from chargen.midi.texture import (  # re-exported: the statistics were first defined here
+    CAP_CHUNK,
+    CAP_PERCENTILE,
+    corpus_polyphony_cap,
+    onset_polyphony_counts,
+    polyphony_cap,
+)
 from chargen.midi.vocab import DEFAULT_VOCAB, MidiVocab
 
-#: The percentile of the corpus's onset polyphony taken as the default cap.
-CAP_PERCENTILE = 99.0
-#: Tokens per pass of :func:`polyphony_cap` (bounded memory on a memory-mapped corpus).
-CAP_CHUNK = 1 << 22
+__all__ = ["CAP_CHUNK", "CAP_PERCENTILE", "MidiGrammar", "corpus_polyphony_cap", "onset_polyphony_counts",
+           "polyphony_cap"]
+
 _PITCHES = 128
 
 
 @functools.lru_cache(maxsize=8192)
-def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> tuple[int, ...]:
+def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int,
+                after_velocity: bool = False) -> tuple[int, ...]:
     """Banned ids for one state (pure, so cached: a piece revisits few states).
 
     ``full``: at the polyphony cap. ``room``: steps the longest-held note may
     still sound (``max_shift_steps`` or more: no limit; 0: it must end now).
+    ``after_velocity``: the last token was a VELOCITY.
     """
     offs_allowed = sounding & ~fresh
     due = room <= 0  # a note must end now: only a NOTE_OFF may come, no new note, nothing that lets time pass
-    banned = list(range(_PITCHES)) if full or due else [p for p in range(_PITCHES) if sounding >> p & 1]
+    no_note_on = full or due or sounding == (1 << _PITCHES) - 1
+    banned = list(range(_PITCHES)) if no_note_on else [p for p in range(_PITCHES) if sounding >> p & 1]
+    if after_velocity and not no_note_on:  # the VELOCITY's NOTE_ON, nothing else
+        return tuple(banned + list(range(vocab.note_off_base, vocab.size)))
     banned += [vocab.note_off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
     if due:
         banned += range(vocab.shift_base, vocab.size)
-    elif room < vocab.max_shift_steps:
-        banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1
+    else:
+        if room < vocab.max_shift_steps:
+            banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1
+        if no_note_on or after_velocity:  # a VELOCITY only where its NOTE_ON may follow
+            banned += range(vocab.velocity_base, vocab.size)
     return tuple(banned)
 
 
 @functools.lru_cache(maxsize=8192)
-def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int) -> np.ndarray:
+def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int,
+                after_velocity: bool = False) -> np.ndarray:
     """``_banned_ids`` as a read-only boolean row of the vocabulary (True = banned), for masks."""
     row = np.zeros(vocab.size, dtype=bool)
-    row[list(_banned_ids(vocab, sounding, fresh, full, room))] = True
+    row[list(_banned_ids(vocab, sounding, fresh, full, room, after_velocity))] = True
     row.flags.writeable = False
     return row
 
@@ -92,7 +114,7 @@ def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: i
 class MidiGrammar:
     """Which MIDI events may come next in one sequence (see the module docstring for the rules)."""
 
-    __slots__ = ("cap", "max_hold", "vocab", "sounding", "fresh", "lingering", "now", "onsets")
+    __slots__ = ("cap", "max_hold", "vocab", "sounding", "fresh", "lingering", "now", "onsets", "after_velocity")
 
     def __init__(self, cap: int, history: Iterable[int] = (), vocab: MidiVocab = DEFAULT_VOCAB,
                  max_hold: int = 0):
@@ -108,6 +130,7 @@ class MidiGrammar:
         self.lingering = 0  # bit p: p ended in the step it began; the export keeps it for that step
         self.now = 0  # steps since the start of the history
         self.onsets: tuple[tuple[int, int], ...] = ()  # (pitch, start step) of sounding notes, oldest first
+        self.after_velocity = False  # the last token was a VELOCITY: its NOTE_ON comes next
         for token in history:
             self.push(token)
 
@@ -119,6 +142,7 @@ class MidiGrammar:
     def push(self, token: int) -> tuple[int, ...]:
         """Add ``token``; returns what is banned next (``banned()``)."""
         vocab = self.vocab
+        self.after_velocity = token >= vocab.velocity_base
         if token < vocab.note_off_base:  # NOTE_ON
             bit = 1 << token
             if self.max_hold:  # a restart (from a prime) counts from now
@@ -141,12 +165,12 @@ class MidiGrammar:
             self.lingering = 0
         return self.banned()
 
-    def _key(self) -> tuple[MidiVocab, int, int, bool, int]:
+    def _key(self) -> tuple[MidiVocab, int, int, bool, int, bool]:
         full = self.cap > 0 and self.polyphony >= self.cap
         room = self.vocab.max_shift_steps
         if self.max_hold and self.onsets:
             room = max(0, min(room, self.onsets[0][1] + self.max_hold - self.now))
-        return self.vocab, self.sounding, self.fresh, full, room
+        return self.vocab, self.sounding, self.fresh, full, room, self.after_velocity
 
     def banned(self) -> tuple[int, ...]:
         return _banned_ids(*self._key())
@@ -167,73 +191,5 @@ class MidiGrammar:
         twin.cap, twin.max_hold, twin.vocab = self.cap, self.max_hold, self.vocab
         twin.sounding, twin.fresh, twin.lingering = self.sounding, self.fresh, self.lingering
         twin.now, twin.onsets = self.now, self.onsets  # all immutable: shared until either changes them
+        twin.after_velocity = self.after_velocity
         return twin
-
-
-# ---------------------------------------------------------------------------
-# The corpus statistic
-
-
-def onset_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
-                           chunk: int = CAP_CHUNK) -> np.ndarray:
-    """Histogram of polyphony at note onsets: ``counts[k]`` = NOTE_ONs after which k notes sound.
-
-    Vectorised per chunk (a memory-mapped ``tokens.npy`` is never read whole):
-    each note event changes its pitch's state from that of the pitch's previous
-    event (carried across chunks), so the number sounding is a cumulative sum
-    of those changes. Stray NOTE_OFFs and repeated NOTE_ONs change nothing, as
-    in :func:`chargen.midi.ids_to_notes`. A note ended in the step it
-    began is not counted for the rest of that step (the encoder never writes one).
-    """
-    tokens = np.asarray(ids)
-    state = np.zeros(_PITCHES, dtype=np.int8)  # 1 = sounding, after everything seen so far
-    sounding = 0
-    hist = np.zeros(_PITCHES + 1, dtype=np.int64)
-    for begin in range(0, len(tokens), chunk):
-        part = np.asarray(tokens[begin : begin + chunk], dtype=np.int64)
-        part = part[part < vocab.shift_base]  # note events only, in order
-        if not part.size:
-            continue
-        is_on = (part < vocab.note_off_base).astype(np.int8)
-        pitch = (part % vocab.note_off_base).astype(np.uint8)
-        order = np.argsort(pitch, kind="stable")  # by pitch, in stream order within each (radix sort)
-        by_pitch = pitch[order]
-        on_sorted = is_on[order]
-        before = np.empty_like(on_sorted)  # each event's pitch state before it
-        before[1:] = on_sorted[:-1]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = by_pitch[1:] != by_pitch[:-1]
-        before[first] = state[by_pitch[first]]
-        delta = np.empty(len(part), dtype=np.int64)
-        delta[order] = on_sorted.astype(np.int64) - before
-        running = sounding + np.cumsum(delta)
-        hist += np.bincount(running[is_on.astype(bool)], minlength=_PITCHES + 1)
-        last = np.ones(len(order), dtype=bool)
-        last[:-1] = by_pitch[1:] != by_pitch[:-1]
-        state[by_pitch[last]] = on_sorted[last]
-        sounding = int(running[-1])
-    return hist
-
-
-def polyphony_cap(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
-                  percentile: float = CAP_PERCENTILE) -> int:
-    """The corpus's polyphony cap: the ``percentile`` of simultaneous notes at note onsets.
-
-    Counted per NOTE_ON (the notes sounding just after it, itself included),
-    not weighted by time: the cap is checked at each NOTE_ON, so the 99th
-    percentile means the cap would have refused at most 1 % of the corpus's own
-    onsets, whatever its tempo and however long its chords are held or its
-    rests last. Returned as the smallest k with at least ``percentile`` % of
-    onsets at k or fewer notes; 0 (no cap) for a stream without notes.
-    """
-    hist = onset_polyphony_counts(ids, vocab)
-    total = int(hist.sum())
-    if not total:
-        return 0
-    cumulative = np.cumsum(hist)
-    return int(np.searchsorted(cumulative, total * percentile / 100.0 - 1e-9))
-
-
-def corpus_polyphony_cap(tokens_path: Path, vocab: MidiVocab = DEFAULT_VOCAB) -> int:
-    """:func:`polyphony_cap` of a run's encoded corpus (``tokens.npy``, memory-mapped)."""
-    return polyphony_cap(np.load(tokens_path, mmap_mode="r"), vocab)

@@ -30,12 +30,12 @@ from chargen.sampling.generator import (
     TokenCallback,
     sequence_logprob,
 )
-from chargen.sampling.grammar import MusicRules, learnt_polyphony_cap, sequence_constraints
+from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
 from chargen.sampling.ngram import NgramBlocker, advance_beams, effective_ban
 
 __all__ = [
     "DEFAULT_NO_REPEAT_NGRAM", "PRIME_CACHE_SIZE", "PRIME_CACHE_TOKENS", "SHORT_PRIME", "Choice", "DecodeConfig",
     "GenerationResult", "Generator", "MusicRules", "NgramBlocker", "NoiseSource", "Sample", "TokenCallback",
     "advance_beams", "beam_search", "choose_tokens", "draw_one", "effective_ban", "exponential_noise", "filter_logits",
-    "learnt_polyphony_cap", "sequence_constraints", "sequence_logprob", "temper",
+    "learnt_max_hold_s", "learnt_polyphony_cap", "sequence_constraints", "sequence_logprob", "temper",
 ]

@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 #: n-gram length blocked by default for the deterministic decoders, whose
 #: character-level output otherwise loops ("the same the same the same ...").
 DEFAULT_NO_REPEAT_NGRAM = 12
-#: Music models: the longest a note may be held under the grammar by default (seconds; 0 = no limit):
-#: the export's held-note cap (chargen.midi.export.DEFAULT_MAX_NOTE_S), so the model releases the notes
-#: the export would otherwise cut (BENCHMARKS.md, "Music quality").
+#: Music models: the longest a note may be held under the grammar when the model knows no learnt hold
+#: (seconds; 0 = no limit): the export's held-note cap (chargen.midi.export.DEFAULT_MAX_NOTE_S), so the
+#: model releases the notes the export would otherwise cut (BENCHMARKS.md, "Music quality").
 DEFAULT_MAX_HOLD_S = 5.0
 
 
@@ -34,7 +34,7 @@ class DecodeConfig:
     seed: int | None = None
     label: str | None = None  # a labelled model's conditioning label; None: no label
     # The MIDI grammar (chargen.sampling.grammar): None = on for music models (off for text);
-    # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = DEFAULT_MAX_HOLD_S.
+    # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = its learnt hold, 0 = none.
     grammar: bool | None = None
     max_polyphony: int | None = None
     max_hold_s: float | None = None
@@ -59,7 +59,7 @@ class DecodeConfig:
             if data["max_polyphony"] is None:
                 data["max_polyphony"] = music.polyphony_cap if music is not None else 0
             if data["max_hold_s"] is None:
-                data["max_hold_s"] = DEFAULT_MAX_HOLD_S
+                data["max_hold_s"] = music.max_hold_s if music is not None else DEFAULT_MAX_HOLD_S
         if data["seed"] is None:
             data["seed"] = random.SystemRandom().randrange(2**31)
         if data["no_repeat_ngram"] is None:

@@ -18,7 +18,7 @@ from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
 from chargen.sampling.decoder import choose_tokens
-from chargen.sampling.grammar import MusicRules, learnt_polyphony_cap, sequence_constraints
+from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
 
 TokenCallback = Callable[[int, str], None]
 #: Primes up to this many tokens (besides the last) are stepped, not run through ``nn.LSTM``.
@@ -31,11 +31,15 @@ PRIME_CACHE_TOKENS = 256
 class Generator:
     """Generation from one loaded model; reusable across calls (weights fused once) and across threads."""
 
-    def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None):
+    def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None,
+                 max_hold_s: float | None = None):
         self.model = model.cpu().eval()
         self.codec = codec
-        # Music models decode under the MIDI grammar by default; the cap is the checkpoint's (None: no cap).
-        self.music = MusicRules(codec.vocab, polyphony_cap or 0) if isinstance(codec, MidiCodec) else None
+        # Music models decode under the MIDI grammar by default, with the checkpoint's cap (None: no cap) and
+        # longest hold (None: the export's held-note cap).
+        self.music = MusicRules(codec.vocab, polyphony_cap or 0,
+                                **({"max_hold_s": max_hold_s} if max_hold_s is not None else {})) \
+            if isinstance(codec, MidiCodec) else None
         self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
         # Primed states of recent short primes (and their label): a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int | None, tuple[int, ...]], tuple[torch.Tensor, State]] = OrderedDict()
@@ -46,9 +50,11 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> Generator:
-        """A generator for a loaded checkpoint, with its learnt polyphony cap (music models)."""
-        cap = learnt_polyphony_cap(checkpoint)[0] if isinstance(checkpoint.codec, MidiCodec) else None
-        return cls(checkpoint.model, checkpoint.codec, cap)
+        """A generator for a loaded checkpoint, with its learnt polyphony cap and longest hold (music models)."""
+        if not isinstance(checkpoint.codec, MidiCodec):
+            return cls(checkpoint.model, checkpoint.codec)
+        return cls(checkpoint.model, checkpoint.codec, learnt_polyphony_cap(checkpoint)[0],
+                   learnt_max_hold_s(checkpoint)[0])
 
     @property
     def beam_stepper(self) -> Stepper:

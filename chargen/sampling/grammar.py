@@ -1,7 +1,7 @@
 """The MIDI grammar in the decoder: what a music model brings, and the constraints a sequence decodes under.
 
 :class:`MusicRules` is what a music model adds to a :class:`DecodeConfig`'s
-resolution (its vocabulary and the polyphony cap learnt from its corpus);
+resolution (its vocabulary, and the polyphony cap and longest hold learnt from its corpus);
 :func:`sequence_constraints` builds, for one generation, the per-sequence
 constraint every decoder (sampling, greedy, beam search, the service's batch
 scheduler) applies: the grammar (:class:`chargen.midi.grammar.MidiGrammar`, a
@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from chargen.constraints import Constraints, TokenConstraint
 from chargen.midi import MidiVocab
-from chargen.midi.grammar import MidiGrammar, corpus_polyphony_cap
+from chargen.midi.export import DEFAULT_MAX_NOTE_S
+from chargen.midi.grammar import MidiGrammar
+from chargen.midi.texture import corpus_limits
 from chargen.sampling.ngram import NgramBlocker
 
 if TYPE_CHECKING:
@@ -26,10 +28,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MusicRules:
-    """A music model's part in decoding: its event vocabulary and the polyphony cap learnt from its corpus."""
+    """A music model's part in decoding: its event vocabulary and the limits learnt from its corpus."""
 
     vocab: MidiVocab
     polyphony_cap: int = 0  # the checkpoint's learnt cap; 0 = none known (no cap)
+    max_hold_s: float = DEFAULT_MAX_NOTE_S  # the checkpoint's learnt longest hold; else the export's held-note cap
 
     def hold_steps(self, seconds: float) -> int:
         """``seconds`` as the grammar's ``max_hold`` in time steps (0 = no limit)."""
@@ -62,23 +65,50 @@ def sequence_constraints(config: DecodeConfig, music: MusicRules | None, prime_i
     return [first] + [first.fork() for _ in range(rows - 1)]  # forks: the prime is read once
 
 
-def learnt_polyphony_cap(checkpoint: Checkpoint) -> tuple[int | None, str]:
-    """A music checkpoint's polyphony cap and where it comes from (None: no cap known).
-
-    Runs record it in the weights' training metadata ("polyphony_cap", the 99th
-    percentile of the corpus's onset polyphony). Older checkpoints: computed from
-    their run folder's ``tokens.npy``, if it is still beside them; else None.
-    """
+def _from_run_tokens(checkpoint: Checkpoint) -> tuple[tuple[int, float], str] | None:
+    """An older checkpoint's limits computed from its run folder's ``tokens.npy``, if still beside it."""
     from chargen.checkpoint import TOKENS
 
-    stored = checkpoint.training.get("polyphony_cap")
-    if isinstance(stored, int) and stored >= 0:
-        return stored, "learnt from the training corpus"
     vocab = getattr(checkpoint.codec, "vocab", None)
     tokens = checkpoint.path.parent / TOKENS
     if isinstance(vocab, MidiVocab) and tokens.is_file():
         try:
-            return corpus_polyphony_cap(tokens, vocab), f"computed from {tokens}"
+            return corpus_limits(tokens, vocab), f"computed from {tokens}"
         except (OSError, ValueError):
-            pass  # unreadable: no cap rather than no generation
+            pass  # unreadable: the fallbacks rather than no generation
+    return None
+
+
+def learnt_polyphony_cap(checkpoint: Checkpoint) -> tuple[int | None, str]:
+    """A music checkpoint's polyphony cap and where it comes from (None: no cap known).
+
+    Runs record it in the weights' training metadata ("polyphony_cap", the 99th
+    percentile of the corpus's simultaneous notes over time; runs before that
+    stored the percentile over note onsets, and keep it). Older checkpoints:
+    computed from their run folder's ``tokens.npy``, if it is still beside them; else None.
+    """
+    stored = checkpoint.training.get("polyphony_cap")
+    if isinstance(stored, int) and stored >= 0:
+        return stored, "learnt from the training corpus"
+    computed = _from_run_tokens(checkpoint)
+    if computed is not None:
+        return computed[0][0], computed[1]
     return None, "none known (older checkpoint without its run's tokens.npy): no cap"
+
+
+def learnt_max_hold_s(checkpoint: Checkpoint) -> tuple[float, str]:
+    """A music checkpoint's longest hold in seconds and where it comes from.
+
+    Runs record it in the weights' training metadata ("max_hold_s", the 99th
+    percentile of the corpus's note lengths, clamped to [1 s, the export's
+    held-note cap]). Older checkpoints: computed from their run folder's
+    ``tokens.npy``, if it is still beside them; else the export's held-note cap
+    (what every checkpoint decoded with before).
+    """
+    stored = checkpoint.training.get("max_hold_s")
+    if isinstance(stored, (int, float)) and not isinstance(stored, bool) and 0 <= stored <= DEFAULT_MAX_NOTE_S:
+        return float(stored), "learnt from the training corpus"
+    computed = _from_run_tokens(checkpoint)
+    if computed is not None:
+        return computed[0][1], computed[1]
+    return DEFAULT_MAX_NOTE_S, "the export's held-note cap (older checkpoint without its run's tokens.npy)"

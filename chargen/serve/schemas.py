@@ -43,6 +43,7 @@ class GenerateRequest(BaseModel):
     max_polyphony: int | None = Field(None, ge=0, le=128, description="Music models: most notes sounding at once "
                                       "under the grammar; 0 = no cap. Default: the cap learnt from the corpus.")
     max_hold_s: float | None = Field(None, ge=0, le=3600, allow_inf_nan=False, description="Music models: no note "
-                                     "held longer than this many seconds under the grammar; 0 = no limit. Default: 5.")
+                                     "held longer than this many seconds under the grammar; 0 = no limit. "
+                                     "Default: the hold learnt from the corpus (at most 5).")
     format: Literal["text", "midi"] = "text"
     stream: bool = Field(False, description="Answer with Server-Sent Events: token, then done (or error).")

@@ -74,6 +74,7 @@ class Served:
             "default_prime": ckpt.codec.default_prime,
             "labels": list(ckpt.config.labels),
             "polyphony_cap": self.generator.music.polyphony_cap if self.generator.music else None,
+            "max_hold_s": self.generator.music.max_hold_s if self.generator.music else None,
         }
 
 

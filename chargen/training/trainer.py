@@ -27,7 +27,7 @@ from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss
 from chargen.midi import MidiCodec
-from chargen.midi.grammar import corpus_polyphony_cap
+from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.threads import ThreadTuner
 from chargen.training.budget import StepBudget
@@ -122,9 +122,9 @@ class Trainer:
         self.overhead_s = 0.0  # time in evaluations and saves this session (the budget's pace excludes it)
         self.evals_done = 0
         self.started = time.monotonic()
-        # Music runs: the corpus's polyphony cap, stored with the weights for the decoder's MIDI grammar.
+        # Music runs: the corpus's polyphony cap and longest hold, stored with the weights for the MIDI grammar.
         tokens = run_dir / TOKENS if run_dir is not None else None
-        self.polyphony_cap = corpus_polyphony_cap(tokens, codec.vocab) \
+        self.music_limits = corpus_limits(tokens, codec.vocab) \
             if isinstance(codec, MidiCodec) and tokens is not None and tokens.is_file() else None
 
     def _augmentation(self) -> Callable[[np.ndarray, int], np.ndarray] | None:
@@ -299,7 +299,7 @@ class Trainer:
             "corpus_paths": corpus.paths if corpus else None,
             "train_config": dict(self.config.to_dict(), **self.speed_info()),
             "world_size": self.dist.world_size,  # processes that trained together (torchrun)
-            **({"polyphony_cap": self.polyphony_cap} if self.polyphony_cap is not None else {}),
+            **(dict(zip(("polyphony_cap", "max_hold_s"), self.music_limits)) if self.music_limits else {}),
             **({"parent": self.parent} if self.parent else {}),
         }
 
