@@ -24,6 +24,7 @@ from service_support import ServerProcess, make_checkpoint
 
 from chargen.checkpoint import save_weights
 from chargen.cli import cli
+from chargen.kernels import KERNEL_ENV
 from chargen.midi import MidiCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.text_codec import TextCodec
@@ -38,8 +39,18 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(folder / "tiny.safetensors", TextCodec(ALPHABET), seed=3, hidden=24)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_kernel() -> Iterator[None]:
+    """Both sides on one batch-1 kernel. Each picks the faster of torch's and numpy's mat-vecs by timing them
+    (cached per CHARGEN_HOME, which differs between the server and each CLI test): under load the two may
+    choose differently, and the kernels' sums differ in the last bits (see tests/test_speed.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KERNEL_ENV, "torch")
+        yield
+
+
 @pytest.fixture(scope="module")
-def server(checkpoint: Path) -> Iterator[str]:
+def server(checkpoint: Path, one_kernel: None) -> Iterator[str]:
     with ServerProcess([str(checkpoint)]) as process:
         yield process.url
 
