@@ -129,11 +129,13 @@ def start_run(
                 from chargen.training.sizing import size_run
 
                 cell = str((model_overrides or {}).get("cell") or "lstm")
+                given = (model_overrides or {}).get("dropout")
                 preset, train_config, sized = size_run(load_tokens(run_dir / TOKENS), codec.vocab_size, train_config,
-                                                       cell, warn or (lambda message: None))
+                                                       cell, warn or (lambda message: None),
+                                                       dropout=None if given is None else float(str(given)))
             overrides = dict(model_overrides or {})
-            if sized is not None and overrides.get("dropout") is None:  # an explicit --dropout wins
-                overrides["dropout"] = sized.dropout
+            if sized is not None:
+                overrides["dropout"] = sized.dropout  # the budget's, or an explicit --dropout
             model_config = model_config_for(codec.vocab_size, preset, **overrides, labels=corpus.labels)
         result = train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn,
                        init=init, started=began)

@@ -198,12 +198,14 @@ def test_a_small_budget_gets_a_smaller_model() -> None:
 
 
 def test_a_budget_of_many_passes_over_its_corpus_gets_dropout() -> None:
-    assert [dropout_for(epochs) for epochs in (0.5, 2, 3, 4, 6, 8, 9, 40)] == [0, 0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3]
+    assert [dropout_for(epochs, 1) for epochs in (0.5, 8, 12, 16, 24, 32, 33, 400)] == [0, 0, .1, .1, .2, .2, .3, .3]
+    assert dropout_for(4, 0.87) == 0 and dropout_for(6, 3.4) == 0.2  # small at 2 minutes, medium at 10
     speeds = {"tiny": 60_000.0, "small": 20_000.0, "medium": 8_000.0, "large": 2_500.0}
-    # medium on a 1M-token corpus: 4.8 passes in 10 minutes, 14.4 in 30; large keeps its preset's 0.2
+    # medium (3.4 parameters per token of a 1M-token corpus): 4.8 passes in 10 minutes, 14.4 in 30
     short, long = choose_size(10, speeds, PARAMS, 1_000_000), choose_size(30, speeds, PARAMS, 1_000_000)
     assert (short.preset, short.dropout, round(short.epochs, 1)) == ("medium", 0.2, 4.8)
     assert (long.preset, long.dropout) == ("medium", 0.3)
+    assert choose_size(1, speeds, PARAMS, 1_000_000).dropout == 0.0  # small: 1.2 passes, 0.85 per token
     assert choose_size(600, speeds, PARAMS, 100_000_000).dropout == 0.2
     assert choose_size(1, speeds, PARAMS, 100_000_000).dropout == 0.0
 

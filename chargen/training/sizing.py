@@ -4,8 +4,9 @@ The rule, compute-optimal sizing in its simplest form: take the largest preset t
 (a) sees at least ``TOKENS_PER_PARAM`` training tokens per parameter in M minutes at
 the speed measured here, and (b) has no more than ``PARAMS_PER_TOKEN`` parameters per
 training token of the corpus. If no preset sees enough tokens, the smallest is taken.
-A run that will pass over its corpus many times gets dropout (``dropout_for``): that,
-not a smaller model, is what keeps a long run on a small corpus from memorising it.
+A run whose model could memorise its corpus gets dropout (``dropout_for``): that, not a
+smaller model, is what keeps a long run on a small corpus from overfitting. How much is
+measured as passes over the corpus times parameters per corpus token.
 
 Why K = 1 token per parameter, not Chinchilla's 20: that ratio is for transformers on
 sub-word tokens and large corpora. Measured on tiny-shakespeare: at 81 s the small
@@ -37,9 +38,11 @@ from chargen.training.config import TrainConfig
 
 TOKENS_PER_PARAM = 1.0
 PARAMS_PER_TOKEN = 4.0
-#: Dropout by passes over the corpus: none up to 2 passes, then 0.1 more per doubling, at most 0.3
-#: (char-rnn's advice: when the train loss falls well below the validation loss, add dropout).
-DROPOUT_FREE_EPOCHS, DROPOUT_STEP, DROPOUT_MAX = 2.0, 0.1, 0.3
+#: Dropout by passes over the corpus x parameters per corpus token: none up to 8, then 0.1 more per
+#: doubling, at most 0.3 (char-rnn's advice: when the train loss falls well below the validation loss, add
+#: dropout). Measured on tiny-shakespeare (BENCHMARKS.md): small at 2 minutes (3.6) was 0.02 nats worse with
+#: 0.2; medium at 10 minutes (21) was best with 0.2 (1.426, against 1.432 without, ~1.43 with 0.4).
+DROPOUT_FREE, DROPOUT_STEP, DROPOUT_MAX = 8.0, 0.1, 0.3
 #: Presets the budget chooses among, smallest first.
 ORDER = ("tiny", "small", "medium", "large")
 REFERENCE_HIDDEN, REFERENCE_LR = 512, 3e-3
@@ -78,11 +81,13 @@ def lr_for(hidden: int) -> float:
     return REFERENCE_LR * math.sqrt(REFERENCE_HIDDEN / hidden)
 
 
-def dropout_for(epochs: float) -> float:
-    """Dropout for a run that passes ``epochs`` times over its corpus (pure)."""
-    if epochs <= DROPOUT_FREE_EPOCHS:
+def dropout_for(epochs: float, params_per_token: float) -> float:
+    """Dropout for a model of ``params_per_token`` parameters per corpus token that passes ``epochs`` times
+    over its corpus (pure)."""
+    pressure = epochs * params_per_token
+    if pressure <= DROPOUT_FREE:
         return 0.0
-    doublings = math.ceil(math.log2(epochs / DROPOUT_FREE_EPOCHS) - 1e-9)
+    doublings = math.ceil(math.log2(pressure / DROPOUT_FREE) - 1e-9)
     return round(min(DROPOUT_MAX, DROPOUT_STEP * doublings), 2)
 
 
@@ -109,7 +114,7 @@ def choose_size(minutes: float, speeds: dict[str, float], params: dict[str, int]
         reason = f"sees {seen:.1f} tokens per parameter" + (f"; {reason}" if reason else "")
     hidden = PRESETS[chosen]["hidden"]
     epochs = speeds[chosen] * seconds / max(1, train_tokens)
-    dropout = max(dropout_for(epochs), float(PRESETS[chosen]["dropout"]))
+    dropout = max(dropout_for(epochs, params[chosen] / max(1, train_tokens)), float(PRESETS[chosen]["dropout"]))
     return SizeChoice(preset=chosen, lr=lr_for(hidden), batch_size=32, speeds=dict(speeds), reason=reason,
                       dropout=dropout, epochs=epochs)
 
@@ -150,8 +155,9 @@ def apply_choice(config: TrainConfig, choice: SizeChoice) -> TrainConfig:
 
 
 def size_run(tokens: np.ndarray, vocab_size: int, config: TrainConfig, cell: str,
-             report: Callable[[str], None]) -> tuple[str, TrainConfig, SizeChoice]:
-    """The preset and config for a new ``--minutes`` run on ``tokens`` without an explicit size."""
+             report: Callable[[str], None], dropout: float | None = None) -> tuple[str, TrainConfig, SizeChoice]:
+    """The preset and config for a new ``--minutes`` run on ``tokens`` without an explicit size (an explicit
+    ``dropout`` is kept)."""
     from chargen.training.calibrate import measured_speed
 
     data = split_tokens(tokens, config.val_fraction, config.batch_size, config.seq_len)
@@ -160,8 +166,10 @@ def size_run(tokens: np.ndarray, vocab_size: int, config: TrainConfig, cell: str
     choice = size_for_budget(vocab_size, config, len(data.train), cell,
                              lambda model_config: measured_speed(model_config, config, data, device))
     config = apply_choice(config, choice)
+    if dropout is not None:
+        choice = replace(choice, dropout=dropout)
     speeds = ", ".join(f"{name} {speed:,.0f}" for name, speed in choice.speeds.items())
     report(f"size {choice.preset} for {config.minutes:g} minutes ({choice.reason}; chars/s {speeds}); "
-           f"lr {config.lr:.2g}, batch {config.batch_size}, dropout {choice.dropout:g} "
-           f"(~{choice.epochs:.1f} passes over the corpus)")
+           f"lr {config.lr:.2g}, batch {config.batch_size}, dropout {choice.dropout:g}"
+           f"{' (given)' if dropout is not None else ''} (~{choice.epochs:.1f} passes over the corpus)")
     return choice.preset, config, choice
