@@ -41,8 +41,8 @@ from chargen.training.config import TrainConfig
 TOKENS_PER_PARAM = 1.0
 #: Dropout by passes over the corpus x parameters per corpus token: none up to 8, then 0.1 more per
 #: doubling, at most 0.3 (char-rnn's advice: when the train loss falls well below the validation loss, add
-#: dropout). Measured on tiny-shakespeare (BENCHMARKS.md): small at 2 minutes (3.6) was 0.02 nats worse with
-#: 0.2; medium at 10 minutes (21) was best with 0.2 (1.426, against 1.432 without, ~1.43 with 0.4).
+#: dropout). Measured on tiny-shakespeare (BENCHMARKS.md): small at 2 minutes (3.6) was 0.03 nats worse with
+#: 0.2; medium at 10 minutes (21) was best with 0.2 (1.426, against 1.432 without, 1.440 with 0.4).
 DROPOUT_FREE, DROPOUT_STEP, DROPOUT_MAX = 8.0, 0.1, 0.3
 #: Presets the budget chooses among, smallest first.
 ORDER = ("tiny", "small", "medium", "large")
