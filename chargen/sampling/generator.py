@@ -14,6 +14,7 @@ from chargen.codec import Codec
 from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
 from chargen.kernels import batch1_stepper
 from chargen.midi import MidiCodec
+from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
@@ -37,9 +38,9 @@ class Generator:
         self.codec = codec
         # Music models decode under the MIDI grammar by default, with the checkpoint's cap (None: no cap) and
         # longest hold (None: the export's held-note cap).
-        self.music = MusicRules(codec.vocab, polyphony_cap or 0,
-                                **({"max_hold_s": max_hold_s} if max_hold_s is not None else {})) \
-            if isinstance(codec, MidiCodec) else None
+        self.music = (MusicRules(codec.vocab, polyphony_cap or 0,
+                                 DEFAULT_MAX_NOTE_S if max_hold_s is None else max_hold_s)
+                      if isinstance(codec, MidiCodec) else None)
         self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
         # Primed states of recent short primes (and their label): a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int | None, tuple[int, ...]], tuple[torch.Tensor, State]] = OrderedDict()

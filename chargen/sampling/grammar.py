@@ -11,7 +11,9 @@ rule) and the n-gram block (a preference), combined by
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chargen.constraints import Constraints, TokenConstraint
@@ -73,10 +75,18 @@ def _from_run_tokens(checkpoint: Checkpoint) -> tuple[tuple[int, float], str] | 
     tokens = checkpoint.path.parent / TOKENS
     if isinstance(vocab, MidiVocab) and tokens.is_file():
         try:
-            return corpus_limits(tokens, vocab), f"computed from {tokens}"
+            stat = tokens.stat()
+            return _limits_of(tokens, stat.st_mtime_ns, stat.st_size, vocab), f"computed from {tokens}"
         except (OSError, ValueError):
             pass  # unreadable: the fallbacks rather than no generation
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _limits_of(tokens: Path, mtime_ns: int, size: int, vocab: MidiVocab) -> tuple[int, float]:
+    """One pass over a corpus for both limits: the cap and the hold are asked for apart (keyed by the file's
+    state, so a rewritten tokens.npy is read again)."""
+    return corpus_limits(tokens, vocab)
 
 
 def learnt_polyphony_cap(checkpoint: Checkpoint) -> tuple[int | None, str]:
