@@ -31,6 +31,9 @@ class ModelConfig:
     hidden: int = 512
     embedding: int = 128
     dropout: float = 0.0
+    # DropConnect on the recurrent (hidden-to-hidden) weights while training, one mask per batch
+    # (AWD-LSTM's weight drop): regularises the recurrence itself, which dropout between layers does not.
+    weight_drop: float = 0.0
     # Conditioning labels (names, in id order); empty: an unlabelled model, exactly as before labels existed.
     labels: list[str] = field(default_factory=list)
     label_embedding: int = DEFAULT_LABEL_EMBEDDING
@@ -46,6 +49,8 @@ class ModelConfig:
             raise ChargenError("vocab_size, layers, hidden and embedding must all be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ChargenError("dropout must be in [0, 1)")
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise ChargenError("weight_drop must be in [0, 1)")
 
     @property
     def no_label(self) -> int:
@@ -67,6 +72,8 @@ class ModelConfig:
         data = asdict(self)
         if not self.labels:  # an unlabelled model's metadata stays what it always was
             del data["labels"], data["label_embedding"]
+        if not self.weight_drop:  # likewise a model trained without weight drop
+            del data["weight_drop"]
         return data
 
     @classmethod
@@ -109,6 +116,7 @@ class CharRNN(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
         self.drop = nn.Dropout(config.dropout)
+        self.recurrent_weights = tuple(name for name, _ in self.rnn.named_parameters() if name.startswith("weight_hh"))
         self.head = nn.Linear(config.hidden, config.vocab_size)
         # Made last, so an unlabelled model draws its initial weights exactly as before labels existed.
         # Row len(labels) is "no label". The label joins every step's input, so training stays one fused RNN call.
@@ -132,12 +140,15 @@ class CharRNN(nn.Module):
             x = torch.cat([x, self.label_embed(labels).to(x.dtype)], dim=-1)  # [B, T, E + E_l]
         elif labels is not None:
             raise ChargenError("this model has no labels")
-        if state is None:
-            out, new_state = self.rnn(x)  # out: [B, T, H]
-        elif self.config.cell == "lstm":
-            out, new_state = self.rnn(x, (state[0], state[1]))
+        hx = None if state is None else (state[0], state[1]) if self.config.cell == "lstm" else state[0]
+        if self.training and self.config.weight_drop > 0:
+            # The fused kernel with masked copies of the recurrent weights (gradients reach the originals);
+            # in eval the weights are used as they are (dropout's 1/(1-p) scaling keeps them comparable).
+            dropped = {name: nn.functional.dropout(getattr(self.rnn, name), self.config.weight_drop)
+                       for name in self.recurrent_weights}
+            out, new_state = torch.func.functional_call(self.rnn, dropped, (x, hx))  # out: [B, T, H]
         else:
-            out, new_state = self.rnn(x, state[0])
+            out, new_state = self.rnn(x, hx)
         logits = self.head(self.drop(out))  # [B, T, V]
         if not isinstance(new_state, tuple):
             new_state = (new_state,)

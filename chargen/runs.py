@@ -129,19 +129,20 @@ def start_run(
                 from chargen.training.sizing import size_run
 
                 cell = str((model_overrides or {}).get("cell") or "lstm")
-                given = (model_overrides or {}).get("dropout")
-                preset, train_config, sized = size_run(load_tokens(run_dir / TOKENS), codec.vocab_size, train_config,
-                                                       cell, warn or (lambda message: None),
-                                                       dropout=None if given is None else float(str(given)))
+                given = {k: (model_overrides or {}).get(k) for k in ("dropout", "weight_drop")}
+                preset, train_config, sized = size_run(
+                    load_tokens(run_dir / TOKENS), codec.vocab_size, train_config, cell, warn or (lambda message: None),
+                    **{k: None if v is None else float(str(v)) for k, v in given.items()})
             overrides = dict(model_overrides or {})
-            if sized is not None:
-                overrides["dropout"] = sized.dropout  # the budget's, or an explicit --dropout
+            if sized is not None:  # the budget's, or an explicit --dropout / --weight-drop
+                overrides.update(dropout=sized.dropout, weight_drop=sized.weight_drop)
             model_config = model_config_for(codec.vocab_size, preset, **overrides, labels=corpus.labels)
         result = train(run_dir, codec, corpus, model_config, train_config, progress=progress, report=warn,
                        init=init, started=began)
         if sized is not None:
             update_run_json(run_dir, sizing={"preset": sized.preset, "speeds": sized.speeds, "reason": sized.reason,
-                                             "dropout": sized.dropout, "epochs": round(sized.epochs, 2)})
+                                             "dropout": sized.dropout, "weight_drop": sized.weight_drop,
+                                             "epochs": round(sized.epochs, 2)})
         return result
     except BaseException:
         # Nothing was trained: leave no run without weights behind to be picked as "newest".

@@ -21,7 +21,7 @@ from chargen.runs import start_run
 from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
 from chargen.training import StepBudget, TrainConfig
 from chargen.training.calibrate import CACHE_FILE, CANDIDATES_ENV, choose_precision
-from chargen.training.sizing import choose_size, dropout_for, parameters, size_for_budget
+from chargen.training.sizing import choose_size, dropout_for, parameters, size_for_budget, weight_drop_for
 from tests.conftest import FABLES, run_cli
 
 
@@ -207,6 +207,9 @@ def test_a_budget_of_many_passes_over_its_corpus_gets_dropout() -> None:
     assert choose_size(1, speeds, PARAMS, 1_000_000).dropout == 0.0  # small: 1.2 passes, 0.85 per token
     assert choose_size(600, speeds, PARAMS, 100_000_000).dropout == 0.2
     assert choose_size(1, speeds, PARAMS, 100_000_000).dropout == 0.0
+    # weight drop only where dropout is at its most: medium for 30 minutes, not for 10
+    assert (short.weight_drop, long.weight_drop) == (0.0, 0.25)
+    assert [weight_drop_for(epochs, 1) for epochs in (8, 32, 33, 400)] == [0, 0, 0.25, 0.25]
 
 
 def test_sizing_measures_only_presets_that_could_pass() -> None:
@@ -231,6 +234,14 @@ def test_minutes_without_a_size_chooses_one_and_explicit_sizes_win(tmp_path: Pat
     run = json.loads((result.run_dir / RUN_JSON).read_text())
     assert run["sizing"]["preset"] == "tiny" and run["model_config"]["hidden"] == 128  # a corpus this small
     assert any(line.startswith("size tiny for 0.02 minutes") for line in said), said
+    assert run["sizing"]["weight_drop"] == run["model_config"].get("weight_drop", 0.0)
+    said.clear()
+    result = start_run([FABLES], config, None, {"dropout": 0.05, "weight_drop": 0.15}, "regularised",
+                       progress=False, warn=said.append)
+    run = json.loads((result.run_dir / RUN_JSON).read_text())  # a given regulariser wins over the budget's
+    assert (run["sizing"]["dropout"], run["sizing"]["weight_drop"]) == (0.05, 0.15)
+    assert (run["model_config"]["dropout"], run["model_config"]["weight_drop"]) == (0.05, 0.15)
+    assert any("dropout 0.05 (given), weight drop 0.15 (given)" in line for line in said), said
     said.clear()
     start_run([FABLES], config, None, {"hidden": 16}, "explicit", progress=False, warn=said.append)
     assert not any(line.startswith("size ") for line in said)

@@ -39,6 +39,9 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
 @click.option("--hidden", type=click.IntRange(1, 65536), help="Hidden units per layer (overrides the preset).")
 @click.option("--embedding", type=click.IntRange(1, 65536), help="Embedding width (overrides the preset).")
 @click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), help="Dropout (overrides the preset).")
+@click.option("--weight-drop", type=FiniteFloat(0, 1, max_open=True),
+              help="DropConnect on the recurrent weights while training (AWD-LSTM's weight drop) [default: 0, or "
+              "the --minutes budget's choice].")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
               help="Parallel streams per batch.")
 @click.option("--seq-len", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
@@ -76,6 +79,7 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
 def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, codec: str, encoding: str,
           size: str | None,
           cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
+          weight_drop: float | None,
           batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
           device: str, precision: str, threads: int | None, transpose: tuple[int, int] | None,
@@ -113,7 +117,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
                              epochs=epochs, max_steps=max_steps, minutes=minutes, eval_every=eval_every,
                              val_fraction=val_fraction, seed=seed, device=device, precision=precision,
                              threads=threads, transpose=transpose)
-        overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout}
+        overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout,
+                     "weight_drop": weight_drop}
         if init_from:
             from chargen.training.finetune import check_no_shape_options
 

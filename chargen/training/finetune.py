@@ -109,9 +109,9 @@ def prepare_finetune(parent_spec: str, corpus_paths: Sequence[str | Path], token
                 warn(f"vocabulary extended by {len(new_symbols)} character(s) the parent never saw: "
                      f"{''.join(new_symbols)!r}")
     codec, corpus = build_corpus(corpus_paths, tokens_path, codec.name, codec=codec, warn=warn)
-    dropout = model_overrides.get("dropout")
-    model_config = replace(parent.config, vocab_size=codec.vocab_size,
-                           dropout=parent.config.dropout if dropout is None else float(dropout))  # type: ignore[arg-type]
+    regularisers = {k: float(v) for k in ("dropout", "weight_drop")  # type: ignore[arg-type]
+                    if (v := model_overrides.get(k)) is not None}
+    model_config = replace(parent.config, vocab_size=codec.vocab_size, **regularisers)
     weights = {k: v.detach().cpu() for k, v in parent.model.state_dict().items()}
     weights = grow_vocabulary(weights, parent.config.vocab_size, codec.vocab_size,
                               torch.Generator().manual_seed(seed))
