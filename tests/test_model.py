@@ -72,4 +72,6 @@ def test_cli_weight_drop_reaches_the_checkpoint(tmp_path: Path, isolated_home: P
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "wd" / LAST).config.weight_drop == 0.25
     assert json.loads((tmp_path / "wd" / "run.json").read_text())["model_config"]["weight_drop"] == 0.25
+    info = invoke("info", str(tmp_path / "wd"))
+    assert info.returncode == 0 and "dropout 0.0, weight drop 0.25," in info.stdout, info.stdout + info.stderr
     assert_one_line_error(invoke("train", str(FABLES), "--weight-drop", "1.5", "--max-steps", "1"), "--weight-drop")

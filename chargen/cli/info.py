@@ -56,7 +56,8 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     cfg = loaded.config
     click.echo(f"checkpoint   {data['path']}")
     click.echo(f"model        {cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, embedding {cfg.embedding}, "
-               f"dropout {cfg.dropout}, {data['parameters']:,} parameters")
+               f"dropout {cfg.dropout}{f', weight drop {cfg.weight_drop}' if cfg.weight_drop else ''}, "
+               f"{data['parameters']:,} parameters")
     symbols = json.dumps(loaded.codec.symbols, ensure_ascii=False)
     click.echo(f"codec        {data['codec']}, {data['vocab_size']} tokens: {symbols}")
     if cfg.labels:
