@@ -58,7 +58,8 @@ def run_budget(corpus: Path, minutes: float, root: Path, setting: str = "new") -
     model = state.get("model_config", {})
     return {"corpus": corpus.name, "date": datetime.date.today().isoformat(), "setting": setting,
             "model": f"{model.get('layers')}x{model.get('hidden')}"
-                     + (f" drop {model['dropout']:g}" if model.get("dropout") else ""),
+                     + (f" drop {model['dropout']:g}" if model.get("dropout") else "")
+                     + (f" weight drop {model['weight_drop']:g}" if model.get("weight_drop") else ""),
             "train_loss": state["evals"][-1].get("train_loss") if state["evals"] else None,
             "minutes": minutes, "evals": state["evals"], "best": float(state["best_val"]),
             "steps": int(state["step"]), "wall_s": time.time() - started, "load_before": load_before,
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         "## Quality at a budget (validation loss against minutes)",
         "",
         "Commands: `python -m benchmarks.quality_curve --runs M:new M:previous ... [--corpus FILE]`, "
-        "i.e. `chargen train CORPUS --minutes M` with the new defaults (size, dropout, precision and threads "
-        f"chosen by measurement) and with the previous ones (`{' '.join(SETTINGS['previous'])}`), back to back "
+        "i.e. `chargen train CORPUS --minutes M` with the new defaults (size, dropout, weight drop, precision and "
+        f"threads chosen by measurement) and with the previous ones (`{' '.join(SETTINGS['previous'])}`), back to back "
         "for each budget; results kept in `benchmarks/quality_curve.json`.",
         f"Machine: {cpu_model()} (flags: {flags}), {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. tinyshakespeare: `{SHAKESPEARE}` (nanoGPT's split).",
