@@ -193,7 +193,7 @@ def test_a_small_budget_gets_a_smaller_model() -> None:
     assert choose_size(3, faster, PARAMS, corpus).preset == "medium"  # a faster machine buys more
     slow = choose_size(0.001, speeds, PARAMS, corpus)
     assert slow.preset == "tiny" and "smallest" in slow.reason
-    assert choose_size(1, speeds, PARAMS, corpus).lr == pytest.approx(3e-3 * 2 ** 0.5)  # small: 256 wide
+    assert choose_size(1, speeds, PARAMS, corpus).lr == pytest.approx(5e-3 * 2 ** 0.5)  # small: 256 wide
 
 
 def test_a_budget_of_many_passes_over_its_corpus_gets_dropout() -> None:
