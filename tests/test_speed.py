@@ -207,9 +207,10 @@ def test_a_budget_of_many_passes_over_its_corpus_gets_dropout() -> None:
     assert choose_size(1, speeds, PARAMS, 1_000_000).dropout == 0.0  # small: 1.2 passes, 0.85 per token
     assert choose_size(600, speeds, PARAMS, 100_000_000).dropout == 0.2
     assert choose_size(1, speeds, PARAMS, 100_000_000).dropout == 0.0
-    # weight drop only where dropout is at its most: medium for 30 minutes, not for 10
-    assert (short.weight_drop, long.weight_drop) == (0.0, 0.25)
-    assert [weight_drop_for(epochs, 1) for epochs in (8, 32, 33, 400)] == [0, 0, 0.25, 0.25]
+    # weight drop only far past where dropout is at its most: not for medium on 1M tokens, even for 30 minutes
+    assert (short.weight_drop, long.weight_drop) == (0.0, 0.0)
+    assert choose_size(2, speeds, PARAMS, 60_000).weight_drop == 0.25  # a corpus like the fables
+    assert [weight_drop_for(epochs, 1) for epochs in (8, 64, 256, 257, 4000)] == [0, 0, 0, 0.25, 0.25]
 
 
 def test_sizing_measures_only_presets_that_could_pass() -> None:
