@@ -166,12 +166,10 @@ def test_corrupt_file(tmp_path: Path) -> None:
     assert "file is not a database" in _assert_one_line(err)
 
 
-def test_postgresql_round_trip() -> None:
-    """Portability check against a real server: set CHARGEN_TEST_POSTGRES_URL to run it."""
-    url = os.environ.get("CHARGEN_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set CHARGEN_TEST_POSTGRES_URL=postgresql+psycopg://... to test on PostgreSQL")
-    with History(url) as h:
+def test_postgresql_round_trip(postgres_url: str) -> None:
+    """Portability check against the real server the suite starts (tests/conftest.py): non-ASCII search,
+    prefix ids, UTC timestamps and deletes as on SQLite."""
+    with History(postgres_url) as h:
         run_id = h.record_training_run(
             corpus_path="c.txt", corpus_sha256="c" * 64, corpus_tokens=5, codec={"name": "text"},
             model_config={}, train_config={}, steps=1, best_val_loss=None, checkpoint_path="/pg/ck",
