@@ -19,6 +19,7 @@ from chargen.data import build_corpus
 from chargen.runs import model_config_for, resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.training import TrainConfig, train
+from chargen.training.metrics import read_metrics
 from tests.conftest import FABLES, REPO, run_cli
 
 PASSAGE = (
@@ -153,3 +154,25 @@ def test_sigkill_at_any_moment_leaves_a_loadable_resumable_run(tmp_path: Path) -
     assert proc.returncode == 130, err
     assert load_state(run_dir / STATE)["step"] > step  # the last resume went on from where the kill left it
     assert not list(run_dir.glob(".*.tmp")), "a resumed run clears temp files of killed writes"
+
+
+def test_a_short_corpus_is_evaluated_once_per_pass(tmp_path: Path) -> None:
+    """--eval-every left at 200 on a corpus of fewer steps per pass: evaluated each pass (>= 20 steps), said
+    once, recorded; an explicit interval is kept, and a long corpus keeps 200."""
+    assert TrainConfig().with_eval_interval(18).eval_every == 20
+    assert TrainConfig().with_eval_interval(57).eval_every == 57
+    assert TrainConfig().with_eval_interval(313).eval_every == 200
+    assert TrainConfig(eval_every=7).with_eval_interval(57).eval_every == 7
+    corpus = tmp_path / "fables.txt"
+    corpus.write_text(FABLES.read_text()[:20_000])  # ~18 k training tokens: ~62 steps a pass at 18 x 16
+    said: list[str] = []
+    result = start_run([corpus], TrainConfig(batch_size=18, seq_len=16, max_steps=70, threads=1), "tiny",
+                       {"hidden": 16, "embedding": 8}, "per-pass", progress=False, warn=said.append)
+    recorded = json.loads((result.run_dir / RUN_JSON).read_text())["train_config"]["eval_every"]
+    assert 20 <= recorded < 200
+    assert sum(f"evaluating every {recorded} steps" in line for line in said) == 1, said
+    evaluated = [m["step"] for m in read_metrics(result.run_dir) if m.get("val_loss") is not None]
+    assert evaluated[:1] == [recorded] and evaluated[-1] == 70, evaluated
+    kept = start_run([corpus], TrainConfig(batch_size=18, seq_len=16, max_steps=10, eval_every=5, threads=1),
+                     "tiny", {"hidden": 16, "embedding": 8}, "kept", progress=False, warn=said.append)
+    assert json.loads((kept.run_dir / RUN_JSON).read_text())["train_config"]["eval_every"] == 5

@@ -55,7 +55,8 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
 @click.option("--minutes", type=FiniteFloat(min=0, max=366 * 24 * 60, min_open=True),
               help="Wall-clock budget; the schedule is fitted to it. Default when no stop is given: 10.")
 @click.option("--eval-every", type=click.IntRange(1, HUGE), default=200, show_default=True,
-              help="Validate and checkpoint every N steps.")
+              help="Validate and checkpoint every N steps. Left at 200 on a corpus of fewer steps per "
+                   "pass: once per pass (at least every 20 steps).")
 @click.option("--val-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Last fraction of the corpus held out for validation.")
 @click.option("--seed", type=SEED_RANGE, default=1337, show_default=True, help="Seed for weights, dropout and order.")

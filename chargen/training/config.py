@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,9 @@ from chargen.errors import ChargenError
 
 #: Transposition is limited to two octaves either way: beyond, notes leave the piano's range.
 MAX_TRANSPOSE = 24
+#: ``--eval-every``'s default is lowered to one evaluation per pass over a small corpus, but not below
+#: this many steps: each evaluation also writes a checkpoint.
+MIN_EVAL_EVERY = 20
 
 Reporter = Callable[[str], None]
 
@@ -69,6 +72,16 @@ class TrainConfig:
     def has_stop(self) -> bool:
         """Whether any limit (steps, epochs, minutes) ends the run."""
         return self.max_steps is not None or self.epochs is not None or self.minutes is not None
+
+    def with_eval_interval(self, steps_per_pass: int) -> TrainConfig:
+        """The config evaluating at least once per pass over the corpus (``steps_per_pass`` steps), where
+        ``--eval-every`` was left at its default: on a corpus of a few dozen steps per pass, 200 steps
+        between evaluations spans passes in which the model can overfit, and the best checkpoint falls
+        between two evaluations. Not below MIN_EVAL_EVERY steps."""
+        default = TrainConfig.__dataclass_fields__["eval_every"].default
+        if self.eval_every != default or steps_per_pass >= default:
+            return self
+        return replace(self, eval_every=max(MIN_EVAL_EVERY, steps_per_pass))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,7 +35,7 @@ from chargen.checkpoint import (
     write_json,
 )
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, load_tokens, split_tokens
+from chargen.data import CorpusInfo, StreamBatcher, load_tokens, split_tokens
 from chargen.errors import ChargenError, CheckpointError
 from chargen.model import ModelConfig
 from chargen.training import distributed
@@ -180,6 +180,12 @@ def train(
     labels = load_tokens(run_dir / LABELS) if corpus.labels else None
     data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len,
                         corpus.train_tokens, labels)
+    if saved is None:
+        steps_per_pass = max(1, StreamBatcher(data.train, config.batch_size, config.seq_len).steps_per_epoch)
+        if (interval := config.with_eval_interval(steps_per_pass)) is not config:
+            config = interval
+            report(f"evaluating every {config.eval_every} steps ({steps_per_pass} steps make one pass over "
+                   f"the corpus; --eval-every sets it)")
     trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
     state = trainer.state
     if init is not None:
