@@ -180,18 +180,19 @@ def train(
     labels = load_tokens(run_dir / LABELS) if corpus.labels else None
     data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len,
                         corpus.train_tokens, labels)
+    interval_note = ""  # said once the run is known to start (after the Trainer's own checks)
     if saved is None:
         steps_per_pass = max(1, StreamBatcher(data.train, config.batch_size, config.seq_len).steps_per_epoch)
         if (interval := config.with_eval_interval(steps_per_pass)) is not config:
             config = interval
-            report(f"evaluating every {config.eval_every} steps ({steps_per_pass} steps make one pass over "
-                   f"the corpus; --eval-every sets it)")
+            interval_note = (f"evaluating every {config.eval_every} steps ({steps_per_pass} steps make one pass "
+                             f"over the corpus; --eval-every sets it)")
     trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
     state = trainer.state
     if init is not None:
         init.apply(trainer.model)
     trainer.parent = init.parent if init is not None else (read_run_json(run_dir) or {}).get("parent")
-    for line in [*trainer.calibration.notes, trainer.calibration.message()]:
+    for line in [interval_note, *trainer.calibration.notes, trainer.calibration.message()]:
         if line:
             report(line)
     if new_limit:
