@@ -35,7 +35,7 @@ from chargen.checkpoint import (
     write_json,
 )
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, StreamBatcher, load_tokens, split_tokens
+from chargen.data import CorpusInfo, load_tokens, split_tokens
 from chargen.errors import ChargenError, CheckpointError
 from chargen.model import ModelConfig
 from chargen.training import distributed
@@ -180,14 +180,14 @@ def train(
     labels = load_tokens(run_dir / LABELS) if corpus.labels else None
     data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len,
                         corpus.train_tokens, labels)
-    interval_note = ""  # said once the run is known to start (after the Trainer's own checks)
-    if saved is None:
-        steps_per_pass = max(1, StreamBatcher(data.train, config.batch_size, config.seq_len).steps_per_epoch)
+    trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
+    interval_note = ""
+    if saved is None:  # a resumed run keeps the interval it was saved with
+        steps_per_pass = trainer.batcher.steps_per_epoch
         if (interval := config.with_eval_interval(steps_per_pass)) is not config:
-            config = interval
+            config = trainer.config = interval
             interval_note = (f"evaluating every {config.eval_every} steps ({steps_per_pass} steps make one pass "
                              f"over the corpus; --eval-every sets it)")
-    trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
     state = trainer.state
     if init is not None:
         init.apply(trainer.model)
