@@ -10,8 +10,8 @@
    (CHARGEN_PRECISION_CANDIDATES=fp32), which is what auto sees there. Ratio: wall-clock
    of the whole auto run over the fp32 run.
 3. Batch-1 sampling on the medium LSTM against the in-run memory floor: the fastest pass
-   (torch's or numpy's 1-row products) that reads every weight a step needs once,
-   measured in the same rounds as the sampling.
+   (torch's, numpy's or the fused C kernel's own 1-row products) that reads every weight a
+   step needs once, measured in the same rounds as the sampling.
 4. Training throughput at the default threads against ``--threads 1`` beside one
    busy-looping process (the small preset).
 5. A ``--minutes`` run beside that process (no size given: the budget sizes the model, and
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, wr
 from chargen.device import cpu_has_native_bf16
 from chargen.kernels import choose_kernel
 from chargen.model import PRESETS, CharRNN, ModelConfig
+from chargen.native import lstm_library
 from chargen.runs import start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec
@@ -162,6 +164,15 @@ def no_bf16_section(runner: Runner, preset: str, steps: int, rounds: int) -> lis
 
 def floor_pass(weights: list[torch.Tensor], kernel: str) -> float:
     """Seconds for the 1-row products that read each weight once, through ``kernel``."""
+    if kernel == "native":  # the fused kernel's own mat-vec, alone (chargen/native/lstm_step.c)
+        matvec = lstm_library().chargen_matvec
+        vectors = [torch.randn(w.shape[0]) for w in weights]
+        outputs = [torch.empty(w.shape[1]) for w in weights]
+        began = time.perf_counter()
+        for v, w, y in zip(vectors, weights, outputs):
+            matvec(ctypes.c_void_p(v.data_ptr()), ctypes.c_void_p(w.data_ptr()), w.shape[0], w.shape[1],
+                   ctypes.c_void_p(y.data_ptr()))
+        return time.perf_counter() - began
     if kernel == "numpy":
         arrays = [w.numpy() for w in weights]
         vectors = [np.random.default_rng(0).standard_normal(a.shape[0]).astype(np.float32) for a in arrays]
@@ -190,15 +201,17 @@ def sampling_section(corpus: Path, preset: str, length: int, rounds: int) -> lis
     ratios, per_char, floors = [], [], []
     from chargen.inference import generation_threads
 
+    floor_kernels = ("torch", "numpy", "native") if lstm_library() is not None else ("torch", "numpy")
+
     for _ in range(rounds):
         with generation_threads():
-            floor = min(min(floor_pass(weights, k) for _ in range(200)) for k in ("torch", "numpy"))
+            floor = min(min(floor_pass(weights, k) for _ in range(200)) for k in floor_kernels)
         result = generator.generate(None, DecodeConfig(length=length, seed=1))
         per_char.append(result.duration_s / length)
         floors.append(floor)
         ratios.append(per_char[-1] / floor)
     return [f"### 3. Batch-1 sampling against the memory floor ({preset}; kernel {kernel}; load {load()})", "",
-            f"Per character {statistics.median(per_char) * 1e6:.1f} µs; floor (best of torch's and numpy's "
+            f"Per character {statistics.median(per_char) * 1e6:.1f} µs; floor (best of {', '.join(floor_kernels)} "
             f"1-row products over {sum(w.numel() * 4 for w in weights) / 2**20:.1f} MiB) "
             f"{statistics.median(floors) * 1e6:.1f} µs; ratio per round "
             + ", ".join(f"{r:.2f}" for r in ratios) + f"; median {statistics.median(ratios):.2f} (≤ 1.2).", ""]

@@ -1,17 +1,21 @@
-"""Batch-1 generation on the faster mat-vec kernel of this machine: torch's (MKL) or numpy's (OpenBLAS).
+"""Batch-1 generation on the fastest kernel of this machine: torch's (MKL), numpy's (OpenBLAS) or fused C.
 
 A batch-1 step is a few mat-vecs that read every weight once; which BLAS reads
 them faster depends on the CPU (measured on one AMD CPU at 256x1024: OpenBLAS 26 µs,
-MKL 45-50 µs). ``batch1_stepper`` times a few hundred steps of each (alternating
-rounds, best round each) the first time a model shape is used on a machine and
-caches the winner in ``$CHARGEN_HOME/kernels.json``.
+MKL 45-50 µs). Around them an LSTM step runs ~30 small torch ops of 1-5 µs each;
+the ``fused`` kernel (``chargen/native``, compiled for this CPU on first use) does
+the products and the gate arithmetic of a whole LSTM step in one C call.
+``batch1_stepper`` times a few hundred steps of each (alternating rounds, best
+round each) the first time a model shape is used on a machine and caches the
+winner in ``$CHARGEN_HOME/kernels.json``.
 
-Both kernels compute the same sums in the same order of operations around the
-products (bias after the dot, as ``addmm`` does); only the order of the additions
-inside one dot product may differ between the two BLAS libraries, which moves a
-logit by a few units in its last place. A sampled token changes only where two
-candidates' perturbed scores tie to within that: the tests check that seeded
-samples are the same text with either kernel. ``CHARGEN_MATVEC=torch|numpy`` forces one.
+The kernels compute the same sums in the same order of operations around the
+products; only the order of the additions inside one dot product (and, fused,
+the last bit of exp) differs, which moves a logit by a few units in its last
+place. A sampled token changes only where two candidates' perturbed scores tie
+to within that: the tests check that seeded samples are the same text with every
+kernel. ``CHARGEN_MATVEC=torch|numpy|fused`` forces one (fused falls back to torch
+where it cannot run: no C compiler, or not an LSTM).
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from chargen.device import machine_key
 from chargen.errors import ChargenError
 from chargen.inference import Stepper, generation_threads
 from chargen.model import CharRNN, State
+from chargen.native import lstm_library
 from chargen.paths import chargen_home
 
 CACHE_FILE = "kernels.json"
 KERNEL_ENV = "CHARGEN_MATVEC"
-KERNELS = ("torch", "numpy")
+KERNELS = ("torch", "numpy", "fused")
 #: Rounds of up to STEPS steps (or ROUND_S seconds) per kernel, alternating; the best round of each counts.
 ROUNDS, STEPS, ROUND_S = 3, 100, 0.02
 #: numpy must be at least this much faster to replace torch (the engine's own path): below, noise decides.
@@ -102,8 +107,58 @@ class NumpyStepper(Stepper):
         return gi, self._mv(h, self.np_w_hh[layer]).add_(self.b_hh[layer])
 
 
+class FusedStepper(Stepper):
+    """A ``Stepper`` whose batch-1 LSTM steps are one call into the C kernel (mat-vecs and gate arithmetic
+    fused); several rows use torch's as before. Only for LSTMs in float32 (``fused_available``)."""
+
+    def __init__(self, model: CharRNN, library: ctypes.CDLL):
+        super().__init__(model)
+        self._kernel = library.chargen_lstm_step
+        pointer = ctypes.c_void_p
+        self._kernel.argtypes = [ctypes.c_int] * 3 + [pointer] * 13
+        self._kernel.restype = None
+
+        def pointers(tensors: list[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
+            return (pointer * self.layers)(*[t.data_ptr() for t in tensors])
+
+        self._w_hh, self._w_ih, self._bias = pointers(self.w_hh), pointers(self.w_ih), pointers(self.bias)
+        self._table = self.input_table.data_ptr()
+        self._row_bytes = self.input_table.stride(0) * self.input_table.element_size()
+        self._vocab = self.head_w.shape[1]
+        self._rows = self.input_table.shape[0]
+
+    def _step(self, tokens: torch.Tensor, state: State, bias: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        if tokens.shape[0] != 1:
+            return super()._step(tokens, state, bias)
+        token = int(tokens.item())
+        if not 0 <= token < self._rows:  # the C side reads the table row unchecked
+            raise IndexError(f"token {token} is outside the vocabulary of {self._rows}")
+        h, c = state[0].contiguous(), state[1].contiguous()  # [L, 1, H]
+        hs, cs, logits = torch.empty_like(h), torch.empty_like(c), torch.empty(1, self._vocab)
+        gates = self._lstm_scratch(1)[0]  # this thread's [1, 4H]
+        self._kernel(self.layers, self.hidden, self._vocab, self._table + token * self._row_bytes,
+                     None if bias is None else bias.contiguous().data_ptr(), self._w_hh, self._w_ih, self._bias,
+                     h.data_ptr(), c.data_ptr(), hs.data_ptr(), cs.data_ptr(), self.head_w.data_ptr(),
+                     self.head_b.data_ptr(), logits.data_ptr(), gates.data_ptr())
+        return logits, (hs, cs)
+
+
+def fused_available(model: CharRNN) -> bool:
+    """Whether the fused kernel can step this model here: an LSTM in float32, and a C compiler."""
+    return (model.config.cell == "lstm" and model.head.weight.dtype == torch.float32
+            and lstm_library() is not None)
+
+
 def stepper_for(kernel: str, model: CharRNN) -> Stepper:
-    return NumpyStepper(model) if kernel == "numpy" else Stepper(model)
+    if kernel == "numpy":
+        return NumpyStepper(model)
+    library = lstm_library() if kernel == "fused" and fused_available(model) else None
+    return FusedStepper(model, library) if library is not None else Stepper(model)
+
+
+def candidate_kernels(model: CharRNN) -> tuple[str, ...]:
+    """The kernels that can step this model here (fused only where ``fused_available``)."""
+    return KERNELS if fused_available(model) else tuple(k for k in KERNELS if k != "fused")
 
 
 def step_time(stepper: Stepper, steps: int = STEPS, seconds: float = ROUND_S) -> float:
@@ -119,9 +174,9 @@ def step_time(stepper: Stepper, steps: int = STEPS, seconds: float = ROUND_S) ->
 
 
 def measure_kernels(model: CharRNN, rounds: int = ROUNDS) -> dict[str, float]:
-    """Best seconds per batch-1 step of each kernel, alternating rounds."""
-    steppers = {kernel: stepper_for(kernel, model) for kernel in KERNELS}
-    best = dict.fromkeys(KERNELS, float("inf"))
+    """Best seconds per batch-1 step of each kernel that can run it, alternating rounds."""
+    steppers = {kernel: stepper_for(kernel, model) for kernel in candidate_kernels(model)}
+    best = dict.fromkeys(steppers, float("inf"))
     with generation_threads():
         for stepper in steppers.values():
             step_time(stepper, 5)  # first calls: allocations, BLAS initialisation
@@ -133,12 +188,13 @@ def measure_kernels(model: CharRNN, rounds: int = ROUNDS) -> dict[str, float]:
 
 def model_key(model: CharRNN) -> str:
     c = model.config
+    # The candidates are part of the key: a kernel added later (or a compiler installed) is measured anew.
     return f"{machine_key(torch.device('cpu'), 1)} | {c.cell} {c.layers}x{c.hidden} emb {c.embedding} " \
-           f"vocab {c.vocab_size}"
+           f"vocab {c.vocab_size} | {'/'.join(candidate_kernels(model))}"
 
 
 def choose_kernel(model: CharRNN) -> str:
-    """``torch`` or ``numpy`` for this model here: forced, cached, or measured now (and cached)."""
+    """``torch``, ``numpy`` or ``fused`` for this model here: forced, cached, or measured now (and cached)."""
     forced = os.environ.get(KERNEL_ENV)
     if forced in KERNELS:
         return forced
@@ -158,7 +214,8 @@ def choose_kernel(model: CharRNN) -> str:
     if isinstance(entry, dict) and entry.get("kernel") in KERNELS:
         return str(entry["kernel"])
     seconds = measure_kernels(model)
-    kernel = "numpy" if seconds["numpy"] * MARGIN < seconds["torch"] else "torch"
+    fastest = min(seconds, key=seconds.__getitem__)
+    kernel = fastest if seconds[fastest] * MARGIN < seconds["torch"] else "torch"
     cache[key] = {"kernel": kernel, "us_per_step": {k: round(v * 1e6, 2) for k, v in seconds.items()}}
     if path is not None:
         try:

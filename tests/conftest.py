@@ -27,6 +27,17 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_kernels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder for the C kernel's build (chargen/native, ~0.3 s a build) for the whole session, the CLI's
+    subprocesses included, instead of a build in every test's CHARGEN_HOME. Tests of the build itself
+    point CHARGEN_NATIVE_DIR elsewhere."""
+    folder = tmp_path_factory.mktemp("native")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEN_NATIVE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own checkpoint root and CHARGEN_HOME."""

@@ -15,8 +15,10 @@ from chargen.checkpoint import LAST, RUN_JSON, load_checkpoint
 from chargen.data import split_tokens
 from chargen.inference import Stepper
 from chargen.kernels import CACHE_FILE as KERNEL_CACHE
-from chargen.kernels import KERNEL_ENV, NumpyStepper, batch1_stepper, choose_kernel
+from chargen.kernels import KERNEL_ENV, KERNELS, FusedStepper, NumpyStepper, batch1_stepper, choose_kernel
 from chargen.model import CharRNN, ModelConfig
+from chargen.native import build as native_build
+from chargen.native import lstm_library
 from chargen.runs import start_run
 from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
 from chargen.training import StepBudget, TrainConfig
@@ -266,26 +268,96 @@ def test_numpy_steps_agree_with_torch_steps(cell: str) -> None:
         assert torch.equal(fast.step(rows, plain.initial_state(2))[0], plain.step(rows, plain.initial_state(2))[0])
 
 
+def need_compiler() -> None:
+    if lstm_library() is None:
+        pytest.skip("no working C compiler (cc or $CC): the fused kernel cannot be built here")
+
+
+@pytest.mark.parametrize(("layers", "hidden"), [(1, 45), (2, 48), (3, 17)])  # odd widths: the loops' tails
+def test_fused_steps_agree_with_torch_steps(layers: int, hidden: int) -> None:
+    need_compiler()
+    torch.manual_seed(layers)
+    model = CharRNN(ModelConfig(vocab_size=30, layers=layers, hidden=hidden, embedding=8, labels=["a", "b"])).eval()
+    plain, fast = Stepper(model), FusedStepper(model, lstm_library())
+    for label in (None, 1):
+        state_a, state_b = plain.initial_state(1), fast.initial_state(1)
+        bias = plain.label_bias(label)
+        with torch.inference_mode():
+            for token in [3, 7, 1, 29, 0, 12] * 5:
+                want, state_a = plain.step(torch.tensor([token]), state_a, bias)
+                got, state_b = fast.step(torch.tensor([token]), state_b, bias)
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)  # order of additions, exp's last bit
+                for a, b in zip(state_a, state_b):
+                    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    rows = torch.tensor([1, 2])  # several rows: torch's products, exactly
+    assert torch.equal(fast.step(rows, plain.initial_state(2))[0], plain.step(rows, plain.initial_state(2))[0])
+    with pytest.raises(IndexError):
+        fast.step(torch.tensor([30]), fast.initial_state(1))  # the C side must never read past the table
+
+
 def test_the_kernel_choice_is_cached_and_can_be_forced(monkeypatch: pytest.MonkeyPatch, isolated_home: Path) -> None:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=20, layers=1, hidden=16, embedding=4)).eval()
     kernel = choose_kernel(model)
     cached = json.loads((isolated_home / "home" / KERNEL_CACHE).read_text())
-    assert kernel in ("torch", "numpy") and next(iter(cached.values()))["kernel"] == kernel
+    entry = next(iter(cached.values()))
+    assert kernel in KERNELS and entry["kernel"] == kernel
+    assert set(entry["us_per_step"]) == ({"torch", "numpy", "fused"} if lstm_library() else {"torch", "numpy"})
     assert isinstance(batch1_stepper(model), NumpyStepper) == (kernel == "numpy")
+    assert isinstance(batch1_stepper(model), FusedStepper) == (kernel == "fused")
     monkeypatch.setenv(KERNEL_ENV, "numpy")
     assert isinstance(batch1_stepper(model), NumpyStepper)
+    monkeypatch.setenv(KERNEL_ENV, "fused")
+    assert isinstance(batch1_stepper(model), FusedStepper) == (lstm_library() is not None)
+    gru = CharRNN(ModelConfig(vocab_size=20, cell="gru", layers=1, hidden=16, embedding=4)).eval()
+    assert type(batch1_stepper(gru)) is Stepper  # fused is an LSTM kernel: others step through torch
 
 
-def test_seeded_samples_are_the_same_text_with_either_kernel(trained_run: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fused_kernel_is_built_once_per_machine_and_missing_compilers_fall_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need_compiler()
+    home = tmp_path / "own-home"  # not the suite's shared build: the default folder, in CHARGEN_HOME
+    monkeypatch.setenv("CHARGEN_HOME", str(home))
+    monkeypatch.delenv(native_build.FOLDER_ENV)
+    library = lstm_library()
+    built = list((home / "native").glob("*.so"))
+    assert library is not None and len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    native_build._load.cache_clear()  # a new process: finds the cached build, compiles nothing
+    assert lstm_library() is not None and built[0].stat().st_mtime_ns == stamp
+    assert list((home / "native").iterdir()) == built  # no temporary files left beside it
+
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert lstm_library() is None
+    fake = tmp_path / "failing-cc"  # a compiler that runs but cannot build: no half-written library
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo fake 1.0 && exit 0\necho 'error: broken' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    assert lstm_library() is None
+    assert list((home / "native").iterdir()) == built
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=20, layers=1, hidden=16, embedding=4)).eval()
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    assert choose_kernel(model) in ("torch", "numpy")  # measured without it, and sampling still works
+
+
+def test_seeded_samples_are_the_same_text_with_every_kernel(trained_run: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    need_compiler()
     texts = {}
-    for kernel in ("torch", "numpy"):
+    for kernel in KERNELS:
         monkeypatch.setenv(KERNEL_ENV, kernel)
         result = run_cli("sample", "-c", str(trained_run), "--len", "400", "--seed", "11", "-n", "3", "--json")
         assert result.returncode == 0, result.stderr
         texts[kernel] = [s["text"] for s in json.loads(result.stdout)["samples"]]
-    assert texts["torch"] == texts["numpy"] and len(texts["torch"][0]) == 400
+    assert texts["torch"] == texts["numpy"] == texts["fused"] and len(texts["torch"][0]) == 400
+    single = {}
+    for kernel in ("torch", "fused"):  # batch 1: -n 1 steps through the C kernel itself
+        monkeypatch.setenv(KERNEL_ENV, kernel)
+        result = run_cli("sample", "-c", str(trained_run), "--len", "400", "--seed", "11", "--json")
+        single[kernel] = json.loads(result.stdout)["samples"][0]
+    assert single["fused"]["text"] == single["torch"]["text"]
+    assert single["fused"]["logprob"] == pytest.approx(single["torch"]["logprob"], rel=1e-6)  # last bits only
 
 
 def test_the_budget_counts_from_the_set_up() -> None:

@@ -1,0 +1,5 @@
+"""Kernels in C, compiled on the user's machine for its CPU (see ``build``)."""
+
+from chargen.native.build import lstm_library
+
+__all__ = ["lstm_library"]
