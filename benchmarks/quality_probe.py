@@ -1,7 +1,8 @@
 """Validation loss at a fixed number of steps: the sizing rule's settings compared where the load does not matter.
 
     python -m benchmarks.quality_probe NAME [--corpus FILE] [--size medium] [--lr 5e-3] [--dropout 0.2]
-        [--weight-drop 0.25] [--min-lr-ratio 0.1] [--steps 1700] [--eval-every 200] [--threads 1]
+        [--weight-drop 0.25] [--min-lr-ratio 0.1] [--steps 1700] [--eval-every 200] [--ema 0.99]
+        [--threads 1]
 
 ``benchmarks/quality_curve.py`` measures what a ``--minutes`` budget buys, which
 depends on the machine's speed and so needs a quiet machine. The question "which
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-lr-ratio", type=float, default=TrainConfig.min_lr_ratio)
     parser.add_argument("--steps", type=int, default=1700, help="the schedule's length (a 10-minute run made ~1,700)")
     parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--ema", type=float, default=0.0, help="weight average (chargen train's default: 0.99)")
     parser.add_argument("--threads", type=int, default=1, help="1: the same numbers whatever else runs")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "quality_probes.jsonl")
     args = parser.parse_args(argv)
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dropout is not None:
         preset["dropout"] = args.dropout
     config = TrainConfig(max_steps=args.steps, eval_every=args.eval_every, threads=args.threads, precision="fp32",
-                         lr=args.lr, min_lr_ratio=args.min_lr_ratio)
+                         lr=args.lr, min_lr_ratio=args.min_lr_ratio, ema=args.ema)
     data = split_tokens(codec.encode_file(corpus), config.val_fraction, config.batch_size, config.seq_len)
     started, log = time.monotonic(), []
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     Trainer(ModelConfig(vocab_size=codec.vocab_size, **preset), config, data, on_progress=report).fit()
     result = {"name": args.name, "corpus": corpus.name, "best": min(e["val_loss"] for e in log),
-              "model": {"size": args.size, **preset}, "lr": args.lr, "min_lr_ratio": args.min_lr_ratio,
+              "model": {"size": args.size, **preset}, "lr": args.lr, "min_lr_ratio": args.min_lr_ratio, "ema": args.ema,
               "steps": args.steps, "threads": args.threads, "log": log}
     print(json.dumps(result))
     with args.results.open("a") as out:

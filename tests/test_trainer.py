@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -148,9 +149,37 @@ def test_trainer_stepped_by_hand_equals_a_training_run(tmp_path: Path) -> None:
     losses = [trainer.step() for _ in range(6)]
     assert losses[-1] == result.last_train_loss
     saved = load_file(str(result.run_dir / LAST))
-    for key, value in trainer.model.state_dict().items():
+    for key, value in trainer.evaluated_model.state_dict().items():  # the weight average (--ema) is saved
         assert torch.equal(value, saved[key]), key
     assert trainer.evaluate() == result.last_val_loss
+
+
+def test_the_weight_average_is_what_is_evaluated_and_saved(tmp_path: Path) -> None:
+    """--ema: evaluations and weights files hold the ramped moving average; training goes on from the raw
+    weights, which state.pt keeps beside the average (resume is exact: tests/test_train.py)."""
+    ids = np.frombuffer(FABLES.read_bytes()[:8000], dtype=np.uint8).astype(np.int64) % 40
+    data = split_tokens(ids, 0.1, 4, 16)
+    model_config = model_config_for(40, "tiny", hidden=32, embedding=8)
+    raw = Trainer(model_config, TrainConfig(batch_size=4, seq_len=16, max_steps=3, seed=2, threads=1, ema=0.0), data)
+    averaged = Trainer(model_config, TrainConfig(batch_size=4, seq_len=16, max_steps=3, seed=2, threads=1, ema=0.9),
+                       data)
+    assert raw.evaluated_model is raw.model and averaged.evaluated_model is averaged.model  # before any step
+    start = {k: v.clone() for k, v in averaged.model.state_dict().items()}
+    averaged.step()
+    raw.step()
+    first = {k: v.clone() for k, v in averaged.model.state_dict().items()}
+    averaged.step()
+    raw.step()
+    for key, value in averaged.model.state_dict().items():
+        assert torch.equal(value, raw.model.state_dict()[key]), key  # the average never feeds back into training
+        # ramped: decay min(0.9, (1 + n) / (10 + n)) after n updates -> 0.1, then 2/11
+        once = torch.lerp(start[key], first[key], 0.9)
+        assert torch.allclose(averaged.evaluated_model.state_dict()[key], torch.lerp(once, value, 1 - 2 / 11),
+                              atol=1e-6), key
+    assert averaged.evaluate() != raw.evaluate()
+    with pytest.raises(ChargenError, match="--ema must be"):
+        TrainConfig(ema=1.0)
+    assert TrainConfig.from_dict({"lr": 1e-3}).ema == 0.0  # a run saved before averaging resumes without it
 
 
 def test_progress_reaches_the_callback_and_metrics_jsonl(tmp_path: Path) -> None:

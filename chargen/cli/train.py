@@ -49,6 +49,9 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
 @click.option("--lr", type=FiniteFloat(min=0, max=10, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (linear warmup, cosine decay to 10%).")
 @click.option("--weight-decay", type=FiniteFloat(0, 10), default=0.0, show_default=True, help="AdamW decay.")
+@click.option("--ema", type=FiniteFloat(0, 1, max_open=True), default=0.99, show_default=True,
+              help="Evaluate and save a moving average of the weights over about 1/(1-EMA) steps (better late "
+                   "in a run than the last step's weights); 0: the raw weights.")
 @click.option("--epochs", type=FiniteFloat(min=0, max=HUGE, min_open=True), help="Stop after this many epochs.")
 @click.option("--max-steps", type=click.IntRange(1, HUGE),
               help="Stop after this many steps (with --resume: go on to this step, also past a finished run's end).")
@@ -81,7 +84,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
           size: str | None,
           cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
           weight_drop: float | None,
-          batch_size: int, seq_len: int, lr: float, weight_decay: float, epochs: float | None,
+          batch_size: int, seq_len: int, lr: float, weight_decay: float, ema: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
           device: str, precision: str, threads: int | None, transpose: tuple[int, int] | None,
           labels_from: str | None, label: str | None, run_name: str | None, out: Path | None,
@@ -114,7 +117,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
             raise click.UsageError("--labels-from folders takes one CORPUS folder, whose subfolders are the labels")
         if epochs is None and max_steps is None and minutes is None:
             minutes = 10.0
-        config = TrainConfig(batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay,
+        config = TrainConfig(batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, ema=ema,
                              epochs=epochs, max_steps=max_steps, minutes=minutes, eval_every=eval_every,
                              val_fraction=val_fraction, seed=seed, device=device, precision=precision,
                              threads=threads, transpose=transpose)

@@ -29,6 +29,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    ema: float = 0.99  # evaluate and save an average of the weights over ~1/(1 - ema) steps; 0: the raw weights
     epochs: float | None = None
     max_steps: int | None = None
     minutes: float | None = None
@@ -58,6 +59,7 @@ class TrainConfig:
         _finite("--lr", self.lr, low=0.0, low_open=True)
         _finite("--weight-decay", self.weight_decay, low=0.0)
         _finite("--grad-clip", self.grad_clip, low=0.0, low_open=True)
+        _finite("--ema", self.ema, low=0.0, high=1.0, high_open=True)
         _finite("--min-lr-ratio", self.min_lr_ratio, low=0.0, high=1.0)
         _finite("--val-fraction", self.val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
         for name, value in (("--epochs", self.epochs), ("--minutes", self.minutes)):
@@ -89,7 +91,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("ema", 0.0)  # saved before weight averaging existed: resumes as it ran
+        return cls(**values)
 
 
 def _positive_int(name: str, value: object, minimum: int | None = 1) -> None:

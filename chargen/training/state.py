@@ -10,6 +10,7 @@ import torch
 
 from chargen import __version__
 from chargen.model import CharRNN, ModelConfig, State
+from chargen.training.averaging import WeightAverage
 from chargen.training.config import TrainConfig
 
 
@@ -27,10 +28,12 @@ class TrainingState:
     hidden: State | None = None  # carried across batches within an epoch (truncated BPTT)
 
     def to_state_dict(self, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device,
-                      model_config: ModelConfig, train_config: TrainConfig, elapsed_s: float) -> dict[str, Any]:
+                      model_config: ModelConfig, train_config: TrainConfig, elapsed_s: float,
+                      average: WeightAverage | None = None) -> dict[str, Any]:
         """The ``state.pt`` payload: tensors and plain data only (loaded with ``weights_only=True``)."""
         return {
             "model": model.state_dict(),
+            **({"average": average.state_dict()} if average is not None else {}),
             "optimizer": optimizer.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             **({"rng_cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),

@@ -30,6 +30,7 @@ from chargen.midi import MidiCodec
 from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.threads import ThreadTuner
+from chargen.training.averaging import WeightAverage
 from chargen.training.budget import StepBudget
 from chargen.training.calibrate import Calibration, choose_precision
 from chargen.training.config import TrainConfig, lr_at
@@ -109,11 +110,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config, self.device)
         self.scaler = grad_scaler(self.device, self.precision)
         self.tokens_per_step = config.batch_size * config.seq_len
+        # The weight average (config.ema): made at the first step, from the weights training starts from
+        # (a fine-tuned run's parent's, loaded after this constructor); restored on resume.
+        self.average: WeightAverage | None = None
         if resume_from is None:
             self.state = TrainingState(total_steps=planned_steps(config, self.batcher.steps_per_epoch))
         else:
             self.state = TrainingState.restore(resume_from, self.model, self.optimizer, self.device)
             self.state.hidden = self.dist.shard_hidden(self.state.hidden)
+            if config.ema and "average" in resume_from:
+                self.average = WeightAverage.restore(resume_from["average"], self.model, config.ema)
         self.resumed = resume_from is not None
         self.session_start_step = self.state.step
         self.last_train: float | None = None
@@ -147,6 +153,8 @@ class Trainer:
     def step(self) -> float:
         """One optimisation step on the next batch; returns its training loss."""
         state, config = self.state, self.config
+        if config.ema and self.average is None:  # from the weights training starts from
+            self.average = WeightAverage(self.model, config.ema)
         if self.batcher.starts_epoch(state.step):
             state.hidden = None
         x, y = self.batcher.batch(state.step)
@@ -171,6 +179,8 @@ class Trainer:
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
             self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         state.step += 1
         self.last_train = self.dist.mean(loss.item())  # of the global batch
         if not math.isfinite(self.last_train):
@@ -188,10 +198,15 @@ class Trainer:
         labels[dropped] = self.model_config.no_label
         return labels.to(self.device, non_blocking=True)
 
+    @property
+    def evaluated_model(self) -> CharRNN:
+        """What evaluations score and checkpoints save: the weight average, else the raw weights."""
+        return self.average.module if self.average is not None else self.model
+
     def evaluate(self) -> float:
         """Validation loss (nats per token) over the whole validation split; recorded in the state."""
         began = time.monotonic()
-        self.last_val = evaluate(self.model, self.data.val, self.config.seq_len, self.device, self.precision,
+        self.last_val = evaluate(self.evaluated_model, self.data.val, self.config.seq_len, self.device, self.precision,
                                  self.data.val_labels)
         self.state.evals.append({"step": self.state.step, "minutes": self.elapsed_s / 60, "val_loss": self.last_val,
                                  "train_loss": self.last_train if self.last_train is not None else math.nan})
@@ -214,10 +229,10 @@ class Trainer:
         info = dict(self.training_info(), step=state.step,
                     best_val_loss=state.best_val if math.isfinite(state.best_val) else None)
         if is_best:
-            save_weights(self.run_dir / BEST, self.model, self.codec, info)
-        save_weights(self.run_dir / LAST, self.model, self.codec, info)
+            save_weights(self.run_dir / BEST, self.evaluated_model, self.codec, info)
+        save_weights(self.run_dir / LAST, self.evaluated_model, self.codec, info)
         save_state(self.run_dir / STATE, replace(state, hidden=hidden).to_state_dict(
-            self.model, self.optimizer, self.device, self.model_config, self.config, self.elapsed_s))
+            self.model, self.optimizer, self.device, self.model_config, self.config, self.elapsed_s, self.average))
         self.overhead_s += time.monotonic() - began
 
     # ------------------------------------------------------------------ the loop
