@@ -16,6 +16,7 @@ from chargen.checkpoint import FAILED, FINISHED, LAST, RUN_JSON, checkpoint_code
 from chargen.cli import main
 from chargen.data import load_tokens, split_tokens
 from chargen.errors import ChargenError, CheckpointError
+from chargen.model import CharRNN
 from chargen.runs import check_run_name, model_config_for, resume_run, start_run
 from chargen.training import StepBudget, TrainConfig, Trainer
 from chargen.training.budget import MIN_MEASURED_STEPS, REFIT_EVERY, WARMUP_STEPS
@@ -177,6 +178,16 @@ def test_the_weight_average_is_what_is_evaluated_and_saved(tmp_path: Path) -> No
         assert torch.allclose(averaged.evaluated_model.state_dict()[key], torch.lerp(once, value, 1 - 2 / 11),
                               atol=1e-6), key
     assert averaged.evaluate() != raw.evaluate()
+    # With weight drop (a masked forward through torch.func) the average still scores as its own weights do.
+    dropped = Trainer(model_config_for(40, "tiny", hidden=32, embedding=8, weight_drop=0.5),
+                      TrainConfig(batch_size=4, seq_len=16, max_steps=3, seed=2, threads=1, ema=0.9), data)
+    for _ in range(3):
+        dropped.step()
+    fresh = CharRNN(dropped.average.module.config)
+    fresh.load_state_dict(dropped.average.module.state_dict())
+    probe = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(dropped.evaluated_model.eval()(probe)[0], fresh.eval()(probe)[0])
     with pytest.raises(ChargenError, match="--ema must be"):
         TrainConfig(ema=1.0)
     assert TrainConfig.from_dict({"lr": 1e-3}).ema == 0.0  # a run saved before averaging resumes without it

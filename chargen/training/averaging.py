@@ -15,7 +15,6 @@ kept in Python, so that a CUDA run does not wait on the device once per step to 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -26,7 +25,14 @@ from chargen.model import CharRNN
 class WeightAverage:
     def __init__(self, model: CharRNN, decay: float):
         self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)  # the averaged weights
+        # A fresh module loaded from the state dict, not a deepcopy: after a weight-dropped forward
+        # (torch.func.functional_call) nn.LSTM's flat weight list may hold other tensor objects than its
+        # parameters, and a deepcopy would copy those apart from the parameters that the average updates.
+        # Its random initialisation is overwritten at once: it must not draw from the run's RNG stream.
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            self.module = CharRNN(model.config).to(device).eval().requires_grad_(False)  # the averaged weights
+        self.module.load_state_dict(model.state_dict())
         self.updates = 0
 
     def current_decay(self) -> float:
