@@ -109,7 +109,7 @@ class NumpyStepper(Stepper):
 
 class FusedStepper(Stepper):
     """A ``Stepper`` whose batch-1 LSTM steps are one call into the C kernel (mat-vecs and gate arithmetic
-    fused); several rows use torch's as before. Only for LSTMs in float32 (``fused_available``)."""
+    fused); several rows use torch's as before. Only for LSTMs in float32 (``fused_library``)."""
 
     def __init__(self, model: CharRNN, library: ctypes.CDLL):
         super().__init__(model)
@@ -143,22 +143,23 @@ class FusedStepper(Stepper):
         return logits, (hs, cs)
 
 
-def fused_available(model: CharRNN) -> bool:
-    """Whether the fused kernel can step this model here: an LSTM in float32, and a C compiler."""
-    return (model.config.cell == "lstm" and model.head.weight.dtype == torch.float32
-            and lstm_library() is not None)
+def fused_library(model: CharRNN) -> ctypes.CDLL | None:
+    """The fused kernel's library where it can step this model here (an LSTM in float32, and a C compiler)."""
+    if model.config.cell != "lstm" or model.head.weight.dtype != torch.float32:
+        return None
+    return lstm_library()
 
 
 def stepper_for(kernel: str, model: CharRNN) -> Stepper:
     if kernel == "numpy":
         return NumpyStepper(model)
-    library = lstm_library() if kernel == "fused" and fused_available(model) else None
+    library = fused_library(model) if kernel == "fused" else None
     return FusedStepper(model, library) if library is not None else Stepper(model)
 
 
 def candidate_kernels(model: CharRNN) -> tuple[str, ...]:
-    """The kernels that can step this model here (fused only where ``fused_available``)."""
-    return KERNELS if fused_available(model) else tuple(k for k in KERNELS if k != "fused")
+    """The kernels that can step this model here (fused only where ``fused_library`` has it)."""
+    return KERNELS if fused_library(model) is not None else tuple(k for k in KERNELS if k != "fused")
 
 
 def step_time(stepper: Stepper, steps: int = STEPS, seconds: float = ROUND_S) -> float:
