@@ -45,7 +45,7 @@ BEGIN, END = "<!-- quality-curve:begin -->", "<!-- quality-curve:end -->"
 
 #: The settings compared: chargen's defaults now, and the defaults before issue 14.
 SETTINGS = {"new": [], "previous": ["--size", "medium", "--batch-size", "32", "--lr", "3e-3", "--precision", "fp32",
-                                    "--ema", "0"]}
+                                    "--ema", "0", "--weight-decay", "0"]}
 
 
 def run_budget(corpus: Path, minutes: float, root: Path, setting: str = "new") -> dict:

@@ -1,7 +1,7 @@
 """Validation loss at a fixed number of steps: the sizing rule's settings compared where the load does not matter.
 
     python -m benchmarks.quality_probe NAME [--corpus FILE] [--size medium] [--lr 5e-3] [--dropout 0.2]
-        [--weight-drop 0.25] [--min-lr-ratio 0.1] [--steps 1700] [--eval-every 200] [--ema 0.99]
+        [--weight-drop 0.25] [--weight-decay 0.3] [--min-lr-ratio 0.1] [--steps 1700] [--eval-every 200] [--ema 0.99]
         [--threads 1]
 
 ``benchmarks/quality_curve.py`` measures what a ``--minutes`` budget buys, which
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--dropout", type=float, help="default: the preset's")
     parser.add_argument("--weight-drop", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's (chargen train's default: 0.3)")
     parser.add_argument("--min-lr-ratio", type=float, default=TrainConfig.min_lr_ratio)
     parser.add_argument("--steps", type=int, default=1700, help="the schedule's length (a 10-minute run made ~1,700)")
     parser.add_argument("--eval-every", type=int, default=200)
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.dropout is not None:
         preset["dropout"] = args.dropout
     config = TrainConfig(max_steps=args.steps, eval_every=args.eval_every, threads=args.threads, precision="fp32",
-                         lr=args.lr, min_lr_ratio=args.min_lr_ratio, ema=args.ema)
+                         lr=args.lr, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
+                         weight_decay=args.weight_decay)
     data = split_tokens(codec.encode_file(corpus), config.val_fraction, config.batch_size, config.seq_len)
     started, log = time.monotonic(), []
 
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     Trainer(ModelConfig(vocab_size=codec.vocab_size, **preset), config, data, on_progress=report).fit()
     result = {"name": args.name, "corpus": corpus.name, "best": min(e["val_loss"] for e in log),
               "model": {"size": args.size, **preset}, "lr": args.lr, "min_lr_ratio": args.min_lr_ratio, "ema": args.ema,
+              "weight_decay": args.weight_decay,
               "steps": args.steps, "threads": args.threads, "log": log}
     print(json.dumps(result))
     with args.results.open("a") as out:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from chargen.codec import Codec
 from chargen.codec_registry import codec_from_metadata
@@ -85,7 +85,10 @@ def save_weights(path: Path, model: CharRNN, codec: Codec, training: dict[str, A
         "codec": json.dumps(codec.to_metadata()),
         "training": json.dumps(training),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    # Serialised here and written by atomic_write's own file: safetensors' save_file makes a temp file of its
+    # own in the folder, whose failure (a folder made read-only mid-run) is a SafetensorError, not an OSError.
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 @dataclass

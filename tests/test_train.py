@@ -176,3 +176,19 @@ def test_a_short_corpus_is_evaluated_once_per_pass(tmp_path: Path) -> None:
     kept = start_run([corpus], TrainConfig(batch_size=18, seq_len=16, max_steps=10, eval_every=5, threads=1),
                      "tiny", {"hidden": 16, "embedding": 8}, "kept", progress=False, warn=said.append)
     assert json.loads((kept.run_dir / RUN_JSON).read_text())["train_config"]["eval_every"] == 5
+
+
+def test_train_option_defaults_are_the_train_configs() -> None:
+    """`chargen train`'s defaults are TrainConfig's (the engine's), so the CLI and the library train alike:
+    weight decay, averaging, learning rate, batch, sequence length, evaluation interval, seed."""
+    from chargen.cli.train import train as train_command
+
+    defaults = TrainConfig.__dataclass_fields__
+    options = {p.name: p.default for p in train_command.params}
+    shared = ["weight_decay", "ema", "lr", "batch_size", "seq_len", "eval_every", "val_fraction", "seed",
+              "device", "precision"]
+    assert {name: options[name] for name in shared} == {name: defaults[name].default for name in shared}
+    assert TrainConfig().weight_decay > 0  # measured better at both budgets (BENCHMARKS.md)
+    # A run saved before weight decay became a default resumes without it.
+    assert TrainConfig.from_dict({k: v for k, v in TrainConfig().to_dict().items() if k != "weight_decay"}
+                                 ).weight_decay == 0.0

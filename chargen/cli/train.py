@@ -48,7 +48,8 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
               help="Tokens per stream per step (truncated BPTT length).")
 @click.option("--lr", type=FiniteFloat(min=0, max=10, min_open=True), default=3e-3, show_default=True,
               help="Peak learning rate (linear warmup, cosine decay to 10%).")
-@click.option("--weight-decay", type=FiniteFloat(0, 10), default=0.0, show_default=True, help="AdamW decay.")
+@click.option("--weight-decay", type=FiniteFloat(0, 10), default=0.3, show_default=True,
+              help="AdamW's decoupled weight decay on the weight matrices (not biases or embeddings); 0: none.")
 @click.option("--ema", type=FiniteFloat(0, 1, max_open=True), default=0.99, show_default=True,
               help="Evaluate and save a moving average of the weights over about 1/(1-EMA) steps (better late "
                    "in a run than the last step's weights); 0: the raw weights.")
