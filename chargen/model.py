@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from chargen.dropout import dropout
 from chargen.errors import ChargenError
 
 CELLS = ("lstm", "gru", "rnn")
@@ -115,12 +116,16 @@ class CharRNN(nn.Module):
             batch_first=True,
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
-        self.drop = nn.Dropout(config.dropout)
         self.recurrent_weights = tuple(name for name, _ in self.rnn.named_parameters() if name.startswith("weight_hh"))
         self.head = nn.Linear(config.hidden, config.vocab_size)
         # Made last, so an unlabelled model draws its initial weights exactly as before labels existed.
         # Row len(labels) is "no label". The label joins every step's input, so training stays one fused RNN call.
         self.label_embed = nn.Embedding(len(config.labels) + 1, label_width) if config.labels else None
+        # One-layer shapes on the meta device (no storage, not registered: not in the state dict or the
+        # parameters) through which training runs the stack one layer at a time with this model's weights.
+        self._layer_shapes = tuple(
+            rnn_class(width, config.hidden, batch_first=True, device="meta")
+            for width in dict.fromkeys((config.embedding + label_width, config.hidden)))
 
     def init_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         shape = (self.config.layers, batch, self.config.hidden)
@@ -141,18 +146,42 @@ class CharRNN(nn.Module):
         elif labels is not None:
             raise ChargenError("this model has no labels")
         hx = None if state is None else (state[0], state[1]) if self.config.cell == "lstm" else state[0]
-        if self.training and self.config.weight_drop > 0:
-            # The fused kernel with masked copies of the recurrent weights (gradients reach the originals);
-            # in eval the weights are used as they are (dropout's 1/(1-p) scaling keeps them comparable).
-            dropped = {name: nn.functional.dropout(getattr(self.rnn, name), self.config.weight_drop)
-                       for name in self.recurrent_weights}
-            out, new_state = torch.func.functional_call(self.rnn, dropped, (x, hx))  # out: [B, T, H]
+        if self.training and (self.config.weight_drop > 0 or (self.config.dropout > 0 and self.config.layers > 1)):
+            out, new_state = self._layer_by_layer(x, hx)  # out: [B, T, H]
         else:
             out, new_state = self.rnn(x, hx)
-        logits = self.head(self.drop(out))  # [B, T, V]
+        logits = self.head(dropout(out, self.config.dropout, self.training))  # [B, T, V]
         if not isinstance(new_state, tuple):
             new_state = (new_state,)
         return logits, new_state
+
+    def _layer_by_layer(self, x: torch.Tensor, hx: Any) -> tuple[torch.Tensor, Any]:
+        """Training's stack, one fused layer at a time: dropout between layers with chargen's cheaper mask
+        (``nn.LSTM``'s own draws it per element, a tenth of a medium step on CPU), and weight drop (AWD-LSTM's
+        DropConnect) on masked copies of the recurrent weights, whose gradients reach the originals. In
+        evaluation the weights are used as they are (dropout's 1/(1-p) scaling keeps them comparable)."""
+        lstm = self.config.cell == "lstm"
+        last_h: list[torch.Tensor] = []
+        last_c: list[torch.Tensor] = []
+        for layer in range(self.config.layers):
+            weights = {f"{kind}_l0": getattr(self.rnn, f"{kind}_l{layer}")
+                       for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            if self.config.weight_drop > 0:
+                weights["weight_hh_l0"] = dropout(weights["weight_hh_l0"], self.config.weight_drop)
+            if hx is None:
+                layer_hx = None
+            else:
+                layer_hx = (hx[0][layer:layer + 1], hx[1][layer:layer + 1]) if lstm else hx[layer:layer + 1]
+            shape = self._layer_shapes[min(layer, len(self._layer_shapes) - 1)]
+            x, state = torch.func.functional_call(shape, weights, (x, layer_hx))  # x: [B, T, H]
+            if layer < self.config.layers - 1:
+                x = dropout(x, self.config.dropout)
+            last_h.append(state[0] if lstm else state)
+            if lstm:
+                last_c.append(state[1])
+        if lstm:
+            return x, (torch.cat(last_h), torch.cat(last_c))
+        return x, torch.cat(last_h)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,4 +1,5 @@
-"""The model's own rules: weight drop (DropConnect on the recurrent weights) and its metadata."""
+"""The model's own rules: dropout's cheaper mask, the layer-by-layer training stack, weight drop (DropConnect on
+the recurrent weights) and its metadata."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from chargen.checkpoint import LAST, load_checkpoint
+from chargen.dropout import LEVELS, dropout
 from chargen.errors import ChargenError
 from chargen.model import CharRNN, ModelConfig
 from tests.conftest import FABLES, assert_one_line_error, invoke
@@ -52,6 +54,63 @@ def test_weights_trained_with_weight_drop_are_the_module_s_own() -> None:
     model.eval()
     fresh.eval()
     assert torch.equal(model(x)[0], fresh(x)[0])
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_the_cheaper_dropout_drops_with_the_asked_probability_and_keeps_the_mean(p: float) -> None:
+    torch.manual_seed(5)
+    x = torch.ones(1001, 999)  # an odd count: the last 32-bit draw is half used
+    y = dropout(x, p)
+    assert abs((y == 0).float().mean().item() - p) < 0.003  # 1 M Bernoulli draws: sd 0.0005
+    assert abs(y.mean().item() - 1.0) < 0.006
+    kept = y[y != 0]
+    assert torch.equal(kept, torch.full_like(kept, LEVELS / (LEVELS - round(p * LEVELS))))
+    rows = (y == 0).float().mean(1)  # no structure: every row drops about p, not whole rows or halves
+    assert rows.min().item() > p - 0.07 and rows.max().item() < p + 0.07
+    assert abs((y[:, 0::2] == 0).float().mean().item() - (y[:, 1::2] == 0).float().mean().item()) < 0.006
+    torch.manual_seed(5)
+    assert torch.equal(dropout(x, p), y)  # the torch generator's: seeded runs repeat
+    assert dropout(x, p, training=False) is x and dropout(x, 0.0) is x
+
+
+def test_the_cheaper_dropout_passes_gradients_through_the_kept_elements_only() -> None:
+    x = torch.randn(64, 50, requires_grad=True)
+    y = dropout(x, 0.25)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * LEVELS / (LEVELS - LEVELS // 4))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_the_layer_by_layer_stack_is_the_fused_one(cell: str) -> None:
+    """Training with dropout runs one fused layer at a time; without masks that is exactly the fused stack."""
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=11, cell=cell, layers=3, hidden=16, embedding=8))
+    x = model.embed(torch.randint(0, 11, (3, 7)))
+    state = tuple(torch.randn_like(s) for s in model.init_state(3))
+    hx = state if cell == "lstm" else state[0]
+    fused_out, fused_state = model.rnn(x, hx)
+    out, layered_state = model._layer_by_layer(x, hx)
+    assert torch.equal(out, fused_out)
+    for got, want in zip(layered_state if cell == "lstm" else (layered_state,),
+                         fused_state if cell == "lstm" else (fused_state,), strict=True):
+        assert torch.equal(got, want)
+    assert "_layer_shapes" not in str(list(model.state_dict()))  # the shapes hold no weights of their own
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_dropout_between_layers_applies_in_training_only() -> None:
+    torch.manual_seed(2)
+    model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embedding=8, dropout=0.5))
+    x = torch.randint(0, 11, (4, 9))
+    model.eval()
+    plain = model(x)[0]
+    model.train()
+    first, second = model(x)[0], model(x)[0]
+    assert not torch.allclose(first, plain) and not torch.allclose(first, second)  # fresh masks each call
+    first.sum().backward()
+    assert all(p.grad is not None for p in model.rnn.parameters())
+    model.eval()
+    assert torch.equal(model(x)[0], plain)
 
 
 def test_weight_drop_zero_is_the_plain_model_and_its_metadata_unchanged() -> None:
