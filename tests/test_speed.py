@@ -23,7 +23,14 @@ from chargen.runs import start_run
 from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
 from chargen.training import StepBudget, TrainConfig
 from chargen.training.calibrate import CACHE_FILE, CANDIDATES_ENV, choose_precision
-from chargen.training.sizing import choose_size, dropout_for, parameters, size_for_budget, weight_drop_for
+from chargen.training.sizing import (
+    choose_size,
+    dropout_for,
+    evaluation_slowdown,
+    parameters,
+    size_for_budget,
+    weight_drop_for,
+)
 from tests.conftest import FABLES, run_cli
 
 
@@ -49,6 +56,8 @@ def test_calibration_is_cached_and_a_failing_candidate_is_dropped(tmp_path: Path
     assert len(cache) == 1 and next(iter(cache.values()))["precision"] == "fp32"
     again = choose_precision(model_config, config, data, device, home=tmp_path)
     assert again.cached and again.speeds == first.speeds and again.seconds == 0  # nothing measured
+    # the median step's rate (what sizing uses) is cached too, and no burst can beat the best step
+    assert again.steady == first.steady and 0 < first.steady["fp32"] <= first.speeds["fp32"]
     other = choose_precision(ModelConfig(vocab_size=40, layers=1, hidden=16, embedding=8), config, data, device,
                              home=tmp_path)
     assert not other.cached  # another model shape is calibrated on its own
@@ -226,6 +235,16 @@ def test_sizing_measures_only_presets_that_could_pass() -> None:
     assert choice.preset == "small" and measured == [128, 256]  # medium could not pass even at 2x its estimate
     assert parameters(ModelConfig(vocab_size=65, layers=1, hidden=8, embedding=4)) == sum(
         p.numel() for p in CharRNN(ModelConfig(vocab_size=65, layers=1, hidden=8, embedding=4)).parameters())
+
+
+def test_sizing_counts_the_evaluations_a_run_will_make() -> None:
+    # tiny-shakespeare: 1.0 M training tokens, 111 k validation tokens, an evaluation every 200 steps of 3,200
+    assert evaluation_slowdown(TrainConfig(), 1_003_854, 111_540) == pytest.approx(1 + 111_540 / 3 / 640_000)
+    # a corpus of 30 steps per pass is evaluated once per pass: a larger share of its time
+    small = evaluation_slowdown(TrainConfig(), 96_000, 10_667)
+    assert small == pytest.approx(1 + 10_667 / 3 / 96_000)
+    assert evaluation_slowdown(TrainConfig(eval_every=1000), 96_000, 10_667) == pytest.approx(
+        1 + 10_667 / 3 / 3_200_000)  # an explicit --eval-every is what the run will do
 
 
 def test_minutes_without_a_size_chooses_one_and_explicit_sizes_win(tmp_path: Path,

@@ -10,6 +10,13 @@ A run whose model could memorise its corpus gets dropout (``dropout_for``): that
 smaller model, is what keeps a long run on a small corpus from overfitting. How much is
 measured as passes over the corpus times parameters per corpus token.
 
+"The speed measured here" is the rate a run sustains: the median of a few timed steps
+(``measured_speed``), divided by what the run's evaluations will cost
+(``evaluation_slowdown``). The best step, used until then, is a burst: on an AMD EPYC
+the medium preset's best step ran at 5.8 k chars/s, exactly 1 token per parameter in
+10 minutes, while its 10-minute run sustained 4.7 k (0.8); the small preset, which
+the sustained rate picks there, ended 0.0085 nats better (BENCHMARKS.md).
+
 Why K = 1 token per parameter, not Chinchilla's 20: that ratio is for transformers on
 sub-word tokens and large corpora. Measured on tiny-shakespeare: at 81 s the small
 preset (about 1.5 tokens per parameter seen) beat the medium one (0.2) by 0.15 nats,
@@ -43,6 +50,7 @@ from chargen.data import split_tokens
 from chargen.device import resolve_device
 from chargen.model import PRESETS, ModelConfig, flops_per_token
 from chargen.threads import ThreadTuner
+from chargen.training.budget import FORWARD_SHARE
 from chargen.training.config import TrainConfig
 
 TOKENS_PER_PARAM = 1.0
@@ -157,6 +165,14 @@ def size_for_budget(vocab_size: int, config: TrainConfig, train_tokens: int, cel
     return choose_size(config.minutes, speeds, params, train_tokens)
 
 
+def evaluation_slowdown(config: TrainConfig, train_tokens: int, val_tokens: int) -> float:
+    """How much slower than its training steps a run trains once its evaluations are counted (pure): each
+    is a forward pass over the validation split at a third of a training step's cost per token."""
+    tokens_per_step = config.batch_size * config.seq_len
+    eval_every = config.with_eval_interval(max(1, train_tokens // tokens_per_step)).eval_every
+    return 1.0 + FORWARD_SHARE * val_tokens / (eval_every * tokens_per_step)
+
+
 def apply_choice(config: TrainConfig, choice: SizeChoice) -> TrainConfig:
     """The config with the choice's lr and batch where the user left those at their defaults."""
     defaults = TrainConfig.__dataclass_fields__
@@ -178,8 +194,9 @@ def size_run(tokens: np.ndarray, vocab_size: int, config: TrainConfig, cell: str
     data = split_tokens(tokens, config.val_fraction, config.batch_size, config.seq_len)
     device = resolve_device(config.device)
     ThreadTuner(config.threads)  # measure at the thread count the run will start with (the calibration's key)
+    slowdown = evaluation_slowdown(config, len(data.train), len(data.val))
     choice = size_for_budget(vocab_size, config, len(data.train), cell,
-                             lambda model_config: measured_speed(model_config, config, data, device))
+                             lambda model_config: measured_speed(model_config, config, data, device) / slowdown)
     config = apply_choice(config, choice)
     if dropout is not None:
         choice = replace(choice, dropout=dropout)
