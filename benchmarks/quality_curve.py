@@ -14,9 +14,9 @@ to back (for each budget: new, then previous), reads the validation curve each
 run recorded in its state file, and writes a Markdown section (between markers)
 and a PNG plot. "new" is chargen's defaults as they are (precision, threads and
 model size chosen by measurement); "previous" is the defaults before issue 14:
-``--size medium --batch-size 32 --lr 3e-3 --precision fp32``. The new defaults' first run on a
-machine also calibrates (precision, model size) before its budget starts: cached in CHARGEN_HOME
-after, so run it once with a short budget first to compare budgets alone. Corpus:
+``--size medium --batch-size 32 --lr 3e-3 --precision fp32``. The new defaults' runs spend part of
+their budget choosing the model size and the precision (a few seconds of timed steps: the budget
+counts from the command's start, as a user's wall clock does). Corpus:
 ../shared/corpora/tinyshakespeare.txt (nanoGPT's split: first 90% train, last
 10% validation), or the project's fables corpus where that is absent (said so).
 """
