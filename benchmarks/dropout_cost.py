@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import chargen.model
-from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, write_section
+from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, publish
 from chargen.data import split_tokens
 from chargen.model import PRESETS, ModelConfig
 from chargen.training import TrainConfig
@@ -115,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(measure(preset, args.p, data, corpus.vocab, args))
         print(lines[-1], file=sys.stderr, flush=True)
     lines += ["", f"Load average at the end {os.getloadavg()[0]:.2f}."]
-    body = "\n".join(lines)
-    print(body)
-    write_section(args.out, body, START, END)
-    return 0
+    return publish("\n".join(lines), args.out, START, END)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.common import REPO, cpu_flags, cpu_model, load_corpus, write_section
+from benchmarks.common import REPO, cpu_flags, cpu_model, load_corpus, publish
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.model import CharRNN, ModelConfig
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"bf16 − fp32 = {bf16 - fp32:+.4f} nats/char: "
                   + ("the same" if same else "not the same") + f" within ±{TOLERANCE} ({args.preset} preset, "
                   f"{args.steps} steps, batch 32 × seq 100, one seed: a single run, not a distribution)."]
-    body = "\n".join(lines)
-    print(body)
-    write_section(args.out, body, START, END)
-    return 0
+    return publish("\n".join(lines), args.out, START, END)
 
 
 if __name__ == "__main__":

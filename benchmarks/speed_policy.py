@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, write_section
+from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, publish
 from chargen.device import cpu_has_native_bf16
 from chargen.kernels import choose_kernel, single_thread_openblas
 from chargen.model import PRESETS, CharRNN, ModelConfig
@@ -348,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines += section()
             print("\n".join(lines[-4:]), file=sys.stderr, flush=True)
     lines.append(f"Load average at the end {load()}.")
-    body = "\n".join(lines)
-    print(body)
-    write_section(args.out, body, START, END)
-    return 0
+    return publish("\n".join(lines), args.out, START, END)
 
 
 if __name__ == "__main__":

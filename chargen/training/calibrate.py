@@ -35,7 +35,8 @@ CACHE_FILE = "calibration.json"
 CANDIDATES_ENV = "CHARGEN_PRECISION_CANDIDATES"
 #: Untimed steps first (allocator growth, oneDNN kernel selection), then ROUNDS rounds of STEPS_PER_ROUND
 #: timed steps, candidates taking turns: a neighbour's burst then slows one round of each, not one
-#: candidate, and the best step of each candidate is its speed.
+#: candidate, and the best step of each candidate is its speed for the comparison (the median is kept
+#: too: the rate a run sustains, which sizing uses).
 WARMUP_STEPS = 2
 ROUNDS = 3
 STEPS_PER_ROUND = 2
