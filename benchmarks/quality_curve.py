@@ -112,6 +112,14 @@ def load_results(path: Path) -> list[dict]:
         return []
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (the report names the file it used)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[2, 10, 30])
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         "Commands: `python -m benchmarks.quality_curve --runs M:new M:previous ... [--corpus FILE]`, "
         "i.e. `chargen train CORPUS --minutes M` with the new defaults (size, dropout, weight drop, precision and "
         f"threads chosen by measurement) and with the previous ones (`{' '.join(SETTINGS['previous'])}`), back to back "
-        "for each budget; results kept in `benchmarks/quality_curve.json`.",
+        f"for each budget; results kept in `{_shown(args.results)}`.",
         f"Machine: {cpu_model()} (flags: {flags}), {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. tinyshakespeare: `{SHAKESPEARE}` (nanoGPT's split).",
         "",
