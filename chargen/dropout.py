@@ -1,8 +1,9 @@
 """Dropout with a cheaper random mask on the CPU.
 
 ``F.dropout`` draws one Bernoulli sample per element through torch's CPU generator:
-about 21 ms for a [32, 100, 512] activation on 2 cores, and a medium training step
-makes two of them (between the layers and before the head), ~10 % of the step.
+about 21 ms for a [32, 100, 512] activation on 2 cores, and a training step makes two
+of them (between the layers and before the head): 6-11 % of a small or medium step
+(``benchmarks/dropout_cost.py``, where this mask brings it to 2-7 %).
 Here one 32-bit draw gives two elements 15 random bits each, and an element is kept
 when its bits reach p's threshold: about 5 ms for the same tensor, from the same
 generator (seeded and checkpointed like everything else). The keep probability is

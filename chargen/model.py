@@ -160,7 +160,7 @@ class CharRNN(nn.Module):
 
     def _layer_by_layer(self, x: torch.Tensor, hx: Any) -> tuple[torch.Tensor, Any]:
         """Training's stack, one fused layer at a time: dropout between layers with chargen's cheaper mask
-        (``nn.LSTM``'s own draws it per element, a tenth of a medium step on CPU), and weight drop (AWD-LSTM's
+        (``nn.LSTM``'s own draws it per element: 6-11 % of a step on the CPU), and weight drop (AWD-LSTM's
         DropConnect) on masked copies of the recurrent weights, whose gradients reach the originals. In
         evaluation the weights are used as they are (dropout's 1/(1-p) scaling keeps them comparable)."""
         lstm = self.config.cell == "lstm"
