@@ -34,6 +34,12 @@ RECENT_SHARE = 0.5
 FORWARD_SHARE = 1 / 3
 
 
+def evaluation_in_steps(val_tokens: int, tokens_per_step: int) -> float:
+    """What one evaluation is estimated to cost, in training steps: a forward pass over the validation
+    split at FORWARD_SHARE of a step's cost per token (the budget until it has timed one, and sizing)."""
+    return FORWARD_SHARE * val_tokens / max(1, tokens_per_step)
+
+
 class StepBudget:
     """The deadline of a ``--minutes`` run and the schedule length that fits it.
 
@@ -81,7 +87,7 @@ class StepBudget:
 
     def _fit(self, step: int, now: float, overhead_s: float, evals_done: int, per_step: float) -> int:
         per_eval = (overhead_s / evals_done if evals_done
-                    else per_step * FORWARD_SHARE * self.val_tokens / max(1, self.tokens_per_step))
+                    else per_step * evaluation_in_steps(self.val_tokens, self.tokens_per_step))
         remaining = self.deadline - now - per_eval  # the final evaluation and save must fit too
         return step + max(1, int(remaining / (per_step + per_eval / self.eval_every)))
 

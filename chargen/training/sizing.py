@@ -50,7 +50,7 @@ from chargen.data import split_tokens
 from chargen.device import resolve_device
 from chargen.model import PRESETS, ModelConfig, flops_per_token
 from chargen.threads import ThreadTuner
-from chargen.training.budget import FORWARD_SHARE
+from chargen.training.budget import evaluation_in_steps
 from chargen.training.config import TrainConfig
 
 TOKENS_PER_PARAM = 1.0
@@ -166,11 +166,10 @@ def size_for_budget(vocab_size: int, config: TrainConfig, train_tokens: int, cel
 
 
 def evaluation_slowdown(config: TrainConfig, train_tokens: int, val_tokens: int) -> float:
-    """How much slower than its training steps a run trains once its evaluations are counted (pure): each
-    is a forward pass over the validation split at a third of a training step's cost per token."""
+    """How much slower than its training steps a run trains once its evaluations are counted (pure)."""
     tokens_per_step = config.batch_size * config.seq_len
     eval_every = config.with_eval_interval(max(1, train_tokens // tokens_per_step)).eval_every
-    return 1.0 + FORWARD_SHARE * val_tokens / (eval_every * tokens_per_step)
+    return 1.0 + evaluation_in_steps(val_tokens, tokens_per_step) / eval_every
 
 
 def apply_choice(config: TrainConfig, choice: SizeChoice) -> TrainConfig:
