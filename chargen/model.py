@@ -116,7 +116,6 @@ class CharRNN(nn.Module):
             batch_first=True,
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
-        self.recurrent_weights = tuple(name for name, _ in self.rnn.named_parameters() if name.startswith("weight_hh"))
         self.head = nn.Linear(config.hidden, config.vocab_size)
         # Made last, so an unlabelled model draws its initial weights exactly as before labels existed.
         # Row len(labels) is "no label". The label joins every step's input, so training stays one fused RNN call.
