@@ -160,6 +160,15 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
         time.sleep(0.2)
 
 
+def wait_for_step(state: Path, step: int, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Until the run's saved state (written atomically) has reached ``step``."""
+    deadline = time.monotonic() + timeout
+    while not (state.exists() and load_state(state)["step"] >= step):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{state} never reached step {step}"
+        time.sleep(0.2)
+
+
 def children(pid: int) -> list[int]:
     """The worker processes torchrun started (from /proc: no psutil needed)."""
     found = []
@@ -182,7 +191,8 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_samples(tmp_path: Pa
                                     "--batch-size", "4", "--run-name", "killed", "--no-log"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(tmp_path))
     try:
-        wait_for(run_dir / "metrics.jsonl", job)  # training has passed its first evaluation
+        # Its first evaluation's checkpoint is saved (metrics.jsonl alone is written just before that save).
+        wait_for_step(run_dir / STATE, 5, job)
         workers = children(job.pid)
         assert len(workers) == 2, workers
         os.kill(max(workers), signal.SIGKILL)  # torchrun starts rank 0 first
