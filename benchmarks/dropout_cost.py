@@ -8,7 +8,7 @@ AdamW, weight average) of each preset in three variants, round-robin so that all
 the same machine load: no dropout; dropout ``p`` as chargen did before
 (``nn.LSTM``'s fused stack with its own dropout between the layers and
 ``F.dropout`` before the head, one Bernoulli draw per element); and dropout ``p`` as
-chargen does now (``chargen.dropout``: 15 random bits per element, the stack run one
+chargen does now (``chargen.model.dropout``: 15 random bits per element, the stack run one
 fused layer at a time). Reports the median step per variant and each round's
 ratios, and writes a Markdown section between markers.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-import chargen.model
+import chargen.model.network
 from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, publish
 from chargen.data import split_tokens
 from chargen.model import PRESETS, ModelConfig
@@ -42,14 +42,14 @@ VARIANTS = ("none", "torch", "chargen")
 @contextmanager
 def torch_dropout(trainer: Trainer) -> Iterator[None]:
     """The trainer's model with dropout as before: the fused stack's own, and ``F.dropout`` at the head."""
-    model, own = trainer.model, chargen.model.dropout
+    model, own = trainer.model, chargen.model.network.dropout
     model._layer_by_layer = lambda x, hx: model.rnn(x, hx)  # nn.LSTM(dropout=p) draws per element in training
-    chargen.model.dropout = lambda x, p, training=True: torch.nn.functional.dropout(x, p, training)
+    chargen.model.network.dropout = lambda x, p, training=True: torch.nn.functional.dropout(x, p, training)
     try:
         yield
     finally:
         del model._layer_by_layer
-        chargen.model.dropout = own
+        chargen.model.network.dropout = own
 
 
 def trainers(preset: str, p: float, data: object, vocab: int, threads: int) -> dict[str, Trainer]:

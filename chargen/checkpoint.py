@@ -216,12 +216,12 @@ def newest_usable_run(root: Path) -> Path:
     """Weights of the newest run under ``root`` that has weights and did not fail."""
     candidates = [p for p in root.glob("*/*.safetensors") if p.name in (BEST, LAST)] if root.is_dir() else []
     if not candidates:
-        raise CheckpointError(f"no checkpoint found under {root}/; train one with 'chargen train' or pass --checkpoint")
+        raise CheckpointError(f"no checkpoint found under {root}/; train one first, or name a checkpoint")
     runs = {p.parent for p in candidates}
     usable = [run for run in runs if not run_failed(run)]
     if not usable:
-        raise CheckpointError(f"every run under {root}/ failed ({len(runs)} of them); train a new one with "
-                              "'chargen train' or pass --checkpoint to use a failed run's weights anyway")
+        raise CheckpointError(f"every run under {root}/ failed ({len(runs)} of them); train a new one, or "
+                              "name a failed run's checkpoint to use its weights anyway")
     newest = max(usable, key=lambda run: max(p.stat().st_mtime for p in candidates if p.parent == run))
     return run_weights(newest)
 

@@ -77,7 +77,7 @@ class Trend:
             "plateaued": f"plateaued: {best}, {last} (within noise); more steps of this schedule will not help much",
             "overfitting": f"overfitting: validation loss rose while training loss fell ({best}, {last}); "
                            "use best.safetensors, more data or dropout",
-            "worsening": f"worsening: validation and training loss both rose ({best}, {last}); try a lower --lr",
+            "worsening": f"worsening: validation and training loss both rose ({best}, {last}); try a lower lr",
         }
         return advice[self.verdict]
 

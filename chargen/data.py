@@ -75,7 +75,7 @@ def find_corpus_files(paths: Sequence[str | Path], codec: str = "auto") -> tuple
         # A named file of no known suffix is read as text (corpus.dat, README).
         found_codecs = {codec_for_suffix(p) or "text" for p in files}
         if len(found_codecs) > 1:
-            raise CorpusError(f"corpus mixes {' and '.join(sorted(found_codecs))} files; pass --codec to choose one")
+            raise CorpusError(f"corpus mixes {' and '.join(sorted(found_codecs))} files; choose one with codec")
         codec = found_codecs.pop()
     return codec, files
 
@@ -145,10 +145,10 @@ def label_folders(folder: str | Path, warn: Warn | None = None) -> list[tuple[st
     """``--labels-from folders``: each immediate subfolder of ``folder`` is a label, sorted by name."""
     root = Path(folder)
     if not root.is_dir():
-        raise CorpusError(f"{root}: --labels-from folders needs a folder whose subfolders are the labels")
+        raise CorpusError(f"{root}: labels_from='folders' needs a folder whose subfolders are the labels")
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subfolders:
-        raise CorpusError(f"{root}: no subfolders; --labels-from folders takes each subfolder as a label")
+        raise CorpusError(f"{root}: no subfolders; labels_from='folders' takes each subfolder as a label")
     loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".txt", ".mid", ".midi")]
     if loose and warn is not None:
         warn(f"{root}: {len(loose)} file(s) outside the label subfolders are not used ({', '.join(sorted(loose)[:3])}"
@@ -188,7 +188,7 @@ def build_labelled_corpus(
         n_val = int(len(ids) * val_fraction)
         if n_val < 2 or len(ids) - n_val < 2:
             raise CorpusError(f"label {name!r} has {len(ids)} tokens: too few for a training and a "
-                              f"{val_fraction:.0%} validation part; add files or raise --val-fraction")
+                              f"{val_fraction:.0%} validation part; add files or raise val_fraction")
         parts.append((ids[: len(ids) - n_val], ids[len(ids) - n_val :]))
         hashes.update(info.sha256.encode())
         skipped.extend(info.skipped)
@@ -236,9 +236,9 @@ def split_tokens(ids: np.ndarray, val_fraction: float, batch_size: int, seq_len:
     if n_train < need_train or n_val < need_val:
         need = max(math.ceil(need_train / (1 - val_fraction)), math.ceil(need_val / max(val_fraction, 1e-9)))
         raise CorpusError(
-            f"corpus too small: {len(ids)} tokens, but --batch-size {batch_size} --seq-len {seq_len} "
+            f"corpus too small: {len(ids)} tokens, but batch_size {batch_size} and seq_len {seq_len} "
             f"with {val_fraction:.0%} validation needs at least {need}; "
-            "add text or lower --batch-size/--seq-len"
+            "add text or lower batch_size or seq_len"
         )
     if labels is None:
         return Split(train=ids[:n_train], val=ids[n_train:])

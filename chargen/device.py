@@ -40,9 +40,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ChargenError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise ChargenError("device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ChargenError("--device mps: Apple's MPS backend is not available here")
+        raise ChargenError("device mps: Apple's MPS backend is not available here")
     return torch.device(name)
 
 
@@ -69,11 +69,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if device.type == "cpu" and name == "bf16" and not cpu_has_native_bf16():
-        raise ChargenError("--precision bf16: this CPU has no native bf16 (avx512_bf16/amx_bf16); use fp32")
+        raise ChargenError("precision bf16: this CPU has no native bf16 (avx512_bf16/amx_bf16); use fp32")
     if name == BF16_MATH and not (device.type == "cpu" and cpu_has_native_bf16() and bf16_math_available()):
         raise ChargenError(f"{BF16_MATH} needs a CPU with native bf16 and a torch with mkldnn fp32_precision")
     if device.type == "cpu" and name == "fp16":
-        raise ChargenError("--precision fp16 is for GPUs; use fp32 or bf16 on the CPU")
+        raise ChargenError("precision fp16 is for GPUs; use fp32 or bf16 on the CPU")
     return name
 
 

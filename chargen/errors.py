@@ -1,12 +1,22 @@
-"""Errors that reach the user as one line, never as a traceback."""
+"""Errors that reach the user as one line, never as a traceback.
+
+Every error chargen raises on purpose is a :class:`ChargenError`: the Python API
+raises it as it is, the CLI prints ``chargen: error: <message>`` (exit 1, or 2
+for an :class:`ArgumentError`), and the service answers it with a 4xx. Messages
+name keyword arguments (``batch_size``), never a CLI flag, since the CLI is only
+one of the library's clients.
+"""
 
 
 class ChargenError(Exception):
     """A problem the user can fix: bad input, missing file, bad option.
 
-    The CLI prints ``chargen: error: <message>`` and exits 1; the service
-    turns it into a 4xx answer. The message must stand on its own in one line.
+    The message must stand on its own in one line.
     """
+
+
+class ArgumentError(ChargenError, ValueError):
+    """An argument is out of range, of the wrong type, or conflicts with another (the CLI exits 2)."""
 
 
 class CorpusError(ChargenError):
@@ -23,3 +33,14 @@ class CheckpointError(ChargenError):
 
 class UnknownTokensError(ChargenError):
     """Prime text contains symbols that are not in the model's vocabulary."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (or SIGTERM) after saving: ``run`` continues with ``chargen.train(resume=...)``.
+
+    A KeyboardInterrupt, so a script stops as on any Ctrl-C; a notebook can catch it and keep ``run``.
+    """
+
+    def __init__(self, message: str, run: object = None):
+        super().__init__(message)
+        self.run = run

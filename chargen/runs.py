@@ -28,7 +28,7 @@ from chargen.checkpoint import (
 )
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, Warn, build_corpus, build_labelled_corpus, label_folders, load_tokens, token_dtype
-from chargen.errors import ChargenError
+from chargen.errors import ArgumentError, ChargenError
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig, check_label_names
 from chargen.training import TrainConfig, TrainResult, distributed, train
 from chargen.training.finetune import prepare_finetune
@@ -37,15 +37,15 @@ from chargen.training.finetune import prepare_finetune
 def check_run_name(name: str) -> str:
     """``name`` if it is a plain folder name; a one-line error for anything that could leave the root."""
     if not name or not name.strip():
-        raise ChargenError("--run-name must not be empty")
+        raise ArgumentError("run_name must not be empty")
     if name in (".", ".."):
-        raise ChargenError(f"--run-name {name!r} is not a folder name of its own; choose a name like 'fables-1'")
+        raise ArgumentError(f"run_name {name!r} is not a folder name of its own; choose a name like 'fables-1'")
     if "/" in name or "\\" in name or Path(name).is_absolute():
-        raise ChargenError(f"--run-name {name!r} must be a plain name, without '/' or '\\\\'")
+        raise ArgumentError(f"run_name {name!r} must be a plain name, without '/' or '\\\\'")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise ChargenError(f"--run-name {name!r} contains control characters")
+        raise ArgumentError(f"run_name {name!r} contains control characters")
     if name.startswith("."):
-        raise ChargenError(f"--run-name {name!r} must not start with '.' (hidden and temporary files do)")
+        raise ArgumentError(f"run_name {name!r} must not start with '.' (hidden and temporary files do)")
     return name
 
 
@@ -85,22 +85,22 @@ def start_run(
     ``label``: the whole corpus is that one label; ``init_from`` (a run name, folder or weights file)
     fine-tunes that model. Otherwise a new unlabelled model, as before labels."""
     if labels_from is not None and label is not None:
-        raise ChargenError("give either --labels-from or --label, not both")
+        raise ArgumentError("give either labels_from or label, not both")
     if labels_from not in (None, "folders"):
-        raise ChargenError(f"--labels-from {labels_from!r}: the only source of labels is 'folders'")
+        raise ArgumentError(f"labels_from {labels_from!r}: the only source of labels is 'folders'")
     if label is not None:
         check_label_names([label])
-    if labels_from and len(corpus_paths) != 1:
-        raise ChargenError("--labels-from folders takes one CORPUS folder, whose subfolders are the labels")
+    if labels_from and (len(corpus_paths) != 1 or not Path(corpus_paths[0]).is_dir()):
+        raise ArgumentError("labels_from='folders' takes one corpus folder, whose subfolders are the labels")
     if init_from is not None and (labels_from or label is not None):
-        raise ChargenError("--init-from fine-tunes an unlabelled model: it takes no --labels-from or --label")
+        raise ArgumentError("init_from fine-tunes an unlabelled model: it takes no labels_from or label")
     began = time.monotonic()  # a --minutes budget counts from here: reading the corpus and sizing spend it too
     root = out or default_checkpoint_root()
     ranks = distributed.current()  # torchrun: rank 0 names the run and encodes the corpus; the others wait
     run_dir = root / ranks.json_from_main(
         lambda: check_run_name(run_name) if run_name is not None else default_run_name(corpus_paths))
     if (run_dir / STATE).exists():
-        raise ChargenError(f"{run_dir} already holds a run; use --resume {run_dir.name} or another --run-name")
+        raise ChargenError(f"{run_dir} already holds a run; resume it ({run_dir.name}) or choose another run_name")
     created = not run_dir.exists() and ranks.is_main
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

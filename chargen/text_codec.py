@@ -71,11 +71,11 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                     offset = consumed - pending + exc.start
                     raise CorpusError(
                         f"{path}: not valid {encoding} at byte offset {offset} "
-                        f"({exc.reason}); use --encoding to read it as another encoding"
+                        f"({exc.reason}); give its encoding to read it as another one"
                     ) from None
                 except UnicodeError as exc:  # a decoder's own complaint, e.g. utf-16 without a BOM
                     raise CorpusError(
-                        f"{path}: cannot be read as {encoding} ({exc}); use --encoding to read it as another encoding"
+                        f"{path}: cannot be read as {encoding} ({exc}); give its encoding to read it as another one"
                     ) from None
                 consumed += len(chunk)
                 if text:

@@ -175,7 +175,7 @@ def test_single_label_run_and_cli_usage_errors(tmp_path: Path) -> None:
     assert_one_line_error(bad, "unknown label 'poems'", "labels: fables")
     bad_train = run_cli("train", str(FABLES), "--labels-from", "folders", "--out", str(tmp_path))
     assert bad_train.returncode == 2
-    assert_one_line_error(bad_train, "--labels-from folders takes one CORPUS folder")
+    assert_one_line_error(bad_train, "labels_from='folders' takes one corpus folder")
 
 
 def test_sample_label_on_an_unlabelled_model_is_a_usage_error(run: Path) -> None:

@@ -88,7 +88,7 @@ def test_a_folder_of_only_corrupt_midi_is_one_clear_error(tmp_path: Path) -> Non
 def test_text_model_refuses_midi_options(trained_run: Path) -> None:
     assert_one_line_error(invoke("sample", "-c", str(trained_run), "--format", "midi"), "needs a MIDI model")
     assert_one_line_error(invoke("train", str(REPO / "corpora" / "fables.txt"), "--transpose", "-2..2",
-                                  "--max-steps", "1"), "--transpose applies to MIDI")
+                                  "--max-steps", "1"), "transpose applies to MIDI")
 
 
 def test_the_run_stores_its_polyphony_cap_and_longest_hold_and_info_shows_them(midi_run: Path) -> None:

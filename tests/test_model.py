@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chargen.checkpoint import LAST, load_checkpoint
-from chargen.dropout import LEVELS, dropout
+from chargen.model.dropout import LEVELS, dropout
 from chargen.errors import ChargenError
 from chargen.model import CharRNN, ModelConfig
 from tests.conftest import FABLES, assert_one_line_error, invoke

@@ -105,7 +105,7 @@ def test_bom_only_counts_at_the_start_of_a_file(tmp_path: Path) -> None:
 def test_folder_with_text_and_midi_is_the_same_error_as_naming_the_files(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("some text\n")
     (tmp_path / "tune.mid").write_bytes(b"MThd")
-    with pytest.raises(CorpusError, match="corpus mixes midi and text files; pass --codec") as folder:
+    with pytest.raises(CorpusError, match="corpus mixes midi and text files; choose one with codec") as folder:
         find_corpus_files([tmp_path])
     with pytest.raises(CorpusError) as one_by_one:
         find_corpus_files([tmp_path / "notes.txt", tmp_path / "tune.mid"])

@@ -31,8 +31,9 @@ no SQLAlchemy import (~0.3 s) until a database is really used::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from chargen.lazy import homes, lazy_exports
 
 if TYPE_CHECKING:
     from chargen.history.convert import (
@@ -52,31 +53,16 @@ if TYPE_CHECKING:
     from chargen.history.schema import MIGRATIONS, SCHEMA_VERSION
     from chargen.history.store import History, file_sha256
 
-#: public name -> the submodule that defines it
-_HOMES = {
-    "DECODERS": "convert",
-    "GenerationFields": "convert",
-    "GenerationRecord": "convert",
-    "SampleLike": "convert",
-    "SampleRecord": "convert",
-    "ScoreFields": "convert",
-    "ScoreRecord": "convert",
-    "TrainingRunRecord": "convert",
-    "DEFAULT_BUSY_TIMEOUT_MS": "engine",
-    "HistoryLookupError": "errors",
-    "HistoryUnavailable": "errors",
-    "MIN_SHORT_ID": "ids",
-    "id_time": "ids",
-    "new_id": "ids",
-    "DATABASE_ENV": "location",
-    "display_url": "location",
-    "resolve_database_url": "location",
-    "sqlite_file": "location",
-    "MIGRATIONS": "schema",
-    "SCHEMA_VERSION": "schema",
-    "History": "store",
-    "file_sha256": "store",
-}
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **homes("chargen.history.convert", "DECODERS", "GenerationFields", "GenerationRecord", "SampleLike",
+            "SampleRecord", "ScoreFields", "ScoreRecord", "TrainingRunRecord"),
+    **homes("chargen.history.engine", "DEFAULT_BUSY_TIMEOUT_MS"),
+    **homes("chargen.history.errors", "HistoryLookupError", "HistoryUnavailable"),
+    **homes("chargen.history.ids", "MIN_SHORT_ID", "id_time", "new_id"),
+    **homes("chargen.history.location", "DATABASE_ENV", "display_url", "resolve_database_url", "sqlite_file"),
+    **homes("chargen.history.schema", "MIGRATIONS", "SCHEMA_VERSION"),
+    **homes("chargen.history.store", "History", "file_sha256"),
+})
 
 __all__ = [
     "DATABASE_ENV",
@@ -103,13 +89,3 @@ __all__ = [
     "sqlite_file",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))

@@ -238,7 +238,7 @@ def _check_not_newer(version: int, where: str) -> None:
     if version > SCHEMA_VERSION:
         raise HistoryUnavailable(
             f"history database {where} has schema version {version}, newer than this chargen "
-            f"understands ({SCHEMA_VERSION}); upgrade chargen or give another --database"
+            f"understands ({SCHEMA_VERSION}); upgrade chargen or use another database"
         )
 
 

@@ -29,6 +29,7 @@ from chargen.errors import ChargenError
 from chargen.model import ModelConfig
 from chargen.paths import chargen_home
 from chargen.training.config import TrainConfig
+from chargen.training.trainer import Trainer
 
 CACHE_FILE = "calibration.json"
 #: A comma-separated list that replaces the candidates (benchmarks: simulate a CPU without bf16 with "fp32").
@@ -98,9 +99,13 @@ def shape_key(model_config: ModelConfig, config: TrainConfig) -> str:
 
 
 def choose_precision(model_config: ModelConfig, config: TrainConfig, data: Split, device: torch.device,
-                     home: Path | None = None) -> Calibration:
-    """The precision to train with: the one asked for, or for auto the fastest that holds the loss."""
-    if config.precision != "auto":
+                     home: Path | None = None, world_size: int = 1) -> Calibration:
+    """The precision to train with: the one asked for, or for auto the fastest that holds the loss.
+
+    Under torchrun (``world_size`` > 1) every rank must use the same precision, and separate
+    measurements could disagree, so there auto is the device's default.
+    """
+    if config.precision != "auto" or world_size > 1:
         return Calibration(precision=resolve_precision(config.precision, device), requested=config.precision)
     names = candidates(device)
     if len(names) <= 1:
@@ -145,8 +150,6 @@ def read_cache(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 def measure(names: list[str], model_config: ModelConfig, config: TrainConfig, data: Split) -> Calibration:
     """Time real training steps of each candidate, from the same weights on the same batches."""
-    from chargen.training.trainer import Trainer  # the Trainer builds its precision with this module
-
     began = time.monotonic()
     steps = WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND
     # No warmup: the full lr from the first step, so the few steps move the loss and drift would show.
@@ -158,7 +161,7 @@ def measure(names: list[str], model_config: ModelConfig, config: TrainConfig, da
     times: dict[str, list[float]] = {}
     for name in names:
         try:
-            trainers[name] = Trainer(model_config, replace(probe, precision=name), data)
+            trainers[name] = Trainer(model_config, probe, data, precision=name)
         except (ChargenError, RuntimeError, ValueError, TypeError) as exc:
             result.dropped[name] = _reason(exc)
     for round_index in range(1 + ROUNDS):

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from chargen.device import check_device_name, check_precision_name
-from chargen.errors import ChargenError
+from chargen.errors import ArgumentError
+from chargen.options import check_fields, option
 
 #: Transposition is limited to two octaves either way: beyond, notes leave the piano's range.
 MAX_TRANSPOSE = 24
@@ -24,57 +24,64 @@ Reporter = Callable[[str], None]
 #: with 0.3, 1.4020 with 0.1, 1.4133 without (1.0 fell behind early); small over a 2-minute one 1.4746 with 0.3,
 #: 1.4737 with 0.1, 1.4845 without.
 WEIGHT_DECAY = 0.3
+#: The budget of a run given no limit at all (no minutes, max_steps or epochs).
+DEFAULT_MINUTES = 10.0
+
+
+#: A cap for counts a user could mistype by orders of magnitude (steps, epochs).
+HUGE = 10**9
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32
-    seq_len: int = 100
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = WEIGHT_DECAY
-    grad_clip: float = 1.0
-    ema: float = 0.99  # evaluate and save an average of the weights over ~1/(1 - ema) steps; 0: the raw weights
-    epochs: float | None = None
-    max_steps: int | None = None
-    minutes: float | None = None
-    eval_every: int = 200
-    val_fraction: float = 0.1
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    transpose: tuple[int, int] | None = None  # MIDI: random per-stream transposition range, semitones
+    """How to train: the one definition of the training options, their defaults and bounds (the API's
+    ``chargen.train`` keywords and the CLI's options derive from it)."""
+
+    batch_size: int = option(32, "Parallel streams per batch (per process under torchrun).", low=1, high=65536)
+    seq_len: int = option(100, "Tokens per stream per step (truncated BPTT length).", low=1, high=1_000_000)
+    lr: float = option(3e-3, "Peak learning rate (linear warmup, cosine decay to 10%).", low=0, low_open=True,
+                       high=10, default_text="3e-3; a size chosen for minutes takes 5e-3 x sqrt(512/width)")
+    min_lr_ratio: float = option(0.1, "Where the cosine decay ends, as a share of lr.", low=0, high=1, cli=False)
+    warmup_steps: int = option(100, "Linear warmup steps (at most a tenth of the run).", low=0, high=HUGE, cli=False)
+    weight_decay: float = option(WEIGHT_DECAY, "AdamW's decoupled weight decay on the weight matrices (not biases "
+                                 "or embeddings); 0: none.", low=0, high=10)
+    grad_clip: float = option(1.0, "Gradient norm clip.", low=0, low_open=True, high=HUGE, cli=False)
+    ema: float = option(0.99, "Evaluate and save a moving average of the weights over about 1/(1-ema) steps; "
+                        "0: the raw weights.", low=0, high=1, high_open=True)
+    epochs: float | None = option(None, "Stop after this many passes over the corpus.", low=0, low_open=True,
+                                  high=HUGE)
+    max_steps: int | None = option(None, "Stop after this many steps (on resume: go on to this step, also past a "
+                                   "finished run's end).", low=1, high=HUGE)
+    minutes: float | None = option(None, "Wall-clock budget; the schedule (and, without a size, the model) is "
+                                   "fitted to it.", low=0, low_open=True, high=366 * 24 * 60,
+                                   default_text=f"{DEFAULT_MINUTES:g} when no other limit is given")
+    eval_every: int = option(200, "Validate and checkpoint every N steps (a corpus of fewer steps per pass: once "
+                             "per pass, at least every 20 steps).", low=1, high=HUGE, metavar="N")
+    val_fraction: float = option(0.1, "Last fraction of the corpus held out for validation.", low=0, low_open=True,
+                                 high=1, high_open=True)
+    seed: int = option(1337, "Seed for weights, dropout and augmentation.", low=0, high=2**63 - 1)
+    device: str = option("auto", "Device to train on (auto: CUDA when present).", choices=DEVICES)
+    precision: str = option("auto", "auto: the fastest that holds the loss, measured (cached) per machine and "
+                            "model.", choices=PRECISIONS)
+    threads: int | None = option(None, "CPU threads.", low=1, high=1024,
+                                 default_text="the free cores, re-measured at each evaluation")
+    # MIDI: random per-stream transposition range, semitones
+    transpose: tuple[int, int] | None = option(None, "MIDI only: transpose each training stream by a random shift "
+                                               "in LOW..HIGH semitones, e.g. -5..6.", low=-MAX_TRANSPOSE,
+                                               high=MAX_TRANSPOSE, metavar="LOW..HIGH")
 
     def __post_init__(self) -> None:
-        if self.transpose is not None:
-            self.transpose = (int(self.transpose[0]), int(self.transpose[1]))
+        if isinstance(self.transpose, list):
+            self.transpose = tuple(self.transpose)  # type: ignore[assignment]  (from JSON)
         self.validate()
 
     def validate(self) -> None:
         """Refuse values that would train forever, crash later, or diverge silently (NaN, inf, negative)."""
-        _positive_int("--batch-size", self.batch_size)
-        _positive_int("--seq-len", self.seq_len)
-        _positive_int("--eval-every", self.eval_every)
-        _positive_int("--warmup-steps", self.warmup_steps, minimum=0)
-        _positive_int("--seed", self.seed, minimum=None)
-        for name, value in (("--max-steps", self.max_steps), ("--threads", self.threads)):
-            if value is not None:
-                _positive_int(name, value)
-        _finite("--lr", self.lr, low=0.0, low_open=True)
-        _finite("--weight-decay", self.weight_decay, low=0.0)
-        _finite("--grad-clip", self.grad_clip, low=0.0, low_open=True)
-        _finite("--ema", self.ema, low=0.0, high=1.0, high_open=True)
-        _finite("--min-lr-ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        _finite("--val-fraction", self.val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-        for name, value in (("--epochs", self.epochs), ("--minutes", self.minutes)):
-            if value is not None:
-                _finite(name, value, low=0.0, low_open=True)
-        check_device_name(self.device)
-        check_precision_name(self.precision)
-        if self.transpose is not None and not -MAX_TRANSPOSE <= self.transpose[0] <= self.transpose[1] <= MAX_TRANSPOSE:
-            raise ChargenError(f"--transpose {self.transpose}: need -{MAX_TRANSPOSE} <= LOW <= HIGH <= {MAX_TRANSPOSE}")
+        check_fields(self)
+        if self.transpose is not None and self.transpose[0] > self.transpose[1]:
+            raise ArgumentError(f"transpose {self.transpose}: need LOW <= HIGH")
 
     @property
     def has_stop(self) -> bool:
@@ -101,25 +108,6 @@ class TrainConfig:
         values.setdefault("ema", 0.0)  # saved before weight averaging existed: resumes as it ran
         values.setdefault("weight_decay", 0.0)  # likewise a run saved before decay was a default
         return cls(**values)
-
-
-def _positive_int(name: str, value: object, minimum: int | None = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ChargenError(f"{name} must be a whole number, not {value!r}")
-    if minimum is not None and value < minimum:
-        raise ChargenError(f"{name} must be at least {minimum}, not {value}")
-
-
-def _finite(name: str, value: object, low: float, high: float | None = None, low_open: bool = False,
-            high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ChargenError(f"{name} must be a finite number, not {value!r}")
-    too_low = value <= low if low_open else value < low
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lower = f"{'>' if low_open else '>='} {low:g}"
-        upper = f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
-        raise ChargenError(f"{name} must be {lower}{upper}, not {value:g}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from chargen.checkpoint import load_checkpoint, resolve_checkpoint, sha256_file
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, Warn, build_corpus, find_corpus_files
-from chargen.errors import ChargenError
+from chargen.errors import ArgumentError, ChargenError
 from chargen.model import CharRNN, ModelConfig
 from chargen.text_codec import TextCodec, code_points, iter_text_chunks
 
@@ -46,9 +46,9 @@ class Initialisation:
 
 def check_no_shape_options(given: dict[str, object]) -> None:
     """Refuse a model shape option next to --init-from: the shape is the parent's."""
-    named = [f"--{name}" for name in SHAPE_OPTIONS if given.get(name) is not None]
+    named = [name for name in SHAPE_OPTIONS if given.get(name) is not None]
     if named:
-        raise ChargenError(f"{', '.join(named)} cannot be combined with --init-from: a fine-tuned run keeps "
+        raise ArgumentError(f"{', '.join(named)} cannot be combined with init_from: a fine-tuned run keeps "
                            "its parent's model shape")
 
 
@@ -96,12 +96,12 @@ def prepare_finetune(parent_spec: str, corpus_paths: Sequence[str | Path], token
     codec = parent.codec
     found_codec, files = find_corpus_files(corpus_paths, codec_name)
     if found_codec != codec.name:
-        raise ChargenError(f"--init-from {parent_spec}: that model uses the {codec.name} codec, "
+        raise ChargenError(f"init_from {parent_spec}: that model uses the {codec.name} codec, "
                            f"but the corpus is read as {found_codec}")
     new_symbols = ""
     if isinstance(codec, TextCodec):
         if warn and encoding.lower() not in ("utf-8", codec.encoding.lower()):
-            warn(f"--encoding {encoding} ignored: the parent model reads {codec.encoding}")
+            warn(f"encoding {encoding} ignored: the parent model reads {codec.encoding}")
         new_symbols = unseen_characters(codec, files)
         if new_symbols:
             codec = codec.extended(new_symbols)

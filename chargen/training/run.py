@@ -36,10 +36,13 @@ from chargen.checkpoint import (
 )
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, load_tokens, split_tokens
+from chargen.device import resolve_device
 from chargen.errors import ChargenError, CheckpointError
 from chargen.model import ModelConfig
+from chargen.threads import ThreadTuner
 from chargen.training import distributed
 from chargen.training.budget import StepBudget
+from chargen.training.calibrate import choose_precision
 from chargen.training.config import Reporter, TrainConfig, TrainResult
 from chargen.training.finetune import Initialisation
 from chargen.training.metrics import MetricsLog
@@ -180,19 +183,24 @@ def train(
     labels = load_tokens(run_dir / LABELS) if corpus.labels else None
     data = split_tokens(load_tokens(run_dir / TOKENS), config.val_fraction, config.batch_size, config.seq_len,
                         corpus.train_tokens, labels)
-    trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved)
+    # Threads first: the precision's calibration is measured (and cached) at the count the run starts with.
+    threads = ThreadTuner(config.threads)
+    calibration = choose_precision(model_config, config, data, resolve_device(config.device),
+                                   world_size=ranks.world_size)
+    trainer = Trainer(model_config, config, data, codec, run_dir, corpus, resume_from=saved,
+                      precision=calibration.precision, threads=threads, calibration=calibration.to_dict())
     interval_note = ""
     if saved is None:  # a resumed run keeps the interval it was saved with
         steps_per_pass = trainer.batcher.steps_per_epoch
         if (interval := config.with_eval_interval(steps_per_pass)) is not config:
             config = trainer.config = interval
             interval_note = (f"evaluating every {config.eval_every} steps ({steps_per_pass} steps make one pass "
-                             f"over the corpus; --eval-every sets it)")
+                             f"over the corpus; eval_every sets it)")
     state = trainer.state
     if init is not None:
         init.apply(trainer.model)
     trainer.parent = init.parent if init is not None else (read_run_json(run_dir) or {}).get("parent")
-    for line in [interval_note, *trainer.calibration.notes, trainer.calibration.message()]:
+    for line in [interval_note, *calibration.notes, calibration.message()]:
         if line:
             report(line)
     if new_limit:

@@ -57,6 +57,6 @@ class TrainingState:
         torch.set_rng_state(saved["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in saved:
             torch.cuda.set_rng_state(saved["rng_cuda"])
-        hidden = tuple(h.to(device) for h in saved["hidden"]) if saved.get("hidden") else None
+        hidden = tuple(h.to(device, torch.float32) for h in saved["hidden"]) if saved.get("hidden") else None
         return cls(step=int(saved["step"]), total_steps=int(saved["total_steps"]), best_val=float(saved["best_val"]),
                    elapsed_s=float(saved["elapsed_s"]), evals=list(saved.get("evals", [])), hidden=hidden)

@@ -32,7 +32,6 @@ from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.threads import ThreadTuner
 from chargen.training.averaging import WeightAverage
 from chargen.training.budget import StepBudget
-from chargen.training.calibrate import Calibration, choose_precision
 from chargen.training.config import TrainConfig, lr_at
 from chargen.training.distributed import current as current_distributed
 from chargen.training.optim import build_optimizer, grad_scaler
@@ -87,19 +86,21 @@ class Trainer:
 
     def __init__(self, model_config: ModelConfig, config: TrainConfig, data: Split, codec: Codec | None = None,
                  run_dir: Path | None = None, corpus: CorpusInfo | None = None,
-                 resume_from: dict[str, Any] | None = None, on_progress: ProgressCallback | None = None):
-        self.threads = ThreadTuner(config.threads)  # --threads N, else the cores free, re-measured during fit
+                 resume_from: dict[str, Any] | None = None, on_progress: ProgressCallback | None = None,
+                 precision: str | None = None, threads: ThreadTuner | None = None,
+                 calibration: dict[str, Any] | None = None):
+        """``precision``: a concrete one (``auto`` is resolved by whoever builds the Trainer, e.g. by
+        measuring: :func:`chargen.training.calibrate.choose_precision`); None: the device's default.
+        ``calibration``: how it was chosen, recorded with the run."""
+        self.threads = threads or ThreadTuner(config.threads)  # threads N, else the cores free, re-measured
         self.model_config, self.config, self.data = model_config, config, data
         self.codec, self.run_dir, self.corpus = codec, run_dir, corpus
         self.parent: dict[str, Any] | None = None  # the run a fine-tuned run started from
         self.on_progress = on_progress or (lambda progress: None)
         self.device = resolve_device(config.device)
         self.dist = current_distributed()  # torchrun: this rank's place; else a no-op
-        # auto: measured (before the seed); under torchrun every rank must use the same precision,
-        # and separate measurements could disagree, so there auto is the device's default.
-        self.calibration = (choose_precision(model_config, config, data, self.device) if self.dist.world_size == 1
-                            else Calibration(resolve_precision(config.precision, self.device), config.precision))
-        self.precision = self.calibration.precision
+        self.precision = precision or resolve_precision(config.precision, self.device)
+        self.calibration = calibration or {"precision": self.precision, "requested": config.precision}
         torch.manual_seed(config.seed)
         self.batcher = self.dist.batcher(data.train, config.batch_size, config.seq_len, self._augmentation(),
                                          labels=data.train_labels)
@@ -139,7 +140,7 @@ class Trainer:
             return None
         if codec is None or not codec.supports_transpose:
             name = codec.name if codec is not None else "given"
-            raise ChargenError(f"--transpose applies to MIDI corpora; the {name} codec cannot transpose")
+            raise ChargenError(f"transpose applies to MIDI corpora; the {name} codec cannot transpose")
         low, high = config.transpose
 
         def augment(window: np.ndarray, step: int) -> np.ndarray:
@@ -185,7 +186,7 @@ class Trainer:
         self.last_train = self.dist.mean(loss.item())  # of the global batch
         if not math.isfinite(self.last_train):
             raise ChargenError(f"training diverged at step {state.step} (loss is {self.last_train}); "
-                               "lower --lr or --weight-decay")
+                               "lower lr or weight_decay")
         return self.last_train
 
     def _labels(self, step: int) -> torch.Tensor | None:
@@ -320,5 +321,5 @@ class Trainer:
 
     def speed_info(self) -> dict[str, Any]:
         """How the precision and threads were chosen (run.json, the weights' metadata, the history's row)."""
-        return {"precision_used": self.precision, "calibration": self.calibration.to_dict(),
+        return {"precision_used": self.precision, "calibration": self.calibration,
                 "threads_used": self.threads.threads, "threads_history": self.threads.history}

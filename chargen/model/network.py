@@ -6,100 +6,17 @@ generation steps use :mod:`chargen.inference`, which reads the same weights.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from chargen.dropout import dropout
-from chargen.errors import ChargenError
-
-CELLS = ("lstm", "gru", "rnn")
+from chargen.errors import ArgumentError
+from chargen.model.config import ModelConfig
+from chargen.model.dropout import dropout
 
 #: Recurrent state: (h, c) for an LSTM, (h,) otherwise; each [layers, batch, hidden].
 State = tuple[torch.Tensor, ...]
-
-#: Width of the learned label vector joined to each token's embedding (labelled models only).
-DEFAULT_LABEL_EMBEDDING = 16
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int
-    cell: str = "lstm"
-    layers: int = 2
-    hidden: int = 512
-    embedding: int = 128
-    dropout: float = 0.0
-    # DropConnect on the recurrent (hidden-to-hidden) weights while training, one mask per batch
-    # (AWD-LSTM's weight drop): regularises the recurrence itself, which dropout between layers does not.
-    weight_drop: float = 0.0
-    # Conditioning labels (names, in id order); empty: an unlabelled model, exactly as before labels existed.
-    labels: list[str] = field(default_factory=list)
-    label_embedding: int = DEFAULT_LABEL_EMBEDDING
-
-    def __post_init__(self) -> None:
-        self.labels = list(self.labels)
-        check_label_names(self.labels)
-        if self.labels and self.label_embedding < 1:
-            raise ChargenError("label_embedding must be positive")
-        if self.cell not in CELLS:
-            raise ChargenError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
-        if self.vocab_size < 1 or self.layers < 1 or self.hidden < 1 or self.embedding < 1:
-            raise ChargenError("vocab_size, layers, hidden and embedding must all be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ChargenError("dropout must be in [0, 1)")
-        if not 0.0 <= self.weight_drop < 1.0:
-            raise ChargenError("weight_drop must be in [0, 1)")
-
-    @property
-    def no_label(self) -> int:
-        """The id of "no label" (the last row of the label table): unlabelled input to a labelled model."""
-        return len(self.labels)
-
-    def label_id(self, name: str | None) -> int | None:
-        """The one rule for a requested label (CLI, service, replay): its id, ``no_label`` for None on a
-        labelled model, None for None on an unlabelled one; ChargenError naming the labels otherwise."""
-        if name is None:
-            return self.no_label if self.labels else None
-        if not self.labels:
-            raise ChargenError(f"label {name!r}: this model has no labels (train with --labels-from or --label)")
-        if name not in self.labels:
-            raise ChargenError(f"unknown label {name!r}; this model's labels: {', '.join(self.labels)}")
-        return self.labels.index(name)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not self.labels:  # an unlabelled model's metadata stays what it always was
-            del data["labels"], data["label_embedding"]
-        if not self.weight_drop:  # likewise a model trained without weight drop
-            del data["weight_drop"]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def check_label_names(names: list[str]) -> None:
-    """Label names: distinct, non-empty strings without control characters."""
-    for name in names:
-        if not isinstance(name, str) or not name.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-            raise ChargenError(f"label {name!r} must be a non-empty name without control characters")
-    if len(set(names)) != len(names):
-        raise ChargenError(f"label names must be distinct: {', '.join(names)}")
-
-
-#: Named sizes for users who do not tune: (layers, hidden, embedding, dropout).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"layers": 1, "hidden": 128, "embedding": 32, "dropout": 0.0},
-    "small": {"layers": 2, "hidden": 256, "embedding": 64, "dropout": 0.0},
-    "medium": {"layers": 2, "hidden": 512, "embedding": 128, "dropout": 0.0},
-    "large": {"layers": 3, "hidden": 768, "embedding": 128, "dropout": 0.2},
-}
-DEFAULT_PRESET = "medium"
 
 
 class CharRNN(nn.Module):
@@ -143,7 +60,7 @@ class CharRNN(nn.Module):
                 labels = labels[:, None].expand(tokens.shape)
             x = torch.cat([x, self.label_embed(labels).to(x.dtype)], dim=-1)  # [B, T, E + E_l]
         elif labels is not None:
-            raise ChargenError("this model has no labels")
+            raise ArgumentError("this model has no labels")
         hx = None if state is None else (state[0], state[1]) if self.config.cell == "lstm" else state[0]
         # On the CPU dropout between layers is cheaper layer by layer (chargen's mask); elsewhere the fused
         # stack's own dropout is already fast (cuDNN), and only weight drop needs the layers apart.
@@ -190,16 +107,6 @@ class CharRNN(nn.Module):
 
 
 def detach_state(state: State) -> State:
-    return tuple(s.detach() for s in state)
-
-
-def flops_per_token(config: ModelConfig) -> int:
-    """Multiply-add FLOPs (x2) of one forward token; training costs ~3x this."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
-    total = 0
-    width = config.embedding + (config.label_embedding if config.labels else 0)
-    for _ in range(config.layers):
-        total += 2 * gates * config.hidden * (width + config.hidden)
-        width = config.hidden
-    total += 2 * config.hidden * config.vocab_size
-    return total
+    """The state carried to the next batch: no graph, and float32 whatever autocast computed it in (a bf16
+    state fed to an fp32 step, after a resume that chose another precision, is refused by oneDNN's LSTM)."""
+    return tuple(s.detach().float() for s in state)
