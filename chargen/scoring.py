@@ -9,6 +9,7 @@ reported, never guessed at. ``.mid`` files go through the model's codec.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -112,25 +113,34 @@ def score_file(checkpoint: Checkpoint, path: Path, per_line: int = 0,
     began = time.monotonic()
     codec = checkpoint.codec
     file_sha256 = sha256_file(path)
-    seq_len = int(checkpoint.training.get("train_config", {}).get("seq_len", 0))
-    is_midi = path.suffix.lower() in MIDI_SUFFIXES
-    tokenized = None
-    if is_midi:
+    if path.suffix.lower() in MIDI_SUFFIXES:
         if path.suffix.lower() not in codec.suffixes:
             raise ChargenError(f"{path}: a MIDI file, but the model uses the {codec.name} codec")
-        ids = codec.encode_file(path)
-    else:
-        tokenized = tokenize_text(read_text(path, codec), codec)
-        ids = tokenized.ids
+        return _score(checkpoint, str(path), codec.encode_file(path), None, per_line, device, file_sha256, began)
+    tokenized = tokenize_text(read_text(path, codec), codec)
+    return _score(checkpoint, str(path), tokenized.ids, tokenized, per_line, device, file_sha256, began)
+
+
+def score_text(checkpoint: Checkpoint, text: str, per_line: int = 0, device: torch.device | str = "cpu") -> FileScore:
+    """A text's score (its ``path`` is ``<text>``); characters the model does not know are removed, as from files."""
+    began = time.monotonic()
+    tokenized = tokenize_text(text, checkpoint.codec)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return _score(checkpoint, "<text>", tokenized.ids, tokenized, per_line, device, digest, began)
+
+
+def _score(checkpoint: Checkpoint, name: str, ids: np.ndarray, tokenized: TokenizedText | None, per_line: int,
+           device: torch.device | str, sha256: str, began: float) -> FileScore:
+    seq_len = int(checkpoint.training.get("train_config", {}).get("seq_len", 0))
     losses = token_losses(checkpoint.model, ids, seq_len, device)
     if losses.size == 0:
-        raise ChargenError(f"{path}: too short to score: it needs at least 2 tokens the model knows")
+        raise ChargenError(f"{name}: too short to score: it needs at least 2 tokens the model knows")
     return FileScore(
-        path=str(path), unit="token" if codec.name == "midi" else "char", tokens=len(ids), scored=int(losses.size),
-        nats_per_token=float(losses.sum(dtype=np.float64) / losses.size),
+        path=name, unit="char" if checkpoint.codec.name == "text" else "token", tokens=len(ids),
+        scored=int(losses.size), nats_per_token=float(losses.sum(dtype=np.float64) / losses.size),
         unknown=tokenized.unknown if tokenized else {},
         worst_lines=worst_lines(tokenized, losses, per_line) if tokenized and per_line else [],
-        sha256=file_sha256, duration_s=time.monotonic() - began,
+        sha256=sha256, duration_s=time.monotonic() - began,
     )
 
 

@@ -60,9 +60,9 @@ def test_newest_run_is_used_by_default_and_info_describes_it(run: Path) -> None:
         (["--temperature", "-1"], "temperature"),
         (["--len", "-5"], "--len"),
         (["--beam-width", "0"], "beam-width"),
-        (["--greedy", "--temperature", "0.5"], "--greedy"),
+        (["--greedy", "--temperature", "0.5"], "greedy"),
         (["--beam-width", "999"], "vocabulary"),
-        (["--beam-width", "2", "-n", "3"], "--num-samples"),
+        (["--beam-width", "2", "-n", "3"], "num_samples"),
     ],
 )
 def test_bad_sampling_options_are_usage_errors(run: Path, args: list[str], fragment: str) -> None:

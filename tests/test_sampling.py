@@ -155,7 +155,7 @@ def test_greedy_with_a_temperature_is_refused_by_the_config_itself() -> None:
     from chargen.errors import ChargenError
 
     generator = tiny_generator()
-    with pytest.raises(ChargenError, match="--greedy takes no --temperature"):
+    with pytest.raises(ChargenError, match="greedy decoding takes no temperature"):
         generator.generate("ab", DecodeConfig(length=5, greedy=True, temperature=0.5))
     generator.generate("ab", DecodeConfig(length=5, greedy=True, temperature=1.0))  # 1 changes nothing: allowed
 

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from chargen.cli import info, midi, replay, sample, score, serve, train  # noqa: F401  (each registers its command)
+from chargen.cli import info, midi, plot, replay, sample, score, serve, train  # noqa: F401  (each registers its command)
 from chargen.cli.group import cli
 from chargen.cli.history import history
 

@@ -1,7 +1,7 @@
 """chargen's one failure path: every command's errors become one line on stderr and an exit code.
 
-Usage errors exit 2; problems the user can fix (ChargenError, a file the
-system refused) 1; Ctrl-C 130; a bug 1, with its traceback only when
+Usage errors exit 2 (click's, and the library's ArgumentError); problems the
+user can fix (ChargenError, a file the system refused) 1; Ctrl-C 130; a bug 1, with its traceback only when
 ``CHARGEN_DEBUG=1``. click's own exits (``ctx.exit(n)``) keep their code.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from chargen.errors import ChargenError
+from chargen.errors import ArgumentError, ChargenError, TrainingInterrupted
 
 
 class ChargenGroup(click.Group):
@@ -47,9 +47,19 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, click.ClickException):
         _error(f"chargen: error: {exc.format_message()}")
         return exc.exit_code
+    if isinstance(exc, click.Abort) and isinstance(exc.__cause__, TrainingInterrupted):
+        exc = exc.__cause__  # click turned the library's KeyboardInterrupt into an Abort
+    if isinstance(exc, TrainingInterrupted):  # saved: say how to go on
+        run = getattr(exc.run, "dir", None)
+        if getattr(exc.run, "rank", 0) == 0:
+            _error(f"chargen: {exc}. Continue with: chargen train --resume {run}")
+        return 130
     if isinstance(exc, click.Abort | KeyboardInterrupt):  # click turns Ctrl-C into Abort
         _error("chargen: interrupted")
         return 130
+    if isinstance(exc, ArgumentError):  # a usage error, found by the library
+        _error(f"chargen: error: {exc}")
+        return 2
     if isinstance(exc, ChargenError):
         _error(f"chargen: error: {exc}")
         return 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import wcwidth
 
 from chargen.cli.types import COUNT_RANGE, FiniteFloat, OutputFile
 from chargen.errors import ChargenError
@@ -107,9 +108,9 @@ def _get_generation(database: str | None, generation_id: str) -> GenerationRecor
 
 
 def _char_width(ch: str) -> int:
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    """Terminal columns of one character (wcwidth: wide East Asian 2, combining 0); control characters are
+    never printed here (``_one_line`` replaces them; wcwidth says -1), so count as none."""
+    return max(0, wcwidth.wcwidth(ch))
 
 
 def _fit(text: str, width: int) -> str:

@@ -21,9 +21,9 @@ def replay(generation_id: str, database: str | None, as_json: bool) -> None:
     Exits 0 when the output is identical byte for byte, 1 when it differs or
     cannot be replayed (the checkpoint is missing or has changed).
     """
-    from chargen.records import replay as replay_generation
+    from chargen.api import replay as replay_generation
 
-    outcome = replay_generation(database_url(database), generation_id)
+    outcome = replay_generation(generation_id, database_url(database))
     if as_json:
         click.echo(json.dumps({"id": outcome.generation_id, "identical": outcome.identical,
                                "recorded": outcome.recorded, "replayed": outcome.replayed}, ensure_ascii=False))

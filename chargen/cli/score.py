@@ -1,4 +1,4 @@
-"""``chargen score``: how well a model predicts files."""
+"""``chargen score``: how well a model predicts files (a thin client of ``Model.score_files``)."""
 
 from __future__ import annotations
 
@@ -31,26 +31,16 @@ def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None,
     (list them with `chargen history scores`) unless --no-log.
       chargen score notes.txt --checkpoint fables-small --per-line 5
     """
-    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
-    from chargen.device import resolve_device
-    from chargen.scoring import describe_unknown, score_files
+    from chargen.api import load
+    from chargen.scoring import describe_unknown
 
-    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
-    checkpoint_sha256 = loaded.sha256  # before scoring: the file may be replaced meanwhile
-    scores = score_files(loaded, files, per_line or 0, resolve_device(device))
+    model = load(checkpoint, database=database, log=not no_log, report=warn)
+    scores = model.score_files(list(files), per_line or 0, device=device)
     for item in scores:
         if item.unknown:
             warn(describe_unknown(item))
-    if not no_log:
-        from chargen.history import HistoryUnavailable
-        from chargen.records import log_scores
-
-        try:
-            log_scores(database, loaded, checkpoint_sha256, scores)
-        except HistoryUnavailable as exc:
-            warn(f"warning: scores not logged: {exc}")
     if as_json:
-        click.echo(json.dumps({"checkpoint": str(loaded.path), "sha256": loaded.sha256,
+        click.echo(json.dumps({"checkpoint": str(model.path), "sha256": model.sha256,
                                "files": [item.to_dict() for item in scores]}, ensure_ascii=False, indent=2))
         return
     for item in scores:

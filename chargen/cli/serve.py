@@ -45,10 +45,16 @@ def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None,
     """Serve models over HTTP: generation (JSON or streamed), history, and a web page at /.
 
     \b
+    Endpoints: POST /v1/generate (chargen's), POST /v1/completions and GET /v1/models
+    (OpenAI's API: point the openai package at base_url http://HOST:PORT/v1 with the
+    token as api_key), GET /v1/generations[/ID][.mid], GET /metrics (Prometheus),
+    GET /healthz, /openapi.json; with --token every one but /healthz needs it.
+    \b
     Examples:
       chargen serve -c fables-small
       chargen serve -c text=fables-small -c music=bach-medium --port 8080
       curl -s localhost:8000/v1/generate -H 'content-type: application/json' -d '{"prime": "The ", "length": 200}'
+      curl -s localhost:8000/v1/completions -H 'content-type: application/json' -d '{"prompt": "A", "max_tokens": 50}'
     Stop with Ctrl-C or SIGTERM: running generations end with an error and are not logged.
     """
     from chargen.ports import require_free_port

@@ -39,21 +39,24 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
-class SemitoneRange(click.ParamType):
-    """``LOW..HIGH`` semitones, e.g. ``-5..6``."""
+class IntPair(click.ParamType):
+    """``LOW..HIGH`` whole numbers within [low, high], e.g. semitones ``-5..6``."""
 
     name = "LOW..HIGH"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
             return value
         try:
-            low, high = (int(part) for part in str(value).split(".."))
+            first, second = (int(part) for part in str(value).split(".."))
         except ValueError:
             self.fail(f"{value!r} is not a range like -5..6", param, ctx)
-        if not -24 <= low <= high <= 24:
-            self.fail(f"{value!r}: need -24 <= LOW <= HIGH <= 24", param, ctx)
-        return (low, high)
+        if not self.low <= first <= second <= self.high:
+            self.fail(f"{value!r}: need {self.low} <= LOW <= HIGH <= {self.high}", param, ctx)
+        return (first, second)
 
 
 class CheckedPath(click.Path):

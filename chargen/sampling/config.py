@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chargen.errors import ChargenError
+from chargen.errors import ArgumentError
+from chargen.options import check_fields, option
 
 if TYPE_CHECKING:
+    from chargen.codec import Codec
     from chargen.sampling.grammar import MusicRules
 
 #: n-gram length blocked by default for the deterministic decoders, whose
@@ -20,24 +23,48 @@ DEFAULT_NO_REPEAT_NGRAM = 12
 DEFAULT_MAX_HOLD_S = 5.0
 
 
+#: A cap for counts a user could mistype by orders of magnitude (tokens, n-gram lengths).
+HUGE = 10**9
+#: Stop strings one generation may have.
+MAX_STOPS = 16
+
+
 @dataclass
 class DecodeConfig:
-    length: int = 500
-    temperature: float = 1.0  # greedy takes none: 1.0, which changes nothing, is the only value it accepts
-    top_k: int | None = None
-    top_p: float | None = None
-    greedy: bool = False
-    beam_width: int | None = None  # set (even to 1) = beam search
-    beam_sample: bool = False
-    num_samples: int = 1
-    no_repeat_ngram: int | None = None  # None: DEFAULT for greedy/beam, off for sampling
-    seed: int | None = None
-    label: str | None = None  # a labelled model's conditioning label; None: no label
+    """How to generate: the one definition of the decode options (CLI options and service fields derive from it)."""
+
+    length: int = option(500, "Tokens (characters) to generate.", flag="--len", low=0, high=HUGE)
+    temperature: float = option(1.0, "Softmax temperature (> 0); greedy takes none.", short="-t", low=0,
+                                low_open=True)
+    top_k: int | None = option(None, "Sample only among the k likeliest tokens.", low=1, high=HUGE)
+    top_p: float | None = option(None, "Nucleus sampling threshold.", low=0, low_open=True, high=1)
+    greedy: bool = option(False, "Always take the likeliest token.")
+    beam_width: int | None = option(None, "Beam search with K beams advanced as one batch; given at all (even 1) "
+                                    "means beam search.", low=1, high=1024, metavar="K")
+    beam_sample: bool = option(False, "Stochastic beam search: draw candidates, keep the likeliest.")
+    num_samples: int = option(1, "Samples generated together as one batch.", short="-n", low=1, high=1024)
+    no_repeat_ngram: int | None = option(None, "Never repeat an n-gram of this length; 0 = off.", low=0, high=HUGE,
+                                         metavar="N", default_text="12 for greedy and beam search, off for sampling")
+    seed: int | None = option(None, "Seed: the same seed, checkpoint and options give the same output.", low=0,
+                              high=2**63 - 1, default_text="drawn, and recorded in the history")
+    label: str | None = option(None, "A labelled model: generate for this label (chargen info lists them).",
+                               metavar="NAME")
     # The MIDI grammar (chargen.sampling.grammar): None = on for music models (off for text);
     # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = its learnt hold, 0 = none.
-    grammar: bool | None = None
-    max_polyphony: int | None = None
-    max_hold_s: float | None = None
+    grammar: bool | None = option(None, "Music models: decode under the MIDI grammar (note-offs only for sounding "
+                                  "notes, no second note-on, a velocity only before a note-on, a polyphony cap, a "
+                                  "longest hold).", switch=True, default_text="on for music models")
+    max_polyphony: int | None = option(None, "MIDI grammar: at most N notes at once; 0 = no cap.", low=0, high=128,
+                                       metavar="N", default_text="the cap learnt from the corpus")
+    max_hold_s: float | None = option(None, "MIDI grammar: no note held longer than this, the model must release "
+                                      "it; 0 = no limit.", low=0, high=3600, metavar="SECONDS",
+                                      default_text="the hold learnt from the corpus, at most 5 s")
+    stop: list[str] = option(list, "End a sample where its text first contains this string (left out of the "
+                             "output); repeatable.", high=MAX_STOPS, metavar="TEXT")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, tuple):  # a repeated CLI option
+            self.stop = list(self.stop)
 
     @property
     def decoder(self) -> str:
@@ -67,57 +94,68 @@ class DecodeConfig:
         return DecodeConfig(**data)
 
     def validate(self, vocab_size: int, music: MusicRules | None = None) -> None:
-        """The decoder's rules, the same for the CLI and the service: ChargenError naming the first broken one.
-
-        ``music``: the model's part, None for a text model (which takes no MIDI grammar settings).
-        """
-        if self.length < 0:
-            raise ChargenError(f"length must be >= 0 (got {self.length})")
-        if not self.temperature > 0:  # NaN fails this too
-            raise ChargenError(f"temperature must be > 0 (got {self.temperature}); use --greedy for argmax decoding")
+        """The decoder's rules, the same for the API, the CLI and the service: ArgumentError naming the first
+        broken one. ``music``: the model's part, None for a text model (which takes no MIDI grammar settings)."""
+        check_fields(self)
         if self.greedy and self.temperature != 1.0:
-            raise ChargenError(f"--greedy takes no --temperature (got {self.temperature}): greedy decoding "
-                               "always picks the likeliest token")
-        if self.top_k is not None and self.top_k < 1:
-            raise ChargenError(f"top-k must be >= 1 (got {self.top_k})")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ChargenError(f"top-p must be in (0, 1] (got {self.top_p})")
-        width = self.beam_width or 1
-        if width < 1:
-            raise ChargenError(f"beam width must be >= 1 (got {self.beam_width})")
-        if width > vocab_size:
-            raise ChargenError(f"beam width {self.beam_width} exceeds the vocabulary size {vocab_size}")
-        if self.num_samples < 1:
-            raise ChargenError(f"num-samples must be >= 1 (got {self.num_samples})")
-        if self.decoder == "beam" and self.num_samples > width:
-            raise ChargenError(f"num-samples {self.num_samples} exceeds the beam width {self.beam_width}")
+            raise ArgumentError(f"greedy decoding takes no temperature (got {self.temperature}): it always picks "
+                                "the likeliest token")
         if self.greedy and self.decoder == "beam":
-            raise ChargenError("--greedy and --beam-width are different decoders; choose one")
-        if self.no_repeat_ngram is not None and self.no_repeat_ngram < 0:
-            raise ChargenError("no-repeat-ngram must be >= 0")
+            raise ArgumentError("greedy and beam search are different decoders; choose one")
+        width = self.beam_width or 1
+        if width > vocab_size:
+            raise ArgumentError(f"beam_width {self.beam_width} exceeds the model's vocabulary of {vocab_size} tokens")
+        if self.decoder == "beam" and self.num_samples > width:
+            raise ArgumentError(f"num_samples {self.num_samples} exceeds beam_width {self.beam_width}")
         self._validate_grammar(music)
 
     def _validate_grammar(self, music: MusicRules | None) -> None:
-        if self.max_polyphony is not None and self.max_polyphony < 0:
-            raise ChargenError(f"max-polyphony must be >= 0, 0 = no cap (got {self.max_polyphony})")
-        if self.max_hold_s is not None and not self.max_hold_s >= 0:  # NaN fails this too
-            raise ChargenError(f"max-hold-s must be >= 0, 0 = no limit (got {self.max_hold_s})")
         settings = self.max_polyphony or self.max_hold_s  # 0 is what "off" resolves them to: allowed
         if music is None and (self.grammar or settings):
-            raise ChargenError("the MIDI grammar (grammar, max-polyphony, max-hold-s) needs a music model")
+            raise ArgumentError("the MIDI grammar (grammar, max_polyphony, max_hold_s) needs a music model")
         if self.grammar is False and settings:
-            raise ChargenError("max-polyphony and max-hold-s apply to the MIDI grammar, which is switched off")
+            raise ArgumentError("max_polyphony and max_hold_s apply to the MIDI grammar, which is switched off")
 
 
 @dataclass
 class Sample:
+    """One generated sequence: its token ids, their printable text, and the model's log-probability of them."""
+
     ids: list[int]
     text: str
     logprob: float  # natural log, the model's own (temperature 1)
+    codec: Codec | None = field(default=None, repr=False, compare=False)  # what the ids mean (MIDI export)
+    midi_path: Path | None = None  # where it was written as MIDI, if it was
+    midi_stats: Any = field(default=None, repr=False)  # what was written there (chargen.midi.MidiStats)
+    wav_path: Path | None = None  # where it was rendered as audio, if it was
+    stopped: bool = False  # it ended at a stop string (DecodeConfig.stop), not at its length
 
     @property
     def nats_per_token(self) -> float:
         return -self.logprob / len(self.ids) if self.ids else 0.0
+
+    def write_midi(self, path: str | Path, tempo_bpm: float = 120.0, program: int = 0,
+                   max_note_s: float | None = 5.0) -> Path:
+        """Write a music model's sample as a Standard MIDI File (atomically); returns the path."""
+        from chargen.midi.export import write_midi
+
+        vocab = getattr(self.codec, "vocab", None)
+        if vocab is None:
+            raise ArgumentError("only a music model's samples can be written as MIDI")
+        self.midi_stats = write_midi(self.ids, Path(path), tempo_bpm=tempo_bpm, program=program, vocab=vocab,
+                                     max_note_s=max_note_s)
+        self.midi_path = Path(path)
+        return self.midi_path
+
+    def write_wav(self, path: str | Path, synth: Any = None, **midi_settings: Any) -> Path:
+        """Write a music model's sample as audio (FluidSynth): the .mid beside the .wav, then the .wav."""
+        from chargen.audio import find_synth, render_wav
+
+        wav = Path(path)
+        synth = synth or find_synth()  # before writing anything: fail with nothing written
+        render_wav(self.write_midi(wav.with_suffix(".mid"), **midi_settings), wav, synth)
+        self.wav_path = wav
+        return wav
 
 
 @dataclass
@@ -127,6 +165,7 @@ class GenerationResult:
     prime: str
     duration_s: float
     tokens: int = field(default=0)
+    history_id: str | None = None  # its row in the history, once logged
 
     @property
     def tokens_per_s(self) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -20,6 +21,7 @@ from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
 from chargen.sampling.decoder import choose_tokens
 from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
+from chargen.sampling.stop import RowTexts, truncate_at_stop
 
 TokenCallback = Callable[[int, str], None]
 #: Primes up to this many tokens (besides the last) are stepped, not run through ``nn.LSTM``.
@@ -27,6 +29,16 @@ SHORT_PRIME = 8
 #: Primed states kept per Generator, for primes up to PRIME_CACHE_TOKENS tokens.
 PRIME_CACHE_SIZE = 32
 PRIME_CACHE_TOKENS = 256
+
+
+@dataclass
+class Prepared:
+    """A generation checked and ready to run: the resolved config, the prime as given and encoded, the label id."""
+
+    config: DecodeConfig
+    prime: str
+    prime_ids: list[int]
+    label: int | None
 
 
 class Generator:
@@ -108,29 +120,53 @@ class Generator:
                 _, state = self.stepper.step(torch.tensor([token]), state, bias)
         return self.stepper.step(torch.tensor([prime_ids[-1]]), state, bias)  # logits [1, V]
 
-    def generate(
-        self, prime: str | None, config: DecodeConfig, on_token: TokenCallback | None = None
-    ) -> GenerationResult:
+    def prepare(self, prime: str | None, config: DecodeConfig) -> Prepared:
+        """Check ``config`` and the prime against this model (ArgumentError, UnknownTokensError), resolve the
+        config (a seed drawn if none) and encode the prime: everything that can fail before the first token."""
         config.validate(self.codec.vocab_size, self.music)
         label = self.label_id(config.label)
-        config = config.resolved(self.music)
-        prime_text = prime if prime else self.codec.default_prime
-        prime_ids = self.codec.encode(prime_text)
+        resolved = config.resolved(self.music)
+        prime_ids = self.codec.encode(prime if prime else self.codec.default_prime)
+        return Prepared(resolved, prime or "", prime_ids, label)
+
+    def steps(self, prepared: Prepared) -> Iterator[list[str]]:
+        """A generation, step by step: yields each step's new text per row ("" where a row holds text back
+        or has stopped; beam search yields each beam's whole text once, at the end); returns
+        (StopIteration.value) the GenerationResult."""
+        config, prime_ids, label = prepared.config, prepared.prime_ids, prepared.label
         start = time.perf_counter()
         rng = torch.Generator().manual_seed(config.seed)
         with generation_threads():
             if config.decoder == "beam":
                 samples = self._beam(prime_ids, config, rng, label)
+                yield [sample.text for sample in samples]
             else:
-                samples = self._sample(prime_ids, config, rng, on_token, label)
+                samples = yield from self._sample(prime_ids, config, rng, label)
         duration = time.perf_counter() - start
-        return GenerationResult(samples=samples, config=config, prime=prime or "", duration_s=duration,
+        return GenerationResult(samples=samples, config=config, prime=prepared.prime, duration_s=duration,
                                 tokens=config.length * (1 if config.decoder == "beam" else config.num_samples))
+
+    def generate(self, prime: str | None, config: DecodeConfig,
+                 on_token: TokenCallback | None = None) -> GenerationResult:
+        """The whole generation; ``on_token(row, text)`` is told each row's new text as it comes (not beams)."""
+        prepared = self.prepare(prime, config)
+        steps = self.steps(prepared)
+        beam = prepared.config.decoder == "beam"
+        while True:
+            try:
+                texts = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            if on_token is not None and not beam:
+                for row, text in enumerate(texts):
+                    if text:
+                        on_token(row, text)
 
     @torch.inference_mode()
     def _sample(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator,
-                on_token: TokenCallback | None, label: int | None = None) -> list[Sample]:
-        """Sampling and greedy: n rows stepped together, each token chosen by ``choose_tokens``.
+                label: int | None = None) -> Iterator[list[str]]:
+        """Sampling and greedy: n rows stepped together, each token chosen by ``choose_tokens``; yields each
+        step's new text per row and returns the samples.
 
         Memory stays bounded by the output itself: each step's logits are dropped
         once its tokens are chosen, and log-probabilities are summed as they come
@@ -145,31 +181,42 @@ class Generator:
         noise_buffer = torch.empty(n, vocab)  # refilled each step: exponential_noise's draws, one allocation
         noise = None if cfg.greedy else (lambda: noise_buffer.exponential_(1, generator=rng))
         symbols = self.codec.symbols
-        ids: list[list[int]] = [[] for _ in range(n)]
-        totals = [0.0] * n
+        rows = RowTexts(n, cfg.stop)
         for _ in range(cfg.length):
             choice = choose_tokens(logits, cfg, [b.banned() for b in blockers] if blockers else None, noise)
-            for i, token in enumerate(choice.tokens.tolist()):
-                ids[i].append(token)
-                totals[i] += choice.logprobs[i]
-                if blockers:
-                    blockers[i].push(token)
-                if on_token is not None:
-                    on_token(i, symbols[token])
+            tokens = choice.tokens.tolist()
+            if blockers:
+                for blocker, token in zip(blockers, tokens):
+                    blocker.push(token)
+            yield rows.push(tokens, choice.logprobs, symbols)
+            if rows.all_stopped:
+                break
             logits, state = self.stepper.step(choice.tokens, state, bias)
-        return [Sample(ids=row, text=self.codec.decode(row), logprob=total) for row, total in zip(ids, totals)]
+        tail = rows.finish()
+        if any(tail):
+            yield tail
+        return rows.samples(self.codec)
 
     def _beam(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator,
               label: int | None = None) -> list[Sample]:
         k = cfg.beam_width or 1
         logits, state = self.prime_state(prime_ids, label)
         stepper = self.beam_stepper if k > 1 else self.stepper  # width 1 steps exactly as greedy does
-        return [Sample(ids=ids, text=self.codec.decode(ids), logprob=logprob)
-                for ids, logprob in beam_search(stepper, logits, state, prime_ids, cfg, rng, label, self.music)]
+        samples = []
+        for ids, logprob in beam_search(stepper, logits, state, prime_ids, cfg, rng, label, self.music):
+            cut = truncate_at_stop(self.codec.decode(ids), cfg.stop)
+            stopped = cut < len(ids)
+            if stopped:  # a stop string ends the beam: the model's log-probability of what is kept
+                ids, logprob = ids[:cut], sequence_logprob(self.model, prime_ids, ids[:cut], label)
+            samples.append(Sample(ids=ids, text=self.codec.decode(ids), logprob=logprob, codec=self.codec,
+                                  stopped=stopped))
+        return samples
 
 
 def sequence_logprob(model: CharRNN, prime_ids: list[int], ids: list[int], label: int | None = None) -> float:
     """Log-probability of ``ids`` after ``prime_ids`` (label id ``label``) by one full forward pass (for checks)."""
+    if not ids:
+        return 0.0
     with torch.inference_mode():
         tokens = torch.tensor([prime_ids + ids])
         labels = None if label is None else torch.tensor([label])
