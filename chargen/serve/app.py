@@ -29,7 +29,8 @@ from chargen.errors import ChargenError
 from chargen.history import resolve_database_url
 from chargen.serve.guard import Guard
 from chargen.serve.history_writer import HistoryLog
-from chargen.serve.limits import NAME_RE, Limits, ServiceError
+from chargen.serve.limits import NAME_RE, Limits, ServiceError, error_body
+from chargen.serve.metrics import RequestCounter
 from chargen.serve.routes import router
 from chargen.serve.service import Service
 
@@ -69,15 +70,27 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.include_router(router)
     app.add_middleware(Guard, token=api_token, max_body=limits.max_body_bytes)
+    app.add_middleware(RequestCounter, metrics=service.metrics, routes=router.routes)  # outermost: every answer
     return app
 
 
+class ErrorResponse(JSONResponse):
+    """An error answer, rendered ASCII-only: what a request sent back in it (a lone surrogate) stays encodable."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+#: Routes that speak OpenAI's API: their bad requests are 400, as OpenAI's own server answers them.
+OPENAI_ROUTES = frozenset({"/v1/completions"})
+
+
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return ErrorResponse(exc.body(), status_code=exc.status)
 
 
 async def _chargen_error(_: Request, exc: ChargenError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=400)
+    return ErrorResponse(error_body(400, str(exc)), status_code=400)
 
 
 def _finite_json(value: Any) -> bool:
@@ -88,15 +101,20 @@ def _finite_json(value: Any) -> bool:
     return True
 
 
-async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming each bad field; the offending value is echoed only when JSON can carry it (not NaN/inf)."""
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 (400 on OpenAI's routes) naming each bad field; the offending value is echoed only when JSON can
+    carry it (not NaN/inf)."""
     errors = jsonable_encoder(exc.errors())
     for error in errors:
         if "input" in error and not _finite_json(error["input"]):
             del error["input"]
         if "ctx" in error and not _finite_json(error["ctx"]):
             del error["ctx"]
-    return JSONResponse({"detail": errors}, status_code=422)
+    fields = [".".join(str(part) for part in error.get("loc", ())[1:]) or "body" for error in errors]
+    message = "; ".join(f"{field}: {error.get('msg', 'invalid')}" for field, error in zip(fields, errors))
+    status = 400 if request.url.path in OPENAI_ROUTES else 422
+    return ErrorResponse(error_body(status, message, param=fields[0] if fields else None, detail=errors),
+                         status_code=status)
 
 
 def _document_served(schema: dict[str, Any], names: list[str], limits: Limits) -> None:

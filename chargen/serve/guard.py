@@ -10,6 +10,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chargen.serve.limits import error_body
+
 OPEN_PATHS = frozenset({"/healthz"})
 
 
@@ -41,13 +43,13 @@ class Guard:
         if self.token and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
             # The page gets a Basic challenge so a browser can prompt for the token.
             challenge = b'Basic realm="chargen"' if scope["path"] == "/" else b'Bearer realm="chargen"'
-            await send_json(send, 401, {"detail": "missing or wrong API token (Authorization: Bearer TOKEN)"},
+            await send_json(send, 401, error_body(401, "missing or wrong API token (Authorization: Bearer TOKEN)"),
                             [(b"www-authenticate", challenge)])
             return
         if scope["method"] in ("POST", "PUT", "PATCH"):
             declared = dict(scope["headers"]).get(b"content-length")
-            too_big = {"detail": f"request body exceeds this server's limit max_body_bytes={self.max_body}",
-                       "limit": "max_body_bytes"}
+            too_big = error_body(413, f"request body exceeds this server's limit max_body_bytes={self.max_body}",
+                                 limit="max_body_bytes")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 await send_json(send, 413, too_big)
                 return

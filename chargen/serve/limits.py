@@ -29,15 +29,31 @@ class Limits:
     max_list: int = 200  # GET /v1/generations?limit=
 
 
+#: OpenAI's error types by status, for the ``error`` object every error answer carries.
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
+               422: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable_error"}
+
+
+def error_body(status: int, message: str, param: str | None = None, limit: str | None = None,
+               detail: Any = None) -> dict[str, Any]:
+    """Every error answer's body: chargen's ``detail`` (and the ``limit`` hit) beside OpenAI's ``error`` object,
+    so both chargen's clients and OpenAI's (openai, LangChain) read it."""
+    return {"detail": message if detail is None else detail, **({"limit": limit} if limit else {}),
+            "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error" if status >= 500
+                                                                  else "invalid_request_error"),
+                      "param": param or limit, "code": limit}}
+
+
 class ServiceError(Exception):
     """An HTTP answer other than 200, with a one-line message (and the limit hit, if any)."""
 
-    def __init__(self, status: int, detail: str, limit: str | None = None):
+    def __init__(self, status: int, detail: str, limit: str | None = None, param: str | None = None):
         super().__init__(detail)
-        self.status, self.detail, self.limit = status, detail, limit
+        self.status, self.detail, self.limit, self.param = status, detail, limit, param
 
     def body(self) -> dict[str, Any]:
-        return {"detail": self.detail, **({"limit": self.limit} if self.limit else {})}
+        return error_body(self.status, self.detail, self.param, self.limit)
 
 
 def over_limit(what: str, value: int, limit: str, cap: int) -> ServiceError:

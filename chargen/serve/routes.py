@@ -18,10 +18,14 @@ from chargen.codec_registry import codec_from_metadata
 from chargen.curves import read_curve, trend
 from chargen.errors import ChargenError
 from chargen.midi.export import midi_notes
+from chargen.sampling.config import DecodeConfig
+from chargen.serve.completions import CompletionRequest, complete
+from chargen.serve.completions import stream as completion_stream
 from chargen.serve.history_writer import GenerationLog, GenerationNotFound, HistoryError
 from chargen.serve.limits import ID_PATTERN, ServiceError, over_limit
+from chargen.serve.metrics import CONTENT_TYPE
 from chargen.serve.page import PAGE, PAGE_CSP
-from chargen.serve.schemas import GenerateRequest
+from chargen.serve.schemas import GenerateRequest, decode_options
 from chargen.serve.service import Service, render_midi
 from chargen.serve.sse import cancel_on_disconnect, events
 
@@ -91,7 +95,27 @@ async def page() -> HTMLResponse:
 
 @router.get("/v1/models")
 async def list_models(service: Service = Depends(get_service)) -> dict[str, Any]:
-    return {"models": [served.describe() for served in service.models.values()]}
+    """The served models: OpenAI's list (``object``, ``data``) and chargen's own ``models`` beside it."""
+    described = [served.describe() for served in service.models.values()]
+    data = [{"id": item["name"], "object": "model", "created": served.created, "owned_by": "chargen", **item}
+            for item, served in zip(described, service.models.values())]
+    return {"object": "list", "data": data, "models": described}
+
+
+@router.post("/v1/completions", responses={400: {}, 401: {}, 404: {}, 413: {}, 503: {}})
+async def completions(body: CompletionRequest, service: Service = Depends(get_service)) -> Any:
+    """OpenAI's completions API (see chargen.serve.completions); chargen's decode options as extra fields."""
+    if body.stream:
+        chunks = await completion_stream(body, service)
+        return StreamingResponse(chunks, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await complete(body, service)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+async def metrics(service: Service = Depends(get_service)) -> Response:
+    """Prometheus' text format: requests, tokens, streams, batch sizes, latencies, queue wait, history writes."""
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/v1/stats")
@@ -104,8 +128,11 @@ async def stats(service: Service = Depends(get_service)) -> dict[str, Any]:
 @router.post("/v1/generate", responses={400: {}, 404: {}, 413: {}, 422: {}, 503: {}})
 async def generate(body: GenerateRequest, request: Request, service: Service = Depends(get_service)) -> Any:
     served = service.lookup(body.model)
-    config, prime_ids = service.prepare(served, body)
-    handle = await service.start_generation(served, config, body.prime, prime_ids, body.stream)
+    length = body.length if body.length is not None else service.default_length()
+    prepared = service.prepare(served, DecodeConfig(length=length, **decode_options(body)), body.prime,
+                               body.format == "midi")
+    config = prepared.config
+    handle = await service.start_generation(served, prepared, body.stream)
     if body.stream:
         stream = events(service, handle, body, config)
         # A client gone before the stream starts never runs its finally: release on collection too.

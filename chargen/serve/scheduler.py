@@ -22,8 +22,10 @@ import torch
 
 from chargen.inference import expand_state, reorder_state
 from chargen.model import State
-from chargen.sampling import DecodeConfig, Generator, MusicRules, Sample, choose_tokens, sequence_constraints
+from chargen.sampling import DecodeConfig, Generator, MusicRules, choose_tokens, sequence_constraints
+from chargen.sampling.stop import RowTexts
 from chargen.serve.limits import SHUTDOWN_MESSAGE, ServiceError
+from chargen.serve.metrics import SchedulerObserver
 
 logger = logging.getLogger("chargen.service")
 
@@ -51,9 +53,9 @@ class Job:
         # ``config`` is resolved (Service.prepare), with ``music`` the model's: as Generator._sample's rows.
         self.blockers = sequence_constraints(config, music, prime_ids, n)
         self.blocking = bool(self.blockers)
-        self.ids: list[list[int]] = [[] for _ in range(n)]
-        self.total = [0.0] * n  # summed in order from 0.0, as Generator sums
+        self.rows = RowTexts(n, config.stop)  # ids and totals (summed in order from 0.0), as Generator keeps them
         self.remaining = config.length  # tokens still to choose
+        self.submitted = time.perf_counter()  # when it reached the scheduler (queue wait, time to first token)
         self.cancelled = False
         self.started = 0.0
         # Requests with equal keys choose their tokens in one choose_tokens call per tick.
@@ -103,8 +105,9 @@ class SchedulerStats:
 class BatchScheduler:
     """Continuous batching for one model: one thread, one ``Stepper.step`` per tick."""
 
-    def __init__(self, name: str, generator: Generator, max_batch: int):
+    def __init__(self, name: str, generator: Generator, max_batch: int, observer: SchedulerObserver | None = None):
         self.name, self.generator, self.max_batch = name, generator, max_batch
+        self.observer = observer or SchedulerObserver()  # metrics: queue wait, first token, each step
         self.stats = SchedulerStats()
         self._cond = threading.Condition()  # guards _pending and _stopping
         self._pending: deque[Job] = deque()
@@ -176,6 +179,7 @@ class BatchScheduler:
 
     def _admit(self, job: Job) -> None:
         job.started = time.perf_counter()
+        self.observer.admitted(job.started - job.submitted)
         self.stats.requests += 1
         if job.config.length == 0:
             self._finish(job)
@@ -234,6 +238,7 @@ class BatchScheduler:
         self._retain([job for job in self._active if not job.cancelled])
         if not self._active:
             return
+        began = time.perf_counter()
         assert self._logits is not None and self._state is not None and self._noise is not None
         logits, noise = self._logits, self._noise[self._phase]  # [B, V] each
         starts: list[int] = []
@@ -274,17 +279,18 @@ class BatchScheduler:
             if failed and id(job) in failed:
                 job.emit("error", failed[id(job)])
                 continue
-            for i in range(job.n):
-                token = token_list[first + i]
-                job.ids[i].append(token)
-                job.total[i] += gained[first + i]
-                if job.blocking:
-                    job.blockers[i].push(token)
+            rows = token_list[first : first + job.n]
+            if job.blocking:
+                for blocker, token in zip(job.blockers, rows):
+                    blocker.push(token)
+            texts = job.rows.push(rows, gained[first : first + job.n], symbols)
             self.stats.tokens += job.n
-            if job.stream:
-                job.emit("tokens", [symbols[token] for token in token_list[first : first + job.n]])
+            if job.stream and any(texts):
+                job.emit("tokens", texts)
+            if job.remaining == job.config.length:
+                self.observer.first_token(time.perf_counter() - job.submitted)
             job.remaining -= 1
-            if job.remaining <= 0:
+            if job.remaining <= 0 or job.rows.all_stopped:
                 self._finish(job)
             else:
                 going.append(job)
@@ -295,15 +301,17 @@ class BatchScheduler:
                 self._noise = torch.cat([job.draw_noise(NOISE_AHEAD) for job in going], dim=1)
             step_tokens = tokens if index is None else tokens.index_select(0, index)
             self._logits, self._state = self.generator.stepper.step(step_tokens, self._state, self._bias)
+            self.observer.stepped(len(step_tokens), time.perf_counter() - began)
             self.stats.steps += 1
             self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(step_tokens))
             self.stats.max_batch_requests = max(self.stats.max_batch_requests, len(going))
         self._phase %= NOISE_AHEAD
 
     def _finish(self, job: Job) -> None:
-        codec = self.generator.codec
-        samples = [Sample(ids=row, text=codec.decode(row), logprob=total) for row, total in zip(job.ids, job.total)]
-        job.emit("done", (samples, time.perf_counter() - job.started))
+        tail = job.rows.finish()
+        if job.stream and any(tail):
+            job.emit("tokens", tail)
+        job.emit("done", (job.rows.samples(self.generator.codec), time.perf_counter() - job.started))
 
     def _fail_all(self, message: str, status: int = 500) -> None:
         with self._cond:

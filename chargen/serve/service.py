@@ -25,6 +25,7 @@ from chargen.checkpoint import Checkpoint, sha256_file
 from chargen.errors import ChargenError
 from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
 from chargen.sampling import DecodeConfig, Generator, Sample
+from chargen.sampling.generator import Prepared
 from chargen.serve.history_writer import GenerationLog, HistoryError, HistoryWriter, LogEntry
 from chargen.serve.limits import (
     DEFAULT_LENGTH,
@@ -35,6 +36,7 @@ from chargen.serve.limits import (
     ServiceError,
     over_limit,
 )
+from chargen.serve.metrics import ServiceMetrics
 from chargen.serve.scheduler import BatchScheduler, Emit, Job
 from chargen.serve.schemas import GenerateRequest
 
@@ -59,6 +61,14 @@ class Served:
     generator: Generator
     scheduler: BatchScheduler
     inflight: int = 0
+
+    @property
+    def created(self) -> int:
+        """When the weights file was written (Unix time): OpenAI's ``created`` of a model."""
+        try:
+            return int(self.checkpoint.path.stat().st_mtime)
+        except OSError:
+            return 0
 
     def describe(self) -> dict[str, Any]:
         ckpt = self.checkpoint
@@ -103,16 +113,17 @@ class Service:
         self.limits, self.log = limits, log
         self.closing = False
         self.models: dict[str, Served] = {}
+        self.metrics = ServiceMetrics(self)
         for name, ckpt in models.items():
             if not NAME_RE.match(name):
                 raise ChargenError(f"model name {name!r} must match {NAME_PATTERN}")
             generator = Generator.from_checkpoint(ckpt)  # music: with the learnt polyphony cap
             self.models[name] = Served(name, ckpt, sha256_file(ckpt.path), generator,
-                                       BatchScheduler(name, generator, limits.max_batch))
+                                       BatchScheduler(name, generator, limits.max_batch, self.metrics.scheduler(name)))
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
         self.beam_pool = ThreadPoolExecutor(workers, thread_name_prefix="chargen-beam")
         # One writer thread (SQLite takes one writer at a time anyway), committing in groups.
-        self.history = HistoryWriter(log) if log is not None else None
+        self.history = HistoryWriter(log, observer=self.metrics.history()) if log is not None else None
 
     def start(self) -> None:
         for served in self.models.values():
@@ -146,36 +157,27 @@ class Service:
             raise ServiceError(404, f"unknown model {name!r}; served models: {', '.join(self.models)}")
         return served
 
-    def prepare(self, served: Served, body: GenerateRequest) -> tuple[DecodeConfig, list[int]]:
-        """Validate against the limits and the model; the resolved config (seed drawn) and prime ids."""
+    def prepare(self, served: Served, config: DecodeConfig, prime: str | None, midi: bool = False) -> Prepared:
+        """Check a request against this server's limits and the model (the decoder's and the model's rules, as
+        the API and `chargen sample` apply them); the resolved config (seed drawn) and the encoded prime."""
         limits, codec = self.limits, served.checkpoint.codec
-        if body.length is None:  # a default that always fits this server's cap
-            body.length = min(DEFAULT_LENGTH, limits.max_length)
-        if body.length > limits.max_length:
-            raise over_limit("length", body.length, "max_length", limits.max_length)
-        if body.beam_width is not None and body.beam_width > limits.max_beam_width:
-            raise over_limit("beam_width", body.beam_width, "max_beam_width", limits.max_beam_width)
-        if body.num_samples > limits.max_samples:
-            raise over_limit("num_samples", body.num_samples, "max_samples", limits.max_samples)
-        if body.prime is not None and len(body.prime) > limits.max_prime_chars:
-            raise over_limit("prime length", len(body.prime), "max_prime_chars", limits.max_prime_chars)
-        if body.format == "midi" and codec.name != "midi":
+        if config.length > limits.max_length:
+            raise over_limit("length", config.length, "max_length", limits.max_length)
+        if config.beam_width is not None and config.beam_width > limits.max_beam_width:
+            raise over_limit("beam_width", config.beam_width, "max_beam_width", limits.max_beam_width)
+        if config.num_samples > limits.max_samples:
+            raise over_limit("num_samples", config.num_samples, "max_samples", limits.max_samples)
+        if prime is not None and len(prime) > limits.max_prime_chars:
+            raise over_limit("prime length", len(prime), "max_prime_chars", limits.max_prime_chars)
+        if midi and codec.name == "text":
             raise ServiceError(400, f"format 'midi' needs a music model; {served.name} uses the {codec.name} codec")
-        # beam_width is passed only when given: set at all (even to 1) means beam search.
-        beam = {} if body.beam_width is None else {"beam_width": body.beam_width}
-        config = DecodeConfig(length=body.length, temperature=body.temperature, top_k=body.top_k,
-                              top_p=body.top_p, greedy=body.greedy, beam_sample=body.beam_sample,
-                              num_samples=body.num_samples, no_repeat_ngram=body.no_repeat_ngram,
-                              seed=body.seed, label=body.label, grammar=body.grammar,
-                              max_polyphony=body.max_polyphony, max_hold_s=body.max_hold_s, **beam)
-        music = served.generator.music
-        config.validate(codec.vocab_size, music)  # the decoder's rules, as `chargen sample` applies them
-        served.generator.label_id(config.label)  # the model's label rule, as `chargen sample` applies it
-        prime_ids = codec.encode(body.prime if body.prime else codec.default_prime)
-        return config.resolved(music), prime_ids
+        return served.generator.prepare(prime, config)
 
-    async def start_generation(self, served: Served, config: DecodeConfig, prime: str | None,
-                               prime_ids: list[int], stream: bool) -> Handle:
+    def default_length(self) -> int:
+        """A request's length when it gives none: one that always fits this server's cap."""
+        return min(DEFAULT_LENGTH, self.limits.max_length)
+
+    async def start_generation(self, served: Served, prepared: Prepared, stream: bool) -> Handle:
         if self.closing:
             raise ServiceError(503, "server is shutting down")
         if served.inflight >= self.limits.max_queue:
@@ -192,12 +194,13 @@ class Service:
 
         served.inflight += 1
         handle = Handle(served, queue, release=lambda: setattr(served, "inflight", served.inflight - 1))
+        config = prepared.config
         try:
             if config.decoder == "beam":
-                future = loop.run_in_executor(self.beam_pool, served.generator.generate, prime, config)
+                future = loop.run_in_executor(self.beam_pool, served.generator.generate, prepared.prime, config)
                 future.add_done_callback(partial(_beam_done, emit))
             else:
-                handle.job = Job(config, prime_ids, emit, stream, served.generator.music)
+                handle.job = Job(config, prepared.prime_ids, emit, stream, served.generator.music)
                 served.scheduler.submit(handle.job)
         except BaseException:
             handle.close()
@@ -214,13 +217,19 @@ class Service:
             logger.warning("history: %s", exc)
             return None, str(exc)
 
+    async def log_generation(self, served: Served, config: DecodeConfig, prime: str, samples: list[Sample],
+                             duration_s: float, midi: bool = False) -> tuple[str | None, str | None]:
+        """Record a finished generation (as `chargen sample` logs it: a music model's row carries the export
+        settings, whatever the format); its history id and the history's error, if any."""
+        self.metrics.tokens.labels(served.name).inc(sum(len(s.ids) for s in samples))
+        export = {"format": "midi" if midi else "text", **MIDI_SETTINGS} if served.checkpoint.codec.name != "text" \
+            else None
+        return await self.record(LogEntry(served.checkpoint, served.sha256, config, prime, samples, duration_s, export))
+
     async def result_body(self, served: Served, body: GenerateRequest, config: DecodeConfig,
                           samples: list[Sample], duration_s: float) -> dict[str, Any]:
-        is_midi = served.checkpoint.codec.name == "midi"
-        # As `chargen sample` logs them: a music model's rows carry the export settings, whatever the format.
-        export = {"format": body.format, **MIDI_SETTINGS} if is_midi else None
-        history_id, history_error = await self.record(
-            LogEntry(served.checkpoint, served.sha256, config, body.prime or "", samples, duration_s, export))
+        history_id, history_error = await self.log_generation(served, config, body.prime or "", samples, duration_s,
+                                                   body.format == "midi")
         tokens = sum(len(s.ids) for s in samples)
         out: dict[str, Any] = {
             "history_id": history_id,

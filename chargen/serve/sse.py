@@ -41,7 +41,8 @@ async def events(service: Service, handle: Handle, body: GenerateRequest,
                         parts.append(symbol)
                     held = None
                 for index, parts in enumerate(texts):
-                    yield sse("token", {"index": index, "text": "".join(parts)})
+                    if any(parts):
+                        yield sse("token", {"index": index, "text": "".join(parts)})
             elif kind == "done":
                 try:
                     result = await service.result_body(served, body, config, *payload)
