@@ -19,6 +19,7 @@ from chargen.checkpoint import Checkpoint
 from chargen.errors import ChargenError
 from chargen.records import generation_fields
 from chargen.sampling import DecodeConfig, Sample
+from chargen.serve.metrics import HistoryObserver
 
 logger = logging.getLogger("chargen.service")
 
@@ -102,8 +103,9 @@ class HistoryWriter:
     requests instead of one each (0.33 instead of 1.4 ms of CPU per row at 16).
     """
 
-    def __init__(self, log: GenerationLog, max_batch: int = 64):
+    def __init__(self, log: GenerationLog, max_batch: int = 64, observer: HistoryObserver | None = None):
         self.log, self.max_batch = log, max_batch
+        self.observer = observer or HistoryObserver()  # metrics: rows per commit, failures
         self._cond = threading.Condition()  # guards _queue and _closing
         self._queue: deque[tuple[LogEntry, Future[str]]] = deque()
         self._closing = False
@@ -141,6 +143,7 @@ class HistoryWriter:
         try:
             ids = self.log.record_many([entry for entry, _ in batch])
         except HistoryError as exc:  # the database is locked or gone: every entry gets that answer
+            self.observer.failed(len(batch))
             for _, future in batch:
                 _settle(future, exception=exc)
             return
@@ -150,8 +153,10 @@ class HistoryWriter:
                     self._write([item])
                 return
             logger.exception("recording a generation failed")
+            self.observer.failed(1)
             _settle(batch[0][1], exception=HistoryError("internal error while recording the generation"))
             return
+        self.observer.committed(len(batch))
         for (_, future), gen_id in zip(batch, ids):
             _settle(future, result=gen_id)
 

@@ -1,0 +1,162 @@
+"""``GET /metrics``: the service's counters in Prometheus' text format (``prometheus_client``).
+
+Each app has its own registry (tests and embedders run several apps in one process).
+The scheduler and the history writer report through small observer objects, so they
+know nothing of Prometheus; requests are counted by an ASGI middleware that sees
+every answer, the token guard's 401s and 413s included. With ``--token`` the
+endpoint needs the token like every other (Prometheus: ``authorization:
+{credentials: TOKEN}`` in the scrape config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from chargen.serve.service import Service
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+FIRST_TOKEN_BUCKETS = LATENCY_BUCKETS + (5.0, 10.0, 30.0)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
+COMMIT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class SchedulerObserver:
+    """What a model's scheduler reports: the default does nothing."""
+
+    def admitted(self, wait_s: float) -> None: ...
+
+    def first_token(self, seconds: float) -> None: ...
+
+    def stepped(self, rows: int, seconds: float) -> None: ...
+
+
+class HistoryObserver:
+    """What the history writer reports: the default does nothing."""
+
+    def committed(self, rows: int) -> None: ...
+
+    def failed(self, rows: int) -> None: ...
+
+
+class ServiceMetrics:
+    """The registry of one app and every metric in it."""
+
+    def __init__(self, service: Service):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("chargen_http_requests", "HTTP requests answered, by route and status",
+                                ["route", "method", "status"], registry=r)
+        self.tokens = Counter("chargen_tokens_generated", "Tokens generated (finished generations)", ["model"],
+                              registry=r)
+        self.batch_rows = Histogram("chargen_batch_rows", "Rows stepped together in each scheduler step", ["model"],
+                                    buckets=ROWS_BUCKETS, registry=r)
+        self.first_token = Histogram("chargen_time_to_first_token_seconds", "From a request's arrival at its "
+                                     "scheduler to its first token", ["model"], buckets=FIRST_TOKEN_BUCKETS,
+                                     registry=r)
+        self.token_latency = Histogram("chargen_token_latency_seconds", "Seconds per scheduler step: each active "
+                                       "stream gets one token per step", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("chargen_queue_wait_seconds", "From a request's arrival at its scheduler to its "
+                                    "admission into the running batch", ["model"], buckets=WAIT_BUCKETS, registry=r)
+        self.history_rows = Counter("chargen_history_rows_written", "Generations recorded in the history",
+                                    registry=r)
+        self.history_commits = Histogram("chargen_history_commit_rows", "Rows written per history commit (group "
+                                         "commit)", buckets=COMMIT_BUCKETS, registry=r)
+        self.history_failures = Counter("chargen_history_write_failures", "Generations the history could not "
+                                        "record", registry=r)
+        self.registry.register(_ServiceState(service))
+
+    def scheduler(self, model: str) -> SchedulerObserver:
+        return _SchedulerMetrics(self, model)
+
+    def history(self) -> HistoryObserver:
+        return _HistoryMetrics(self)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _SchedulerMetrics(SchedulerObserver):
+    def __init__(self, metrics: ServiceMetrics, model: str):
+        self.wait = metrics.queue_wait.labels(model)
+        self.first = metrics.first_token.labels(model)
+        self.rows = metrics.batch_rows.labels(model)
+        self.latency = metrics.token_latency.labels(model)
+
+    def admitted(self, wait_s: float) -> None:
+        self.wait.observe(wait_s)
+
+    def first_token(self, seconds: float) -> None:
+        self.first.observe(seconds)
+
+    def stepped(self, rows: int, seconds: float) -> None:
+        self.rows.observe(rows)
+        self.latency.observe(seconds)
+
+
+class _HistoryMetrics(HistoryObserver):
+    def __init__(self, metrics: ServiceMetrics):
+        self.metrics = metrics
+
+    def committed(self, rows: int) -> None:
+        self.metrics.history_rows.inc(rows)
+        self.metrics.history_commits.observe(rows)
+
+    def failed(self, rows: int) -> None:
+        self.metrics.history_failures.inc(rows)
+
+
+class _ServiceState:
+    """Gauges read from the service when scraped: streams in flight and rows in each running batch."""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    def collect(self) -> Iterator[Any]:
+        active = GaugeMetricFamily("chargen_active_streams", "Generations running or waiting, per model",
+                                   labels=["model"])
+        rows = GaugeMetricFamily("chargen_batch_active_rows", "Rows in the model's running batch", labels=["model"])
+        for name, served in self.service.models.items():
+            active.add_metric([name], served.inflight)
+            rows.add_metric([name], served.scheduler.active_rows)
+        yield active
+        yield rows
+
+
+class RequestCounter:
+    """ASGI middleware: every HTTP answer counted by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: list[Any]):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets when the app fails before answering
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.requests.labels(self._route(scope), scope["method"], str(status)).inc()
+
+    def _route(self, scope: Scope) -> str:
+        """The route's template (``/v1/generations/{gen_id}``), never the raw path: bounded label values."""
+        route = scope.get("route")
+        if route is None:  # answered before routing (the token guard): find the route it was meant for
+            route = next((r for r in self.routes if r.matches(scope)[0] == Match.FULL), None)
+        return getattr(route, "path", None) or "unmatched"
