@@ -50,24 +50,14 @@ MARGIN = 1.05
 def single_thread_openblas() -> bool:
     """Limit numpy's OpenBLAS to one thread (as torch's generation threads are): a 1-row product gains
     nothing from a second thread, and beside a busy neighbour each of its barriers waits out a time slice.
-    Looks the library up among the loaded ones; False where it is not OpenBLAS or has no such call."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
-    except OSError:
+    False where numpy's BLAS is not OpenBLAS (threadpoolctl finds the loaded libraries)."""
+    from threadpoolctl import ThreadpoolController
+
+    openblas = ThreadpoolController().select(internal_api="openblas")
+    if not openblas.lib_controllers:
         return False
-    for path in sorted(paths):
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                     "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-            setter = getattr(library, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(1))
-                return True
-    return False
+    openblas.limit(limits=1)
+    return True
 
 
 class NumpyStepper(Stepper):
