@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python benchmarks/load_service.py CHECKPOINT [--clients 16] [--requests 400] [--length 200]
-                                      [--sequential 100] [--database URL]
+                                      [--sequential 100] [--database URL] [--api generate|openai|both]
 
 Starts the service on CHECKPOINT (weights file, run folder or run name) in a
 child process on a free loopback port, then
@@ -11,7 +11,9 @@ child process on a free loopback port, then
 1. sends ``--sequential`` requests one at a time (one client),
 2. sends ``--requests`` requests from ``--clients`` concurrent clients,
 
-and reports failures, new history rows (when ``chargen.history`` is present;
+through chargen's ``POST /v1/generate`` or OpenAI's ``POST /v1/completions`` (``--api``; ``both``
+runs the concurrent phase through each in turn, ``--rounds`` times alternating, and reports the
+ratio of their throughputs), and reports failures, new history rows (when ``chargen.history`` is present;
 a temporary SQLite database unless ``--database`` is given), aggregate
 generated characters per second in both phases, latency percentiles, and the
 scheduler's steps per token (how much the batching shared).
@@ -95,7 +97,17 @@ def count_rows(url: str | None) -> int | None:
         return len(history.list_generations(limit=None))
 
 
-async def run_phase(base: str, phase: Phase, total: int, body: dict[str, Any]) -> Phase:
+#: Each API's route, its request for seed i (from the generate-style ``body``), and the characters it returned.
+APIS = {
+    "generate": ("/v1/generate", lambda body, i: {**body, "seed": i},
+                 lambda data: sum(len(s["text"]) for s in data["samples"])),
+    "openai": ("/v1/completions", lambda body, i: {"model": body["model"], "prompt": "", "max_tokens": body["length"],
+                                                   "temperature": body["temperature"], "seed": i},
+               lambda data: sum(len(c["text"]) for c in data["choices"])),
+}
+
+
+async def run_phase(base: str, phase: Phase, total: int, body: dict[str, Any], api: str = "generate") -> Phase:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(total):
         queue.put_nowait(i)
@@ -108,12 +120,12 @@ async def run_phase(base: str, phase: Phase, total: int, body: dict[str, Any]) -
                 except asyncio.QueueEmpty:
                     return
                 started = time.perf_counter()
+                route, request, chars = APIS[api]
                 try:
-                    response = await http.post("/v1/generate", json={**body, "seed": i})
+                    response = await http.post(route, json=request(body, i))
                     if response.status_code != 200:
                         raise RuntimeError(f"{response.status_code} {response.text[:200]}")
-                    data = response.json()
-                    phase.chars += sum(len(s["text"]) for s in data["samples"])
+                    phase.chars += chars(response.json())
                     phase.latencies.append(time.perf_counter() - started)
                 except Exception as exc:  # counted and reported, never fatal
                     phase.failures += 1
@@ -126,6 +138,23 @@ async def run_phase(base: str, phase: Phase, total: int, body: dict[str, Any]) -
     return phase
 
 
+def compare_apis(base: str, args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Phase]:
+    """The concurrent phase through each API in alternating rounds (a drift of the machine hits both alike)."""
+    totals = {api: Phase(f"{args.clients} concurrent clients, {api}", args.clients) for api in APIS}
+    per_round = max(1, args.requests // args.rounds)
+    asyncio.run(run_phase(base, Phase("warm-up", args.clients), per_round, body, "openai"))
+    for _ in range(args.rounds):
+        for api, total in totals.items():
+            phase = asyncio.run(run_phase(base, Phase(api, args.clients), per_round, body, api))
+            total.requests += phase.requests
+            total.failures += phase.failures
+            total.chars += phase.chars
+            total.wall_s += phase.wall_s
+            total.latencies += phase.latencies
+            total.errors += phase.errors
+    return totals
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="weights file, run folder or run name")
@@ -136,6 +165,9 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--database", help="history database URL [default: a temporary SQLite file]")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (serve's --threads)")
+    parser.add_argument("--api", choices=["generate", "openai", "both"], default="generate",
+                        help="the route clients use; both: the concurrent phase through each, alternating")
+    parser.add_argument("--rounds", type=int, default=4, help="with --api both: alternating rounds of each")
     args = parser.parse_args()
 
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
@@ -167,15 +199,20 @@ def main() -> int:
         name = httpx.get(base + "/v1/models").json()["models"][0]["name"]
         body = {"model": name, "length": args.length, "temperature": args.temperature}
         rows_before = count_rows(database)
-        asyncio.run(run_phase(base, Phase("warm-up", 1), 3, body))
+        first = "generate" if args.api == "both" else args.api
+        asyncio.run(run_phase(base, Phase("warm-up", 1), 3, body, first))
         stats_before = httpx.get(base + "/v1/stats").json()["models"][name]
         cpu_before = process_cpu_s(server.pid)
-        one = asyncio.run(run_phase(base, Phase("one client at a time", 1), args.sequential, body))
+        one = asyncio.run(run_phase(base, Phase("one client at a time", 1), args.sequential, body, first))
         cpu_mid = process_cpu_s(server.pid)
         rows_mid = count_rows(database)
         stats_mid = httpx.get(base + "/v1/stats").json()["models"][name]
-        many = asyncio.run(run_phase(base, Phase(f"{args.clients} concurrent clients", args.clients),
-                                     args.requests, body))
+        if args.api == "both":
+            compared = compare_apis(base, args, body)
+            many = compared["generate"]
+        else:
+            many = asyncio.run(run_phase(base, Phase(f"{args.clients} concurrent clients", args.clients),
+                                         args.requests, body, args.api))
         cpu_after = process_cpu_s(server.pid)
         stats_after = httpx.get(base + "/v1/stats").json()["models"][name]
         rows_after = count_rows(database)
@@ -189,7 +226,7 @@ def main() -> int:
     new_rows = "n/a (chargen.history not installed)" if rows_before is None else \
         f"{rows_after - rows_before} (of {expected_rows} requests), {rows_after - rows_mid} in the concurrent " \
         f"phase (of {args.requests})"
-    print(f"### chargen serve load test: {weights.name} of {weights.parent.name}\n")
+    print(f"### chargen serve load test: {weights.name} of {weights.parent.name} (`{' '.join(sys.argv[1:])}`)\n")
     print(f"{cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, vocab {cfg.vocab_size}; {args.length} tokens per request, "
           f"temperature {args.temperature}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, {args.threads} torch thread(s) in the server, server and clients on one machine"
@@ -210,6 +247,13 @@ def main() -> int:
     print(f"\nConcurrent / sequential throughput: **{speedup:.1f}x**; largest batch "
           f"{stats_after['max_batch_requests']} requests ({stats_after['max_batch_rows']} rows); "
           f"new history rows: {new_rows}.")
+    if args.api == "both":
+        generate, openai = compared["generate"], compared["openai"]
+        rounds = f"{args.rounds} alternating rounds of {args.requests // args.rounds} requests each"
+        print(f"\n{args.clients} concurrent clients, {rounds}: /v1/generate {generate.chars_per_s:,.0f} chars/s, "
+              f"/v1/completions {openai.chars_per_s:,.0f} chars/s: "
+              f"**{openai.chars_per_s / generate.chars_per_s:.3f}** of /v1/generate's ({openai.failures} failures).")
+        many.failures += openai.failures
     errors = one.errors + many.errors
     if errors:
         print(f"\nFirst errors: {statistics.multimode(errors)[:3]}")
