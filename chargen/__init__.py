@@ -27,8 +27,7 @@ from chargen.errors import (
     UnknownTokensError,
 )
 from chargen.lazy import homes, lazy_exports
-
-__version__ = "0.1.0"
+from chargen.version import __version__
 
 if TYPE_CHECKING:
     from chargen.api import (

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chargen.api.info import describe
-from chargen.api.training import Report, report_to_stderr
+from chargen.api.report import Report, report_to_stderr
 from chargen.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from chargen.errors import ArgumentError
 from chargen.history.errors import HistoryUnavailable

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chargen.api.report import Report, report_to_stderr
 from chargen.errors import ArgumentError, TrainingInterrupted
 from chargen.history.errors import HistoryUnavailable
 from chargen.options import unknown_keywords
@@ -23,12 +23,6 @@ if TYPE_CHECKING:
 MODEL_OPTIONS = ("cell", "layers", "hidden", "embedding", "dropout", "weight_drop")
 #: What may change when a run is resumed: how long it goes on, and where and how fast it runs.
 RESUME_OPTIONS = ("max_steps", "epochs", "minutes", "device", "threads")
-Report = Callable[[str], None]
-
-
-def report_to_stderr(message: str) -> None:
-    """Where the library's notes and warnings go unless the caller says otherwise (a terminal, a notebook)."""
-    print(f"chargen: {message}", file=sys.stderr)
 
 
 @dataclass

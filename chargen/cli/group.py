@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from chargen import __version__
 from chargen.cli.failures import ChargenGroup
+from chargen.version import __version__
 
 
 def warn(message: str) -> None:

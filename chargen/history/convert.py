@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-import chargen
 from chargen.history.ids import new_record_id
 from chargen.history.schema import Generation, GenerationOutput, Score, TrainingRun
+from chargen.version import __version__
 
 DECODERS = ("sample", "greedy", "beam")
 
@@ -67,7 +67,7 @@ class GenerationFields:
     duration_s: float
     seed: int | None = None
     run_id: str | None = None
-    chargen_version: str = chargen.__version__
+    chargen_version: str = __version__
     created_at: datetime | None = None
 
     def __post_init__(self) -> None:
@@ -204,7 +204,7 @@ class ScoreFields:
     unknown: Mapping[str, int] = dataclasses.field(default_factory=dict)
     worst_lines: Sequence[Mapping[str, Any]] = ()
     run_id: str | None = None
-    chargen_version: str = chargen.__version__
+    chargen_version: str = __version__
     created_at: datetime | None = None
 
     def __post_init__(self) -> None:

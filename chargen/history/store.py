@@ -18,7 +18,6 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, selectinload
 
-import chargen
 from chargen.fileio import sha256_file as file_sha256  # the history names it so
 from chargen.history import schema
 from chargen.history.convert import (
@@ -37,6 +36,7 @@ from chargen.history.errors import HistoryLookupError, HistoryUnavailable
 from chargen.history.ids import new_record_id, short_id
 from chargen.history.location import display_url, resolve_database_url
 from chargen.history.schema import Generation, GenerationOutput, Score, TrainingRun
+from chargen.version import __version__
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _Row = TypeVar("_Row", Generation, TrainingRun, Score)
@@ -150,7 +150,7 @@ class History:
         best_val_loss: float | None,
         checkpoint_path: str | os.PathLike[str],
         checkpoint_sha256: str | None = None,
-        chargen_version: str = chargen.__version__,
+        chargen_version: str = __version__,
         created_at: datetime | None = None,
         parent: Mapping[str, Any] | None = None,
     ) -> str:

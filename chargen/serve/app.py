@@ -23,7 +23,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-import chargen
 from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, resolve_checkpoint
 from chargen.errors import ChargenError
 from chargen.history import resolve_database_url
@@ -33,6 +32,7 @@ from chargen.serve.limits import NAME_RE, Limits, ServiceError, error_body
 from chargen.serve.metrics import RequestCounter
 from chargen.serve.routes import router
 from chargen.serve.service import Service
+from chargen.version import __version__
 
 logger = logging.getLogger("chargen.service")
 TOKEN_ENV = "CHARGEN_API_TOKEN"
@@ -53,7 +53,7 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
             await run_in_threadpool(service.stop)
 
     # No /docs: Swagger UI loads its assets from a CDN. The schema stays at /openapi.json.
-    app = FastAPI(title="chargen", version=chargen.__version__, lifespan=lifespan, docs_url=None,
+    app = FastAPI(title="chargen", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None)
     app.state.service = service
 

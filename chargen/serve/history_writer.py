@@ -19,7 +19,7 @@ from chargen.checkpoint import Checkpoint
 from chargen.errors import ChargenError
 from chargen.records import generation_fields
 from chargen.sampling import DecodeConfig, Sample
-from chargen.serve.metrics import HistoryObserver
+from chargen.serve.observers import HistoryObserver
 
 logger = logging.getLogger("chargen.service")
 

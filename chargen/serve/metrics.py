@@ -10,16 +10,21 @@ endpoint needs the token like every other (Prometheus: ``authorization:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:
-    from chargen.serve.service import Service
+from chargen.serve.observers import HistoryObserver, SchedulerObserver
+
+
+class ServedModels(Protocol):
+    """What the gauges read: each served model's requests in flight and its scheduler's rows."""
+
+    models: Mapping[str, Any]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -29,28 +34,10 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 COMMIT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
-class SchedulerObserver:
-    """What a model's scheduler reports: the default does nothing."""
-
-    def admitted(self, wait_s: float) -> None: ...
-
-    def first_token(self, seconds: float) -> None: ...
-
-    def stepped(self, rows: int, seconds: float) -> None: ...
-
-
-class HistoryObserver:
-    """What the history writer reports: the default does nothing."""
-
-    def committed(self, rows: int) -> None: ...
-
-    def failed(self, rows: int) -> None: ...
-
-
 class ServiceMetrics:
     """The registry of one app and every metric in it."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: ServedModels):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("chargen_http_requests", "HTTP requests answered, by route and status",
@@ -117,7 +104,7 @@ class _HistoryMetrics(HistoryObserver):
 class _ServiceState:
     """Gauges read from the service when scraped: streams in flight and rows in each running batch."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: ServedModels):
         self.service = service
 
     def collect(self) -> Iterator[Any]:

@@ -25,7 +25,7 @@ from chargen.model import State
 from chargen.sampling import DecodeConfig, Generator, MusicRules, choose_tokens, sequence_constraints
 from chargen.sampling.stop import RowTexts
 from chargen.serve.limits import SHUTDOWN_MESSAGE, ServiceError
-from chargen.serve.metrics import SchedulerObserver
+from chargen.serve.observers import SchedulerObserver
 
 logger = logging.getLogger("chargen.service")
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from chargen import __version__
 from chargen.checkpoint import (
     FAILED,
     FINISHED,
@@ -47,6 +46,7 @@ from chargen.training.config import Reporter, TrainConfig, TrainResult
 from chargen.training.finetune import Initialisation
 from chargen.training.metrics import MetricsLog
 from chargen.training.trainer import Progress, Trainer, planned_steps
+from chargen.version import __version__
 
 LN2 = math.log(2)
 #: Between evaluations, a progress point goes to metrics.jsonl at most this often (seconds).

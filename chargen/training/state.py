@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from chargen import __version__
 from chargen.model import CharRNN, ModelConfig, State
 from chargen.training.averaging import WeightAverage
 from chargen.training.config import TrainConfig
+from chargen.version import __version__
 
 
 @dataclass

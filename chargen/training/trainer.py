@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from chargen import __version__
 from chargen.checkpoint import BEST, LAST, STATE, TOKENS, save_state, save_weights
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, Split
@@ -36,6 +35,7 @@ from chargen.training.config import TrainConfig, lr_at
 from chargen.training.distributed import current as current_distributed
 from chargen.training.optim import build_optimizer, grad_scaler
 from chargen.training.state import TrainingState
+from chargen.version import __version__
 
 
 @dataclass
