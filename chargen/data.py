@@ -286,24 +286,34 @@ class StreamBatcher:
         return torch.from_numpy(self.labels[self._starts + pos + self._offsets[:, :-1]].astype(np.int64))
 
 
-def _validation_windows(length: int, seq_len: int, streams: int):
-    """Index arrays [streams, width + 1] of the windows ``validation_batches`` reads."""
+def validation_layout(length: int, seq_len: int, streams: int, max_tokens: int | None = None) -> tuple[int, int, int]:
+    """(streams, stream_len, read): ``validation_batches``' parallel streams of a split of ``length`` tokens,
+    and how many tokens of each it scores: all ``stream_len``, or with ``max_tokens`` the first
+    ``max_tokens // streams`` of each (a sample spread evenly over the split, the same every time)."""
     streams = max(1, min(streams, (length - 1) // seq_len))
     stream_len = (length - 1) // streams
+    read = stream_len if max_tokens is None else max(1, min(stream_len, max_tokens // streams))
+    return streams, stream_len, read
+
+
+def _validation_windows(length: int, seq_len: int, streams: int, max_tokens: int | None = None):
+    """Index arrays [streams, width + 1] of the windows ``validation_batches`` reads."""
+    streams, stream_len, read = validation_layout(length, seq_len, streams, max_tokens)
     starts = np.arange(streams, dtype=np.int64)[:, None] * stream_len
-    for pos in range(0, stream_len, seq_len):
-        width = min(seq_len, stream_len - pos)
+    for pos in range(0, read, seq_len):
+        width = min(seq_len, read - pos)
         yield starts + pos + np.arange(width + 1)[None, :]
 
 
-def validation_batches(ids: np.ndarray, seq_len: int, streams: int = 16):
-    """Yield (x, y) covering the validation split in ``streams`` parallel streams."""
-    for index in _validation_windows(len(ids), seq_len, streams):
+def validation_batches(ids: np.ndarray, seq_len: int, streams: int = 16, max_tokens: int | None = None):
+    """Yield (x, y) covering the validation split in ``streams`` parallel streams (``max_tokens``: the
+    first part of each stream, ``validation_layout``)."""
+    for index in _validation_windows(len(ids), seq_len, streams, max_tokens):
         tokens = torch.from_numpy(ids[index].astype(np.int64))
         yield tokens[:, :-1], tokens[:, 1:]
 
 
-def validation_label_batches(labels: np.ndarray, seq_len: int, streams: int = 16):
+def validation_label_batches(labels: np.ndarray, seq_len: int, streams: int = 16, max_tokens: int | None = None):
     """The labels [streams, width] of each ``validation_batches(ids, ...)`` input (``labels`` beside ``ids``)."""
-    for index in _validation_windows(len(labels), seq_len, streams):
+    for index in _validation_windows(len(labels), seq_len, streams, max_tokens):
         yield torch.from_numpy(labels[index[:, :-1]].astype(np.int64))

@@ -61,6 +61,10 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
 @click.option("--eval-every", type=click.IntRange(1, HUGE), default=200, show_default=True,
               help="Validate and checkpoint every N steps. Left at 200 on a corpus of fewer steps per "
                    "pass: once per pass (at least every 20 steps).")
+@click.option("--eval-tokens", type=click.IntRange(0, HUGE), metavar="N",
+              help="Validation tokens each evaluation during training scores: a fixed sample spread over a larger "
+                   "split (the whole split is scored at the end); 0: the whole split every time [default: sized "
+                   "to ~10% of the training between evaluations, at least 131072].")
 @click.option("--val-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Last fraction of the corpus held out for validation.")
 @click.option("--seed", type=SEED_RANGE, default=1337, show_default=True, help="Seed for weights, dropout and order.")
@@ -86,7 +90,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
           cell: str | None, layers: int | None, hidden: int | None, embedding: int | None, dropout: float | None,
           weight_drop: float | None,
           batch_size: int, seq_len: int, lr: float, weight_decay: float, ema: float, epochs: float | None,
-          max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
+          max_steps: int | None, minutes: float | None, eval_every: int, eval_tokens: int | None,
+          val_fraction: float, seed: int,
           device: str, precision: str, threads: int | None, transpose: tuple[int, int] | None,
           labels_from: str | None, label: str | None, run_name: str | None, out: Path | None,
           quiet: bool, as_json: bool, database: str | None, no_log: bool) -> None:
@@ -120,8 +125,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
             minutes = 10.0
         config = TrainConfig(batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay, ema=ema,
                              epochs=epochs, max_steps=max_steps, minutes=minutes, eval_every=eval_every,
-                             val_fraction=val_fraction, seed=seed, device=device, precision=precision,
-                             threads=threads, transpose=transpose)
+                             eval_tokens=eval_tokens, val_fraction=val_fraction, seed=seed, device=device,
+                             precision=precision, threads=threads, transpose=transpose)
         overrides = {"cell": cell, "layers": layers, "hidden": hidden, "embedding": embedding, "dropout": dropout,
                      "weight_drop": weight_drop}
         if init_from:

@@ -258,6 +258,10 @@ class AgreedBudget:
         agreed = self.context.from_main(-1 if fitted is None else fitted)
         return None if agreed < 0 else agreed
 
+    def whole_evaluation_fits(self, overhead_s: float, evals_done: int) -> bool:
+        fits = self.budget.whole_evaluation_fits(overhead_s, evals_done) if self.context.is_main else False
+        return bool(self.context.from_main(int(fits)))
+
 
 class GroupStopFlag:
     """Under torchrun a Ctrl-C reaches each worker twice (from the terminal, then forwarded by

@@ -25,7 +25,7 @@ from chargen.codec import Codec
 from chargen.data import CorpusInfo, Split
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
-from chargen.evaluation import mean_loss
+from chargen.evaluation import mean_loss, scored_tokens
 from chargen.midi import MidiCodec
 from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
@@ -52,6 +52,9 @@ class Progress:
     chars_per_s: float  # of this session (since start or resume)
     elapsed_s: float  # of the whole run, all sessions together
     precision: str
+    val_tokens: int | None = None  # validation tokens val_loss scored
+    val_sampled: bool = False  # val_loss is on the evaluation sample, not the whole split
+    whole_val_loss: float | None = None  # "final" of a sampled run: the whole split's loss
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -73,9 +76,10 @@ LABEL_DROPOUT = 0.1
 
 @torch.no_grad()
 def evaluate(model: CharRNN, val: np.ndarray, seq_len: int, device: torch.device, precision: str,
-             labels: np.ndarray | None = None) -> float:
-    """Mean validation loss in nats per token over the whole validation split (what `chargen score` computes)."""
-    return mean_loss(model, val, seq_len, device, precision, labels=labels)
+             labels: np.ndarray | None = None, max_tokens: int | None = None) -> float:
+    """Mean validation loss in nats per token over the validation split (what `chargen score` computes),
+    or over its sample of ``max_tokens`` (``chargen.data.validation_layout``)."""
+    return mean_loss(model, val, seq_len, device, precision, labels=labels, max_tokens=max_tokens)
 
 
 class Trainer:
@@ -124,6 +128,7 @@ class Trainer:
         self.session_start_step = self.state.step
         self.last_train: float | None = None
         self.last_val: float | None = None
+        self.whole_val: float | None = None  # the whole split's loss, evaluated at the end of a sampled run
         self.lr = lr_at(self.state.step, self.state.total_steps or 10**9, config)
         self.overhead_s = 0.0  # time in evaluations and saves this session (the budget's pace excludes it)
         self.evals_done = 0
@@ -203,15 +208,34 @@ class Trainer:
         """What evaluations score and checkpoints save: the weight average, else the raw weights."""
         return self.average.module if self.average is not None else self.model
 
-    def evaluate(self) -> float:
-        """Validation loss (nats per token) over the whole validation split; recorded in the state."""
+    @property
+    def val_tokens(self) -> int:
+        """Validation tokens an evaluation during training scores (the sample, or the whole split)."""
+        return scored_tokens(len(self.data.val), self.config.seq_len, max_tokens=self.config.evaluation_tokens())
+
+    @property
+    def whole_val_tokens(self) -> int:
+        return scored_tokens(len(self.data.val), self.config.seq_len)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether evaluations during training score a sample: the split holds more than the cap."""
+        return self.val_tokens < self.whole_val_tokens
+
+    def evaluate(self, whole: bool = False) -> float:
+        """Validation loss (nats per token) over the evaluation sample (the whole split when it is under
+        the cap), recorded in the state; ``whole``: over the whole split, kept apart (``whole_val``)."""
         began = time.monotonic()
-        self.last_val = evaluate(self.evaluated_model, self.data.val, self.config.seq_len, self.device, self.precision,
-                                 self.data.val_labels)
+        loss = evaluate(self.evaluated_model, self.data.val, self.config.seq_len, self.device, self.precision,
+                        self.data.val_labels, None if whole else self.config.evaluation_tokens())
+        self.overhead_s += time.monotonic() - began
+        if whole:
+            self.whole_val = loss
+            return loss
+        self.last_val = loss
         self.state.evals.append({"step": self.state.step, "minutes": self.elapsed_s / 60, "val_loss": self.last_val,
                                  "train_loss": self.last_train if self.last_train is not None else math.nan})
         self.evals_done += 1
-        self.overhead_s += time.monotonic() - began
         return self.last_val
 
     def checkpoint(self, val_loss: float | None = None) -> None:
@@ -272,9 +296,13 @@ class Trainer:
                 self._report("eval")
                 self._save(self.last_val)
                 self.threads.revisit(state.step)  # the neighbours may have come or gone
-        # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause.
+        # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause; a run that
+        # reached its end also scores the whole split, where it was sampled (and a budget leaves room).
         if state.step > self.session_start_step or not self.resumed:
             self.evaluate()
+            if not interrupted and self.sampled and (
+                    budget is None or budget.whole_evaluation_fits(self.overhead_s, self.evals_done)):
+                self.evaluate(whole=True)
             self._report("final")
             self._save(self.last_val)
         return interrupted
@@ -287,7 +315,9 @@ class Trainer:
         self.on_progress(Progress(
             kind=kind, step=self.state.step, total_steps=self.state.total_steps, train_loss=self.last_train,
             val_loss=self.last_val if kind in ("eval", "final") else None, lr=self.lr,
-            chars_per_s=self.chars_per_s, elapsed_s=self.elapsed_s, precision=self.precision))
+            chars_per_s=self.chars_per_s, elapsed_s=self.elapsed_s, precision=self.precision,
+            val_tokens=self.val_tokens if kind in ("eval", "final") else None, val_sampled=self.sampled,
+            whole_val_loss=self.whole_val if kind == "final" else None))
 
     # ------------------------------------------------------------------ facts
 
