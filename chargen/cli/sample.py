@@ -70,6 +70,9 @@ STREAM_FLUSH_S = 0.05
               help="MIDI export: General MIDI instrument (0 = piano).")
 @click.option("--max-note-seconds", type=FiniteFloat(min=0, max=3600, min_open=True), default=5.0, show_default=True,
               help="MIDI export: end notes held longer than this (a key the model never released).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where batched steps (-n N) may run: auto is CUDA where present, from the batch size measured "
+              "to pay there; the tokens are chosen on the CPU either way.")
 @click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 @click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
@@ -81,7 +84,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
            grammar: bool | None, max_polyphony: int | None, max_hold_s: float | None, prime: str | None,
            prime_file: Path | None, prime_midi: Path | None, prime_len: int, seed: int | None, label: str | None,
            num_samples: int, output_format: str | None, output: Path | None, tempo: float, program: int,
-           max_note_seconds: float, as_json: bool, quiet: bool, database: str | None, no_log: bool,
+           max_note_seconds: float, device: str, as_json: bool, quiet: bool, database: str | None, no_log: bool,
            require_log: bool) -> None:
     """Generate from a trained model; only generated text goes to stdout.
 
@@ -123,7 +126,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
                                f"{loaded.codec.vocab_size} tokens")
     if config.decoder == "beam" and num_samples > (beam_width or 1):
         raise click.UsageError(f"--num-samples {num_samples} exceeds --beam-width {beam_width}")
-    generator = Generator.from_checkpoint(loaded)  # music: with the learnt polyphony cap
+    generator = Generator.from_checkpoint(loaded, device)  # music: with the learnt polyphony cap
     try:
         config.validate(loaded.codec.vocab_size, generator.music)  # the decoder's rules, as the service applies them
         loaded.config.label_id(label)  # the model's label rule, as the service applies it

@@ -127,6 +127,7 @@ class GenerationResult:
     prime: str
     duration_s: float
     tokens: int = field(default=0)
+    device: str = "cpu"  # where the batched steps ran ("cuda:0": chargen.offload)
 
     @property
     def tokens_per_s(self) -> float:

@@ -16,6 +16,7 @@ from chargen.kernels import batch1_stepper
 from chargen.midi import MidiCodec
 from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
+from chargen.offload import DeviceStepper, Offload, generation_device
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
 from chargen.sampling.decoder import choose_tokens
@@ -33,7 +34,9 @@ class Generator:
     """Generation from one loaded model; reusable across calls (weights fused once) and across threads."""
 
     def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None,
-                 max_hold_s: float | None = None):
+                 max_hold_s: float | None = None, device: str | torch.device = "cpu", device_rows: int | None = None):
+        """``device``: where batched steps may run (``chargen.offload``: auto is CUDA where present), from the
+        batch size measured to pay there, or ``device_rows``; priming and batch-1 steps stay on the CPU."""
         self.model = model.cpu().eval()
         self.codec = codec
         # Music models decode under the MIDI grammar by default, with the checkpoint's cap (None: no cap) and
@@ -42,6 +45,8 @@ class Generator:
                                  DEFAULT_MAX_NOTE_S if max_hold_s is None else max_hold_s)
                       if isinstance(codec, MidiCodec) else None)
         self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
+        # Batched steps on an accelerator from the rows where it pays; None on the CPU.
+        self.offload = Offload.for_generator(self.model, generation_device(device), self.stepper, device_rows)
         # Primed states of recent short primes (and their label): a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int | None, tuple[int, ...]], tuple[torch.Tensor, State]] = OrderedDict()
         self._primed_lock = threading.Lock()  # guards _primed
@@ -50,12 +55,16 @@ class Generator:
         self._beam_stepper_lock = threading.Lock()
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint) -> Generator:
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> Generator:
         """A generator for a loaded checkpoint, with its learnt polyphony cap and longest hold (music models)."""
         if not isinstance(checkpoint.codec, MidiCodec):
-            return cls(checkpoint.model, checkpoint.codec)
+            return cls(checkpoint.model, checkpoint.codec, device=device)
         return cls(checkpoint.model, checkpoint.codec, learnt_polyphony_cap(checkpoint)[0],
-                   learnt_max_hold_s(checkpoint)[0])
+                   learnt_max_hold_s(checkpoint)[0], device=device)
+
+    def steps_for(self, rows: int) -> Stepper:
+        """The stepper for steps of ``rows`` rows: the device's where it pays there (``chargen.offload``)."""
+        return self.offload.stepper if self.offload is not None and self.offload.pays(rows) else self.stepper
 
     @property
     def beam_stepper(self) -> Stepper:
@@ -118,29 +127,36 @@ class Generator:
         prime_ids = self.codec.encode(prime_text)
         start = time.perf_counter()
         rng = torch.Generator().manual_seed(config.seed)
+        device = "cpu"
         with generation_threads():
             if config.decoder == "beam":
                 samples = self._beam(prime_ids, config, rng, label)
             else:
-                samples = self._sample(prime_ids, config, rng, on_token, label)
+                samples, device = self._sample(prime_ids, config, rng, on_token, label)
         duration = time.perf_counter() - start
         return GenerationResult(samples=samples, config=config, prime=prime or "", duration_s=duration,
-                                tokens=config.length * (1 if config.decoder == "beam" else config.num_samples))
+                                tokens=config.length * (1 if config.decoder == "beam" else config.num_samples),
+                                device=device)
 
     @torch.inference_mode()
     def _sample(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator,
-                on_token: TokenCallback | None, label: int | None = None) -> list[Sample]:
-        """Sampling and greedy: n rows stepped together, each token chosen by ``choose_tokens``.
+                on_token: TokenCallback | None, label: int | None = None) -> tuple[list[Sample], str]:
+        """Sampling and greedy: n rows stepped together, each token chosen by ``choose_tokens``; and the device
+        the steps ran on.
 
         Memory stays bounded by the output itself: each step's logits are dropped
         once its tokens are chosen, and log-probabilities are summed as they come
         (in order from 0.0, in IEEE double: logged generations replay to the bit).
+        The tokens are chosen on the CPU whatever steps the rows (``chargen.offload``).
         """
         n = cfg.num_samples
         logits, state = self.prime_state(prime_ids, label)
-        bias = self.stepper.label_bias(label, n)
+        stepper = self.steps_for(n)
+        bias = stepper.label_bias(label, n)
         vocab = logits.shape[-1]
         logits, state = logits.expand(n, -1), expand_state(state, n)
+        if isinstance(stepper, DeviceStepper):
+            state = stepper.to_device(state)
         blockers = sequence_constraints(cfg, self.music, prime_ids, n)  # grammar and n-gram block
         noise_buffer = torch.empty(n, vocab)  # refilled each step: exponential_noise's draws, one allocation
         noise = None if cfg.greedy else (lambda: noise_buffer.exponential_(1, generator=rng))
@@ -156,8 +172,10 @@ class Generator:
                     blockers[i].push(token)
                 if on_token is not None:
                     on_token(i, symbols[token])
-            logits, state = self.stepper.step(choice.tokens, state, bias)
-        return [Sample(ids=row, text=self.codec.decode(row), logprob=total) for row, total in zip(ids, totals)]
+            logits, state = stepper.step(choice.tokens, state, bias)
+        device = str(stepper.device) if isinstance(stepper, DeviceStepper) else "cpu"
+        samples = [Sample(ids=row, text=self.codec.decode(row), logprob=total) for row, total in zip(ids, totals)]
+        return samples, device
 
     def _beam(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator,
               label: int | None = None) -> list[Sample]:

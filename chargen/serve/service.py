@@ -97,7 +97,9 @@ class Handle:
 
 
 class Service:
-    def __init__(self, models: Mapping[str, Checkpoint], log: GenerationLog | None, limits: Limits):
+    def __init__(self, models: Mapping[str, Checkpoint], log: GenerationLog | None, limits: Limits,
+                 device: str = "cpu"):
+        """``device``: where batched sampling steps may run (``chargen.offload``; auto: CUDA where present)."""
         if not models:
             raise ChargenError("no models to serve")
         self.limits, self.log = limits, log
@@ -106,7 +108,7 @@ class Service:
         for name, ckpt in models.items():
             if not NAME_RE.match(name):
                 raise ChargenError(f"model name {name!r} must match {NAME_PATTERN}")
-            generator = Generator.from_checkpoint(ckpt)  # music: with the learnt polyphony cap
+            generator = Generator.from_checkpoint(ckpt, device)  # music: with the learnt polyphony cap
             self.models[name] = Served(name, ckpt, sha256_file(ckpt.path), generator,
                                        BatchScheduler(name, generator, limits.max_batch))
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -215,12 +217,12 @@ class Service:
             return None, str(exc)
 
     async def result_body(self, served: Served, body: GenerateRequest, config: DecodeConfig,
-                          samples: list[Sample], duration_s: float) -> dict[str, Any]:
+                          samples: list[Sample], duration_s: float, device: str = "cpu") -> dict[str, Any]:
         is_midi = served.checkpoint.codec.name == "midi"
         # As `chargen sample` logs them: a music model's rows carry the export settings, whatever the format.
         export = {"format": body.format, **MIDI_SETTINGS} if is_midi else None
         history_id, history_error = await self.record(
-            LogEntry(served.checkpoint, served.sha256, config, body.prime or "", samples, duration_s, export))
+            LogEntry(served.checkpoint, served.sha256, config, body.prime or "", samples, duration_s, export, device))
         tokens = sum(len(s.ids) for s in samples)
         out: dict[str, Any] = {
             "history_id": history_id,
