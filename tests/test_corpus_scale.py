@@ -23,7 +23,7 @@ from chargen.evaluation import mean_loss, scored_tokens, token_losses
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs import start_run
 from chargen.text_codec import TextCodec, code_points, iter_text_chunks
-from chargen.training import StepBudget, TrainConfig
+from chargen.training import StepBudget, TrainConfig, Trainer
 from chargen.training.config import EVAL_TOKENS_FLOOR
 from chargen.training.metrics import read_metrics
 from tests.conftest import FABLES, REPO
@@ -200,10 +200,25 @@ def test_the_cap_is_sized_by_the_training_between_evaluations() -> None:
 def test_the_whole_split_at_a_budgets_end_only_when_it_fits() -> None:
     budget = StepBudget(minutes=10, start_step=0, eval_every=100, val_tokens=1000, tokens_per_step=100, fit=True,
                         whole_tokens=50_000)
-    assert budget.whole_evaluation_fits(overhead_s=2.0, evals_done=2)  # 1 s each: the whole ~50 s of 600
-    assert not budget.whole_evaluation_fits(overhead_s=20.0, evals_done=2)  # ~500 s: more than a quarter
+    assert budget.whole_evaluation_fits(eval_s=2.0, evals_done=2)  # 1 s each: the whole ~50 s of 600
+    assert not budget.whole_evaluation_fits(eval_s=20.0, evals_done=2)  # ~500 s: more than a quarter
     unsampled = StepBudget(minutes=10, start_step=0, eval_every=100, val_tokens=1000, tokens_per_step=100, fit=True)
-    assert not unsampled.whole_evaluation_fits(overhead_s=2.0, evals_done=2)
+    assert not unsampled.whole_evaluation_fits(eval_s=2.0, evals_done=2)
+
+
+def test_a_run_of_fixed_length_scores_the_whole_split_when_it_costs_a_quarter_of_the_run_at_most() -> None:
+    ids = np.random.default_rng(3).integers(0, 30, 60_000)
+    data = split_tokens(ids, 0.5, 4, 16)
+    trainer = Trainer(ModelConfig(vocab_size=30, layers=1, hidden=16, embedding=8),
+                      TrainConfig(batch_size=4, seq_len=16, max_steps=5, eval_tokens=3_000, threads=1,
+                                  precision="fp32"), data)
+    assert trainer.sampled and trainer.whole_val_tokens // trainer.val_tokens == 10
+    trainer.eval_s, trainer.evals_done = 1.0, 2  # 0.5 s a sample: the whole split ~5 s
+    trainer.state.elapsed_s = 30.0
+    assert trainer._whole_fits(None)
+    trainer.state.elapsed_s = 10.0 - trainer.session_s  # a short run on a large split: the end skips it
+    assert not trainer._whole_fits(None)
+    assert 4.9 <= trainer.whole_estimate_s() <= 5.1
 
 
 def quiet(message: str) -> None:

@@ -33,7 +33,8 @@ RECENT_SHARE = 0.5
 #: at a third of a training step's cost per token (forward only; backward costs about twice forward).
 FORWARD_SHARE = 1 / 3
 #: A run whose evaluations score a sample scores the whole validation split at its end, when that is
-#: estimated to cost at most this share of a --minutes budget (the schedule leaves it room); else not.
+#: estimated to cost at most this share of a --minutes budget (the schedule leaves it room), or of a run
+#: of a fixed length so far (chargen.training.trainer); else not.
 WHOLE_SHARE = 0.25
 
 
@@ -104,9 +105,10 @@ class StepBudget:
         estimate = per_eval * self.whole_tokens / max(1, self.val_tokens)
         return estimate if estimate <= WHOLE_SHARE * self.seconds else 0.0
 
-    def whole_evaluation_fits(self, overhead_s: float, evals_done: int) -> bool:
-        """Whether the run's end scores the whole split too (its cost from the evaluations so far)."""
-        return bool(self.whole_tokens and evals_done and self._whole_s(overhead_s / evals_done))
+    def whole_evaluation_fits(self, eval_s: float, evals_done: int) -> bool:
+        """Whether the run's end scores the whole split too (its cost told from the ``evals_done`` evaluations
+        of the sample so far, ``eval_s`` seconds together)."""
+        return bool(self.whole_tokens and evals_done and self._whole_s(eval_s / evals_done))
 
     def _shorten(self, step: int, now: float, overhead_s: float, evals_done: int) -> int | None:
         """In the tail: a smaller total when the pace since the last sample would miss the deadline."""

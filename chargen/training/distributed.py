@@ -258,8 +258,8 @@ class AgreedBudget:
         agreed = self.context.from_main(-1 if fitted is None else fitted)
         return None if agreed < 0 else agreed
 
-    def whole_evaluation_fits(self, overhead_s: float, evals_done: int) -> bool:
-        fits = self.budget.whole_evaluation_fits(overhead_s, evals_done) if self.context.is_main else False
+    def whole_evaluation_fits(self, eval_s: float, evals_done: int) -> bool:
+        fits = self.budget.whole_evaluation_fits(eval_s, evals_done) if self.context.is_main else False
         return bool(self.context.from_main(int(fits)))
 
 

@@ -258,18 +258,23 @@ def train(
         report(_eval_line(state.step, trainer.last_train, trainer.last_val, result.chars_per_s, final=True,
                           sample=trainer.val_tokens if trainer.sampled else None,
                           whole=(trainer.whole_val, trainer.whole_val_tokens) if trainer.whole_val is not None
-                          else None))
+                          else None, skipped_s=trainer.whole_skipped_s))
     return result
 
 
 def _eval_line(step: int, train_loss: float | None, val_loss: float, chars_per_s: float, final: bool = False,
-               sample: int | None = None, whole: tuple[float, int] | None = None) -> str:
+               sample: int | None = None, whole: tuple[float, int] | None = None,
+               skipped_s: float | None = None) -> str:
     """A progress or final line; ``sample``: val_loss is on a sample of that many tokens; ``whole``: the
-    whole split's loss and tokens too. A split under the cap prints as it always did."""
+    whole split's loss and tokens too (``skipped_s``: not scored, it would have taken that long). A split
+    under the cap prints as it always did."""
     train_part = f" train {train_loss:.4f} |" if train_loss is not None else ""
     label = "final" if final else "step"
     sample_part = f", on a {sample:,}-token sample" if sample is not None else ""
     whole_part = (f"; whole split {whole[0]:.4f} nats/char ({whole[0] / LN2:.3f} bpc, {whole[1]:,} tokens)"
                   if whole is not None else "")
+    if skipped_s is not None:
+        whole_part = (f"; the whole split not scored (~{skipped_s:,.0f} s, more than a quarter of the run: "
+                      "chargen score, or --eval-tokens 0)")
     return (f"{label} {step}:{train_part} val {val_loss:.4f} nats/char ({val_loss / LN2:.3f} bpc{sample_part})"
             f"{whole_part} | {chars_per_s:,.0f} chars/s")

@@ -31,7 +31,7 @@ from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.threads import ThreadTuner
 from chargen.training.averaging import WeightAverage
-from chargen.training.budget import StepBudget
+from chargen.training.budget import WHOLE_SHARE, StepBudget
 from chargen.training.calibrate import Calibration, choose_precision
 from chargen.training.config import TrainConfig, lr_at
 from chargen.training.distributed import current as current_distributed
@@ -132,6 +132,8 @@ class Trainer:
         self.lr = lr_at(self.state.step, self.state.total_steps or 10**9, config)
         self.overhead_s = 0.0  # time in evaluations and saves this session (the budget's pace excludes it)
         self.evals_done = 0
+        self.eval_s = 0.0  # of overhead_s: in the evaluations during training (what the whole split's is told from)
+        self.whole_skipped_s: float | None = None  # the whole split's estimated cost, when the end skipped it
         self.started = time.monotonic()
         # Music runs: the corpus's polyphony cap and longest hold, stored with the weights for the MIDI grammar.
         tokens = run_dir / TOKENS if run_dir is not None else None
@@ -228,10 +230,12 @@ class Trainer:
         began = time.monotonic()
         loss = evaluate(self.evaluated_model, self.data.val, self.config.seq_len, self.device, self.precision,
                         self.data.val_labels, None if whole else self.config.evaluation_tokens())
-        self.overhead_s += time.monotonic() - began
+        seconds = time.monotonic() - began
+        self.overhead_s += seconds
         if whole:
             self.whole_val = loss
             return loss
+        self.eval_s += seconds
         self.last_val = loss
         self.state.evals.append({"step": self.state.step, "minutes": self.elapsed_s / 60, "val_loss": self.last_val,
                                  "train_loss": self.last_train if self.last_train is not None else math.nan})
@@ -297,15 +301,29 @@ class Trainer:
                 self._save(self.last_val)
                 self.threads.revisit(state.step)  # the neighbours may have come or gone
         # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause; a run that
-        # reached its end also scores the whole split, where it was sampled (and a budget leaves room).
+        # reached its end also scores the whole split, where it was sampled and that costs a share of the run.
         if state.step > self.session_start_step or not self.resumed:
             self.evaluate()
-            if not interrupted and self.sampled and (
-                    budget is None or budget.whole_evaluation_fits(self.overhead_s, self.evals_done)):
-                self.evaluate(whole=True)
+            if not interrupted and self.sampled:
+                if self._whole_fits(budget):
+                    self.evaluate(whole=True)
+                else:
+                    self.whole_skipped_s = self.whole_estimate_s()
             self._report("final")
             self._save(self.last_val)
         return interrupted
+
+    def whole_estimate_s(self) -> float:
+        """What scoring the whole split would take, from this session's evaluations of the sample."""
+        per_token = self.eval_s / max(1, self.evals_done * self.val_tokens)
+        return per_token * self.whole_val_tokens
+
+    def _whole_fits(self, budget: StepBudget | None) -> bool:
+        """Whether the end scores the whole split: within a --minutes budget's room for it (``StepBudget``), else
+        when it costs at most WHOLE_SHARE of the run so far (a run of a few steps on a huge corpus skips it)."""
+        if budget is not None:
+            return budget.whole_evaluation_fits(self.eval_s, self.evals_done)
+        return self.whole_estimate_s() <= WHOLE_SHARE * self.elapsed_s
 
     def _save(self, val_loss: float | None) -> None:
         if self.run_dir is not None:
