@@ -3,8 +3,10 @@
     python -m benchmarks.big_corpus [--sizes 10,100,1000] [--out BENCHMARKS.md] [--json PATH]
 
 Each corpus is generated on the fly in a temporary folder (never kept): Python source
-(this interpreter's standard library, the files that are UTF-8, repeated to the size),
-mostly ASCII with a few thousand other characters, as a new user's big corpus might be.
+(the first BASE_BYTES of this interpreter's standard library, the files that are UTF-8,
+repeated to the size), mostly ASCII with a few other characters, as a new user's big
+corpus might be. Every size repeats the same base, so every size has the same vocabulary
+and the same model: what changes is only the corpus's size.
 For each size, in fresh processes:
 
 - the vocabulary pass and the encoding pass (``chargen.data.build_corpus``), in MB/s
@@ -37,6 +39,8 @@ from benchmarks.common import REPO, cores, cpu_model, publish
 START = "<!-- benchmarks/big_corpus.py: start (generated) -->"
 END = "<!-- benchmarks/big_corpus.py: end -->"
 MB = 1_000_000
+#: The source every corpus repeats (no smaller than the smallest size, so each size holds all of it).
+BASE_BYTES = 4 * MB
 
 PREPARE = """
 import json, sys, time
@@ -77,7 +81,8 @@ print(json.dumps(out))
 
 
 def make_corpus(path: Path, size: int) -> int:
-    """``size`` bytes of this Python's standard library source (UTF-8 files without NUL), repeated."""
+    """``size`` bytes: the first BASE_BYTES of this Python's standard library source (its UTF-8 files without
+    NUL, in name order), repeated."""
     sources = []
     for file in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
         try:
@@ -87,7 +92,7 @@ def make_corpus(path: Path, size: int) -> int:
             continue
         if b"\x00" not in data:
             sources.append(data)
-        if sum(map(len, sources)) > 64 * MB:
+        if sum(map(len, sources)) >= BASE_BYTES:
             break
     written = 0
     with open(path, "wb") as handle:
@@ -133,7 +138,8 @@ def measure(size_mb: int, work: Path, whole_up_to: int) -> dict[str, object]:
 def markdown(results: list[dict[str, object]], command: str) -> str:
     lines = ["## Corpora of 10 MB to 1 GB (benchmarks/big_corpus.py)", "",
              f"Command: `{command}` ({time.strftime('%Y-%m-%d')}); {cpu_model()}, {cores()} cores; corpora: "
-             "the standard library's Python source repeated (mostly ASCII, a few thousand other characters).", "",
+             f"the first {BASE_BYTES // MB} MB of the standard library's Python source, repeated to each size "
+             "(mostly ASCII, a few other characters).", "",
              "| corpus | vocab | vocabulary pass MB/s | encoding MB/s | whole preparation MB/s | "
              "`train --size tiny --max-steps 5`: peak RSS, s | one evaluation during training: s (tokens) | "
              "whole validation split: s (tokens) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -114,7 +114,7 @@ def build_corpus(
                 file_start = handle.tell()
                 try:
                     for piece in fitted.encode_pieces(path):
-                        handle.write(np.ascontiguousarray(piece, dtype=dtype).tobytes())
+                        handle.write(np.ascontiguousarray(piece, dtype=dtype).data)
                 except CorruptFileError as exc:
                     handle.seek(file_start)
                     handle.truncate()

@@ -154,7 +154,7 @@ class TextCodec(Codec):
         return self._table
 
     def encode_points(self, points: np.ndarray) -> np.ndarray:
-        """Ids of code points (the smallest unsigned dtype that holds every id and one more); a CorpusError
+        """Ids of code points (in the smallest integer dtype that holds every id and one more); a CorpusError
         naming the characters outside the vocabulary."""
         ids, bad = lookup(*self._lookup(), points)
         if bad is not None:
