@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,23 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def load_tokens(cache_path: Path) -> np.ndarray:
     return np.load(cache_path, mmap_mode="r")
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop from this process the pages of the file ``array`` maps (``load_tokens``, or a view of it).
+
+    They stay in the page cache and a later read maps them again; without this, every page a
+    long run has read counts in its resident memory, which then grows with the corpus. A no-op
+    for an array in memory, or where ``madvise`` is missing.
+    """
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed, or refused: the pages simply stay
+            pass
 
 
 @dataclass

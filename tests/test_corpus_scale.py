@@ -262,3 +262,29 @@ def test_a_split_under_the_cap_trains_exactly_as_without_a_cap(tmp_path: Path) -
     assert not any("sample" in line or "whole split" in line for line in lines)
     run_json = json.loads((capped.run_dir / "run.json").read_text())
     assert run_json["train_config"]["eval_tokens"] == 1_000_000
+
+
+def resident_file_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+def test_the_corpus_a_run_has_read_leaves_its_resident_memory(tmp_path: Path) -> None:
+    from chargen.data import release_pages
+
+    path = tmp_path / "tokens.npy"
+    np.save(path, np.arange(64 << 20, dtype=np.int64).astype(np.uint8))  # 64 MB of token ids
+    tokens = load_tokens(path)
+    split = split_tokens(tokens, 0.1, 4, 16)
+    before = resident_file_kb()
+    assert int(split.train[::4096].sum(dtype=np.int64)) >= 0 and int(split.val.sum(dtype=np.int64)) >= 0
+    read = resident_file_kb()
+    assert read - before > 40_000  # every page read is resident...
+    release_pages(split.train)
+    assert resident_file_kb() < before + 10_000  # ...until released (the whole mapping, from any view of it)
+    assert int(split.val[:10].sum()) == int(np.arange(len(tokens) - len(split.val), len(tokens) - len(split.val) + 10,
+                                                      dtype=np.int64).astype(np.uint8).sum())  # still readable
+    release_pages(np.zeros(10))  # an array in memory: nothing to do

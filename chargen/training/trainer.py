@@ -22,7 +22,7 @@ from torch import nn
 from chargen import __version__
 from chargen.checkpoint import BEST, LAST, STATE, TOKENS, save_state, save_weights
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Split
+from chargen.data import CorpusInfo, Split, release_pages
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss, scored_tokens
@@ -230,6 +230,9 @@ class Trainer:
         began = time.monotonic()
         loss = evaluate(self.evaluated_model, self.data.val, self.config.seq_len, self.device, self.precision,
                         self.data.val_labels, None if whole else self.config.evaluation_tokens())
+        for part in (self.data.train, self.data.val, self.data.train_labels, self.data.val_labels):
+            if part is not None:
+                release_pages(part)  # the corpus read so far leaves this process's memory (it stays cached)
         seconds = time.monotonic() - began
         self.overhead_s += seconds
         if whole:
