@@ -131,10 +131,12 @@ class Offload:
 
     @property
     def stepper(self) -> DeviceStepper:
-        with self._lock:
-            if self._stepper is None:
-                self._stepper = DeviceStepper(self.model, self.device)
-            return self._stepper
+        """The device's stepper, its weights moved there on first use."""
+        if self._stepper is None:
+            with self._lock:
+                if self._stepper is None:
+                    self._stepper = DeviceStepper(self.model, self.device)
+        return self._stepper
 
     def rows(self) -> int | None:
         """The batch size from which steps go to the device (None: never); measured on the first call."""
