@@ -63,8 +63,9 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
                    "pass: once per pass (at least every 20 steps).")
 @click.option("--eval-tokens", type=click.IntRange(0, HUGE), metavar="N",
               help="Validation tokens each evaluation during training scores: a fixed sample spread over a larger "
-                   "split (the whole split is scored at the end); 0: the whole split every time [default: sized "
-                   "to ~10% of the training between evaluations, at least 131072].")
+                   "split (the whole split is scored at the end, where that costs at most a quarter of the run); "
+                   "0: the whole split every time [default: sized to ~10% of the training between evaluations, "
+                   "at least 131072].")
 @click.option("--val-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Last fraction of the corpus held out for validation.")
 @click.option("--seed", type=SEED_RANGE, default=1337, show_default=True, help="Seed for weights, dropout and order.")
