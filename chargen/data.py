@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,7 @@ def build_corpus(
                 file_start = handle.tell()
                 try:
                     for piece in fitted.encode_pieces(path):
-                        handle.write(np.ascontiguousarray(piece, dtype=dtype).tobytes())
+                        handle.write(np.ascontiguousarray(piece, dtype=dtype).data)
                 except CorruptFileError as exc:
                     handle.seek(file_start)
                     handle.truncate()
@@ -214,6 +215,23 @@ def load_tokens(cache_path: Path) -> np.ndarray:
     return np.load(cache_path, mmap_mode="r")
 
 
+def release_pages(array: np.ndarray) -> None:
+    """Drop from this process the pages of the file ``array`` maps (``load_tokens``, or a view of it).
+
+    They stay in the page cache and a later read maps them again; without this, every page a
+    long run has read counts in its resident memory, which then grows with the corpus. A no-op
+    for an array in memory, or where ``madvise`` is missing.
+    """
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed, or refused: the pages simply stay
+            pass
+
+
 @dataclass
 class Split:
     train: np.ndarray
@@ -286,24 +304,34 @@ class StreamBatcher:
         return torch.from_numpy(self.labels[self._starts + pos + self._offsets[:, :-1]].astype(np.int64))
 
 
-def _validation_windows(length: int, seq_len: int, streams: int):
-    """Index arrays [streams, width + 1] of the windows ``validation_batches`` reads."""
+def validation_layout(length: int, seq_len: int, streams: int, max_tokens: int | None = None) -> tuple[int, int, int]:
+    """(streams, stream_len, read): ``validation_batches``' parallel streams of a split of ``length`` tokens,
+    and how many tokens of each it scores: all ``stream_len``, or with ``max_tokens`` the first
+    ``max_tokens // streams`` of each (a sample spread evenly over the split, the same every time)."""
     streams = max(1, min(streams, (length - 1) // seq_len))
     stream_len = (length - 1) // streams
+    read = stream_len if max_tokens is None else max(1, min(stream_len, max_tokens // streams))
+    return streams, stream_len, read
+
+
+def _validation_windows(length: int, seq_len: int, streams: int, max_tokens: int | None = None):
+    """Index arrays [streams, width + 1] of the windows ``validation_batches`` reads."""
+    streams, stream_len, read = validation_layout(length, seq_len, streams, max_tokens)
     starts = np.arange(streams, dtype=np.int64)[:, None] * stream_len
-    for pos in range(0, stream_len, seq_len):
-        width = min(seq_len, stream_len - pos)
+    for pos in range(0, read, seq_len):
+        width = min(seq_len, read - pos)
         yield starts + pos + np.arange(width + 1)[None, :]
 
 
-def validation_batches(ids: np.ndarray, seq_len: int, streams: int = 16):
-    """Yield (x, y) covering the validation split in ``streams`` parallel streams."""
-    for index in _validation_windows(len(ids), seq_len, streams):
+def validation_batches(ids: np.ndarray, seq_len: int, streams: int = 16, max_tokens: int | None = None):
+    """Yield (x, y) covering the validation split in ``streams`` parallel streams (``max_tokens``: the
+    first part of each stream, ``validation_layout``)."""
+    for index in _validation_windows(len(ids), seq_len, streams, max_tokens):
         tokens = torch.from_numpy(ids[index].astype(np.int64))
         yield tokens[:, :-1], tokens[:, 1:]
 
 
-def validation_label_batches(labels: np.ndarray, seq_len: int, streams: int = 16):
+def validation_label_batches(labels: np.ndarray, seq_len: int, streams: int = 16, max_tokens: int | None = None):
     """The labels [streams, width] of each ``validation_batches(ids, ...)`` input (``labels`` beside ``ids``)."""
-    for index in _validation_windows(len(labels), seq_len, streams):
+    for index in _validation_windows(len(labels), seq_len, streams, max_tokens):
         yield torch.from_numpy(labels[index[:, :-1]].astype(np.int64))

@@ -109,7 +109,7 @@ class Stepper:
     def initial_state(self, batch: int) -> State:
         shape = (self.layers, batch, self.hidden)
         n = 2 if self.cell == "lstm" else 1
-        return tuple(torch.zeros(shape, dtype=self.head_w.dtype) for _ in range(n))
+        return tuple(self.head_w.new_zeros(shape) for _ in range(n))  # on the weights' device
 
     def label_bias(self, label: int | None, rows: int = 1) -> torch.Tensor | None:
         """Layer 0's per-row gate bias [rows, G*H] for label id ``label`` (None: "no label", the table's
@@ -167,7 +167,7 @@ class Stepper:
         gates_buf, (i, f, o, s), tanh_c = scratch
         h_all, c_all = state[0].unbind(0), state[1].unbind(0)  # L x [B, H]
         shape = (self.layers, batch, self.hidden)
-        hs, cs = torch.empty(shape, dtype=gates_buf.dtype), torch.empty(shape, dtype=gates_buf.dtype)
+        hs, cs = gates_buf.new_empty(shape), gates_buf.new_empty(shape)  # the weights' device and dtype
         new_h, new_c = hs.unbind(0), cs.unbind(0)
         x = tokens
         for layer in range(self.layers):
@@ -188,10 +188,9 @@ class Stepper:
         batch size is kept, so a server whose batches vary holds one set, not one per size."""
         found = getattr(self._scratch, "lstm", None)
         if found is None or found[0].shape[0] != batch:
-            dtype = self.head_w.dtype
-            gates = torch.empty(batch, 4 * self.hidden, dtype=dtype)
-            found = self._scratch.lstm = (gates, tuple(gates.chunk(4, dim=1)),
-                                          torch.empty(batch, self.hidden, dtype=dtype))
+            gates = self.head_w.new_empty(batch, 4 * self.hidden)
+            tanh_c = self.head_w.new_empty(batch, self.hidden)
+            found = self._scratch.lstm = (gates, tuple(gates.chunk(4, dim=1)), tanh_c)
         return found
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

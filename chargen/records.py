@@ -25,12 +25,13 @@ if TYPE_CHECKING:
 
 def generation_fields(checkpoint: Checkpoint, checkpoint_sha256: str, config: DecodeConfig, prime: str,
                       samples: Sequence[Sample], duration_s: float, midi_paths: Sequence[Path] = (),
-                      export: dict[str, Any] | None = None) -> GenerationFields:
+                      export: dict[str, Any] | None = None, device: str | None = None) -> GenerationFields:
     """The one mapping from a finished generation to a history row's fields.
 
     The CLI and the service both record through this, so every row carries what
     replay and export need: decoder, all resolved parameters (seed included),
-    prime, and the MIDI export settings (``export``) for music models. Pass the
+    prime, the MIDI export settings (``export``) for music models, and the device
+    its steps ran on (``device``, in the params: "cpu", "cuda:0"). Pass the
     result to ``History.record_generations``.
     """
     from chargen.history import GenerationFields, SampleRecord  # SQLAlchemy only when logging
@@ -42,7 +43,7 @@ def generation_fields(checkpoint: Checkpoint, checkpoint_sha256: str, config: De
         model_config=checkpoint.config.to_dict(),
         codec=checkpoint.codec.to_metadata(),
         decoder=config.decoder,
-        params=dict(asdict(config), **(export or {})),
+        params=dict(asdict(config), **(export or {}), **({"device": device} if device is not None else {})),
         seed=config.seed,
         prime=prime,
         outputs=[SampleRecord(text=s.text, logprob=s.logprob, midi_path=path) for s, path in zip(samples, paths)],
@@ -57,7 +58,7 @@ def log_generation(database: str | None, checkpoint: Checkpoint, result: Generat
     from chargen.history import History  # SQLAlchemy only when logging
 
     fields = generation_fields(checkpoint, checkpoint_sha256 or checkpoint.sha256, result.config, result.prime,
-                               result.samples, result.duration_s, midi_paths, export)
+                               result.samples, result.duration_s, midi_paths, export, result.device)
     with History(database) as history:
         return history.record_generations([fields])[0]
 

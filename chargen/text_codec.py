@@ -18,6 +18,16 @@ import numpy as np
 
 from chargen.codec import Codec
 from chargen.errors import CorpusError
+from chargen.text_scan import (
+    binary_file_error,
+    fast_encoding,
+    invalid_text_error,
+    lookup,
+    lookup_table,
+    read_error,
+    seen_code_points,
+    utf8_code_points,
+)
 
 CHUNK_BYTES = 8 << 20  # decode big corpora in pieces, never as one Python str
 BOM = "\ufeff"
@@ -60,19 +70,11 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                 final = not chunk
                 pending = len(decoder.getstate()[0])
                 if b"\x00" in chunk and encoding.replace("-", "").lower() in ("utf8", "ascii", "latin1"):
-                    offset = consumed + chunk.index(b"\x00")
-                    raise CorpusError(
-                        f"{path}: looks like a binary file (NUL byte at offset {offset}); "
-                        "give a text file or a folder of .mid files"
-                    )
+                    raise binary_file_error(path, consumed + chunk.index(b"\x00"))
                 try:
                     text = decoder.decode(chunk, final=final)
                 except UnicodeDecodeError as exc:
-                    offset = consumed - pending + exc.start
-                    raise CorpusError(
-                        f"{path}: not valid {encoding} at byte offset {offset} "
-                        f"({exc.reason}); give its encoding to read it as another one"
-                    ) from None
+                    raise invalid_text_error(path, encoding, consumed - pending + exc.start, exc.reason) from None
                 except UnicodeError as exc:  # a decoder's own complaint, e.g. utf-16 without a BOM
                     raise CorpusError(
                         f"{path}: cannot be read as {encoding} ({exc}); give its encoding to read it as another one"
@@ -83,7 +85,18 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                 if final:
                     return
     except OSError as exc:
-        raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise read_error(path, exc) from None
+
+
+def iter_code_points(path: Path, encoding: str = "utf-8") -> Iterator[np.ndarray]:
+    """The code points of :func:`iter_text_chunks`'s text in pieces (``uint8`` or ``uint32`` arrays).
+
+    UTF-8 files go through :mod:`chargen.text_scan` (ASCII chunks are never decoded);
+    other encodings through the incremental decoder.
+    """
+    if fast_encoding(encoding):
+        return utf8_code_points(path, CHUNK_BYTES, encoding)
+    return (code_points(text) for text in iter_text_chunks(path, encoding))
 
 
 def code_points(text: str) -> np.ndarray:
@@ -103,15 +116,13 @@ class TextCodec(Codec):
         self.encoding = encoding
         points = code_points(self._alphabet)
         self._order = np.argsort(points, kind="stable")  # sorted position -> token id
-        self._points = points[self._order]  # sorted, for searchsorted
+        self._points = points[self._order]  # sorted
+        self._table: tuple[np.ndarray, int] | None = None
 
     @classmethod
     def fit(cls, paths: Sequence[Path] = (), encoding: str = "utf-8") -> TextCodec:
         """Vocabulary of every code point that occurs in ``paths``."""
-        seen = np.zeros(0, dtype="<u4")
-        for path in paths:
-            for chunk in iter_text_chunks(path, encoding):
-                seen = np.union1d(seen, np.unique(code_points(chunk)))
+        seen = seen_code_points(piece for path in paths for piece in iter_code_points(path, encoding))
         alphabet = seen.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
         return cls(alphabet, encoding)
 
@@ -134,20 +145,31 @@ class TextCodec(Codec):
         """This vocabulary with ``characters`` it lacks appended: every known id keeps its value."""
         return TextCodec(self._alphabet + characters, self.encoding, keep_order=True)
 
-    def encode_chunk(self, text: str) -> np.ndarray:
-        points = code_points(text)
-        ids = np.searchsorted(self._points, points)
-        ids = np.minimum(ids, len(self._points) - 1)
-        bad = self._points[ids] != points
-        if bad.any():
-            missing = sorted({chr(p) for p in points[bad][:1000]})
+    def _lookup(self) -> tuple[np.ndarray, int]:
+        """The code point -> id table (built on first use: sampling never needs it)."""
+        if self._table is None:
+            size = len(self._alphabet)
+            dtype = np.dtype(np.uint8 if size < 256 else np.uint16 if size < 65536 else np.int32)
+            self._table = lookup_table(self._points, self._order, dtype)
+        return self._table
+
+    def encode_points(self, points: np.ndarray) -> np.ndarray:
+        """Ids of code points (in the smallest integer dtype that holds every id and one more); a CorpusError
+        naming the characters outside the vocabulary."""
+        ids, bad = lookup(*self._lookup(), points)
+        if bad is not None:
+            missing = sorted({chr(p) for p in bad[:1000].tolist()})
             raise CorpusError(f"text contains characters outside the vocabulary: {missing[:10]}")
-        return self._order[ids].astype(np.int64)
+        return ids
+
+    def encode_chunk(self, text: str) -> np.ndarray:
+        return self.encode_points(code_points(text)).astype(np.int64)
 
     def encode_pieces(self, path: Path) -> Iterator[np.ndarray]:
-        for chunk in iter_text_chunks(path, self.encoding):
-            yield self.encode_chunk(chunk)
+        """Ids of ``path`` in bounded pieces, in a compact dtype (``encode_points``)."""
+        for points in iter_code_points(path, self.encoding):
+            yield self.encode_points(points)
 
     def encode_file(self, path: Path) -> np.ndarray:
         parts = list(self.encode_pieces(path))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)

@@ -252,3 +252,104 @@ def test_ctrl_c_saves_once_and_every_rank_exits_130(tmp_path: Path) -> None:
     step = load_state(run_dir / STATE)["step"]
     finals = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] == step]
     assert len(finals) == 1  # saved once
+
+
+# ----------------------------------------------------------------------------- two machines, simulated (issue 30)
+
+def launcher(node: int, port: int, tmp_path: Path, *args: str) -> subprocess.Popen:
+    """One machine's ``torchrun --nnodes 2 --nproc-per-node 1 ... --rdzv-backend c10d`` (the README's command),
+    in a folder and with a CHARGEN_HOME of its own; ``--out`` is the folder both see."""
+    folder = tmp_path / f"node{node}"
+    folder.mkdir()
+    env = dict(env_for(tmp_path), CHARGEN_HOME=str(folder / "home"), TMPDIR=str(tmp_path / f"tmp{node}"))
+    (tmp_path / f"tmp{node}").mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "-m", "chargen", "train", *args, "--out", str(tmp_path / "shared"), "--no-log"]
+    return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def two_machines(tmp_path: Path, *args: str) -> list[subprocess.Popen]:
+    """Both launchers; the first hosts the rendezvous store (the second starts once it listens)."""
+    port = free_port()
+    first = launcher(0, port, tmp_path, *args)
+    deadline = time.monotonic() + 120
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first launcher never opened its rendezvous store"
+        time.sleep(0.1)
+    return [first, launcher(1, port, tmp_path, *args)]
+
+
+def finish(jobs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
+    """(exit status, stderr) of each job; a job still running at the timeout is killed and fails the test."""
+    outcomes = []
+    for job in jobs:
+        try:
+            _, stderr = job.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in [*children(job.pid), job.pid]:
+                os.kill(pid, signal.SIGKILL)
+            job.communicate()
+            raise
+        outcomes.append((job.returncode, stderr))
+    return outcomes
+
+
+def test_two_launchers_on_two_nodes_train_one_model_written_by_process_0(tmp_path: Path) -> None:
+    corpus = small_corpus(tmp_path)
+    args = [str(corpus), *MODEL, "--max-steps", "20", "--eval-every", "10", "--batch-size", "4", "--run-name", "two"]
+    outcomes = finish(two_machines(tmp_path, *args))
+    assert all(code == 0 for code, _ in outcomes), [err[-2000:] for _, err in outcomes]
+    run(chargen("train", str(corpus), *MODEL, "--max-steps", "20", "--eval-every", "10", "--batch-size", "8",
+                "--run-name", "one", "--no-log"), tmp_path)
+    two, one = tmp_path / "shared" / "two", tmp_path / "ckpt" / "one"
+    assert max_difference(weights(two), weights(one)) < 1e-5  # one model, as one process with the global batch
+    recorded = json.loads((two / RUN_JSON).read_text())
+    assert recorded["world_size"] == 2 and recorded["train_config"]["batch_size"] == 8
+    # Process 0 alone writes: the run folder holds what one process writes, each metrics line once; the other
+    # machine's process prints nothing of chargen's and writes nothing in its folder or its CHARGEN_HOME.
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["two"]
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert [json.loads(line)["step"] for line in (two / "metrics.jsonl").read_text().splitlines()] == [10, 20]
+    writers = [node for node, (_, err) in enumerate(outcomes) if "chargen: saved" in err]
+    assert len(writers) == 1, [err[-1000:] for _, err in outcomes]
+    other = tmp_path / f"node{1 - writers[0]}"
+    assert not any(line.startswith("chargen") or line.startswith("step ")
+                   for line in outcomes[1 - writers[0]][1].splitlines())
+    assert [p.name for p in other.iterdir()] == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
+def test_a_lost_machine_ends_the_other_within_the_timeout_with_one_line(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    timeout_s = 20
+    monkeypatch.setenv("CHARGEN_DIST_TIMEOUT", str(timeout_s))
+    corpus = small_corpus(tmp_path)
+    jobs = two_machines(tmp_path, str(corpus), *MODEL, "--max-steps", "100000", "--eval-every", "5",
+                        "--batch-size", "4", "--run-name", "lost")
+    try:
+        wait_for_step(tmp_path / "shared" / "lost" / STATE, 5, jobs[0])
+        lost = jobs[1]  # the second machine goes: its launcher and its worker (a session of its own) at once
+        workers = children(lost.pid)
+        assert len(workers) == 1, workers
+        for pid in (lost.pid, *workers):
+            os.kill(pid, signal.SIGKILL)
+        began = time.monotonic()
+        (code, stderr), = finish(jobs[:1], timeout=timeout_s + 60)
+        elapsed = time.monotonic() - began
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                for pid in [*children(job.pid), job.pid]:
+                    os.kill(pid, signal.SIGKILL)
+                job.communicate()
+    assert code != 0 and elapsed < timeout_s, (elapsed, stderr[-3000:])
+    reasons = [line for line in stderr.splitlines() if line.startswith("chargen: error:")]
+    assert len(reasons) == 1 and "another training process stopped" in reasons[0], stderr[-3000:]
+    if "rank 0:" in reasons[0]:  # the writer survived: it marked the run failed, its last checkpoint intact
+        assert json.loads((tmp_path / "shared" / "lost" / RUN_JSON).read_text())["status"] == "failed"
+    assert load_state(tmp_path / "shared" / "lost" / STATE)["step"] >= 5

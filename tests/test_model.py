@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from chargen.checkpoint import LAST, load_checkpoint
-from chargen.model.dropout import LEVELS, dropout
 from chargen.errors import ChargenError
 from chargen.model import CharRNN, ModelConfig
+from chargen.model.dropout import LEVELS, dropout
 from tests.conftest import FABLES, assert_one_line_error, invoke
 
 

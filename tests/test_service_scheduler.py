@@ -62,7 +62,7 @@ def test_batched_requests_match_the_cli_generator_seed_for_seed() -> None:
     results = run_batched(generator, requests)
     for (prime, config), (kind, payload) in zip(requests, results):
         assert kind == "done", payload
-        samples, _ = payload
+        samples = payload[0]  # (samples, seconds, device)
         expected = generator.generate(prime, config).samples
         assert [s.ids for s in samples] == [s.ids for s in expected], config
         assert [s.logprob for s in samples] == pytest.approx([s.logprob for s in expected], rel=1e-5)
@@ -91,7 +91,7 @@ def test_requests_joining_mid_cycle_keep_their_streams() -> None:
             scheduler._tick()
     assert sorted(done) == list(range(len(configs)))
     for slot, config in enumerate(configs):
-        kind, (samples, _) = done[slot]
+        kind, (samples, *_) = done[slot]
         assert kind == "done"
         assert [s.ids for s in samples] == [s.ids for s in generator.generate("ab", config).samples], config
 

@@ -31,20 +31,21 @@ DEFAULT_PRIME_TOKENS = 200
 
 
 def load(run_or_path: str | Path | None = None, *, database: str | None = None, log: bool = True,
-         report: Report | None = report_to_stderr) -> Model:
+         report: Report | None = report_to_stderr, device: str = "auto") -> Model:
     """The model of a run (its name under the checkpoint folder, or its folder) or of a weights file;
     None: the newest run. Generations and scores are logged to the history (``database``; default
-    ``$CHARGEN_DATABASE_URL``, else ``$CHARGEN_HOME/history.db``) unless ``log=False``."""
+    ``$CHARGEN_DATABASE_URL``, else ``$CHARGEN_HOME/history.db``) unless ``log=False``. ``device``: where
+    batched steps (n rows) may run: auto is CUDA where present, from the batch size measured to pay there."""
     checkpoint = load_checkpoint(resolve_checkpoint(run_or_path))
-    return Model(checkpoint, database=database, log=log, report=report)
+    return Model(checkpoint, database=database, log=log, report=report, device=device)
 
 
 class Model:
     """A loaded model (on the CPU) and the one generator that serves all its generations."""
 
     def __init__(self, checkpoint: Checkpoint, *, database: str | None = None, log: bool = True,
-                 report: Report | None = report_to_stderr):
-        self.checkpoint = checkpoint
+                 report: Report | None = report_to_stderr, device: str = "auto"):
+        self.checkpoint, self.device = checkpoint, device
         self.database, self.log = database, log
         self.report = report or (lambda message: None)
         self.sha256 = checkpoint.sha256  # now: the file may be replaced while this model is in use
@@ -52,7 +53,7 @@ class Model:
     @functools.cached_property
     def generator(self) -> Generator:
         """The model's generator, made on first use (it times this machine's kernels once per model shape)."""
-        return Generator.from_checkpoint(self.checkpoint)
+        return Generator.from_checkpoint(self.checkpoint, self.device)
 
     def __repr__(self) -> str:
         config = self.checkpoint.config

@@ -41,6 +41,9 @@ PRIME_TOKENS = 200
               help="MIDI export: General MIDI instrument (0 = piano).")
 @click.option("--max-note-seconds", type=FiniteFloat(min=0, max=3600, min_open=True), default=5.0, show_default=True,
               help="MIDI export: end notes held longer than this (a key the model never released).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where batched steps (-n N) may run: auto is CUDA where present, from the batch size measured "
+              "to pay there; the tokens are chosen on the CPU either way.")
 @click.option("--json", "as_json", is_flag=True, help="Print samples with log-probabilities as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary line on stderr.")
 @click.option("--database", metavar="URL", help="History database [default: $CHARGEN_DATABASE_URL, "
@@ -49,7 +52,7 @@ PRIME_TOKENS = 200
 @click.option("--require-log", is_flag=True, help="Exit 1 if the generation could not be logged.")
 def sample(checkpoint: str | None, prime: str | None, prime_file: Path | None, prime_midi: Path | None,
            prime_len: int, output_format: str | None, output: Path | None, tempo: float, program: int,
-           max_note_seconds: float, as_json: bool, quiet: bool, database: str | None, no_log: bool,
+           max_note_seconds: float, device: str, as_json: bool, quiet: bool, database: str | None, no_log: bool,
            require_log: bool, **options: Any) -> None:
     """Generate from a trained model; only generated text goes to stdout.
 
@@ -65,7 +68,7 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: Path | None, p
         raise click.UsageError("give only one of --prime, --prime-file and --prime-midi")
     if prime_file is not None:
         prime = read_text_file(prime_file)  # bounded; BOM and CRLF as in a corpus
-    model = load(checkpoint, database=database, log=not no_log, report=warn)
+    model = load(checkpoint, database=database, log=not no_log, report=warn, device=device)
     output_format = output_format or ("midi" if model.is_music else "text")
     if output_format == "midi" and not model.is_music:
         raise click.UsageError(f"--format midi needs a MIDI model; this one uses the {model.codec.name} codec")

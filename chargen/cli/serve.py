@@ -37,11 +37,14 @@ from chargen.cli.types import (
               help="Requests running or waiting per model; more are answered 503.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="torch CPU threads; batching, not threads, serves concurrent requests.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where batched sampling steps may run: auto is CUDA where present, from the batch size measured "
+              "to pay there (smaller batches stay on the CPU).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None, database: str | None,
           no_log: bool, max_length: int, max_beam_width: int, max_samples: int, max_prime_chars: int,
-          max_body_bytes: int, max_batch: int, max_queue: int, threads: int, log_level: str) -> None:
+          max_body_bytes: int, max_batch: int, max_queue: int, threads: int, device: str, log_level: str) -> None:
     """Serve models over HTTP: generation (JSON or streamed), history, and a web page at /.
 
     \b
@@ -68,4 +71,4 @@ def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None,
                     max_queue=max_queue)
     require_free_port(host, port)
     run_service(host, port, list(checkpoints), token=token or None, database=database, history=not no_log,
-                limits=limits, threads=threads, log_level=log_level)
+                limits=limits, threads=threads, log_level=log_level, device=device)

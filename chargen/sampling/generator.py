@@ -17,6 +17,7 @@ from chargen.kernels import batch1_stepper
 from chargen.midi import MidiCodec
 from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
+from chargen.offload import DeviceStepper, Offload, generation_device
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
 from chargen.sampling.decoder import choose_tokens
@@ -45,7 +46,9 @@ class Generator:
     """Generation from one loaded model; reusable across calls (weights fused once) and across threads."""
 
     def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None,
-                 max_hold_s: float | None = None):
+                 max_hold_s: float | None = None, device: str | torch.device = "cpu", device_rows: int | None = None):
+        """``device``: where batched steps may run (``chargen.offload``: auto is CUDA where present), from the
+        batch size measured to pay there, or ``device_rows``; priming and batch-1 steps stay on the CPU."""
         self.model = model.cpu().eval()
         self.codec = codec
         # Music models decode under the MIDI grammar by default, with the checkpoint's cap (None: no cap) and
@@ -54,6 +57,8 @@ class Generator:
                                  DEFAULT_MAX_NOTE_S if max_hold_s is None else max_hold_s)
                       if isinstance(codec, MidiCodec) else None)
         self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
+        # Batched steps on an accelerator from the rows where it pays; None on the CPU.
+        self.offload = Offload.for_generator(self.model, generation_device(device), self.stepper, device_rows)
         # Primed states of recent short primes (and their label): a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int | None, tuple[int, ...]], tuple[torch.Tensor, State]] = OrderedDict()
         self._primed_lock = threading.Lock()  # guards _primed
@@ -62,12 +67,16 @@ class Generator:
         self._beam_stepper_lock = threading.Lock()
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint) -> Generator:
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> Generator:
         """A generator for a loaded checkpoint, with its learnt polyphony cap and longest hold (music models)."""
         if not isinstance(checkpoint.codec, MidiCodec):
-            return cls(checkpoint.model, checkpoint.codec)
+            return cls(checkpoint.model, checkpoint.codec, device=device)
         return cls(checkpoint.model, checkpoint.codec, learnt_polyphony_cap(checkpoint)[0],
-                   learnt_max_hold_s(checkpoint)[0])
+                   learnt_max_hold_s(checkpoint)[0], device=device)
+
+    def steps_for(self, rows: int) -> Stepper:
+        """The stepper for steps of ``rows`` rows: the device's where it pays there (``chargen.offload``)."""
+        return self.offload.stepper if self.offload is not None and self.offload.pays(rows) else self.stepper
 
     @property
     def beam_stepper(self) -> Stepper:
@@ -136,15 +145,19 @@ class Generator:
         config, prime_ids, label = prepared.config, prepared.prime_ids, prepared.label
         start = time.perf_counter()
         rng = torch.Generator().manual_seed(config.seed)
+        device = "cpu"
         with generation_threads():
             if config.decoder == "beam":
                 samples = self._beam(prime_ids, config, rng, label)
                 yield [sample.text for sample in samples]
             else:
-                samples = yield from self._sample(prime_ids, config, rng, label)
+                stepper = self.steps_for(config.num_samples)
+                device = str(stepper.device) if isinstance(stepper, DeviceStepper) else "cpu"
+                samples = yield from self._sample(prime_ids, config, rng, label, stepper)
         duration = time.perf_counter() - start
         return GenerationResult(samples=samples, config=config, prime=prepared.prime, duration_s=duration,
-                                tokens=config.length * (1 if config.decoder == "beam" else config.num_samples))
+                                tokens=config.length * (1 if config.decoder == "beam" else config.num_samples),
+                                device=device)
 
     def generate(self, prime: str | None, config: DecodeConfig,
                  on_token: TokenCallback | None = None) -> GenerationResult:
@@ -164,19 +177,23 @@ class Generator:
 
     @torch.inference_mode()
     def _sample(self, prime_ids: list[int], cfg: DecodeConfig, rng: torch.Generator,
-                label: int | None = None) -> Iterator[list[str]]:
-        """Sampling and greedy: n rows stepped together, each token chosen by ``choose_tokens``; yields each
-        step's new text per row and returns the samples.
+                label: int | None = None, stepper: Stepper | None = None) -> Iterator[list[str]]:
+        """Sampling and greedy: n rows stepped together (by ``stepper``: the device's where it pays), each token
+        chosen by ``choose_tokens`` on the CPU; yields each step's new text per row and returns the samples.
 
         Memory stays bounded by the output itself: each step's logits are dropped
         once its tokens are chosen, and log-probabilities are summed as they come
         (in order from 0.0, in IEEE double: logged generations replay to the bit).
+        The tokens are chosen on the CPU whatever steps the rows (``chargen.offload``).
         """
         n = cfg.num_samples
         logits, state = self.prime_state(prime_ids, label)
-        bias = self.stepper.label_bias(label, n)
+        stepper = stepper or self.steps_for(n)
+        bias = stepper.label_bias(label, n)
         vocab = logits.shape[-1]
         logits, state = logits.expand(n, -1), expand_state(state, n)
+        if isinstance(stepper, DeviceStepper):
+            state = stepper.to_device(state)
         blockers = sequence_constraints(cfg, self.music, prime_ids, n)  # grammar and n-gram block
         noise_buffer = torch.empty(n, vocab)  # refilled each step: exponential_noise's draws, one allocation
         noise = None if cfg.greedy else (lambda: noise_buffer.exponential_(1, generator=rng))
@@ -191,7 +208,7 @@ class Generator:
             yield rows.push(tokens, choice.logprobs, symbols)
             if rows.all_stopped:
                 break
-            logits, state = self.stepper.step(choice.tokens, state, bias)
+            logits, state = stepper.step(choice.tokens, state, bias)
         tail = rows.finish()
         if any(tail):
             yield tail

@@ -39,10 +39,11 @@ TOKEN_ENV = "CHARGEN_API_TOKEN"
 
 
 def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token: str | None,
-               limits: Limits | None = None) -> FastAPI:
-    """The ASGI app serving ``models`` by name. ``history_url`` None: no history (its endpoints say so)."""
+               limits: Limits | None = None, device: str = "cpu") -> FastAPI:
+    """The ASGI app serving ``models`` by name. ``history_url`` None: no history (its endpoints say so).
+    ``device``: where batched steps may run (``chargen.offload``)."""
     limits = limits or Limits()
-    service = Service(models, HistoryLog(history_url) if history_url is not None else None, limits)
+    service = Service(models, HistoryLog(history_url) if history_url is not None else None, limits, device)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -171,7 +172,7 @@ def _is_loopback(host: str) -> bool:
 def serve(host: str = "127.0.0.1", port: int = 8000, checkpoints: Sequence[str] = (), *,
           token: str | None = None, database: str | None = None, history: bool = True,
           limits: Limits | None = None, threads: int | None = 1, log_level: str = "info",
-          graceful_timeout_s: float = 10.0) -> None:
+          graceful_timeout_s: float = 10.0, device: str = "cpu") -> None:
     """Run the service with uvicorn until SIGINT/SIGTERM. ``token`` defaults to ``$CHARGEN_API_TOKEN``."""
     token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
     # One intra-op thread by default: a generation step is a few small matrix products, and
@@ -181,7 +182,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, checkpoints: Sequence[str] 
     torch.set_num_threads(threads or 1)
     models = load_models(checkpoints)
     url = resolve_database_url(database) if history else None
-    app = create_app(models, url, token, limits or Limits())
+    app = create_app(models, url, token, limits or Limits(), device)
     if not _is_loopback(host) and not token:
         logger.warning("serving on %s without an API token: anyone who can reach it can use it", host)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="chargen: %(message)s")

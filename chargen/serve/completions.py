@@ -110,8 +110,9 @@ async def complete(body: Any, service: Service) -> dict[str, Any]:
         for handle in handles:
             handle.close()
     choices, ids, tokens = [], [], []
-    for k, (item, (samples, duration)) in enumerate(zip(prepared, outcomes)):
-        history_id, _ = await service.log_generation(served, item.config, item.prime, samples, duration)
+    for k, (item, (samples, duration, device)) in enumerate(zip(prepared, outcomes)):
+        history_id, _ = await service.log_generation(served, item.config, item.prime, samples, duration,
+                                                     device=device)
         ids.append(history_id)
         for i, sample in enumerate(samples):
             logprobs = None
@@ -153,9 +154,10 @@ async def _chunks(body: Any, service: Service, served: Served, prepared: list[Pr
                                                          "finish_reason": None}]})
             elif kind == "done":
                 finished += 1
-                samples, duration = payload
+                samples, duration, device = payload
                 item = prepared[k]
-                history_id, _ = await service.log_generation(served, item.config, item.prime, samples, duration)
+                history_id, _ = await service.log_generation(served, item.config, item.prime, samples, duration,
+                                                             device=device)
                 ids.append(history_id)
                 for i, sample in enumerate(samples):
                     completion_tokens.append(len(sample.ids))
@@ -184,7 +186,7 @@ async def _pump(k: int, handle: Handle, merged: asyncio.Queue[tuple[int, tuple[s
             return
 
 
-async def _outcome(handle: Handle) -> tuple[list[Sample], float]:
+async def _outcome(handle: Handle) -> tuple[list[Sample], float, str]:
     while True:
         kind, payload = await handle.queue.get()
         if kind == "done":

@@ -43,6 +43,7 @@ class LogEntry:
     samples: Sequence[Sample]
     duration_s: float
     export: dict[str, Any] | None = None  # the MIDI export settings the answer used, for music models
+    device: str = "cpu"  # where its steps ran (chargen.offload)
 
 
 class GenerationLog(Protocol):
@@ -70,7 +71,7 @@ class HistoryLog:
 
     def record_many(self, entries: Sequence[LogEntry]) -> list[str]:
         rows = [generation_fields(e.checkpoint, e.sha256, e.config, e.prime, e.samples, e.duration_s,
-                                  export=e.export) for e in entries]
+                                  export=e.export, device=e.device) for e in entries]
         try:
             return self._db.record_generations(rows)
         except history.HistoryUnavailable as exc:

@@ -6,6 +6,8 @@ as ``Generator`` builds them); its tokens are chosen by
 ``chargen.sampling.choose_tokens``, the function ``Generator`` uses, so a seeded
 request returns what ``chargen sample`` returns for it, log-probabilities included.
 The scheduler owns no sampling rule: it only batches, primes, and hands out noise.
+Where the generator has a device (``chargen.offload``), a tick of enough rows steps
+them there, the batch's state moving with it; tokens are still chosen on the CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 
-from chargen.inference import expand_state, reorder_state
+from chargen.inference import Stepper, expand_state, reorder_state
 from chargen.model import State
 from chargen.sampling import DecodeConfig, Generator, MusicRules, choose_tokens, sequence_constraints
 from chargen.sampling.stop import RowTexts
@@ -58,6 +60,7 @@ class Job:
         self.submitted = time.perf_counter()  # when it reached the scheduler (queue wait, time to first token)
         self.cancelled = False
         self.started = 0.0
+        self.device = "cpu"  # the device's name once one of its steps ran there (chargen.offload)
         # Requests with equal keys choose their tokens in one choose_tokens call per tick.
         self.key: tuple[Any, ...] = ("greedy",) if config.greedy else \
             ("sample", config.temperature, config.top_k, config.top_p)
@@ -119,6 +122,8 @@ class BatchScheduler:
         # request draws from its own RNG once per NOISE_AHEAD ticks, and a tick reads one slice.
         self._noise: torch.Tensor | None = None  # [NOISE_AHEAD, rows, V]
         self._phase = 0  # this tick's slice of _noise
+        self._offload = generator.offload  # None on the CPU: then nothing below is done per tick
+        self._on_device = False  # where _state and _bias are
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"chargen-batch-{name}", daemon=True)
 
@@ -145,6 +150,8 @@ class BatchScheduler:
 
     def _run(self) -> None:
         try:
+            if self._offload is not None:
+                self._offload.rows()  # measured (or read from the cache) before the first request needs it
             with torch.inference_mode():
                 while True:
                     with self._cond:
@@ -196,8 +203,10 @@ class BatchScheduler:
         noise = job.draw_noise(NOISE_AHEAD, skip=self._phase)  # from this tick to the cycle's end
         if self._logits is None or self._state is None or self._noise is None:
             self._logits, self._state, self._noise = job.logits.contiguous(), job.state, noise
-            self._bias = job.bias
+            self._bias, self._on_device = job.bias, False
         else:
+            if self._on_device:  # primed on the CPU: its rows join the batch where it is
+                job.state, job.bias = self._moved(job.state, job.bias, True)
             self._logits = torch.cat([self._logits, job.logits])
             self._state = tuple(torch.cat([a, b], dim=1) for a, b in zip(self._state, job.state))
             self._noise = torch.cat([self._noise, noise], dim=1)
@@ -219,12 +228,14 @@ class BatchScheduler:
         index = torch.tensor(rows, dtype=torch.long)
         if not rows:
             self._logits = self._state = self._noise = self._bias = None
+            self._on_device = False
             return index
         assert self._logits is not None and self._state is not None and self._noise is not None
+        state_index = index.to(self._state[0].device) if self._on_device else index
         if self._bias is not None:
-            self._bias = self._bias.index_select(0, index)
+            self._bias = self._bias.index_select(0, state_index)
         self._logits = self._logits.index_select(0, index)
-        self._state = reorder_state(self._state, index)
+        self._state = reorder_state(self._state, state_index)
         self._noise = self._noise.index_select(1, index)
         return index
 
@@ -300,23 +311,44 @@ class BatchScheduler:
             if self._phase == NOISE_AHEAD:  # next cycle: every request draws its next NOISE_AHEAD ticks
                 self._noise = torch.cat([job.draw_noise(NOISE_AHEAD) for job in going], dim=1)
             step_tokens = tokens if index is None else tokens.index_select(0, index)
-            self._logits, self._state = self.generator.stepper.step(step_tokens, self._state, self._bias)
+            stepper = self.generator.stepper if self._offload is None else self._place(len(step_tokens), going)
+            self._logits, self._state = stepper.step(step_tokens, self._state, self._bias)
             self.observer.stepped(len(step_tokens), time.perf_counter() - began)
             self.stats.steps += 1
             self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(step_tokens))
             self.stats.max_batch_requests = max(self.stats.max_batch_requests, len(going))
         self._phase %= NOISE_AHEAD
 
+    def _place(self, rows: int, going: list[Job]) -> Stepper:
+        """The stepper for a tick of ``rows`` rows (the device's where it pays), the batch moved there."""
+        assert self._offload is not None and self._state is not None
+        on_device = self._offload.pays(rows)
+        if on_device != self._on_device:
+            self._state, self._bias = self._moved(self._state, self._bias, on_device)
+            self._on_device = on_device
+        if not on_device:
+            return self.generator.stepper
+        name = str(self._offload.device)
+        for job in going:
+            job.device = name
+        return self._offload.stepper
+
+    def _moved(self, state: State, bias: torch.Tensor | None, to_device: bool) -> tuple[State, torch.Tensor | None]:
+        assert self._offload is not None
+        where = self._offload.device if to_device else torch.device("cpu")
+        return tuple(s.to(where) for s in state), None if bias is None else bias.to(where)
+
     def _finish(self, job: Job) -> None:
         tail = job.rows.finish()
         if job.stream and any(tail):
             job.emit("tokens", tail)
-        job.emit("done", (job.rows.samples(self.generator.codec), time.perf_counter() - job.started))
+        job.emit("done", (job.rows.samples(self.generator.codec), time.perf_counter() - job.started, job.device))
 
     def _fail_all(self, message: str, status: int = 500) -> None:
         with self._cond:
             jobs = list(self._pending) + self._active
             self._pending.clear()
         self._active, self._logits, self._state, self._noise, self._bias = [], None, None, None, None
+        self._on_device = False
         for job in jobs:
             job.emit("error", (status, message))

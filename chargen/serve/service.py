@@ -107,7 +107,9 @@ class Handle:
 
 
 class Service:
-    def __init__(self, models: Mapping[str, Checkpoint], log: GenerationLog | None, limits: Limits):
+    def __init__(self, models: Mapping[str, Checkpoint], log: GenerationLog | None, limits: Limits,
+                 device: str = "cpu"):
+        """``device``: where batched sampling steps may run (``chargen.offload``; auto: CUDA where present)."""
         if not models:
             raise ChargenError("no models to serve")
         self.limits, self.log = limits, log
@@ -117,7 +119,7 @@ class Service:
         for name, ckpt in models.items():
             if not NAME_RE.match(name):
                 raise ChargenError(f"model name {name!r} must match {NAME_PATTERN}")
-            generator = Generator.from_checkpoint(ckpt)  # music: with the learnt polyphony cap
+            generator = Generator.from_checkpoint(ckpt, device)  # music: with the learnt polyphony cap
             self.models[name] = Served(name, ckpt, sha256_file(ckpt.path), generator,
                                        BatchScheduler(name, generator, limits.max_batch, self.metrics.scheduler(name)))
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -218,18 +220,20 @@ class Service:
             return None, str(exc)
 
     async def log_generation(self, served: Served, config: DecodeConfig, prime: str, samples: list[Sample],
-                             duration_s: float, midi: bool = False) -> tuple[str | None, str | None]:
+                             duration_s: float, midi: bool = False, device: str = "cpu"
+                             ) -> tuple[str | None, str | None]:
         """Record a finished generation (as `chargen sample` logs it: a music model's row carries the export
         settings, whatever the format); its history id and the history's error, if any."""
         self.metrics.tokens.labels(served.name).inc(sum(len(s.ids) for s in samples))
         export = {"format": "midi" if midi else "text", **MIDI_SETTINGS} if served.checkpoint.codec.name != "text" \
             else None
-        return await self.record(LogEntry(served.checkpoint, served.sha256, config, prime, samples, duration_s, export))
+        return await self.record(LogEntry(served.checkpoint, served.sha256, config, prime, samples, duration_s, export,
+                                          device))
 
     async def result_body(self, served: Served, body: GenerateRequest, config: DecodeConfig,
-                          samples: list[Sample], duration_s: float) -> dict[str, Any]:
+                          samples: list[Sample], duration_s: float, device: str = "cpu") -> dict[str, Any]:
         history_id, history_error = await self.log_generation(served, config, body.prime or "", samples, duration_s,
-                                                   body.format == "midi")
+                                                              body.format == "midi", device)
         tokens = sum(len(s.ids) for s in samples)
         out: dict[str, Any] = {
             "history_id": history_id,
@@ -271,4 +275,4 @@ def _beam_done(emit: Emit, future: asyncio.Future[Any]) -> None:
         emit("error", (500, "internal error in beam search"))
     else:
         result = future.result()
-        emit("done", (result.samples, result.duration_s))
+        emit("done", (result.samples, result.duration_s, result.device))

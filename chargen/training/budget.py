@@ -32,6 +32,10 @@ RECENT_SHARE = 0.5
 #: Without a measured evaluation yet, one is estimated as a forward pass over the validation split,
 #: at a third of a training step's cost per token (forward only; backward costs about twice forward).
 FORWARD_SHARE = 1 / 3
+#: A run whose evaluations score a sample scores the whole validation split at its end, when that is
+#: estimated to cost at most this share of a --minutes budget (the schedule leaves it room), or of a run
+#: of a fixed length so far (chargen.training.trainer); else not.
+WHOLE_SHARE = 0.25
 
 
 def evaluation_in_steps(val_tokens: int, tokens_per_step: int) -> float:
@@ -48,7 +52,8 @@ class StepBudget:
     """
 
     def __init__(self, minutes: float, start_step: int, eval_every: int, val_tokens: int, tokens_per_step: int,
-                 fit: bool, clock: Callable[[], float] = time.monotonic, started: float | None = None):
+                 fit: bool, clock: Callable[[], float] = time.monotonic, started: float | None = None,
+                 whole_tokens: int = 0):
         self.clock = clock
         # ``started``: when the command began its set-up (sizing, precision calibration): the budget is
         # the user's wall-clock, so what was spent before the first step counts against it.
@@ -57,7 +62,8 @@ class StepBudget:
         self.deadline = self.start + self.seconds
         self.fit = fit  # False when steps or epochs fix the total: the deadline alone applies
         self.eval_every = eval_every
-        self.val_tokens = val_tokens
+        self.val_tokens = val_tokens  # scored by an evaluation during the run (the sample, where there is one)
+        self.whole_tokens = whole_tokens  # scored by the whole split's evaluation at the end; 0: none
         self.tokens_per_step = tokens_per_step
         self.first_step = start_step
         self._samples: list[tuple[int, float, float]] = []  # (step, time, overhead seconds so far)
@@ -88,8 +94,21 @@ class StepBudget:
     def _fit(self, step: int, now: float, overhead_s: float, evals_done: int, per_step: float) -> int:
         per_eval = (overhead_s / evals_done if evals_done
                     else per_step * evaluation_in_steps(self.val_tokens, self.tokens_per_step))
-        remaining = self.deadline - now - per_eval  # the final evaluation and save must fit too
+        remaining = self.deadline - now - per_eval - self._whole_s(per_eval)  # the final evaluations must fit too
         return step + max(1, int(remaining / (per_step + per_eval / self.eval_every)))
+
+    def _whole_s(self, per_eval: float) -> float:
+        """The whole split's evaluation at the end, estimated from an evaluation's cost; 0 when it is not
+        to be done (no sample, or more than WHOLE_SHARE of the budget)."""
+        if not self.whole_tokens:
+            return 0.0
+        estimate = per_eval * self.whole_tokens / max(1, self.val_tokens)
+        return estimate if estimate <= WHOLE_SHARE * self.seconds else 0.0
+
+    def whole_evaluation_fits(self, eval_s: float, evals_done: int) -> bool:
+        """Whether the run's end scores the whole split too (its cost told from the ``evals_done`` evaluations
+        of the sample so far, ``eval_s`` seconds together)."""
+        return bool(self.whole_tokens and evals_done and self._whole_s(eval_s / evals_done))
 
     def _shorten(self, step: int, now: float, overhead_s: float, evals_done: int) -> int | None:
         """In the tail: a smaller total when the pace since the last sample would miss the deadline."""

@@ -17,6 +17,14 @@ MAX_TRANSPOSE = 24
 #: this many steps: each evaluation also writes a checkpoint.
 MIN_EVAL_EVERY = 20
 
+#: An evaluation during training scores a sample of the validation split sized so that it costs at most
+#: about this share of the training between two evaluations (a forward pass costs about a third of a
+#: training step per token: the sample is EVAL_SHARE * 3 tokens per token trained between evaluations)...
+EVAL_SHARE = 0.1
+#: ...and never fewer tokens than this: a split of up to EVAL_TOKENS_FLOOR tokens (tiny-shakespeare's
+#: 111,540) is always evaluated whole, as before there was a sample.
+EVAL_TOKENS_FLOOR = 1 << 17
+
 Reporter = Callable[[str], None]
 
 #: AdamW's decoupled weight decay on the weight matrices (chargen/training/optim.py). Measured at equal steps on
@@ -59,6 +67,10 @@ class TrainConfig:
                                    default_text=f"{DEFAULT_MINUTES:g} when no other limit is given")
     eval_every: int = option(200, "Validate and checkpoint every N steps (a corpus of fewer steps per pass: once "
                              "per pass, at least every 20 steps).", low=1, high=HUGE, metavar="N")
+    eval_tokens: int | None = option(None, "Validation tokens an evaluation during training scores (a fixed "
+                                     "sample of a larger split; the whole split at the end); 0: the whole split "
+                                     "every time.", low=0, high=HUGE, metavar="N",
+                                     default_text="sized by the training between evaluations, at least 131072")
     val_fraction: float = option(0.1, "Last fraction of the corpus held out for validation.", low=0, low_open=True,
                                  high=1, high_open=True)
     seed: int = option(1337, "Seed for weights, dropout and augmentation.", low=0, high=2**63 - 1)
@@ -87,6 +99,14 @@ class TrainConfig:
     def has_stop(self) -> bool:
         """Whether any limit (steps, epochs, minutes) ends the run."""
         return self.max_steps is not None or self.epochs is not None or self.minutes is not None
+
+    def evaluation_tokens(self) -> int | None:
+        """Validation tokens an evaluation during training scores (None: the whole split): ``eval_tokens``,
+        else sized by the training between two evaluations (EVAL_SHARE), at least EVAL_TOKENS_FLOOR."""
+        if self.eval_tokens is not None:
+            return self.eval_tokens or None
+        trained = self.eval_every * self.batch_size * self.seq_len
+        return max(EVAL_TOKENS_FLOOR, round(EVAL_SHARE * 3 * trained))
 
     def with_eval_interval(self, steps_per_pass: int) -> TrainConfig:
         """The config evaluating at least once per pass over the corpus (``steps_per_pass`` steps), where
@@ -122,6 +142,8 @@ class TrainResult:
     elapsed_s: float
     chars_per_s: float
     evals: list[dict[str, float]] = field(default_factory=list)
+    val_sampled: bool = False  # the evaluations during the run scored a sample of the validation split
+    whole_val_loss: float | None = None  # the whole split's loss at the end of a sampled run
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:

@@ -12,8 +12,8 @@ How the ranks share one run:
   DistributedDataParallel-averaged gradient is that process's gradient.
 - Rank 0 builds the corpus cache; the others wait, then memory-map the same file
   (the run folder must be on a filesystem every node sees).
-- Every rank evaluates the whole validation split (same weights, same data: the same
-  loss, and no rank idles at a collective meanwhile); rank 0 alone writes.
+- Every rank runs every evaluation (same weights, same tokens: the same loss, and no
+  rank idles at a collective meanwhile); rank 0 alone writes.
 - Decisions that depend on a clock or a signal (the --minutes deadline, the fitted
   schedule, Ctrl-C) are rank 0's or any rank's, agreed by a collective every step.
 - Collectives time out (``CHARGEN_DIST_TIMEOUT``, default 30 s), and a dead peer
@@ -257,6 +257,10 @@ class AgreedBudget:
         fitted = self.budget.observe(step, overhead_s, evals_done) if self.context.is_main else None
         agreed = self.context.from_main(-1 if fitted is None else fitted)
         return None if agreed < 0 else agreed
+
+    def whole_evaluation_fits(self, eval_s: float, evals_done: int) -> bool:
+        fits = self.budget.whole_evaluation_fits(eval_s, evals_done) if self.context.is_main else False
+        return bool(self.context.from_main(int(fits)))
 
 
 class GroupStopFlag:

@@ -23,7 +23,8 @@ from chargen.codec import Codec
 from chargen.data import CorpusInfo, Warn, build_corpus, find_corpus_files
 from chargen.errors import ArgumentError, ChargenError
 from chargen.model import CharRNN, ModelConfig
-from chargen.text_codec import TextCodec, code_points, iter_text_chunks
+from chargen.text_codec import TextCodec, code_points, iter_code_points
+from chargen.text_scan import seen_code_points
 
 #: Model options that change a tensor's shape: a fine-tuned run has its parent's shape.
 SHAPE_OPTIONS = ("size", "layers", "hidden", "embedding", "cell")
@@ -55,10 +56,7 @@ def check_no_shape_options(given: dict[str, object]) -> None:
 def unseen_characters(codec: TextCodec, files: Sequence[Path]) -> str:
     """Characters of ``files`` that ``codec`` lacks, in code point order."""
     known = code_points(codec.symbols)
-    seen = np.zeros(0, dtype="<u4")
-    for path in files:
-        for chunk in iter_text_chunks(path, codec.encoding):
-            seen = np.union1d(seen, np.unique(code_points(chunk)))
+    seen = seen_code_points(piece for path in files for piece in iter_code_points(path, codec.encoding))
     new = np.setdiff1d(seen, known)
     return new.astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
 

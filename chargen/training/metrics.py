@@ -17,7 +17,10 @@ from typing import Any
 from chargen.checkpoint import METRICS, atomic_write
 from chargen.errors import ChargenError
 
-FIELDS = ("step", "elapsed_s", "train_loss", "val_loss", "lr", "chars_per_s", "precision")
+#: val_tokens: validation tokens val_loss scored; val_sample: whether those were the evaluation sample of a
+#: large split rather than the whole split; whole_val_loss: the whole split's loss (the end of a sampled run).
+FIELDS = ("step", "elapsed_s", "train_loss", "val_loss", "lr", "chars_per_s", "precision", "val_tokens",
+          "val_sample", "whole_val_loss")
 
 
 def _plain(value: Any) -> Any:

@@ -123,12 +123,15 @@ class ProgressOutput:
             if time.monotonic() - self.last_point < METRICS_EVERY_S or p.step % self.trainer.config.eval_every == 0:
                 return  # not yet; or an evaluation of this very step is about to be written
         elif p.kind == "eval":
-            self.bar.write(_eval_line(p.step, p.train_loss, p.val_loss or math.nan, p.chars_per_s), file=sys.stderr)
+            self.bar.write(_eval_line(p.step, p.train_loss, p.val_loss or math.nan, p.chars_per_s,
+                                      sample=p.val_tokens if p.val_sampled else None), file=sys.stderr)
         elif p.step == self.last_step:
             return  # the final evaluation of a step just evaluated: one line per step
         self.last_point, self.last_step = time.monotonic(), p.step
         self.metrics.append(step=p.step, elapsed_s=round(p.elapsed_s, 3), train_loss=p.train_loss,
-                            val_loss=p.val_loss, lr=p.lr, chars_per_s=round(p.chars_per_s, 1), precision=p.precision)
+                            val_loss=p.val_loss, lr=p.lr, chars_per_s=round(p.chars_per_s, 1), precision=p.precision,
+                            val_tokens=p.val_tokens, val_sample=p.val_sampled if p.val_loss is not None else None,
+                            whole_val_loss=p.whole_val_loss)
 
     def close(self) -> None:
         self.bar.close()
@@ -233,8 +236,9 @@ def train(
         trainer.on_progress = output
     budget = None
     if config.minutes:
-        budget = StepBudget(config.minutes, state.step, config.eval_every, len(data.val), trainer.tokens_per_step,
-                            fit=not state.total_steps, started=started)
+        budget = StepBudget(config.minutes, state.step, config.eval_every, trainer.val_tokens, trainer.tokens_per_step,
+                            fit=not state.total_steps, started=started,
+                            whole_tokens=trainer.whole_val_tokens if trainer.sampled else 0)
     budget = ranks.agree_budget(budget)  # torchrun: rank 0's clock decides for all
     status = FAILED
     try:
@@ -256,14 +260,29 @@ def train(
         run_dir=run_dir, step=state.step, total_steps=state.total_steps, best_val_loss=state.best_val,
         last_val_loss=trainer.last_val, last_train_loss=trainer.last_train, interrupted=interrupted,
         elapsed_s=trainer.elapsed_s, chars_per_s=trainer.chars_per_s, evals=state.evals,
+        val_sampled=trainer.sampled, whole_val_loss=trainer.whole_val,
     )
     if trainer.last_val is not None:
-        report(_eval_line(state.step, trainer.last_train, trainer.last_val, result.chars_per_s, final=True))
+        report(_eval_line(state.step, trainer.last_train, trainer.last_val, result.chars_per_s, final=True,
+                          sample=trainer.val_tokens if trainer.sampled else None,
+                          whole=(trainer.whole_val, trainer.whole_val_tokens) if trainer.whole_val is not None
+                          else None, skipped_s=trainer.whole_skipped_s))
     return result
 
 
-def _eval_line(step: int, train_loss: float | None, val_loss: float, chars_per_s: float, final: bool = False) -> str:
+def _eval_line(step: int, train_loss: float | None, val_loss: float, chars_per_s: float, final: bool = False,
+               sample: int | None = None, whole: tuple[float, int] | None = None,
+               skipped_s: float | None = None) -> str:
+    """A progress or final line; ``sample``: val_loss is on a sample of that many tokens; ``whole``: the
+    whole split's loss and tokens too (``skipped_s``: not scored, it would have taken that long). A split
+    under the cap prints as it always did."""
     train_part = f" train {train_loss:.4f} |" if train_loss is not None else ""
     label = "final" if final else "step"
-    return (f"{label} {step}:{train_part} val {val_loss:.4f} nats/char ({val_loss / LN2:.3f} bpc)"
-            f" | {chars_per_s:,.0f} chars/s")
+    sample_part = f", on a {sample:,}-token sample" if sample is not None else ""
+    whole_part = (f"; whole split {whole[0]:.4f} nats/char ({whole[0] / LN2:.3f} bpc, {whole[1]:,} tokens)"
+                  if whole is not None else "")
+    if skipped_s is not None:
+        whole_part = (f"; the whole split not scored (~{skipped_s:,.0f} s, more than a quarter of the run: "
+                      "chargen score, or eval_tokens=0)")
+    return (f"{label} {step}:{train_part} val {val_loss:.4f} nats/char ({val_loss / LN2:.3f} bpc{sample_part})"
+            f"{whole_part} | {chars_per_s:,.0f} chars/s")

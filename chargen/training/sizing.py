@@ -168,8 +168,9 @@ def size_for_budget(vocab_size: int, config: TrainConfig, train_tokens: int, cel
 def evaluation_slowdown(config: TrainConfig, train_tokens: int, val_tokens: int) -> float:
     """How much slower than its training steps a run trains once its evaluations are counted (pure)."""
     tokens_per_step = config.batch_size * config.seq_len
-    eval_every = config.with_eval_interval(max(1, train_tokens // tokens_per_step)).eval_every
-    return 1.0 + evaluation_in_steps(val_tokens, tokens_per_step) / eval_every
+    config = config.with_eval_interval(max(1, train_tokens // tokens_per_step))
+    scored = min(val_tokens, config.evaluation_tokens() or val_tokens)  # a large split: its sample
+    return 1.0 + evaluation_in_steps(scored, tokens_per_step) / config.eval_every
 
 
 def apply_choice(config: TrainConfig, choice: SizeChoice) -> TrainConfig:

@@ -21,16 +21,16 @@ from torch import nn
 
 from chargen.checkpoint import BEST, LAST, STATE, TOKENS, save_state, save_weights
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Split
+from chargen.data import CorpusInfo, Split, release_pages
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
-from chargen.evaluation import mean_loss
+from chargen.evaluation import mean_loss, scored_tokens
 from chargen.midi import MidiCodec
 from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.threads import ThreadTuner
 from chargen.training.averaging import WeightAverage
-from chargen.training.budget import StepBudget
+from chargen.training.budget import WHOLE_SHARE, StepBudget
 from chargen.training.config import TrainConfig, lr_at
 from chargen.training.distributed import current as current_distributed
 from chargen.training.optim import build_optimizer, grad_scaler
@@ -51,6 +51,9 @@ class Progress:
     chars_per_s: float  # of this session (since start or resume)
     elapsed_s: float  # of the whole run, all sessions together
     precision: str
+    val_tokens: int | None = None  # validation tokens val_loss scored
+    val_sampled: bool = False  # val_loss is on the evaluation sample, not the whole split
+    whole_val_loss: float | None = None  # "final" of a sampled run: the whole split's loss
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -72,9 +75,10 @@ LABEL_DROPOUT = 0.1
 
 @torch.no_grad()
 def evaluate(model: CharRNN, val: np.ndarray, seq_len: int, device: torch.device, precision: str,
-             labels: np.ndarray | None = None) -> float:
-    """Mean validation loss in nats per token over the whole validation split (what `chargen score` computes)."""
-    return mean_loss(model, val, seq_len, device, precision, labels=labels)
+             labels: np.ndarray | None = None, max_tokens: int | None = None) -> float:
+    """Mean validation loss in nats per token over the validation split (what `chargen score` computes),
+    or over its sample of ``max_tokens`` (``chargen.data.validation_layout``)."""
+    return mean_loss(model, val, seq_len, device, precision, labels=labels, max_tokens=max_tokens)
 
 
 class Trainer:
@@ -125,9 +129,12 @@ class Trainer:
         self.session_start_step = self.state.step
         self.last_train: float | None = None
         self.last_val: float | None = None
+        self.whole_val: float | None = None  # the whole split's loss, evaluated at the end of a sampled run
         self.lr = lr_at(self.state.step, self.state.total_steps or 10**9, config)
         self.overhead_s = 0.0  # time in evaluations and saves this session (the budget's pace excludes it)
         self.evals_done = 0
+        self.eval_s = 0.0  # of overhead_s: in the evaluations during training (what the whole split's is told from)
+        self.whole_skipped_s: float | None = None  # the whole split's estimated cost, when the end skipped it
         self.started = time.monotonic()
         # Music runs: the corpus's polyphony cap and longest hold, stored with the weights for the MIDI grammar.
         tokens = run_dir / TOKENS if run_dir is not None else None
@@ -204,15 +211,39 @@ class Trainer:
         """What evaluations score and checkpoints save: the weight average, else the raw weights."""
         return self.average.module if self.average is not None else self.model
 
-    def evaluate(self) -> float:
-        """Validation loss (nats per token) over the whole validation split; recorded in the state."""
+    @property
+    def val_tokens(self) -> int:
+        """Validation tokens an evaluation during training scores (the sample, or the whole split)."""
+        return scored_tokens(len(self.data.val), self.config.seq_len, max_tokens=self.config.evaluation_tokens())
+
+    @property
+    def whole_val_tokens(self) -> int:
+        return scored_tokens(len(self.data.val), self.config.seq_len)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether evaluations during training score a sample: the split holds more than the cap."""
+        return self.val_tokens < self.whole_val_tokens
+
+    def evaluate(self, whole: bool = False) -> float:
+        """Validation loss (nats per token) over the evaluation sample (the whole split when it is under
+        the cap), recorded in the state; ``whole``: over the whole split, kept apart (``whole_val``)."""
         began = time.monotonic()
-        self.last_val = evaluate(self.evaluated_model, self.data.val, self.config.seq_len, self.device, self.precision,
-                                 self.data.val_labels)
+        loss = evaluate(self.evaluated_model, self.data.val, self.config.seq_len, self.device, self.precision,
+                        self.data.val_labels, None if whole else self.config.evaluation_tokens())
+        for part in (self.data.train, self.data.val, self.data.train_labels, self.data.val_labels):
+            if part is not None:
+                release_pages(part)  # the corpus read so far leaves this process's memory (it stays cached)
+        seconds = time.monotonic() - began
+        self.overhead_s += seconds
+        if whole:
+            self.whole_val = loss
+            return loss
+        self.eval_s += seconds
+        self.last_val = loss
         self.state.evals.append({"step": self.state.step, "minutes": self.elapsed_s / 60, "val_loss": self.last_val,
                                  "train_loss": self.last_train if self.last_train is not None else math.nan})
         self.evals_done += 1
-        self.overhead_s += time.monotonic() - began
         return self.last_val
 
     def checkpoint(self, val_loss: float | None = None) -> None:
@@ -273,12 +304,30 @@ class Trainer:
                 self._report("eval")
                 self._save(self.last_val)
                 self.threads.revisit(state.step)  # the neighbours may have come or gone
-        # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause.
+        # Final evaluation and save, also when stopped early by Ctrl-C, deadline or pause; a run that
+        # reached its end also scores the whole split, where it was sampled and that costs a share of the run.
         if state.step > self.session_start_step or not self.resumed:
             self.evaluate()
+            if not interrupted and self.sampled:
+                if self._whole_fits(budget):
+                    self.evaluate(whole=True)
+                else:
+                    self.whole_skipped_s = self.whole_estimate_s()
             self._report("final")
             self._save(self.last_val)
         return interrupted
+
+    def whole_estimate_s(self) -> float:
+        """What scoring the whole split would take, from this session's evaluations of the sample."""
+        per_token = self.eval_s / max(1, self.evals_done * self.val_tokens)
+        return per_token * self.whole_val_tokens
+
+    def _whole_fits(self, budget: StepBudget | None) -> bool:
+        """Whether the end scores the whole split: within a --minutes budget's room for it (``StepBudget``), else
+        when it costs at most WHOLE_SHARE of the run so far (a run of a few steps on a huge corpus skips it)."""
+        if budget is not None:
+            return budget.whole_evaluation_fits(self.eval_s, self.evals_done)
+        return self.whole_estimate_s() <= WHOLE_SHARE * self.elapsed_s
 
     def _save(self, val_loss: float | None) -> None:
         if self.run_dir is not None:
@@ -288,7 +337,9 @@ class Trainer:
         self.on_progress(Progress(
             kind=kind, step=self.state.step, total_steps=self.state.total_steps, train_loss=self.last_train,
             val_loss=self.last_val if kind in ("eval", "final") else None, lr=self.lr,
-            chars_per_s=self.chars_per_s, elapsed_s=self.elapsed_s, precision=self.precision))
+            chars_per_s=self.chars_per_s, elapsed_s=self.elapsed_s, precision=self.precision,
+            val_tokens=self.val_tokens if kind in ("eval", "final") else None, val_sampled=self.sampled,
+            whole_val_loss=self.whole_val if kind == "final" else None))
 
     # ------------------------------------------------------------------ facts
 
