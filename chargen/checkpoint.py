@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from chargen import starter
 from chargen.codec import Codec
 from chargen.codec_registry import codec_from_metadata
 from chargen.errors import ChargenError, CheckpointError
@@ -209,6 +210,8 @@ def resolve_checkpoint(spec: str | Path | None, root: Path | None = None) -> Pat
         return run_weights(path)
     if path.is_file():
         return path
+    if str(spec) == starter.NAME:  # the shipped starter model, unless a run has its name
+        return starter.PATH
     raise CheckpointError(f"{spec}: no such checkpoint, run folder or run name (looked in {root}/)")
 
 

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from chargen.checkpoint import BEST, LAST, RUN_JSON, TOKENS, load_checkpoint, read_run_json, sha256_file
+from chargen.checkpoint import (
+    BEST,
+    LAST,
+    RUN_JSON,
+    TOKENS,
+    load_checkpoint,
+    read_run_json,
+    resolve_checkpoint,
+    sha256_file,
+)
 from chargen.data import load_tokens
 from chargen.runs import resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
@@ -178,3 +187,17 @@ def test_init_from_a_missing_run_or_another_codec_is_a_clean_error(corpora: tupl
     assert midi.returncode == 1
     assert_one_line_error(midi, "uses the text codec", "read as midi")
     assert not (tmp_path / "runs" / "M").exists()  # nothing half-made left behind
+
+
+def test_the_shipped_starter_model_fine_tunes_by_name(tmp_path: Path) -> None:
+    """``--init-from starter``: the model shipped in the package (what ``make demo`` fine-tunes)."""
+    import chargen
+    from chargen import starter
+
+    assert starter.PATH.is_file() and resolve_checkpoint("starter") == starter.PATH
+    run = chargen.train(REPO / "corpora" / "fables.txt", init_from="starter", max_steps=3, batch_size=8, seq_len=32,
+                        threads=1, out=tmp_path, run_name="ft", progress=False, log=False, report=None)
+    child = load_checkpoint(run.dir / LAST)
+    assert child.training["parent"]["checkpoint_path"] == str(starter.PATH.resolve())
+    assert child.config.hidden == load_checkpoint(starter.PATH).config.hidden
+    assert set(REPO.joinpath("corpora", "fables.txt").read_text()) <= set(child.codec.symbols)
