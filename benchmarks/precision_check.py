@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from benchmarks.common import REPO, cpu_flags, cpu_model, load_corpus, publish
-from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
+from chargen.machine.device import autocast_context, resolve_device, resolve_precision
 from chargen.model import CharRNN, ModelConfig
 from chargen.training import TrainConfig
 

@@ -46,9 +46,9 @@ from benchmarks.common import (
     write_section,
 )
 from chargen.data import Split, StreamBatcher
-from chargen.device import cpu_has_native_bf16
 from chargen.errors import ChargenError
 from chargen.inference import generation_threads
+from chargen.machine.device import cpu_has_native_bf16
 from chargen.model import PRESETS, CharRNN, ModelConfig, flops_per_token
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec

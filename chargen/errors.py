@@ -35,6 +35,10 @@ class UnknownTokensError(ChargenError):
     """Prime text contains symbols that are not in the model's vocabulary."""
 
 
+class ChargenWarning(UserWarning):
+    """Something the user should know once, that does not stop the work (the CLI prints it as one line)."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on Ctrl-C (or SIGTERM) after saving: ``run`` continues with ``chargen.train(resume=...)``.
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from chargen.data import validation_batches, validation_label_batches, validation_layout
-from chargen.device import autocast_context
+from chargen.machine.device import autocast_context
 from chargen.model import CharRNN
 
 #: shortest window evaluation reads; short training windows would under-use the carried state

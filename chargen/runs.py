@@ -126,7 +126,7 @@ def start_run(
             # so sizing (a measurement per process) is for single-process runs.
             if (preset is None and train_config.minutes and ranks.world_size == 1
                     and not any((model_overrides or {}).get(k) for k in SIZE_FIELDS)):
-                from chargen.training.sizing import size_run
+                from chargen.machine.sizing import size_run
 
                 cell = str((model_overrides or {}).get("cell") or "lstm")
                 given = {k: (model_overrides or {}).get(k) for k in ("dropout", "weight_drop")}

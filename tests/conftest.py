@@ -28,14 +28,26 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def native_kernels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One folder for the C kernel's build (chargen/native, ~0.3 s a build) for the whole session, the CLI's
-    subprocesses included, instead of a build in every test's CHARGEN_HOME. Tests of the build itself
-    point CHARGEN_NATIVE_DIR elsewhere."""
-    folder = tmp_path_factory.mktemp("native")
+def machine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite measures nothing (CHARGEN_MEASURE=0: torch's batch-1 kernel, the device's default precision,
+    all cores, a nominal speed for --minutes sizing, no GPU offload), so no test times this machine again;
+    the tests of those measurements turn them on (``measuring``). One private cache folder for the session,
+    the CLI's subprocesses included."""
+    folder = tmp_path_factory.mktemp("machine-cache")
+    folder.chmod(0o700)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHARGEN_NATIVE_DIR", str(folder))
+        patch.setenv("CHARGEN_CACHE", str(folder))
+        patch.setenv("CHARGEN_MEASURE", "0")
         yield folder
+
+
+@pytest.fixture
+def measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Measuring on (the tests of the measurements), with a fresh private cache folder; returns it."""
+    folder = tmp_path / "machine-cache"
+    monkeypatch.setenv("CHARGEN_CACHE", str(folder))
+    monkeypatch.setenv("CHARGEN_MEASURE", "1")
+    return folder
 
 
 @pytest.fixture(autouse=True)

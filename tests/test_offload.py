@@ -16,12 +16,12 @@ import httpx
 import pytest
 import torch
 
-import chargen.offload as offload
+import chargen.machine.offload as offload
 from chargen.checkpoint import load_checkpoint
 from chargen.errors import ChargenError
 from chargen.inference import Stepper
+from chargen.machine.offload import DeviceStepper, Offload, cached_threshold, generation_device, threshold
 from chargen.model import CharRNN, ModelConfig
-from chargen.offload import DeviceStepper, Offload, cached_threshold, generation_device, threshold
 from chargen.sampling import DecodeConfig, Generator
 from chargen.serve import BatchScheduler, Job, Limits, create_app
 from chargen.text_codec import TextCodec
@@ -90,18 +90,20 @@ def test_threshold_is_where_the_device_wins_from_then_on() -> None:
 
 
 def test_the_measured_threshold_is_cached_per_machine_and_model(monkeypatch: pytest.MonkeyPatch,
-                                                                isolated_home: Path) -> None:
+                                                                measuring: Path) -> None:
     monkeypatch.setattr(offload, "SIZES", (1, 8))
     monkeypatch.setattr(offload, "STEPS", 3)
     net = model()
     rows = cached_threshold(net, CPU, Stepper(net), DeviceStepper(net, CPU))
-    path = isolated_home / "home" / offload.CACHE_FILE
+    path = measuring / "machine.json"
     cache = json.loads(path.read_text())
-    (key, entry), = cache.items()
+    (key, entry), = cache[offload.SECTION].items()
     assert entry["rows"] == rows and "8" in entry["us_per_step"]["cpu"] and "torch" in key
     entry["rows"] = 7  # a cached answer is read, not measured again
     path.write_text(json.dumps(cache))
     assert cached_threshold(net, CPU, Stepper(net), DeviceStepper(net, CPU)) == 7
+    monkeypatch.setenv("CHARGEN_MEASURE", "0")
+    assert cached_threshold(net, CPU, Stepper(net), DeviceStepper(net, CPU)) is None  # measuring off: never
 
 
 def test_the_generator_steps_enough_rows_on_the_device_with_the_same_text() -> None:

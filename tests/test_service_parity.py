@@ -24,7 +24,7 @@ from service_support import ServerProcess, make_checkpoint
 
 from chargen.checkpoint import save_weights
 from chargen.cli import cli
-from chargen.kernels import KERNEL_ENV
+from chargen.machine.kernels import KERNEL_ENV
 from chargen.midi import MidiCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.text_codec import TextCodec

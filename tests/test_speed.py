@@ -13,17 +13,15 @@ import torch
 
 from chargen.checkpoint import LAST, RUN_JSON, load_checkpoint
 from chargen.data import split_tokens
+from chargen.errors import ChargenWarning
+from chargen.fileio import sha256_file
 from chargen.inference import Stepper
-from chargen.kernels import CACHE_FILE as KERNEL_CACHE
-from chargen.kernels import KERNEL_ENV, KERNELS, FusedStepper, NumpyStepper, batch1_stepper, choose_kernel
-from chargen.model import CharRNN, ModelConfig
-from chargen.native import build as native_build
-from chargen.native import lstm_library
-from chargen.runs import start_run
-from chargen.threads import ThreadTuner, candidate_counts, free_cores, pick
-from chargen.training import StepBudget, TrainConfig
-from chargen.training.calibrate import CACHE_FILE, CANDIDATES_ENV, choose_precision
-from chargen.training.sizing import (
+from chargen.machine.cache import FILE as CACHE_FILE
+from chargen.machine.calibrate import CANDIDATES_ENV, choose_precision
+from chargen.machine.kernels import KERNEL_ENV, KERNELS, FusedStepper, NumpyStepper, batch1_stepper, choose_kernel
+from chargen.machine.native import build as native_build
+from chargen.machine.native import lstm_library
+from chargen.machine.sizing import (
     choose_size,
     dropout_for,
     evaluation_slowdown,
@@ -31,6 +29,10 @@ from chargen.training.sizing import (
     size_for_budget,
     weight_drop_for,
 )
+from chargen.machine.threads import ThreadTuner, candidate_counts, free_cores, pick
+from chargen.model import CharRNN, ModelConfig
+from chargen.runs import start_run
+from chargen.training import StepBudget, TrainConfig
 from tests.conftest import FABLES, run_cli
 
 
@@ -44,51 +46,57 @@ def tiny_setup() -> tuple[ModelConfig, TrainConfig, object]:
 # ----------------------------------------------------------------------------- precision
 
 
-def test_calibration_is_cached_and_a_failing_candidate_is_dropped(tmp_path: Path,
+def section(cache: Path, name: str) -> dict:
+    """One section of the machine's cache (chargen.machine.cache)."""
+    return json.loads((cache / CACHE_FILE).read_text()).get(name, {})
+
+
+def test_calibration_is_cached_and_a_failing_candidate_is_dropped(measuring: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")  # fp16 raises on a CPU: it must be dropped, not fatal
     model_config, config, data = tiny_setup()
     device = torch.device("cpu")
-    first = choose_precision(model_config, config, data, device, home=tmp_path)
+    first = choose_precision(model_config, config, data, device)
     assert first.precision == "fp32" and not first.cached
     assert "fp16" in first.dropped and "fp32" in first.speeds
-    cache = json.loads((tmp_path / CACHE_FILE).read_text())
+    cache = section(measuring, "precision")
     assert len(cache) == 1 and next(iter(cache.values()))["precision"] == "fp32"
-    again = choose_precision(model_config, config, data, device, home=tmp_path)
+    again = choose_precision(model_config, config, data, device)
     assert again.cached and again.speeds == first.speeds and again.seconds == 0  # nothing measured
     # the median step's rate (what sizing uses) is cached too, and no burst can beat the best step
     assert again.steady == first.steady and 0 < first.steady["fp32"] <= first.speeds["fp32"]
     other = choose_precision(ModelConfig(vocab_size=40, layers=1, hidden=16, embedding=8), config, data, device,
-                             home=tmp_path)
+                             )
     assert not other.cached  # another model shape is calibrated on its own
-    assert len(json.loads((tmp_path / CACHE_FILE).read_text())) == 2
+    assert len(section(measuring, "precision")) == 2
 
 
-def test_a_corrupt_cache_is_ignored_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_corrupt_cache_is_ignored_with_a_warning(measuring: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")
-    (tmp_path / CACHE_FILE).write_text("{not json")
+    measuring.mkdir(mode=0o700)
+    (measuring / CACHE_FILE).write_text("{not json")
     model_config, config, data = tiny_setup()
-    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
+    result = choose_precision(model_config, config, data, torch.device("cpu"))
     assert result.precision == "fp32" and not result.cached
-    assert any("corrupt" in note for note in result.notes)
-    assert json.loads((tmp_path / CACHE_FILE).read_text())  # rewritten whole
+    assert any("damaged" in note for note in result.notes)
+    assert section(measuring, "precision")  # rewritten whole
 
 
-def test_one_candidate_measures_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_candidate_measures_nothing(measuring: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32")  # a CPU without native bf16
     model_config, config, data = tiny_setup()
-    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
-    assert result.precision == "fp32" and not result.speeds and not (tmp_path / CACHE_FILE).exists()
+    result = choose_precision(model_config, config, data, torch.device("cpu"))
+    assert result.precision == "fp32" and not result.speeds and not (measuring / CACHE_FILE).exists()
 
 
-def test_an_explicit_precision_is_not_calibrated(tmp_path: Path) -> None:
+def test_an_explicit_precision_is_not_calibrated(measuring: Path) -> None:
     model_config, config, data = tiny_setup()
     config.precision = "fp32"
-    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
-    assert result.requested == "fp32" and result.message() is None and not (tmp_path / CACHE_FILE).exists()
+    result = choose_precision(model_config, config, data, torch.device("cpu"))
+    assert result.requested == "fp32" and result.message() is None and not (measuring / CACHE_FILE).exists()
 
 
-def test_the_choice_is_printed_and_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_choice_is_printed_and_recorded(tmp_path: Path, measuring: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")
     corpus = tmp_path / "fables.txt"
     corpus.write_text(FABLES.read_text()[:8000])
@@ -151,7 +159,7 @@ def test_the_tuner_probes_each_count_and_keeps_the_fastest() -> None:
         torch.set_num_threads(saved)
 
 
-def test_a_minutes_run_beside_a_busy_neighbour_ends_with_its_schedule(tmp_path: Path,
+def test_a_minutes_run_beside_a_busy_neighbour_ends_with_its_schedule(tmp_path: Path, measuring: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32")
     corpus = tmp_path / "fables.txt"
@@ -314,12 +322,11 @@ def test_fused_steps_agree_with_torch_steps(layers: int, hidden: int) -> None:
         fast.step(torch.tensor([30]), fast.initial_state(1))  # the C side must never read past the table
 
 
-def test_the_kernel_choice_is_cached_and_can_be_forced(monkeypatch: pytest.MonkeyPatch, isolated_home: Path) -> None:
+def test_the_kernel_choice_is_cached_and_can_be_forced(monkeypatch: pytest.MonkeyPatch, measuring: Path) -> None:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=20, layers=1, hidden=16, embedding=4)).eval()
     kernel = choose_kernel(model)
-    cached = json.loads((isolated_home / "home" / KERNEL_CACHE).read_text())
-    entry = next(iter(cached.values()))
+    entry = next(iter(section(measuring, "kernels").values()))
     assert kernel in KERNELS and entry["kernel"] == kernel
     assert set(entry["us_per_step"]) == ({"torch", "numpy", "fused"} if lstm_library() else {"torch", "numpy"})
     assert isinstance(batch1_stepper(model), NumpyStepper) == (kernel == "numpy")
@@ -333,18 +340,17 @@ def test_the_kernel_choice_is_cached_and_can_be_forced(monkeypatch: pytest.Monke
 
 
 def test_the_fused_kernel_is_built_once_per_machine_and_missing_compilers_fall_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, measuring: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    native_build._load.cache_clear()
     need_compiler()
-    home = tmp_path / "own-home"  # not the suite's shared build: the default folder, in CHARGEN_HOME
-    monkeypatch.setenv("CHARGEN_HOME", str(home))
-    monkeypatch.delenv(native_build.FOLDER_ENV)
-    library = lstm_library()
-    built = list((home / "native").glob("*.so"))
-    assert library is not None and len(built) == 1
+    native = measuring / "native"
+    built = list(native.glob("*.so"))
+    assert len(built) == 1 and built[0].stat().st_mode & 0o077 == 0 and native.stat().st_mode & 0o077 == 0
+    assert section(measuring, "native")[built[0].name]["sha256"] == sha256_file(built[0])
     stamp = built[0].stat().st_mtime_ns
     native_build._load.cache_clear()  # a new process: finds the cached build, compiles nothing
     assert lstm_library() is not None and built[0].stat().st_mtime_ns == stamp
-    assert list((home / "native").iterdir()) == built  # no temporary files left beside it
+    assert list(native.iterdir()) == built  # no temporary files left beside it
 
     monkeypatch.setenv("CC", "no-such-compiler")
     assert lstm_library() is None
@@ -352,12 +358,34 @@ def test_the_fused_kernel_is_built_once_per_machine_and_missing_compilers_fall_b
     fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo fake 1.0 && exit 0\necho 'error: broken' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    assert lstm_library() is None
-    assert list((home / "native").iterdir()) == built
+    with pytest.warns(ChargenWarning, match="fused LSTM kernel is off"):
+        assert lstm_library() is None
+    assert list(native.iterdir()) == built
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=20, layers=1, hidden=16, embedding=4)).eval()
     monkeypatch.delenv(KERNEL_ENV, raising=False)
     assert choose_kernel(model) in ("torch", "numpy")  # measured without it, and sampling still works
+
+
+@pytest.mark.parametrize("unsafe", ["folder", "library", "swapped"])
+def test_the_fused_kernel_is_never_loaded_from_what_another_user_could_write(
+        measuring: Path, unsafe: str) -> None:
+    """Code is loaded from the cache: a folder or library others can write to, or a library that is not the
+    one built (its hash differs), is refused with a warning, never loaded."""
+    native_build._load.cache_clear()
+    need_compiler()
+    library = next((measuring / "native").glob("*.so"))
+    if unsafe == "folder":
+        measuring.chmod(0o777)
+    elif unsafe == "library":
+        library.chmod(0o766)
+    else:
+        library.write_bytes(library.read_bytes() + b"planted")
+        library.chmod(0o700)
+    native_build._load.cache_clear()
+    native_build._unsafe.cache_clear()
+    with pytest.warns(ChargenWarning, match="fused LSTM kernel is off"):
+        assert lstm_library() is None
 
 
 def test_seeded_samples_are_the_same_text_with_every_kernel(trained_run: Path,
@@ -390,9 +418,9 @@ def test_the_budget_counts_from_the_set_up() -> None:
     assert budget.expired()
 
 
-def test_calibration_ignores_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_ignores_augmentation(measuring: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32,fp16")
     model_config, config, data = tiny_setup()
     config.transpose = (-2, 2)  # a MIDI run's setting: the probe has no codec to transpose with
-    result = choose_precision(model_config, config, data, torch.device("cpu"), home=tmp_path)
+    result = choose_precision(model_config, config, data, torch.device("cpu"))
     assert "fp32" in result.speeds and "fp32" not in result.dropped

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargen.threads import (
+from chargen.machine.threads import (
     OthersMeter,
     ThreadTuner,
     counts_to_probe,

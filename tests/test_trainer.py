@@ -16,11 +16,11 @@ from chargen.checkpoint import FAILED, FINISHED, LAST, RUN_JSON, checkpoint_code
 from chargen.cli import main
 from chargen.data import load_tokens, split_tokens
 from chargen.errors import ChargenError, CheckpointError
+from chargen.machine.calibrate import choose_precision
 from chargen.model import CharRNN
 from chargen.runs import check_run_name, model_config_for, resume_run, start_run
 from chargen.training import StepBudget, TrainConfig, Trainer
 from chargen.training.budget import MIN_MEASURED_STEPS, REFIT_EVERY, WARMUP_STEPS
-from chargen.training.calibrate import choose_precision
 from chargen.training.metrics import FIELDS, read_metrics
 from tests.conftest import FABLES
 

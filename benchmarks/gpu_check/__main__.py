@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from chargen.offload import generation_device
+    from chargen.machine.offload import generation_device
 
     device = generation_device(args.device)
     corpus, note = (SHARED_CORPUS, "tiny-shakespeare") if SHARED_CORPUS.is_file() else (FABLES, "fables")
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="chargen-gpu-check-") as scratch:
         work = Path(os.environ.get("GPU_CHECK_WORK") or scratch)
         # Runs, calibrations and thresholds of the check's own: nothing of the user's is read or written.
-        os.environ.update(CHARGEN_HOME=str(work / "home"), CHARGEN_CHECKPOINTS=str(work / "runs"))
+        os.environ.update(CHARGEN_HOME=str(work / "home"), CHARGEN_CHECKPOINTS=str(work / "runs"),
+                          CHARGEN_CACHE=str(work / "cache"), CHARGEN_MEASURE="1")  # it checks what auto measures
         os.environ.pop("CHARGEN_DATABASE_URL", None)
         torch.manual_seed(0)
         ctx = steps.Context(device, steps.Sizes.for_run(args.tiny), corpus, note, work)

@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 from benchmarks.gpu_check.steps import Context
 from benchmarks.gpu_check.table import FAILED, FIGURE, OK, Env, Row, mib
 from chargen.checkpoint import LAST
-from chargen.offload import CACHE_FILE, ROWS_ENV
+from chargen.machine.cache import FILE as CACHE_FILE
+from chargen.machine.cache import cache_folder
+from chargen.machine.offload import ROWS_ENV, SECTION
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = [sys.executable, "-m", "benchmarks.gpu_check.child"]
@@ -177,7 +179,7 @@ def device_rows_note(ctx: Context, device: torch.device) -> str:
     if device.type == "cpu":
         return f"the device path forced on the CPU (${ROWS_ENV}=1)"
     try:
-        cache = json.loads((Path(os.environ["CHARGEN_HOME"]) / CACHE_FILE).read_text())
+        cache = json.loads((cache_folder() / CACHE_FILE).read_text())[SECTION]
         rows = [entry["rows"] for key, entry in cache.items() if str(device.type) in key]
     except (OSError, ValueError, KeyError):
         rows = []

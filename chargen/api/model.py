@@ -184,7 +184,7 @@ class Model:
                     device: str = "cpu") -> list[FileScore]:
         """Each file's score (:class:`chargen.scoring.FileScore`: nats, bits, perplexity, worst lines),
         each from a fresh hidden state; logged to the history unless ``log=False``."""
-        from chargen.device import resolve_device
+        from chargen.machine.device import resolve_device
         from chargen.records import log_scores
         from chargen.scoring import score_files
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import click
 
-from chargen.errors import ArgumentError, ChargenError, TrainingInterrupted
+from chargen.errors import ArgumentError, ChargenError, ChargenWarning, TrainingInterrupted
 
 
 class ChargenGroup(click.Group):
@@ -22,6 +23,7 @@ class ChargenGroup(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        warnings.showwarning = _show_warning
         try:
             returned = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             # Without standalone mode click returns an explicit ctx.exit(n) as n instead of exiting.
@@ -72,6 +74,18 @@ def exit_code_for(exc: BaseException) -> int:
         traceback.print_exception(exc)
     _error(f"chargen: internal error: {type(exc).__name__}: {exc} (set CHARGEN_DEBUG=1 for a traceback)")
     return 1
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """The library's warnings as one line on stderr, as the CLI's own are; others as Python shows them."""
+    if issubclass(category, ChargenWarning):
+        _error(f"chargen: warning: {message}")
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
+_show_python_warning = warnings.showwarning
 
 
 def _error(message: str) -> None:

@@ -166,7 +166,7 @@ class GenerationResult:
     duration_s: float
     tokens: int = field(default=0)
     history_id: str | None = None  # its row in the history, once logged
-    device: str = "cpu"  # where the batched steps ran ("cuda:0": chargen.offload)
+    device: str = "cpu"  # where the batched steps ran ("cuda:0": chargen.machine.offload)
 
     @property
     def tokens_per_s(self) -> float:

@@ -13,11 +13,11 @@ import torch
 from chargen.checkpoint import Checkpoint
 from chargen.codec import Codec
 from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
-from chargen.kernels import batch1_stepper
+from chargen.machine.kernels import batch1_stepper
+from chargen.machine.offload import DeviceStepper, Offload, generation_device
 from chargen.midi import MidiCodec
 from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
-from chargen.offload import DeviceStepper, Offload, generation_device
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
 from chargen.sampling.decoder import choose_tokens
@@ -47,7 +47,7 @@ class Generator:
 
     def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None,
                  max_hold_s: float | None = None, device: str | torch.device = "cpu", device_rows: int | None = None):
-        """``device``: where batched steps may run (``chargen.offload``: auto is CUDA where present), from the
+        """``device``: where batched steps may run (``chargen.machine.offload``: auto is CUDA where present), from the
         batch size measured to pay there, or ``device_rows``; priming and batch-1 steps stay on the CPU."""
         self.model = model.cpu().eval()
         self.codec = codec
@@ -75,7 +75,7 @@ class Generator:
                    learnt_max_hold_s(checkpoint)[0], device=device)
 
     def steps_for(self, rows: int) -> Stepper:
-        """The stepper for steps of ``rows`` rows: the device's where it pays there (``chargen.offload``)."""
+        """The stepper for steps of ``rows`` rows: the device's where it pays there (``chargen.machine.offload``)."""
         return self.offload.stepper if self.offload is not None and self.offload.pays(rows) else self.stepper
 
     @property
@@ -184,7 +184,7 @@ class Generator:
         Memory stays bounded by the output itself: each step's logits are dropped
         once its tokens are chosen, and log-probabilities are summed as they come
         (in order from 0.0, in IEEE double: logged generations replay to the bit).
-        The tokens are chosen on the CPU whatever steps the rows (``chargen.offload``).
+        The tokens are chosen on the CPU whatever steps the rows (``chargen.machine.offload``).
         """
         n = cfg.num_samples
         logits, state = self.prime_state(prime_ids, label)

@@ -41,7 +41,7 @@ TOKEN_ENV = "CHARGEN_API_TOKEN"
 def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token: str | None,
                limits: Limits | None = None, device: str = "cpu") -> FastAPI:
     """The ASGI app serving ``models`` by name. ``history_url`` None: no history (its endpoints say so).
-    ``device``: where batched steps may run (``chargen.offload``)."""
+    ``device``: where batched steps may run (``chargen.machine.offload``)."""
     limits = limits or Limits()
     service = Service(models, HistoryLog(history_url) if history_url is not None else None, limits, device)
 

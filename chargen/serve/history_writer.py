@@ -43,7 +43,7 @@ class LogEntry:
     samples: Sequence[Sample]
     duration_s: float
     export: dict[str, Any] | None = None  # the MIDI export settings the answer used, for music models
-    device: str = "cpu"  # where its steps ran (chargen.offload)
+    device: str = "cpu"  # where its steps ran (chargen.machine.offload)
 
 
 class GenerationLog(Protocol):

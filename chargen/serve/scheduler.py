@@ -6,7 +6,7 @@ as ``Generator`` builds them); its tokens are chosen by
 ``chargen.sampling.choose_tokens``, the function ``Generator`` uses, so a seeded
 request returns what ``chargen sample`` returns for it, log-probabilities included.
 The scheduler owns no sampling rule: it only batches, primes, and hands out noise.
-Where the generator has a device (``chargen.offload``), a tick of enough rows steps
+Where the generator has a device (``chargen.machine.offload``), a tick of enough rows steps
 them there, the batch's state moving with it; tokens are still chosen on the CPU.
 """
 
@@ -60,7 +60,7 @@ class Job:
         self.submitted = time.perf_counter()  # when it reached the scheduler (queue wait, time to first token)
         self.cancelled = False
         self.started = 0.0
-        self.device = "cpu"  # the device's name once one of its steps ran there (chargen.offload)
+        self.device = "cpu"  # the device's name once one of its steps ran there (chargen.machine.offload)
         # Requests with equal keys choose their tokens in one choose_tokens call per tick.
         self.key: tuple[Any, ...] = ("greedy",) if config.greedy else \
             ("sample", config.temperature, config.top_k, config.top_p)

@@ -109,7 +109,7 @@ class Handle:
 class Service:
     def __init__(self, models: Mapping[str, Checkpoint], log: GenerationLog | None, limits: Limits,
                  device: str = "cpu"):
-        """``device``: where batched sampling steps may run (``chargen.offload``; auto: CUDA where present)."""
+        """``device``: where batched sampling steps may run (``chargen.machine.offload``; auto: CUDA where present)."""
         if not models:
             raise ChargenError("no models to serve")
         self.limits, self.log = limits, log

@@ -316,7 +316,7 @@ def start(device_name: str) -> Distributed:
         rank, world_size, local_rank = (int(os.environ[name]) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     except ValueError:
         raise ChargenError("torchrun's RANK/WORLD_SIZE/LOCAL_RANK are not whole numbers") from None
-    from chargen.device import resolve_device
+    from chargen.machine.device import resolve_device
 
     device = resolve_device(device_name)
     if device.type == "cuda":

@@ -35,13 +35,13 @@ from chargen.checkpoint import (
 )
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, load_tokens, split_tokens
-from chargen.device import resolve_device
 from chargen.errors import ChargenError, CheckpointError
+from chargen.machine.calibrate import choose_precision
+from chargen.machine.device import resolve_device
+from chargen.machine.threads import ThreadTuner
 from chargen.model import ModelConfig
-from chargen.threads import ThreadTuner
 from chargen.training import distributed
 from chargen.training.budget import StepBudget
-from chargen.training.calibrate import choose_precision
 from chargen.training.config import Reporter, TrainConfig, TrainResult
 from chargen.training.finetune import Initialisation
 from chargen.training.metrics import MetricsLog

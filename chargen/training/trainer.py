@@ -22,13 +22,13 @@ from torch import nn
 from chargen.checkpoint import BEST, LAST, STATE, TOKENS, save_state, save_weights
 from chargen.codec import Codec
 from chargen.data import CorpusInfo, Split, release_pages
-from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss, scored_tokens
+from chargen.machine.device import autocast_context, resolve_device, resolve_precision
+from chargen.machine.threads import ThreadTuner
 from chargen.midi import MidiCodec
 from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
-from chargen.threads import ThreadTuner
 from chargen.training.averaging import WeightAverage
 from chargen.training.budget import WHOLE_SHARE, StepBudget
 from chargen.training.config import TrainConfig, lr_at
@@ -94,7 +94,7 @@ class Trainer:
                  precision: str | None = None, threads: ThreadTuner | None = None,
                  calibration: dict[str, Any] | None = None):
         """``precision``: a concrete one (``auto`` is resolved by whoever builds the Trainer, e.g. by
-        measuring: :func:`chargen.training.calibrate.choose_precision`); None: the device's default.
+        measuring: :func:`chargen.machine.calibrate.choose_precision`); None: the device's default.
         ``calibration``: how it was chosen, recorded with the run."""
         self.threads = threads or ThreadTuner(config.threads)  # threads N, else the cores free, re-measured
         self.model_config, self.config, self.data = model_config, config, data

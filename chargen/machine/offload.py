@@ -2,9 +2,9 @@
 
 On the CPU a step's cost grows with its rows; on a GPU a step of 256 rows costs about
 what one row's does, but every step pays a launch and two small copies. ``Offload``
-measures both once per machine and model shape (cached in
-``$CHARGEN_HOME/device_rows.json``) and says from how many rows the device is faster;
-below that, generation keeps the CPU steppers (batch 1: ``chargen.kernels``' fastest).
+measures both once per machine and model shape (cached: ``chargen.machine.cache``)
+and says from how many rows the device is faster;
+below that, generation keeps the CPU steppers (batch 1: ``chargen.machine.kernels``' fastest).
 
 Only the steps move. Each step's logits come back to the CPU, where
 ``chargen.sampling.choose_tokens`` picks the tokens with the noise of the same CPU
@@ -17,7 +17,6 @@ candidates' perturbed scores tie within those bits, as between the CPU kernels.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -25,17 +24,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from chargen.checkpoint import write_json
-from chargen.device import machine_key, resolve_device
 from chargen.errors import ChargenError
 from chargen.inference import Stepper, generation_threads
+from chargen.machine.cache import Measurements, measuring
+from chargen.machine.device import machine_key, resolve_device
 from chargen.model import CharRNN, State
-from chargen.paths import chargen_home
 
 GENERATION_DEVICES = ("auto", "cpu", "cuda")
 #: Forces the batch size from which steps go to the device (tests, the GPU check): no measurement.
 ROWS_ENV = "CHARGEN_DEVICE_ROWS"
-CACHE_FILE = "device_rows.json"
+SECTION = "device_rows"
 #: Batch sizes measured, and steps per measurement round (the best of ROUNDS rounds counts).
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEPS, ROUNDS = 20, 3
@@ -154,33 +152,20 @@ class Offload:
 
 
 def cached_threshold(model: CharRNN, device: torch.device, cpu_stepper: Stepper, stepper: DeviceStepper) -> int | None:
-    """``threshold`` for this machine and model: from ``$CHARGEN_HOME/device_rows.json``, else measured now."""
-    from chargen.kernels import model_key
+    """``threshold`` for this machine and model: cached, else measured now; None (never) with measuring off."""
+    from chargen.machine.kernels import model_key
 
+    if not measuring():
+        return None
+    cache = Measurements(SECTION)
     key = f"{machine_key(device, 1)} | {model_key(model)}"
-    try:
-        path = chargen_home() / CACHE_FILE
-    except ChargenError:
-        path = None
-    cache: dict[str, object] = {}
-    if path is not None:
-        try:
-            loaded = json.loads(path.read_text())
-            cache = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            cache = {}
     entry = cache.get(key)
-    if isinstance(entry, dict) and "rows" in entry and (entry["rows"] is None or isinstance(entry["rows"], int)):
+    if entry is not None and "rows" in entry and (entry["rows"] is None or isinstance(entry["rows"], int)):
         return entry["rows"]
     cpu, dev = measure(cpu_stepper, stepper)
     rows = threshold(lambda r: cpu[r], lambda r: dev[r], sorted(cpu))
-    cache[key] = {"rows": rows, "us_per_step": {"cpu": {r: round(s * 1e6, 1) for r, s in cpu.items()},
-                                                str(device): {r: round(s * 1e6, 1) for r, s in dev.items()}}}
-    if path is not None:
-        try:
-            write_json(path, cache)
-        except (OSError, ChargenError):
-            pass  # an unwritable home: measured again next time
+    cache.put(key, {"rows": rows, "us_per_step": {"cpu": {r: round(s * 1e6, 1) for r, s in cpu.items()},
+                                                  str(device): {r: round(s * 1e6, 1) for r, s in dev.items()}}})
     return rows
 
 

@@ -14,7 +14,7 @@ the same sum over the steps since costs nothing. Training starts at the free cou
 Real training steps then decide between the counts up to it: at the start, and
 again only when cores have been freed since the last decision (a neighbour that
 arrives just lowers the count; a quiet machine is probed once). ``--threads N``
-fixes the count and turns all of this off.
+fixes the count and turns all of this off, as ``CHARGEN_MEASURE=0`` does (all usable cores then).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from chargen.machine.cache import measuring
 
 #: Steps run after a switch before timing (the thread pool resizes, caches refill).
 SETTLE_STEPS = 1
@@ -185,14 +187,15 @@ class ThreadTuner:
 
     def __init__(self, fixed: int | None = None, cores: int | None = None,
                  others: Callable[[], float | None] | None = None):
-        self.fixed = fixed
         cpus = usable_cpus()
         self.cores = len(cpus) if cores is None else cores
-        self.candidates = [fixed] if fixed else candidate_counts(self.cores)
+        self.fixed = fixed or (None if measuring() or others is not None else self.cores)  # measuring off: all
+        self.candidates = [self.fixed] if self.fixed else candidate_counts(self.cores)
         self.others = others or OthersMeter(cpus)
         # When the count was last decided, this many cores were free: a probe runs when more are.
         self._free: int | None = None
-        self.threads = fixed or (self.cores if len(self.candidates) < 2 else free_cores(self.cores, self.others()))
+        self.threads = self.fixed or (self.cores if len(self.candidates) < 2 else free_cores(self.cores,
+                                                                                            self.others()))
         self.history: list[tuple[int, int]] = []  # (step, threads) each time the count settles on another
         self._plan: list[tuple[int, bool]] = []  # probe steps still to run: (threads, timed)
         self._best: dict[int, float] = {}

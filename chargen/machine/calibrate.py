@@ -5,33 +5,30 @@ and the threads: measured 1.65x on one AVX-512 BF16 CPU for the medium preset,
 several times *slower* on an AVX2 one. So auto times a few real training steps of
 each candidate from the same initial weights on the same batches, drops one that
 fails or whose loss drifts from fp32's, and keeps the fastest. The result is cached
-per machine and model shape in ``$CHARGEN_HOME/calibration.json``: later runs
+per machine and model shape (``chargen.machine.cache``): later runs
 reuse it. Where only fp32 is a candidate (a CPU without native bf16) nothing is
 measured at all, so auto costs nothing over a plain fp32 run there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from chargen.checkpoint import write_json
 from chargen.data import Split
-from chargen.device import BF16_MATH, bf16_math_available, cpu_has_native_bf16, machine_key, resolve_precision
 from chargen.errors import ChargenError
+from chargen.machine.cache import MEASURE_ENV, Measurements, measuring
+from chargen.machine.device import BF16_MATH, bf16_math_available, cpu_has_native_bf16, machine_key, resolve_precision
 from chargen.model import ModelConfig
-from chargen.paths import chargen_home
 from chargen.training.config import TrainConfig
 from chargen.training.trainer import Trainer
 
-CACHE_FILE = "calibration.json"
+SECTION = "precision"
 #: A comma-separated list that replaces the candidates (benchmarks: simulate a CPU without bf16 with "fp32").
 CANDIDATES_ENV = "CHARGEN_PRECISION_CANDIDATES"
 #: Untimed steps first (allocator growth, oneDNN kernel selection), then ROUNDS rounds of STEPS_PER_ROUND
@@ -60,6 +57,7 @@ class Calibration:
     losses: dict[str, float] = field(default_factory=dict)  # loss after the calibration steps
     dropped: dict[str, str] = field(default_factory=dict)  # candidate -> why
     cached: bool = False
+    reason: str | None = None  # why nothing was measured, where that is not the device's lack of candidates
     seconds: float = 0.0  # spent measuring in this session
     notes: list[str] = field(default_factory=list)  # warnings (a corrupt cache)
 
@@ -72,6 +70,8 @@ class Calibration:
         """The one line a run prints about its precision; None when it was simply asked for."""
         if self.requested != "auto":
             return None
+        if self.reason:
+            return f"precision {self.precision} ({self.reason})"
         if not self.speeds:
             return f"precision {self.precision} (the only candidate on this device)"
         speeds = ", ".join(f"{name} {value:,.0f}" for name, value in self.speeds.items())
@@ -99,53 +99,35 @@ def shape_key(model_config: ModelConfig, config: TrainConfig) -> str:
 
 
 def choose_precision(model_config: ModelConfig, config: TrainConfig, data: Split, device: torch.device,
-                     home: Path | None = None, world_size: int = 1) -> Calibration:
+                     world_size: int = 1) -> Calibration:
     """The precision to train with: the one asked for, or for auto the fastest that holds the loss.
 
     Under torchrun (``world_size`` > 1) every rank must use the same precision, and separate
-    measurements could disagree, so there auto is the device's default.
+    measurements could disagree, so there auto is the device's default; so it is with measuring off.
     """
     if config.precision != "auto" or world_size > 1:
         return Calibration(precision=resolve_precision(config.precision, device), requested=config.precision)
+    if not measuring():
+        return Calibration(precision=resolve_precision("auto", device), requested="auto",
+                           reason=f"measuring is off ({MEASURE_ENV}=0): the device's default")
     names = candidates(device)
     if len(names) <= 1:
         return Calibration(precision=names[0] if names else BASELINE, requested="auto")
-    path = (home or chargen_home()) / CACHE_FILE
+    cache = Measurements(SECTION)
     key = f"{machine_key(device, torch.get_num_threads())} | {shape_key(model_config, config)}"
-    cache, notes = read_cache(path)
     entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("precision") in names:
+    if entry is not None and entry.get("precision") in names:
         try:
-            found = Calibration(precision=entry["precision"], requested="auto", speeds=dict(entry["speeds"]),
-                                steady=dict(entry.get("steady", {})),
-                                losses=dict(entry.get("losses", {})), dropped=dict(entry.get("dropped", {})),
-                                cached=True, notes=notes)
-            return found
+            return Calibration(precision=entry["precision"], requested="auto", speeds=dict(entry["speeds"]),
+                               steady=dict(entry.get("steady", {})), losses=dict(entry.get("losses", {})),
+                               dropped=dict(entry.get("dropped", {})), cached=True, notes=cache.notes)
         except (KeyError, TypeError, ValueError):
-            notes.append(f"warning: ignoring a damaged entry in {path}")
+            cache.notes.append(f"warning: ignoring a damaged {SECTION} entry in the cache")
     result = measure(names, model_config, config, data)
-    result.notes = notes
-    if not result.speeds:  # every candidate failed: nothing worth keeping, fp32 it is
-        return result
-    cache[key] = {k: v for k, v in result.to_dict().items() if k not in ("cached", "requested")}
-    try:
-        write_json(path, cache)
-    except (OSError, ChargenError) as exc:
-        result.notes.append(f"warning: calibration not cached ({exc})")
+    if result.speeds:  # every candidate failed: nothing worth keeping, fp32 it is
+        cache.put(key, {k: v for k, v in result.to_dict().items() if k not in ("cached", "requested")})
+    result.notes = cache.notes
     return result
-
-
-def read_cache(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """The cached calibrations, and a warning when the file is there but unreadable (then ignored)."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}, []
-    except (OSError, ValueError) as exc:
-        return {}, [f"warning: ignoring the corrupt calibration cache {path} ({type(exc).__name__})"]
-    if not isinstance(data, dict):
-        return {}, [f"warning: ignoring the corrupt calibration cache {path} (not an object)"]
-    return data, []
 
 
 def measure(names: list[str], model_config: ModelConfig, config: TrainConfig, data: Split) -> Calibration:

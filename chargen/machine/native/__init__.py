@@ -1,5 +1,5 @@
 """Kernels in C, compiled on the user's machine for its CPU (see ``build``)."""
 
-from chargen.native.build import lstm_library
+from chargen.machine.native.build import lstm_library
 
 __all__ = ["lstm_library"]

@@ -15,7 +15,7 @@ from chargen.errors import ChargenError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: fp32 weights and activations, with oneDNN doing fp32 matmuls (and RNNs) in bf16 math: a candidate
-#: only ``--precision auto`` tries (chargen.training.calibrate), never a user's choice.
+#: only ``--precision auto`` tries (chargen.machine.calibrate), never a user's choice.
 BF16_MATH = "fp32-bf16math"
 
 
@@ -59,7 +59,7 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` without measuring: bf16 on CUDA GPUs that have it (else fp16), fp32 on CPUs.
 
-    Training resolves ``auto`` by measurement instead (chargen.training.calibrate):
+    Training resolves ``auto`` by measurement instead (chargen.machine.calibrate):
     on the CPU bf16 autocast pays only where the CPU multiplies bf16 natively, and
     even there not for every model shape.
     """

@@ -47,13 +47,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from chargen.data import split_tokens
-from chargen.device import resolve_device
+from chargen.machine.cache import measuring
+from chargen.machine.device import resolve_device
+from chargen.machine.threads import ThreadTuner
 from chargen.model import PRESETS, ModelConfig, flops_per_token
-from chargen.threads import ThreadTuner
 from chargen.training.budget import evaluation_in_steps
 from chargen.training.config import TrainConfig
 
 TOKENS_PER_PARAM = 1.0
+#: Training FLOP/s assumed for sizing when measuring is off (CHARGEN_MEASURE=0): about two cores' worth.
+NOMINAL_FLOPS = 20e9
 #: Dropout by passes over the corpus x parameters per corpus token: none up to 8, then 0.1 more per
 #: doubling, at most 0.3 (char-rnn's advice: when the train loss falls well below the validation loss, add
 #: dropout). Measured on tiny-shakespeare (BENCHMARKS.md): small at 2 minutes (3.6) was 0.03 nats worse with
@@ -189,14 +192,19 @@ def size_run(tokens: np.ndarray, vocab_size: int, config: TrainConfig, cell: str
              weight_drop: float | None = None) -> tuple[str, TrainConfig, SizeChoice]:
     """The preset and config for a new ``--minutes`` run on ``tokens`` without an explicit size (an explicit
     ``dropout`` or ``weight_drop`` is kept)."""
-    from chargen.training.calibrate import measured_speed
+    from chargen.machine.calibrate import measured_speed
 
     data = split_tokens(tokens, config.val_fraction, config.batch_size, config.seq_len)
     device = resolve_device(config.device)
     ThreadTuner(config.threads)  # measure at the thread count the run will start with (the calibration's key)
     slowdown = evaluation_slowdown(config, len(data.train), len(data.val))
-    choice = size_for_budget(vocab_size, config, len(data.train), cell,
-                             lambda model_config: measured_speed(model_config, config, data, device) / slowdown)
+
+    def speed(model_config: ModelConfig) -> float:  # chars/s a run of this shape sustains here
+        if not measuring():  # a nominal machine, not this one
+            return NOMINAL_FLOPS / (3 * flops_per_token(model_config)) / slowdown
+        return measured_speed(model_config, config, data, device) / slowdown
+
+    choice = size_for_budget(vocab_size, config, len(data.train), cell, speed)
     config = apply_choice(config, choice)
     if dropout is not None:
         choice = replace(choice, dropout=dropout)

@@ -7,7 +7,7 @@ the ``fused`` kernel (``chargen/native``, compiled for this CPU on first use) do
 the products and the gate arithmetic of a whole LSTM step in one C call.
 ``batch1_stepper`` times a few hundred steps of each (alternating rounds, best
 round each) the first time a model shape is used on a machine and caches the
-winner in ``$CHARGEN_HOME/kernels.json``.
+winner in the machine's cache (``chargen.machine.cache``).
 
 The kernels compute the same sums in the same order of operations around the
 products; only the order of the additions inside one dot product (and, fused,
@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import os
 import time
 
 import numpy as np
 import torch
 
-from chargen.checkpoint import write_json
-from chargen.device import machine_key
-from chargen.errors import ChargenError
 from chargen.inference import Stepper, generation_threads
+from chargen.machine.cache import Measurements, measuring
+from chargen.machine.device import machine_key
+from chargen.machine.native import lstm_library
 from chargen.model import CharRNN, State
-from chargen.native import lstm_library
-from chargen.paths import chargen_home
 
-CACHE_FILE = "kernels.json"
+SECTION = "kernels"
 KERNEL_ENV = "CHARGEN_MATVEC"
 KERNELS = ("torch", "numpy", "fused")
 #: Rounds of up to STEPS steps (or ROUND_S seconds) per kernel, alternating; the best round of each counts.
@@ -185,34 +182,22 @@ def model_key(model: CharRNN) -> str:
 
 
 def choose_kernel(model: CharRNN) -> str:
-    """``torch``, ``numpy`` or ``fused`` for this model here: forced, cached, or measured now (and cached)."""
+    """``torch``, ``numpy`` or ``fused`` for this model here: forced, torch's with measuring off, cached, or
+    measured now (and cached)."""
     forced = os.environ.get(KERNEL_ENV)
     if forced in KERNELS:
         return forced
-    try:
-        path = chargen_home() / CACHE_FILE
-    except ChargenError:
-        path = None
+    if not measuring():
+        return "torch"
+    cache = Measurements(SECTION)
     key = model_key(model)
-    cache: dict[str, object] = {}
-    if path is not None:
-        try:
-            loaded = json.loads(path.read_text())
-            cache = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            cache = {}  # missing or corrupt: measure again and rewrite it
     entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("kernel") in KERNELS:
+    if entry is not None and entry.get("kernel") in KERNELS:
         return str(entry["kernel"])
     seconds = measure_kernels(model)
     fastest = min(seconds, key=seconds.__getitem__)
     kernel = fastest if seconds[fastest] * MARGIN < seconds["torch"] else "torch"
-    cache[key] = {"kernel": kernel, "us_per_step": {k: round(v * 1e6, 2) for k, v in seconds.items()}}
-    if path is not None:
-        try:
-            write_json(path, cache)
-        except (OSError, ChargenError):
-            pass  # an unwritable home: measured again next time
+    cache.put(key, {"kernel": kernel, "us_per_step": {k: round(v * 1e6, 2) for k, v in seconds.items()}})
     return kernel
 
 
