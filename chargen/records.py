@@ -10,12 +10,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, sha256_file
 from chargen.codec import Codec
 from chargen.errors import ChargenError
-from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
+from chargen.sampling import DecodeConfig, GenerationResult, Generator
 from chargen.training import TrainResult
 
 if TYPE_CHECKING:
@@ -23,44 +23,39 @@ if TYPE_CHECKING:
     from chargen.scoring import FileScore
 
 
-def generation_fields(checkpoint: Checkpoint, checkpoint_sha256: str, config: DecodeConfig, prime: str,
-                      samples: Sequence[Sample], duration_s: float, midi_paths: Sequence[Path] = (),
-                      export: dict[str, Any] | None = None, device: str | None = None) -> GenerationFields:
-    """The one mapping from a finished generation to a history row's fields.
+def generation_fields(result: GenerationResult) -> GenerationFields:
+    """The one mapping from a finished generation (its ``model`` set) to a history row's fields.
 
-    The CLI and the service both record through this, so every row carries what
-    replay and export need: decoder, all resolved parameters (seed included),
-    prime, the MIDI export settings (``export``) for music models, and the device
-    its steps ran on (``device``, in the params: "cpu", "cuda:0"). Pass the
-    result to ``History.record_generations``.
+    The API, the CLI and the service all record through this, so every row carries what
+    replay and export need: decoder, all resolved parameters (seed included), prime, the
+    MIDI export settings and files of music models, and the device its steps ran on
+    ("cpu", "cuda:0"). Pass the result to ``History.record_generations``.
     """
-    from chargen.history import GenerationFields, SampleRecord  # SQLAlchemy only when logging
+    from chargen.history import GenerationFields  # SQLAlchemy only when logging
 
-    paths = [str(p) for p in midi_paths] + [None] * (len(samples) - len(midi_paths))
+    if result.model is None:
+        raise ValueError("a generation is logged with the model it came from (GenerationResult.model)")
+    config = result.config
     return GenerationFields(
-        checkpoint_path=str(checkpoint.path.resolve()),
-        checkpoint_sha256=checkpoint_sha256,
-        model_config=checkpoint.config.to_dict(),
-        codec=checkpoint.codec.to_metadata(),
+        checkpoint_path=result.model.path,
+        checkpoint_sha256=result.model.sha256,
+        model_config=result.model.model_config,
+        codec=result.model.codec,
         decoder=config.decoder,
-        params=dict(asdict(config), **(export or {}), **({"device": device} if device is not None else {})),
+        params=dict(asdict(config), **(result.export or {}), device=result.device),
         seed=config.seed,
-        prime=prime,
-        outputs=[SampleRecord(text=s.text, logprob=s.logprob, midi_path=path) for s, path in zip(samples, paths)],
-        duration_s=duration_s,
+        prime=result.prime,
+        outputs=result.samples,  # text, logprob and midi_path each
+        duration_s=result.duration_s,
     )
 
 
-def log_generation(database: str | None, checkpoint: Checkpoint, result: GenerationResult,
-                   midi_paths: Sequence[Path] = (), export: dict[str, Any] | None = None,
-                   checkpoint_sha256: str | None = None) -> str:
+def log_generation(database: str | None, result: GenerationResult) -> str:
     """Record one generation; raises HistoryUnavailable when the database cannot be written."""
     from chargen.history import History  # SQLAlchemy only when logging
 
-    fields = generation_fields(checkpoint, checkpoint_sha256 or checkpoint.sha256, result.config, result.prime,
-                               result.samples, result.duration_s, midi_paths, export, result.device)
     with History(database) as history:
-        return history.record_generations([fields])[0]
+        return history.record_generations([generation_fields(result)])[0]
 
 
 def score_fields(checkpoint: Checkpoint, checkpoint_sha256: str, score: FileScore) -> ScoreFields:

@@ -99,22 +99,23 @@ def test_requests_joining_mid_cycle_keep_their_streams() -> None:
 def test_history_writer_commits_groups_and_a_bad_entry_costs_only_its_own_row(tmp_path) -> None:
     from concurrent.futures import Future
 
-    from chargen.checkpoint import Checkpoint
     from chargen.history import History
-    from chargen.serve import HistoryError, HistoryLog, HistoryWriter, LogEntry
+    from chargen.sampling import GenerationResult
+    from chargen.sampling.config import ModelRef
+    from chargen.serve import HistoryError, HistoryLog, HistoryWriter
 
     codec = TextCodec("ab ")
     model = CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=8, embedding=4))
-    checkpoint = Checkpoint(tmp_path / "best.safetensors", model, codec, model.config, {})
     url = f"sqlite:///{tmp_path / 'history.db'}"
     writer = HistoryWriter(HistoryLog(url))
     config = DecodeConfig(length=3, seed=1).resolved()
 
-    def entry(prime: str, sha256: Any = "a" * 64) -> LogEntry:
-        return LogEntry(checkpoint, sha256, config, prime, [], 0.1)
+    def entry(prime: str, sha256: Any = "a" * 64) -> GenerationResult:
+        return GenerationResult([], config, prime, 0.1, model=ModelRef("/x/best.safetensors", sha256,
+                                                                         model.config.to_dict(), codec.to_metadata()))
 
-    batch: list[tuple[LogEntry, Future[str]]] = [(entry("one"), Future()), (entry("bad", sha256=None), Future()),
-                                                 (entry("three"), Future())]
+    batch: list[tuple[GenerationResult, Future[str]]] = [
+        (entry("one"), Future()), (entry("bad", sha256=None), Future()), (entry("three"), Future())]
     writer._write(batch)  # one group as the writer thread would take it: the bad entry fails the transaction
     assert isinstance(batch[1][1].exception(), HistoryError)
     ids = [batch[0][1].result(), batch[2][1].result()]

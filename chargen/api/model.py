@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from chargen.history.errors import HistoryUnavailable
 from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM
 from chargen.options import unknown_keywords
 from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
+from chargen.sampling.config import ModelRef
 from chargen.sampling.generator import Prepared
 from chargen.scoring import FileScore, score_text
 
@@ -122,10 +123,16 @@ class Model:
         config = self.config(length, n, **options)
         prepared = self.generator.prepare(prime, config)
         synth = self._synth(output)  # before generating: fail with nothing written
-        result = _finish(self.generator.steps(prepared))
+        result = self._own(_finish(self.generator.steps(prepared)))
         paths = self._write(result, output, synth, tempo_bpm, program, max_note_s) if output is not None else []
+        result.export = self._export(bool(paths), tempo_bpm, program, max_note_s)
         if self._logging(log):
-            result.history_id = self._record(result, paths, self._export(bool(paths), tempo_bpm, program, max_note_s))
+            self._record(result)
+        return result
+
+    def _own(self, result: GenerationResult) -> GenerationResult:
+        """``result`` marked as this model's (what the history records of it)."""
+        result.model = ModelRef.of(self.checkpoint, self.sha256)
         return result
 
     def _export(self, midi: bool, tempo_bpm: float = DEFAULT_TEMPO_BPM, program: int = DEFAULT_PROGRAM,
@@ -162,15 +169,14 @@ class Model:
     def _logging(self, log: bool | None) -> bool:
         return self.log if log is None else log
 
-    def _record(self, result: GenerationResult, midi_paths: Sequence[Path] = (),
-                export: dict[str, Any] | None = None) -> str | None:
+    def _record(self, result: GenerationResult) -> None:
+        """Log ``result`` (``history_id`` set), or warn that it could not be."""
         from chargen.records import log_generation
 
         try:
-            return log_generation(self.database, self.checkpoint, result, midi_paths, export, self.sha256)
+            result.history_id = log_generation(self.database, result)
         except HistoryUnavailable as exc:
             self.report(f"warning: generation not logged: {exc}")
-            return None
 
     # -- scoring ---------------------------------------------------------------------------------
 
@@ -228,5 +234,7 @@ class TextStream:
                 break
             if texts[0]:
                 yield texts[0]
+        self.model._own(self.result).export = self.model._export(False)
         if self.log:
-            self.history_id = self.result.history_id = self.model._record(self.result, (), self.model._export(False))
+            self.model._record(self.result)
+            self.history_id = self.result.history_id

@@ -158,8 +158,27 @@ class Sample:
         return wav
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a generation came from, as the history records it."""
+
+    path: str  # the weights file, resolved
+    sha256: str  # of the file when the model was loaded (it may be replaced while in use)
+    model_config: dict[str, Any]
+    codec: dict[str, Any]  # the codec's metadata
+
+    @classmethod
+    def of(cls, checkpoint: Any, sha256: str) -> ModelRef:
+        """The reference of a loaded ``chargen.checkpoint.Checkpoint`` whose file hashed to ``sha256``."""
+        return cls(str(Path(checkpoint.path).resolve()), sha256, checkpoint.config.to_dict(),
+                   checkpoint.codec.to_metadata())
+
+
 @dataclass
 class GenerationResult:
+    """A finished generation: the one record between the engine and the history (``chargen.records`` maps it to
+    a history row; the CLI, the API and the service all log it as it is)."""
+
     samples: list[Sample]
     config: DecodeConfig  # resolved: explicit seed and n-gram block
     prime: str
@@ -167,6 +186,8 @@ class GenerationResult:
     tokens: int = field(default=0)
     history_id: str | None = None  # its row in the history, once logged
     device: str = "cpu"  # where the batched steps ran ("cuda:0": chargen.machine.offload)
+    model: ModelRef | None = None  # set by whoever ran it on a loaded checkpoint
+    export: dict[str, Any] | None = None  # a music model's MIDI export settings (format, tempo, program, ...)
 
     @property
     def tokens_per_s(self) -> float:

@@ -19,7 +19,6 @@ from chargen.serve.history_writer import (
     HistoryError,
     HistoryLog,
     HistoryWriter,
-    LogEntry,
 )
 from chargen.serve.limits import Limits, ServiceError
 from chargen.serve.scheduler import NOISE_AHEAD, BatchScheduler, Job
@@ -27,6 +26,6 @@ from chargen.serve.service import MIDI_SETTINGS, Service
 
 __all__ = [
     "MIDI_SETTINGS", "NOISE_AHEAD", "TOKEN_ENV", "BatchScheduler", "GenerationLog", "GenerationNotFound",
-    "HistoryError", "HistoryLog", "HistoryWriter", "Job", "Limits", "LogEntry", "Service", "ServiceError",
+    "HistoryError", "HistoryLog", "HistoryWriter", "Job", "Limits", "Service", "ServiceError",
     "create_app", "load_models", "model_name_for", "serve",
 ]

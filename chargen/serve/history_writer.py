@@ -11,14 +11,12 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chargen import history
-from chargen.checkpoint import Checkpoint
 from chargen.errors import ChargenError
 from chargen.records import generation_fields
-from chargen.sampling import DecodeConfig, Sample
+from chargen.sampling import GenerationResult
 from chargen.serve.observers import HistoryObserver
 
 logger = logging.getLogger("chargen.service")
@@ -32,25 +30,11 @@ class GenerationNotFound(Exception):
     pass
 
 
-@dataclass
-class LogEntry:
-    """One generation to record."""
-
-    checkpoint: Checkpoint
-    sha256: str
-    config: DecodeConfig
-    prime: str
-    samples: Sequence[Sample]
-    duration_s: float
-    export: dict[str, Any] | None = None  # the MIDI export settings the answer used, for music models
-    device: str = "cpu"  # where its steps ran (chargen.machine.offload)
-
-
 class GenerationLog(Protocol):
     """What the service needs from the history store."""
 
-    def record_many(self, entries: Sequence[LogEntry]) -> list[str]:
-        """Record all entries in one transaction (all or none); their ids in order."""
+    def record_many(self, entries: Sequence[GenerationResult]) -> list[str]:
+        """Record all generations in one transaction (all or none); their ids in order."""
         ...
 
     def list(self, *, limit: int, query: str | None, sha256: str | None) -> list[dict[str, Any]]: ...
@@ -69,9 +53,8 @@ class HistoryLog:
         except history.HistoryUnavailable as exc:
             raise ChargenError(f"history database: {exc}") from None
 
-    def record_many(self, entries: Sequence[LogEntry]) -> list[str]:
-        rows = [generation_fields(e.checkpoint, e.sha256, e.config, e.prime, e.samples, e.duration_s,
-                                  export=e.export, device=e.device) for e in entries]
+    def record_many(self, entries: Sequence[GenerationResult]) -> list[str]:
+        rows = [generation_fields(entry) for entry in entries]
         try:
             return self._db.record_generations(rows)
         except history.HistoryUnavailable as exc:
@@ -108,12 +91,12 @@ class HistoryWriter:
         self.log, self.max_batch = log, max_batch
         self.observer = observer or HistoryObserver()  # metrics: rows per commit, failures
         self._cond = threading.Condition()  # guards _queue and _closing
-        self._queue: deque[tuple[LogEntry, Future[str]]] = deque()
+        self._queue: deque[tuple[GenerationResult, Future[str]]] = deque()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="chargen-history", daemon=True)
         self._thread.start()
 
-    def submit(self, entry: LogEntry) -> Future[str]:
+    def submit(self, entry: GenerationResult) -> Future[str]:
         future: Future[str] = Future()
         with self._cond:
             if self._closing:
@@ -140,7 +123,7 @@ class HistoryWriter:
                 batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self._write(batch)
 
-    def _write(self, batch: list[tuple[LogEntry, Future[str]]]) -> None:
+    def _write(self, batch: list[tuple[GenerationResult, Future[str]]]) -> None:
         try:
             ids = self.log.record_many([entry for entry, _ in batch])
         except HistoryError as exc:  # the database is locked or gone: every entry gets that answer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -24,9 +25,10 @@ from starlette.concurrency import run_in_threadpool
 from chargen.checkpoint import Checkpoint, sha256_file
 from chargen.errors import ChargenError
 from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
-from chargen.sampling import DecodeConfig, Generator, Sample
+from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
+from chargen.sampling.config import ModelRef
 from chargen.sampling.generator import Prepared
-from chargen.serve.history_writer import GenerationLog, HistoryError, HistoryWriter, LogEntry
+from chargen.serve.history_writer import GenerationLog, HistoryError, HistoryWriter
 from chargen.serve.limits import (
     DEFAULT_LENGTH,
     NAME_PATTERN,
@@ -61,6 +63,11 @@ class Served:
     generator: Generator
     scheduler: BatchScheduler
     inflight: int = 0
+
+    @functools.cached_property
+    def ref(self) -> ModelRef:
+        """What the history records of this model."""
+        return ModelRef.of(self.checkpoint, self.sha256)
 
     @property
     def created(self) -> int:
@@ -209,7 +216,7 @@ class Service:
             raise
         return handle
 
-    async def record(self, entry: LogEntry) -> tuple[str | None, str | None]:
+    async def record(self, entry: GenerationResult) -> tuple[str | None, str | None]:
         """History id (or None) and the history error message (or None)."""
         if self.history is None:
             return None, None
@@ -227,8 +234,8 @@ class Service:
         self.metrics.tokens.labels(served.name).inc(sum(len(s.ids) for s in samples))
         export = {"format": "midi" if midi else "text", **MIDI_SETTINGS} if served.checkpoint.codec.name != "text" \
             else None
-        return await self.record(LogEntry(served.checkpoint, served.sha256, config, prime, samples, duration_s, export,
-                                          device))
+        return await self.record(GenerationResult(samples, config, prime, duration_s, device=device, model=served.ref,
+                                                  export=export))
 
     async def result_body(self, served: Served, body: GenerateRequest, config: DecodeConfig,
                           samples: list[Sample], duration_s: float, device: str = "cpu") -> dict[str, Any]:
