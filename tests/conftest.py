@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -59,8 +60,14 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real ``chargen`` entry point in a subprocess (as a user would)."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180, process: bool = False,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run ``chargen ARGS`` as a user would: in this process through click's runner (the console script's
+    own ChargenGroup.main, without paying a Python and torch start-up), or as a real ``python -m chargen``
+    process where that is the point (``process=True``: the entry point, signals, concurrent processes)."""
+    if not process:
+        with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+            return invoke(*args, input=kwargs.get("input"))
     env = dict(os.environ, PYTHONPATH=str(REPO), CHARGEN_DEBUG="")
     env.pop("CHARGEN_DEBUG")
     return subprocess.run(

@@ -153,7 +153,7 @@ def test_help_explains_commands() -> None:
 
 
 def test_the_console_entry_point_reports_usage_errors_in_one_line() -> None:
-    result = run_cli("sample", "--temperature", "nan")
+    result = run_cli("sample", "--temperature", "nan", process=True)  # the real console entry point
     assert result.returncode == 2
     assert_one_line_error(result, "chargen sample: error:", "--temperature", "not a finite number")
 
