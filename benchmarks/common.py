@@ -125,3 +125,30 @@ def publish(body: str, path: Path, start: str, end: str) -> int:
     print(body)
     write_section(path, body, start, end)
     return 0
+
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def machine() -> dict[str, object]:
+    """What a figure was measured on: the CPU and its flags, torch, threads, the load averages."""
+    import torch
+
+    return {"cpu": cpu_model(), "cores": cores(), "flags": [name for name, present in cpu_flags().items() if present],
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "load": [round(value, 2) for value in os.getloadavg()]}
+
+
+def record(name: str, headline: Sequence[dict[str, object]], command: str, data: object = None,
+           path: Path | None = None) -> Path:
+    """Write ``benchmarks/results/NAME.json``: the headline figures (each ``figure``, ``value``, and where there is
+    one ``target`` and ``corpus``), the command, the machine and the date, and the benchmark's own ``data``.
+    ``benchmarks/summary.py`` makes BENCHMARKS.md's opening table from these files."""
+    import json
+
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": machine(), "headline": list(headline), "data": data}
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return path
