@@ -25,7 +25,7 @@ from chargen.model import CharRNN, State
 #: Intra-op threads while generating. Each step is a few hundred microseconds
 #: of small mat-vecs: a second thread gains little there, and when any other
 #: process holds a core every OpenMP barrier waits out a scheduler time slice
-#: (measured 40-100x slower steps). ``None`` keeps torch's setting.
+#: (steps tens of times slower). ``None`` keeps torch's setting.
 GENERATION_THREADS: int | None = 1
 
 _threads_lock = threading.Lock()
@@ -227,8 +227,7 @@ class PackedStepper(Stepper):
 
     At one row a product is a mat-vec bound by reading the weights, which MKL's
     ``addmm`` does well. At 8 rows it is compute-bound, and there oneDNN's
-    pre-packed fp32 kernel is 15-37% faster than ``addmm`` on the AMD cores
-    we measured (BENCHMARKS.md, beam section); deeper LSTM/RNN layers then
+    pre-packed fp32 kernel beats ``addmm`` (``benchmarks/beam_cost.py``); deeper LSTM/RNN layers then
     also take one product over cat([x, h]). Results agree with ``Stepper`` to
     float32 rounding (only the order of the sums differs).
     """

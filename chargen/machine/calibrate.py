@@ -1,8 +1,8 @@
 """``--precision auto``: the fastest precision that holds the loss, measured on this machine for this model.
 
 Whether bf16 pays depends on the CPU (native bf16 or emulated), the model's shape
-and the threads: measured 1.65x on one AVX-512 BF16 CPU for the medium preset,
-several times *slower* on an AVX2 one. So auto times a few real training steps of
+and the threads: it can be much faster on a CPU with native bf16 and several times
+*slower* where bf16 is emulated. So auto times a few real training steps of
 each candidate from the same initial weights on the same batches, drops one that
 fails or whose loss drifts from fp32's, and keeps the fastest. The result is cached
 per machine and model shape (``chargen.machine.cache``): later runs
@@ -184,9 +184,8 @@ def _reason(exc: BaseException) -> str:
 
 def measured_speed(model_config: ModelConfig, config: TrainConfig, data: Split, device: torch.device) -> float:
     """Training chars/s of ``model_config`` here at the precision auto (or the config) picks for it, at the
-    median step: the rate a run sustains, where the best step is a burst (measured on an AMD EPYC: medium's
-    best step 5.8 k chars/s, its 10-minute run 4.7 k). A calibration cached before medians were kept gives
-    its best step."""
+    median step: the rate a run sustains, where the best step is a burst. A calibration cached before medians
+    were kept gives its best step."""
     calibration = choose_precision(model_config, config, data, device)
     precision = calibration.precision
     speed = calibration.steady.get(precision, calibration.speeds.get(precision))

@@ -1,9 +1,9 @@
 """Batch-1 generation on the fastest kernel of this machine: torch's (MKL), numpy's (OpenBLAS) or fused C.
 
 A batch-1 step is a few mat-vecs that read every weight once; which BLAS reads
-them faster depends on the CPU (measured on one AMD CPU at 256x1024: OpenBLAS 26 µs,
-MKL 45-50 µs). Around them an LSTM step runs ~30 small torch ops of 1-5 µs each;
-the ``fused`` kernel (``chargen/native``, compiled for this CPU on first use) does
+them faster depends on the CPU (on some, OpenBLAS's mat-vec is twice MKL's). Around
+them an LSTM step runs ~30 small torch ops of a few microseconds each;
+the ``fused`` kernel (``chargen.machine.native``, compiled for this CPU on first use) does
 the products and the gate arithmetic of a whole LSTM step in one C call.
 ``batch1_stepper`` times a few hundred steps of each (alternating rounds, best
 round each) the first time a model shape is used on a machine and caches the

@@ -3,39 +3,23 @@
 The rule, compute-optimal sizing in its simplest form: take the largest preset that
 sees at least ``TOKENS_PER_PARAM`` training tokens per parameter in M minutes at the
 speed measured here; if none does, the smallest. The corpus's size does not cap the
-model: an earlier cap of a few parameters per corpus token put the 66 kB fables corpus
-on the tiny preset, which after 2 minutes was 0.08 nats worse than the medium one
-(58 parameters per corpus character; the best checkpoint is kept before it overfits).
-A run whose model could memorise its corpus gets dropout (``dropout_for``): that, not a
-smaller model, is what keeps a long run on a small corpus from overfitting. How much is
-measured as passes over the corpus times parameters per corpus token.
+model (the best checkpoint is kept before a large model overfits a small corpus);
+a run whose model could memorise its corpus gets dropout (``dropout_for``), and far
+past that weight drop (``weight_drop_for``), by passes over the corpus times
+parameters per corpus token.
 
 "The speed measured here" is the rate a run sustains: the median of a few timed steps
-(``measured_speed``), divided by what the run's evaluations will cost
-(``evaluation_slowdown``). The best step, used until then, is a burst: on an AMD EPYC
-the medium preset's best step ran at 5.8 k chars/s, exactly 1 token per parameter in
-10 minutes, while its 10-minute run sustained 4.7 k (0.8); the small preset, which
-the sustained rate picks there, ended 0.0085 nats better (BENCHMARKS.md).
+(``measured_speed``; a best step is a burst), divided by what the run's evaluations
+will cost (``evaluation_slowdown``). With measuring off (``CHARGEN_MEASURE=0``) a
+nominal speed stands in for it.
 
-Why K = 1 token per parameter, not Chinchilla's 20: that ratio is for transformers on
-sub-word tokens and large corpora. Measured on tiny-shakespeare: at 81 s the small
-preset (about 1.5 tokens per parameter seen) beat the medium one (0.2) by 0.15 nats,
-while after 10 minutes the medium preset (1.4 tokens per parameter, no dropout) reached
-1.43 with train loss 1.15: its limit was overfitting, not too few tokens. The first
-version (K = 2, at most 2 parameters per corpus token, no dropout) therefore kept
-tiny-shakespeare on the small preset at any budget. Nor is K lower: the large preset at
-30 minutes (0.4 tokens per parameter, dropout 0.3) ended at 1.458, behind medium's 1.439
-over the same 30 minutes. The constants are checked with ``benchmarks/quality_curve.py``
-(BENCHMARKS.md).
-
-The learning rate scales as 1/sqrt(width) from 5e-3 at 512 hidden units (narrower layers
-take larger steps); the batch stays 32. Measured at equal steps on tiny-shakespeare
-(BENCHMARKS.md): medium with dropout 0.2 over 1,700 steps (a 10-minute schedule) 1.4187
-at 5e-3 against 1.4262 at 3e-3 (7e-3 fell behind, 0.03 worse at step 600); small over
-1,173 steps (2 minutes) 1.4884 at 7.1e-3 (the rule's) against 1.5154 at 4.2e-3 and
-1.4903 at 9.9e-3. The batch does not buy speed here: medium ran at 10.2 k chars/s at
-32 x 100 and 10.0-10.6 k at 64 x 100, 64 x 50 and 128 x 50. Both, and the dropout,
-only where the user left them at their defaults.
+K is 1 token per parameter, not Chinchilla's 20 (a ratio for transformers on sub-word
+tokens and large corpora): at these budgets a character LSTM's limit is overfitting
+sooner than tokens seen. The learning rate scales as 1/sqrt(width) from 5e-3 at 512
+hidden units (narrower layers take larger steps); the batch stays 32 (a larger one did
+not train faster on these CPUs). Both, and the dropout, apply only where the user left
+them at their defaults. The constants were chosen by ``benchmarks/quality_curve.py``
+and ``benchmarks/quality_probe.py`` (their runs: BENCHMARKS.md and its archive).
 """
 
 from __future__ import annotations
@@ -59,21 +43,18 @@ TOKENS_PER_PARAM = 1.0
 NOMINAL_FLOPS = 20e9
 #: Dropout by passes over the corpus x parameters per corpus token: none up to 8, then 0.1 more per
 #: doubling, at most 0.3 (char-rnn's advice: when the train loss falls well below the validation loss, add
-#: dropout). Measured on tiny-shakespeare (BENCHMARKS.md): small at 2 minutes (3.6) was 0.03 nats worse with
-#: 0.2; medium at 10 minutes (21) was best with 0.2 (1.426, against 1.432 without, 1.440 with 0.4).
+#: dropout; the thresholds are benchmarks/quality_probe.py's).
 DROPOUT_FREE, DROPOUT_STEP, DROPOUT_MAX = 8.0, 0.1, 0.3
 #: Weight drop (DropConnect on the recurrent weights, ``ModelConfig.weight_drop``) once the pressure is past
-#: WEIGHT_DROP_FROM, far past where dropout is at its most. Measured (BENCHMARKS.md): on the fables (small
-#: for 2 minutes, pressure ~1,000) 0.25 of it took the best validation loss from 1.585 to 1.537; on
-#: tiny-shakespeare it slowed learning more than it curbed overfitting: 0.007 worse at 10 minutes
-#: (pressure ~21, at equal steps) and, with dropout 0.3, 1.439 against 1.432 at 30 minutes (pressure ~64).
+#: WEIGHT_DROP_FROM, far past where dropout is at its most: on a tiny corpus it curbs overfitting, where at
+#: lower pressures it slowed learning more than it helped.
 WEIGHT_DROP_FROM, WEIGHT_DROP = 256.0, 0.25
 #: Presets the budget chooses among, smallest first.
 ORDER = ("tiny", "small", "medium", "large")
 REFERENCE_HIDDEN, REFERENCE_LR = 512, 5e-3
 #: A larger preset is measured only if FLOPs scaling from the last measured one, made this much more
 #: optimistic, could still pass: measuring it would be wasted time. Small models use the cores far worse
-#: than large ones (per-call overheads): small ran at 2.5x medium's chars/s for 4x fewer FLOPs per token.
+#: than large ones (per-call overheads), so a smaller preset's speed understates a larger one's.
 OPTIMISM = 4.0
 
 

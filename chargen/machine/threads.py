@@ -1,9 +1,9 @@
 """Training threads that follow the cores actually free.
 
 torch uses one intra-op thread per core by default. When another process holds a
-core, every OpenMP barrier then waits out a scheduler time slice: measured on two
-cores with one busy-looping neighbour, 4.9 k chars/s at two threads against 7.6 k
-at one, and a single step at too many threads up to 1000x slower than at one.
+core, every OpenMP barrier then waits out a scheduler time slice: beside a busy
+neighbour, two threads on two cores train slower than one, and a single step at
+too many threads can take a thousand times longer.
 
 So the count is never *probed* above the cores that others leave free. Those are
 measured, not guessed from the load average (a one-minute average that lags a
@@ -39,7 +39,7 @@ ROUNDS = 2
 #: (they also leave a core to the neighbour).
 MARGIN = 1.05
 #: A probe step this many times slower than the best step so far ends that count's probe at once:
-#: beside a busy neighbour one step at too many threads was measured 1000x slower (2 s against 2 ms).
+#: beside a busy neighbour one step at too many threads can be a thousand times slower.
 ABORT_RATIO = 3.0
 #: Seconds the CPUs are watched before training. /proc/stat counts in 1/100 s, so on two cores
 #: 0.15 s is 30 ticks: a busy neighbour reads as 1.0 +- 0.07 cores.

@@ -1,12 +1,11 @@
 """Dropout with a cheaper random mask on the CPU.
 
-``F.dropout`` draws one Bernoulli sample per element through torch's CPU generator:
-about 21 ms for a [32, 100, 512] activation on 2 cores, and a training step makes two
-of them (between the layers and before the head): 6-11 % of a small or medium step
-(``benchmarks/dropout_cost.py``, where this mask brings it to 2-7 %).
+``F.dropout`` draws one Bernoulli sample per element through torch's CPU generator,
+and a training step makes two such masks (between the layers and before the head):
+a noticeable share of a small or medium step (``benchmarks/dropout_cost.py``).
 Here one 32-bit draw gives two elements 15 random bits each, and an element is kept
-when its bits reach p's threshold: about 5 ms for the same tensor, from the same
-generator (seeded and checkpointed like everything else). The keep probability is
+when its bits reach p's threshold: a few times cheaper, from the same generator
+(seeded and checkpointed like everything else). The keep probability is
 p rounded to a multiple of 2^-15, and the survivors are scaled by its exact inverse,
 so the expectation is unchanged. On other devices ``F.dropout`` is already fast.
 """

@@ -117,7 +117,7 @@ class Generator:
         """Run all but the last prime token through the fused model; step the last.
 
         A short prime is stepped token by token instead: one ``nn.LSTM`` call
-        has a fixed cost of about ten steps (5 ms at 2x512: oneDNN set-up).
+        has a fixed cost of about ten steps (oneDNN's set-up).
         """
         state = self.stepper.initial_state(1)
         bias = self.stepper.label_bias(label)

@@ -176,9 +176,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, checkpoints: Sequence[str] 
     """Run the service with uvicorn until SIGINT/SIGTERM. ``token`` defaults to ``$CHARGEN_API_TOKEN``."""
     token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
     # One intra-op thread by default: a generation step is a few small matrix products, and
-    # OpenMP workers spinning beside the scheduler and the event loop slow it down (16 ms
-    # instead of 0.07 ms per step for a 1x128 LSTM on a busy 2-core machine). Batching is
-    # the parallelism here; --threads N for big models on idle many-core machines.
+    # OpenMP workers spinning beside the scheduler and the event loop slow it down by orders of
+    # magnitude on a busy machine. Batching is the parallelism here; --threads N for big models
+    # on idle many-core machines.
     torch.set_num_threads(threads or 1)
     models = load_models(checkpoints)
     url = resolve_database_url(database) if history else None

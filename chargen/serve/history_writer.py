@@ -84,7 +84,7 @@ class HistoryWriter:
 
     Each request still waits for its own entry's commit before it answers (no id is
     handed out for a row that is not there); under load one commit serves many
-    requests instead of one each (0.33 instead of 1.4 ms of CPU per row at 16).
+    requests instead of one each, a fraction of the CPU per row.
     """
 
     def __init__(self, log: GenerationLog, max_batch: int = 64, observer: HistoryObserver | None = None):

@@ -1,10 +1,8 @@
 """An exponential moving average of the weights, which evaluations and checkpoints use.
 
 Late in a run the learning rate is still large enough that each step's weights
-jitter around the minimum; their running average sits nearer to it. Measured on
-tiny-shakespeare (benchmarks/quality_probes.jsonl): medium, 1,700 steps, the
-average over ~100 steps scored 0.005 nats/char below the raw weights at the end
-and 0.02-0.04 below them mid-run. Training itself always continues from the raw
+jitter around the minimum; their running average sits nearer to it, most of all
+mid-run (benchmarks/quality_probes.jsonl has the measurements). Training itself always continues from the raw
 weights; only what is evaluated, saved and sampled is the average.
 
 Hand-written rather than ``torch.optim.swa_utils.AveragedModel`` for two reasons:

@@ -27,10 +27,8 @@ EVAL_TOKENS_FLOOR = 1 << 17
 
 Reporter = Callable[[str], None]
 
-#: AdamW's decoupled weight decay on the weight matrices (chargen/training/optim.py). Measured at equal steps on
-#: tiny-shakespeare (benchmarks/quality_probes.jsonl, averaged weights): medium over a 10-minute schedule 1.3894
-#: with 0.3, 1.4020 with 0.1, 1.4133 without (1.0 fell behind early); small over a 2-minute one 1.4746 with 0.3,
-#: 1.4737 with 0.1, 1.4845 without.
+#: AdamW's decoupled weight decay on the weight matrices (chargen/training/optim.py): better than none at both a
+#: 2- and a 10-minute schedule, and than 0.1 or 1.0 (benchmarks/quality_probes.jsonl).
 WEIGHT_DECAY = 0.3
 #: The budget of a run given no limit at all (no minutes, max_steps or epochs).
 DEFAULT_MINUTES = 10.0
