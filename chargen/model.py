@@ -14,6 +14,7 @@ from torch import nn
 
 from chargen.dropout import dropout
 from chargen.errors import ChargenError
+from chargen.terminal import has_controls
 
 CELLS = ("lstm", "gru", "rnn")
 
@@ -86,7 +87,7 @@ class ModelConfig:
 def check_label_names(names: list[str]) -> None:
     """Label names: distinct, non-empty strings without control characters."""
     for name in names:
-        if not isinstance(name, str) or not name.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        if not isinstance(name, str) or not name.strip() or has_controls(name):
             raise ChargenError(f"label {name!r} must be a non-empty name without control characters")
     if len(set(names)) != len(names):
         raise ChargenError(f"label names must be distinct: {', '.join(names)}")

@@ -6,11 +6,12 @@ import click
 
 from chargen import __version__
 from chargen.cli.failures import ChargenGroup
+from chargen.terminal import printable
 
 
 def warn(message: str) -> None:
-    """A diagnostic on stderr (stdout carries only output)."""
-    click.echo(f"chargen: {message}", err=True)
+    """A diagnostic on stderr (stdout carries only output), escaped for the terminal: it may name files."""
+    click.echo(f"chargen: {printable(message)}", err=True)
 
 
 @click.group(cls=ChargenGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

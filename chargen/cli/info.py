@@ -11,6 +11,7 @@ from chargen.cli.group import cli, warn
 from chargen.cli.types import (
     RunOrPath,
 )
+from chargen.terminal import printable
 
 
 @cli.command()
@@ -54,16 +55,17 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     cfg = loaded.config
-    click.echo(f"checkpoint   {data['path']}")
+    click.echo(f"checkpoint   {printable(data['path'])}")
     click.echo(f"model        {cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, embedding {cfg.embedding}, "
                f"dropout {cfg.dropout}{f', weight drop {cfg.weight_drop}' if cfg.weight_drop else ''}, "
                f"{data['parameters']:,} parameters")
-    symbols = json.dumps(loaded.codec.symbols, ensure_ascii=False)
+    symbols = printable(json.dumps(loaded.codec.symbols, ensure_ascii=False))
     click.echo(f"codec        {data['codec']}, {data['vocab_size']} tokens: {symbols}")
     if cfg.labels:
-        click.echo(f"labels       {', '.join(cfg.labels)} (sample --label NAME)")
-    click.echo(f"corpus       {', '.join(data['corpus_paths'] or [])} ({data['corpus_tokens']:,} tokens, "
-               f"sha256 {str(data['corpus_sha256'])[:16]}...)")
+        click.echo(f"labels       {printable(', '.join(cfg.labels))} (sample --label NAME)")
+    tokens = "?" if data["corpus_tokens"] is None else f"{data['corpus_tokens']:,}"
+    click.echo(f"corpus       {printable(', '.join(data['corpus_paths'] or []))} ({tokens} tokens, "
+               f"sha256 {printable(str(data['corpus_sha256'])[:16])}...)")
     click.echo(f"trained      {data['steps']} steps")
     if cap_source:
         click.echo(f"polyphony    cap {cap}, {cap_source}" if cap is not None else f"polyphony    cap {cap_source}")
@@ -71,13 +73,14 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:
-        click.echo(f"run status   {data['status']}")
+        click.echo(f"run status   {printable(data['status'])}")
     parent = data["parent"]
     if isinstance(parent, dict):
         added = parent.get("new_symbols") or ""
-        click.echo(f"fine-tuned   from {parent.get('run')} ({parent.get('checkpoint_path')}, sha256 "
-                   f"{str(parent.get('checkpoint_sha256'))[:16]}...)"
-                   + (f"; {len(added)} new symbol(s) {json.dumps(added, ensure_ascii=False)}" if added else ""))
+        click.echo(printable(f"fine-tuned   from {parent.get('run')} ({parent.get('checkpoint_path')}, sha256 "
+                             f"{str(parent.get('checkpoint_sha256'))[:16]}...)"
+                             + (f"; {len(added)} new symbol(s) {json.dumps(added, ensure_ascii=False)}"
+                                if added else "")))
     if curve:
         click.echo(f"trend        {curve.summary}")
 
