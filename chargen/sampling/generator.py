@@ -17,7 +17,14 @@ from chargen.midi import MidiCodec
 from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
-from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
+from chargen.sampling.config import (
+    DecodeConfig,
+    GenerationResult,
+    NonFiniteOutput,
+    Sample,
+    check_finite,
+    check_prime_length,
+)
 from chargen.sampling.decoder import choose_tokens
 from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
 
@@ -106,7 +113,11 @@ class Generator:
         else:
             for token in prime_ids[:-1]:
                 _, state = self.stepper.step(torch.tensor([token]), state, bias)
-        return self.stepper.step(torch.tensor([prime_ids[-1]]), state, bias)  # logits [1, V]
+        logits, state = self.stepper.step(torch.tensor([prime_ids[-1]]), state, bias)  # logits [1, V]
+        if not bool(torch.isfinite(logits).all()):  # once per prime: a broken model fails before any output
+            raise NonFiniteOutput("the model produced a non-finite output after the prime (NaN or infinity): its "
+                                  "weights overflow or are damaged; use another checkpoint")
+        return logits, state
 
     def generate(
         self, prime: str | None, config: DecodeConfig, on_token: TokenCallback | None = None
@@ -115,6 +126,7 @@ class Generator:
         label = self.label_id(config.label)
         config = config.resolved(self.music)
         prime_text = prime if prime else self.codec.default_prime
+        check_prime_length(len(prime_text))  # before encoding: at least one character per token
         prime_ids = self.codec.encode(prime_text)
         start = time.perf_counter()
         rng = torch.Generator().manual_seed(config.seed)
@@ -124,6 +136,7 @@ class Generator:
             else:
                 samples = self._sample(prime_ids, config, rng, on_token, label)
         duration = time.perf_counter() - start
+        check_finite(samples, config.num_samples if config.length else 0)
         return GenerationResult(samples=samples, config=config, prime=prime or "", duration_s=duration,
                                 tokens=config.length * (1 if config.decoder == "beam" else config.num_samples))
 

@@ -23,6 +23,7 @@ import torch
 from chargen.inference import expand_state, reorder_state
 from chargen.model import State
 from chargen.sampling import DecodeConfig, Generator, MusicRules, Sample, choose_tokens, sequence_constraints
+from chargen.sampling.config import NonFiniteOutput
 from chargen.serve.limits import SHUTDOWN_MESSAGE, ServiceError
 
 logger = logging.getLogger("chargen.service")
@@ -184,6 +185,9 @@ class BatchScheduler:
         # common primes (the default above all) come from the generator's cache.
         try:
             job.prime(self.generator)
+        except NonFiniteOutput as exc:  # a broken model, not a bug here
+            job.emit("error", (500, str(exc)))
+            return
         except Exception:  # a bug: fail this request, keep the others going
             logger.exception("priming failed for a request on %s", self.name)
             job.emit("error", (500, "internal error while priming"))
