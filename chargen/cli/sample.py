@@ -90,6 +90,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     """
     from chargen.checkpoint import load_checkpoint, resolve_checkpoint
     from chargen.sampling import DecodeConfig, Generator
+    from chargen.sampling.config import check_prime_length
     from chargen.user_paths import read_text_file
 
     if greedy and (beam_width is not None or beam_sample):
@@ -112,7 +113,9 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     if prime_midi is not None:
         if not is_midi:
             raise click.UsageError("--prime-midi needs a MIDI model")
-        prime = loaded.codec.decode(loaded.codec.encode_file(prime_midi)[:prime_len].tolist())
+        from chargen.primes import midi_prime
+
+        prime = midi_prime(loaded.codec, prime_midi, prime_len)  # bounded; an error when it has no notes
     # No --temperature is temperature 1 (which changes nothing): the one value greedy accepts.
     config = DecodeConfig(length=length, temperature=1.0 if temperature is None else temperature, top_k=top_k,
                           top_p=top_p, greedy=greedy, beam_width=beam_width, beam_sample=beam_sample,
@@ -130,7 +133,8 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     except ChargenError as exc:
         raise click.UsageError(str(exc)) from None
     synth = find_synth() if is_audio_path(output) else None  # before generating: fail with nothing written
-    loaded.codec.encode(prime or "")  # unknown characters fail here, before anything is printed
+    check_prime_length(len(prime or ""))
+    loaded.codec.encode(prime or "")  # unknown characters (and too long a prime) fail here, before any output
     checkpoint_sha256 = loaded.sha256  # before generating: the file may be replaced meanwhile
     stream = not as_json and num_samples == 1 and config.decoder != "beam" and output_format == "text"
     out = click.get_text_stream("stdout")

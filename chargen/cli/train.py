@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -74,7 +75,12 @@ PRESET_NAMES = ("tiny", "small", "medium", "large")
 @click.option("--labels-from", type=click.Choice(["folders"]),
               help="Condition on labels: each subfolder of the one CORPUS folder is a label (sample --label NAME).")
 @click.option("--label", "label", metavar="NAME", help="Condition on one label NAME for the whole corpus.")
-@click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>].")
+# The default is chargen.data.DEFAULT_MAX_VOCAB, spelled out so that `chargen --help` does not import torch.
+@click.option("--max-vocab", type=click.IntRange(1, 0x110000), default=32768, show_default=True,
+              help="Refuse a corpus with more distinct symbols than this (a warning past 4096): each one is a row of "
+              "the embedding and the output layer.")
+@click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>]. A run folder has one writer at "
+              "a time: a second process training it is refused.")
 @click.option("--out", type=OutputFolder(),
               help="Parent folder of run folders [default: $CHARGEN_CHECKPOINTS or ./checkpoints].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -88,7 +94,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
           batch_size: int, seq_len: int, lr: float, weight_decay: float, ema: float, epochs: float | None,
           max_steps: int | None, minutes: float | None, eval_every: int, val_fraction: float, seed: int,
           device: str, precision: str, threads: int | None, transpose: tuple[int, int] | None,
-          labels_from: str | None, label: str | None, run_name: str | None, out: Path | None,
+          labels_from: str | None, label: str | None, max_vocab: int, run_name: str | None, out: Path | None,
           quiet: bool, as_json: bool, database: str | None, no_log: bool) -> None:
     """Train a model on CORPUS: text files, a folder of .txt, or a folder of .mid files.
 
@@ -132,7 +138,8 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
             except ChargenError as exc:
                 raise click.UsageError(str(exc)) from None
         result = start_run(corpus, config, size, overrides, run_name, out, codec, encoding,
-                           progress=not quiet, warn=warn, labels_from=labels_from, label=label, init_from=init_from)
+                           progress=not quiet, warn=warn, labels_from=labels_from, label=label, init_from=init_from,
+                           max_vocab=max_vocab)
     distributed.stop()
     if not ranks.is_main:  # rank 0 logs and reports for the job
         sys.exit(130 if result.interrupted else 0)
@@ -147,8 +154,9 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
         except HistoryUnavailable as exc:
             warn(f"warning: training run not logged: {exc}")
     if as_json:
+        best = result.best_val_loss if math.isfinite(result.best_val_loss) else None  # none yet: null, not Infinity
         click.echo(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "best_val_loss":
-                               result.best_val_loss, "interrupted": result.interrupted,
+                               best, "interrupted": result.interrupted,
                                "chars_per_s": result.chars_per_s, "elapsed_s": result.elapsed_s}))
     if result.interrupted:
         warn(f"stopped at step {result.step}; saved. Continue with: chargen train --resume {result.run_dir}")
