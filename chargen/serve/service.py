@@ -25,6 +25,7 @@ from chargen.checkpoint import Checkpoint, sha256_file
 from chargen.errors import ChargenError
 from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
 from chargen.sampling import DecodeConfig, Generator, Sample
+from chargen.sampling.config import NonFiniteOutput, check_finite, check_prime_length
 from chargen.serve.history_writer import GenerationLog, HistoryError, HistoryWriter, LogEntry
 from chargen.serve.limits import (
     DEFAULT_LENGTH,
@@ -172,6 +173,7 @@ class Service:
         config.validate(codec.vocab_size, music)  # the decoder's rules, as `chargen sample` applies them
         served.generator.label_id(config.label)  # the model's label rule, as `chargen sample` applies it
         prime_ids = codec.encode(body.prime if body.prime else codec.default_prime)
+        check_prime_length(len(prime_ids))
         return config.resolved(music), prime_ids
 
     async def start_generation(self, served: Served, config: DecodeConfig, prime: str | None,
@@ -216,6 +218,10 @@ class Service:
 
     async def result_body(self, served: Served, body: GenerateRequest, config: DecodeConfig,
                           samples: list[Sample], duration_s: float) -> dict[str, Any]:
+        try:  # before it is recorded: a NaN is an error, never data (nor invalid JSON)
+            check_finite(samples, config.num_samples if config.length else 0)
+        except NonFiniteOutput as exc:
+            raise ServiceError(500, str(exc)) from None
         is_midi = served.checkpoint.codec.name == "midi"
         # As `chargen sample` logs them: a music model's rows carry the export settings, whatever the format.
         export = {"format": body.format, **MIDI_SETTINGS} if is_midi else None
@@ -255,6 +261,8 @@ class Service:
 def _beam_done(emit: Emit, future: asyncio.Future[Any]) -> None:
     if future.cancelled():
         emit("error", (503, SHUTDOWN_MESSAGE))
+    elif isinstance(future.exception(), NonFiniteOutput):  # the model is broken, not the request
+        emit("error", (500, str(future.exception())))
     elif isinstance(future.exception(), ChargenError):
         emit("error", (400, str(future.exception())))
     elif future.exception() is not None:
