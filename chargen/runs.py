@@ -232,16 +232,23 @@ def check_tokens(run_dir: Path, recorded: dict[str, object], codec: Codec) -> No
         raise ChargenError(f"{path}: holds token ids outside the model's vocabulary of {codec.vocab_size}")
 
 
+def _is_run(run_dir: Path) -> bool:
+    recorded = read_run_json(run_dir)
+    return recorded is not None and isinstance(recorded.get("corpus"), dict)
+
+
 def resume_run(spec: str | Path, train_config: TrainConfig | None = None, progress: bool = True,
                warn: Warn | None = None) -> TrainResult:
     """Continue a run; ``train_config`` may set a new limit (steps, epochs, minutes), device and threads."""
     run_dir = resolve_run_dir(spec)
+    if not _is_run(run_dir):  # checked before locking: no lock file is left in a folder that is no run
+        raise ChargenError(f"{run_dir}: not a chargen run folder (no readable run.json)")
     ranks = distributed.current()
     lock = RunLock(run_dir)
     ranks.json_from_main(lambda: lock.acquire() and None)  # rank 0 writes the run: it alone holds the lock
     try:
-        recorded = read_run_json(run_dir)
-        if recorded is None or not isinstance(recorded.get("corpus"), dict):
+        recorded = read_run_json(run_dir) or {}  # again, now that this process is the run's one writer
+        if not isinstance(recorded.get("corpus"), dict):
             raise ChargenError(f"{run_dir}: not a chargen run folder (no readable run.json)")
         codec = checkpoint_codec(run_dir / LAST)
         check_tokens(run_dir, recorded, codec)
