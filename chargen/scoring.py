@@ -24,6 +24,7 @@ from chargen.codec import Codec
 from chargen.errors import ChargenError
 from chargen.evaluation import token_losses
 from chargen.text_codec import code_points, iter_text_chunks
+from chargen.user_paths import require_file
 
 MIDI_SUFFIXES = (".mid", ".midi")
 NEWLINE = ord("\n")
@@ -115,6 +116,7 @@ def score_file(checkpoint: Checkpoint, path: Path, per_line: int = 0,
                device: torch.device | str = "cpu") -> FileScore:
     began = time.monotonic()
     codec = checkpoint.codec
+    require_file(path, "file to score")  # a FIFO would block, /dev/zero never end
     file_sha256 = sha256_file(path)
     seq_len = int(checkpoint.training.get("train_config", {}).get("seq_len", 0))
     is_midi = path.suffix.lower() in MIDI_SUFFIXES

@@ -177,3 +177,18 @@ def test_max_vocab_allows_it_and_a_large_one_is_warned_about(tmp_path: Path, iso
     assert "warning" in result.stderr and "distinct symbols" in result.stderr
     refused = invoke("train", str(corpus), "--run-name", "narrow", "--max-vocab", "1000", *TRAIN)
     assert_one_line_error(refused, "--max-vocab 1,000")
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_score_refuses_what_is_not_a_regular_file(run: Path, tmp_path: Path, special: str) -> None:
+    """A FIFO would block score forever and /dev/zero never end (found by the CLI fuzz)."""
+    import os
+
+    from tests.conftest import run_cli
+
+    path = special
+    if special == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+    result = run_cli("score", path, "-c", str(run), "--no-log", timeout=60)
+    assert_one_line_error(result, path, "not a regular file")
