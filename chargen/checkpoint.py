@@ -28,12 +28,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from chargen import checkpoint_checks as checks
 from chargen import starter
 from chargen.codec import Codec
 from chargen.codec_registry import codec_from_metadata
 from chargen.errors import ChargenError, CheckpointError
 from chargen.fileio import atomic_write, sha256_file  # noqa: F401  (re-exported: records, tests)
 from chargen.model import CharRNN, ModelConfig
+from chargen.terminal import printable
 
 FORMAT = "chargen-checkpoint"
 FORMAT_VERSION = "1"
@@ -107,25 +109,36 @@ class Checkpoint:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The chargen metadata of a weights file; a clear error for anything else."""
+    return _read_header(path)[0]
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], checks.Header]:
+    """Metadata and tensor shapes of a chargen weights file, from its header alone (nothing mapped)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception:  # safetensors raises several types for a bad header
+        metadata, tensors = checks.read_header(path)
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(
             f"{path}: not a chargen checkpoint (not a readable safetensors file, or truncated)"
         ) from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a chargen checkpoint (safetensors file without chargen metadata)")
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {metadata.get('format_version')} is not supported")
-    return metadata
+        raise CheckpointError(f"{path}: checkpoint format {printable(metadata.get('format_version'))[:40]} is not "
+                              "supported")
+    return metadata, tensors
+
+
+def _no_constant(name: str) -> Any:
+    # JSON has no NaN or Infinity (Python's json reads them): metadata holding one is refused, not passed on.
+    raise ValueError(f"non-finite number {name}")
 
 
 def _metadata_dict(path: Path, metadata: dict[str, str], key: str, default: str | None = None) -> dict[str, Any]:
     try:
-        value = json.loads(metadata[key] if default is None else metadata.get(key, default))
+        value = json.loads(metadata[key] if default is None else metadata.get(key, default),
+                           parse_constant=_no_constant)
     except KeyError:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged (no {key!r} field)") from None
     except ValueError:
@@ -149,31 +162,31 @@ def checkpoint_codec(path: Path, metadata: dict[str, str] | None = None) -> Code
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
-    metadata = read_metadata(path)
+    """A weights file as a ready model. Nothing in it is believed unchecked: the config's types and bounds,
+    every tensor's shape and the memory they need come before any allocation, finiteness after reading."""
+    metadata, header = _read_header(path)
     codec = checkpoint_codec(path, metadata)
-    try:
-        config = ModelConfig.from_dict(_metadata_dict(path, metadata, "model_config"))
-        training = _metadata_dict(path, metadata, "training", "{}")
-    except ChargenError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from None
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from None
+    config = checks.model_config(path, _metadata_dict(path, metadata, "model_config"))
+    training = _metadata_dict(path, metadata, "training", "{}")
+    checks.check_training(path, training)
     if codec.vocab_size != config.vocab_size:
         raise CheckpointError(f"{path}: checkpoint metadata is inconsistent: the {codec.name} codec has "
                               f"{codec.vocab_size} symbols but the model's vocabulary is {config.vocab_size}")
-    model = CharRNN(config)
+    checks.check_header(path, config, header)
     try:
-        tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-        model.load_state_dict(tensors)
+            tensors = {key: handle.get_tensor(key) for key in header}
     except ChargenError:
         raise
-    except Exception:
-        raise CheckpointError(f"{path}: checkpoint weights are truncated or do not match its config") from None
+    except Exception:  # safetensors raises several types for a truncated or malformed file
+        raise CheckpointError(f"{path}: checkpoint weights are truncated or unreadable") from None
+    checks.check_finite(path, tensors)
+    model = CharRNN(config)
+    try:
+        model.load_state_dict(tensors)
+    except (RuntimeError, ValueError, TypeError):
+        raise CheckpointError(f"{path}: checkpoint weights do not match its config") from None
+    del tensors
     model.to(device).eval()
     return Checkpoint(path=path, model=model, codec=codec, config=config, training=training)
 

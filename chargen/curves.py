@@ -9,13 +9,14 @@ Runs from before metrics.jsonl existed still have their evaluations in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from chargen.checkpoint import METRICS, STATE, load_state
 from chargen.errors import ChargenError
-from chargen.training.metrics import read_metrics
+from chargen.training.metrics import iter_metrics
 
 #: validation loss this far above the best (nats, or this fraction of the best) is more than noise
 RISE_NATS = 0.005
@@ -34,29 +35,84 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def read_curve(run_dir: Path) -> list[Point]:
-    """The run's points in step order; empty when the run has recorded none.
+#: The most points a curve is read as: a chart's worth. Longer curves are thinned evenly (their best
+#: and last evaluations always kept), in memory bounded by this, however long ``metrics.jsonl`` is.
+MAX_POINTS = 2000
 
-    A line that does not parse (a write cut short by a kill on a filesystem
-    without atomic appends) is skipped rather than failing the whole curve.
-    """
+
+def _point(row: dict[str, Any]) -> Point | None:
+    try:
+        step = row["step"]
+        if not isinstance(step, int) or isinstance(step, bool):
+            return None
+        return Point(step=step, elapsed_s=_number(row.get("elapsed_s")) or 0.0,
+                     train_loss=_number(row.get("train_loss")), val_loss=_number(row.get("val_loss")))
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _rows(run_dir: Path) -> Iterator[Point]:
     if (run_dir / METRICS).is_file():
-        points = []
-        for row in read_metrics(run_dir):
-            try:
-                points.append(Point(step=int(row["step"]), elapsed_s=float(row.get("elapsed_s") or 0.0),
-                                    train_loss=_number(row.get("train_loss")), val_loss=_number(row.get("val_loss"))))
-            except (ValueError, TypeError, KeyError):
-                continue
-        return sorted(points, key=lambda point: point.step)
-    if (run_dir / STATE).is_file():
+        for row in iter_metrics(run_dir):
+            point = _point(row) if row is not None else None
+            if point is not None:
+                yield point
+        return
+    if (run_dir / STATE).is_file():  # runs from before metrics.jsonl: their evaluations are in state.pt
         try:
             evals = load_state(run_dir / STATE).get("evals", [])
-        except ChargenError:
-            return []
-        return [Point(step=int(e["step"]), elapsed_s=float(e.get("minutes", 0.0)) * 60,
-                      train_loss=_number(e.get("train_loss")), val_loss=_number(e.get("val_loss"))) for e in evals]
-    return []
+        except (ChargenError, AttributeError):
+            return
+        for e in evals if isinstance(evals, list) else []:
+            minutes = _number(e.get("minutes")) if isinstance(e, dict) else None
+            point = _point(dict(e, elapsed_s=(minutes or 0.0) * 60)) if isinstance(e, dict) else None
+            if point is not None:
+                yield point
+
+
+@dataclass
+class Curve:
+    """A run's curve, thinned to at most ``MAX_POINTS`` points, and the facts of all of it."""
+
+    points: list[Point]
+    best: Point | None  # the lowest validation loss (the earliest of equals)
+    last: Point | None  # the latest evaluation
+    evaluations: int
+
+
+def scan_curve(run_dir: Path, max_points: int = MAX_POINTS) -> Curve:
+    """Read the curve once, keeping every ``stride``-th point (the stride doubles whenever twice
+    ``max_points`` are kept), so memory stays bounded however many lines the file holds."""
+    kept: list[Point] = []
+    stride, seen, evaluations = 1, 0, 0
+    best = last = final = None
+    for point in _rows(run_dir):
+        if point.val_loss is not None:
+            evaluations += 1
+            if best is None or (point.val_loss, point.step) < (best.val_loss, best.step):
+                best = point
+            if last is None or point.step >= last.step:
+                last = point
+        if seen % stride == 0:
+            kept.append(point)
+            if len(kept) > 2 * max_points:
+                kept, stride = kept[::2], stride * 2
+        seen += 1
+        final = point
+    while len(kept) > max_points:
+        kept = kept[::2]
+    extra = [p for p in (best, last, final) if p is not None and all(p is not k for k in kept)]
+    if extra:
+        kept = kept[: max(0, max_points - len(extra))] if len(kept) + len(extra) > max_points else kept
+        kept.extend(extra)
+    return Curve(sorted(kept, key=lambda point: point.step), best, last, evaluations)
+
+
+def read_curve(run_dir: Path, max_points: int = MAX_POINTS) -> list[Point]:
+    """The run's points in step order (at most ``max_points``, thinned evenly); empty when the run has
+    recorded none. A line that does not parse (a write cut short by a kill on a filesystem without
+    atomic appends) is skipped rather than failing the whole curve."""
+    return scan_curve(run_dir, max_points).points
 
 
 @dataclass
@@ -85,13 +141,12 @@ class Trend:
         return dict(asdict(self), summary=self.summary)
 
 
-def trend(run_dir: Path) -> Trend | None:
+def trend(run_dir: Path, curve: Curve | None = None) -> Trend | None:
     """Whether the run is still improving or overfitting: its best evaluation against its last."""
-    evals = [point for point in read_curve(run_dir) if point.val_loss is not None]
-    if not evals:
+    curve = curve if curve is not None else scan_curve(run_dir)
+    best, last = curve.best, curve.last
+    if best is None or last is None:
         return None
-    best = min(evals, key=lambda point: (point.val_loss, point.step))
-    last = evals[-1]
     assert best.val_loss is not None and last.val_loss is not None
     if best.step == last.step:
         verdict = "improving"
@@ -102,4 +157,4 @@ def trend(run_dir: Path) -> Trend | None:
     else:
         verdict = "worsening"
     return Trend(verdict=verdict, best_step=best.step, best_val_loss=best.val_loss, last_step=last.step,
-                 last_val_loss=last.val_loss, evaluations=len(evals))
+                 last_val_loss=last.val_loss, evaluations=curve.evaluations)

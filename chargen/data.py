@@ -25,6 +25,22 @@ from chargen.user_paths import require_file_or_folder
 
 Warn = Callable[[str], None]
 
+#: A vocabulary past this many symbols gets a warning: every step and checkpoint grows with it.
+VOCAB_WARNING = 4096
+#: ... and past this many, a refusal unless ``--max-vocab`` allows more (each symbol is a row of the
+#: embedding and of the output layer: 200k distinct characters make a tiny model a GB-sized one).
+DEFAULT_MAX_VOCAB = 32768
+
+
+def check_vocab_size(vocab_size: int, max_vocab: int = DEFAULT_MAX_VOCAB, warn: Warn | None = None) -> None:
+    """Refuse a vocabulary larger than ``max_vocab``; warn about one larger than :data:`VOCAB_WARNING`."""
+    if vocab_size > max_vocab:
+        raise CorpusError(f"the corpus has {vocab_size:,} distinct symbols, more than --max-vocab {max_vocab:,}: "
+                          "is it really text in one encoding? Raise --max-vocab to train on it anyway")
+    if vocab_size > VOCAB_WARNING and warn is not None:
+        warn(f"warning: the corpus has {vocab_size:,} distinct symbols: the model's embedding and output layer "
+             "grow with each one, so steps are slow and checkpoints large")
+
 
 @dataclass
 class CorpusInfo:
@@ -88,16 +104,21 @@ def build_corpus(
     encoding: str = "utf-8",
     warn: Warn | None = None,
     codec: Codec | None = None,
+    max_vocab: int = DEFAULT_MAX_VOCAB,
 ) -> tuple[Codec, CorpusInfo]:
     """Encode the corpus into ``cache_path`` (.npy) and return its codec and facts.
 
     A given ``codec`` is reused (resume, fine-tuning); otherwise the codec is
-    fitted to the corpus (a text vocabulary; MIDI's is fixed). Files the codec
-    finds corrupt (CorruptFileError) are skipped with a warning.
+    fitted to the corpus (a text vocabulary; MIDI's is fixed) and its size checked
+    against ``max_vocab`` before anything is encoded. Files the codec finds corrupt
+    (CorruptFileError) are skipped with a warning.
     """
     warn = warn or (lambda message: None)
     codec_name, files = find_corpus_files(paths, codec_name if codec is None else codec.name)
-    fitted = codec if codec is not None else codec_class(codec_name).fit(files, encoding)
+    fitted = codec
+    if fitted is None:
+        fitted = codec_class(codec_name).fit(files, encoding)
+        check_vocab_size(fitted.vocab_size, max_vocab, warn)
     dtype = token_dtype(fitted.vocab_size)
     used: list[Path] = []
     skipped: list[str] = []
@@ -165,6 +186,7 @@ def build_labelled_corpus(
     codec_name: str = "auto",
     encoding: str = "utf-8",
     warn: Warn | None = None,
+    max_vocab: int = DEFAULT_MAX_VOCAB,
 ) -> tuple[Codec, CorpusInfo]:
     """Encode each label's files, and write ``cache_path`` (tokens) and ``labels_path`` (each token's label id).
 
@@ -177,6 +199,7 @@ def build_labelled_corpus(
     all_paths = [p for _, paths in groups for p in paths]
     codec_name, files = find_corpus_files(all_paths, codec_name)
     codec = codec_class(codec_name).fit(files, encoding)  # one vocabulary across every label
+    check_vocab_size(codec.vocab_size, max_vocab, warn)
     parts: list[tuple[np.ndarray, np.ndarray]] = []  # per label: (train, val) token ids
     hashes, skipped, used_files = hashlib.sha256(), [], 0  # noqa: S324 - a fingerprint, not security
     for label, (name, paths) in enumerate(groups):

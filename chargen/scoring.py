@@ -25,9 +25,12 @@ from chargen.codec import Codec
 from chargen.errors import ChargenError
 from chargen.evaluation import token_losses
 from chargen.text_codec import code_points, iter_text_chunks
+from chargen.user_paths import require_file
 
 MIDI_SUFFIXES = (".mid", ".midi")
 NEWLINE = ord("\n")
+#: Past this loss per token the perplexity (e to the loss) is no longer a finite float.
+MAX_NATS = 700.0
 
 
 @dataclass
@@ -91,7 +94,9 @@ def tokenize_text(text: str, codec: Codec) -> TokenizedText:
 
 def read_text(path: Path, codec: Codec) -> str:
     encoding = getattr(codec, "encoding", "utf-8")
-    return "".join(iter_text_chunks(path, encoding))
+    # score has no --encoding: the model reads the encoding it was trained on
+    advice = f"the model reads text as {encoding}: convert the file to {encoding} to score it"
+    return "".join(iter_text_chunks(path, encoding, advice))
 
 
 def worst_lines(tokenized: TokenizedText, losses: np.ndarray, count: int) -> list[LineScore]:
@@ -112,6 +117,7 @@ def score_file(checkpoint: Checkpoint, path: Path, per_line: int = 0,
                device: torch.device | str = "cpu") -> FileScore:
     began = time.monotonic()
     codec = checkpoint.codec
+    require_file(path, "file to score")  # a FIFO would block, /dev/zero never end
     file_sha256 = sha256_file(path)
     if path.suffix.lower() in MIDI_SUFFIXES:
         if path.suffix.lower() not in codec.suffixes:
@@ -135,9 +141,13 @@ def _score(checkpoint: Checkpoint, name: str, ids: np.ndarray, tokenized: Tokeni
     losses = token_losses(checkpoint.model, ids, seq_len, device)
     if losses.size == 0:
         raise ChargenError(f"{name}: too short to score: it needs at least 2 tokens the model knows")
+    nats = float(losses.sum(dtype=np.float64) / losses.size)
+    if not (math.isfinite(nats) and nats <= MAX_NATS):  # an error, never NaN or an infinite perplexity
+        raise ChargenError(f"{name}: the model's loss is not a usable number ({nats:g} nats/token): its weights "
+                           "overflow or are damaged; use another checkpoint")
     return FileScore(
         path=name, unit="char" if checkpoint.codec.name == "text" else "token", tokens=len(ids),
-        scored=int(losses.size), nats_per_token=float(losses.sum(dtype=np.float64) / losses.size),
+        scored=int(losses.size), nats_per_token=nats,
         unknown=tokenized.unknown if tokenized else {},
         worst_lines=worst_lines(tokenized, losses, per_line) if tokenized and per_line else [],
         sha256=sha256, duration_s=time.monotonic() - began,

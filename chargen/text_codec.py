@@ -31,6 +31,8 @@ from chargen.text_scan import (
 
 CHUNK_BYTES = 8 << 20  # decode big corpora in pieces, never as one Python str
 BOM = "\ufeff"
+#: What an encoding error suggests; a caller without --encoding (score) gives its own advice.
+ENCODING_ADVICE = "give its encoding to read it as another one"
 
 
 def normalize_text(text: str) -> str:
@@ -38,14 +40,14 @@ def normalize_text(text: str) -> str:
     return text.removeprefix(BOM).replace("\r\n", "\n")
 
 
-def iter_text_chunks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+def iter_text_chunks(path: Path, encoding: str = "utf-8", advice: str = ENCODING_ADVICE) -> Iterator[str]:
     """Decoded, normalised text of ``path`` in chunks; errors name the file and byte offset.
 
     The chunks joined equal :func:`normalize_text` of the whole file.
     """
     first = True
     held_cr = ""  # a CR at a chunk's end may be half of a CRLF split across chunks
-    for text in _decoded_chunks(path, encoding):
+    for text in _decoded_chunks(path, encoding, advice):
         if first:
             text, first = text.removeprefix(BOM), False
         text = (held_cr + text).replace("\r\n", "\n")
@@ -57,10 +59,10 @@ def iter_text_chunks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
         yield held_cr
 
 
-def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
+def _decoded_chunks(path: Path, encoding: str, advice: str) -> Iterator[str]:
     try:
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name holding a NUL or a lone surrogate
         raise CorpusError(f"unknown encoding {encoding!r}") from None
     consumed = 0
     try:
@@ -74,10 +76,11 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                 try:
                     text = decoder.decode(chunk, final=final)
                 except UnicodeDecodeError as exc:
-                    raise invalid_text_error(path, encoding, consumed - pending + exc.start, exc.reason) from None
+                    raise invalid_text_error(path, encoding, consumed - pending + exc.start, exc.reason,
+                                             advice) from None
                 except UnicodeError as exc:  # a decoder's own complaint, e.g. utf-16 without a BOM
                     raise CorpusError(
-                        f"{path}: cannot be read as {encoding} ({exc}); give its encoding to read it as another one"
+                        f"{path}: cannot be read as {encoding} ({exc}); {advice}"
                     ) from None
                 consumed += len(chunk)
                 if text:

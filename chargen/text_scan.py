@@ -39,9 +39,9 @@ def binary_file_error(path: Path, offset: int) -> CorpusError:
                        "give a text file or a folder of .mid files")
 
 
-def invalid_text_error(path: Path, encoding: str, offset: int, reason: str) -> CorpusError:
-    return CorpusError(f"{path}: not valid {encoding} at byte offset {offset} ({reason}); "
-                       "give its encoding to read it as another one")
+def invalid_text_error(path: Path, encoding: str, offset: int, reason: str,
+                       advice: str = "give its encoding to read it as another one") -> CorpusError:
+    return CorpusError(f"{path}: not valid {encoding} at byte offset {offset} ({reason}); {advice}")
 
 
 def read_error(path: Path, exc: OSError) -> CorpusError:

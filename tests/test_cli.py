@@ -178,7 +178,7 @@ FLOAT_OPTIONS = [(path, param) for path, _, param in _all_options()
 
 
 def test_every_float_option_is_a_finite_float_and_every_int_option_has_a_range() -> None:
-    assert len(FLOAT_OPTIONS) == 14  # train 8, sample 5, history export 1
+    assert len(FLOAT_OPTIONS) == 15  # train 8, sample 5, history export 1, serve 1
     for path, param in FLOAT_OPTIONS:
         assert isinstance(param.type, FiniteFloat), (path, param.name)
     for path, _, param in _all_options():

@@ -17,7 +17,7 @@ from service_support import ServerProcess, make_checkpoint, parse_sse, reference
 from chargen.checkpoint import Checkpoint, load_checkpoint
 from chargen.midi import MidiCodec
 from chargen.serve import Limits, create_app
-from chargen.serve.page import PAGE
+from chargen.serve.page import CSS_PATH, JS_PATH, PAGE, PAGE_CSS, PAGE_JS
 
 LIMITS = Limits(max_length=1_000_000, max_beam_width=4, max_samples=3, max_prime_chars=200, max_body_bytes=4096,
                 max_list=50)
@@ -330,15 +330,27 @@ def test_page_is_self_contained(client: httpx.Client) -> None:
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     page = response.text
     assert page == PAGE
-    for needle in ('id="model"', 'id="generate"', 'id="gen"', "<canvas", "getReader()"):
+    # Its style and script come from this server, as separate answers: no inline code for the CSP to allow.
+    assert re.findall(r'(?:src|href)="([^"]+)"', page) == [CSS_PATH, JS_PATH]
+    css, js = client.get(CSS_PATH), client.get(JS_PATH)
+    assert css.status_code == js.status_code == 200
+    assert css.headers["content-type"].startswith("text/css") and js.headers["content-type"].startswith(
+        "text/javascript")
+    assert css.text == PAGE_CSS and js.text == PAGE_JS and "<script" not in page.replace(f'<script src="{JS_PATH}">',
+                                                                                      "")
+    assert "<style" not in page and " style=" not in page and " on" + "click=" not in page
+    for needle in ('id="model"', 'id="generate"', 'id="gen"', "<canvas"):
         assert needle in page
-    assert "http://" not in page and "https://" not in page and "src=" not in page  # no external assets
+    assert "getReader()" in js.text
+    for text in (page, css.text, js.text):
+        assert "http://" not in text and "https://" not in text  # no external assets
     csp = response.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "connect-src 'self' blob:" in csp
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     # Every API path the page's script calls is one this server serves.
     served = {re.match(r"/v1/[a-z]+", route).group(0) for route in client.get("/openapi.json").json()["paths"]
               if route.startswith("/v1/")}
-    called = set(re.findall(r"/v1/[a-z]+", page))
+    called = set(re.findall(r"/v1/[a-z]+", js.text))
     assert called and called <= served, called - served
 
 

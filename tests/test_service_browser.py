@@ -32,6 +32,10 @@ pytestmark = [pytest.mark.slow,
 websocket = pytest.importorskip("websocket", reason="needs websocket-client: pip install websocket-client")
 
 
+#: A name Chromium resolves to 127.0.0.1, as a rebinding attacker's DNS would.
+REBIND = "rebind.attacker.test"
+
+
 class Browser:
     """Headless Chromium with one page, spoken to over the DevTools protocol (CDP)."""
 
@@ -41,7 +45,7 @@ class Browser:
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
              f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--window-size=1100,900", "about:blank"],
+             "--window-size=1100,900", f"--host-resolver-rules=MAP {REBIND} 127.0.0.1", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -147,6 +151,33 @@ def test_page_streams_a_generation(browser: Browser, tmp_path: Path) -> None:
     assert text == reference(checkpoint, "the ", length=400, temperature=0.8, seed=42)["samples"][0]["text"]
     assert "seed 42" in status and "log-prob" in status
     assert browser.js("document.getElementById('primeout').textContent") == "the "
+
+
+def test_a_rebound_name_gets_nothing_and_the_right_names_work(browser: Browser, tmp_path: Path) -> None:
+    """DNS rebinding from the browser's side: a page served under the attacker's name (resolved to
+    127.0.0.1) is refused, and so is that origin's fetch of the API; 127.0.0.1 and localhost work, with the
+    page's style and script loaded under a CSP that runs no inline code."""
+    checkpoint = load_checkpoint(make_checkpoint(tmp_path / "tiny.safetensors"))
+    with thread_server(create_app({"tiny": checkpoint}, f"sqlite:///{tmp_path / 'h.db'}", None, Limits())) as url:
+        port = url.rsplit(":", 1)[1]
+        # The attacker's page would bring its own CSP: run this origin's script as if it were theirs.
+        browser.call("Page.setBypassCSP", enabled=True)
+        browser.call("Page.navigate", url=f"http://{REBIND}:{port}/")
+        browser.wait_for("document.readyState === 'complete' && document.body !== null")
+        assert "does not answer to the host name" in browser.js("document.body.innerText")
+        assert browser.js("document.getElementById('model') === null")
+        for path in ("/v1/generations", "/v1/models", "/static/page.js"):
+            assert browser.js(f"fetch('{path}').then(r => r.status)") == 421
+        browser.call("Page.setBypassCSP", enabled=False)
+        for host in ("127.0.0.1", "localhost"):
+            open_page(browser, f"http://{host}:{port}/")
+            assert browser.js("getComputedStyle(document.querySelector('main')).maxWidth") == "960px"
+            assert browser.js("fetch('/v1/generations').then(r => r.status)") == 200
+        # No inline code runs: an injected handler is blocked by the CSP (the page itself never makes one).
+        browser.js("""document.body.insertAdjacentHTML('beforeend',
+                      '<img src="/nothing" onerror="window.injected = 1">'); 0""")
+        time.sleep(0.5)
+        assert browser.js("window.injected === undefined")
 
 
 def test_page_beam_search_and_errors(browser: Browser, tmp_path: Path) -> None:

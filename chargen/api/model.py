@@ -92,10 +92,13 @@ class Model:
         return config
 
     def midi_prime(self, path: str | Path, tokens: int = DEFAULT_PRIME_TOKENS) -> str:
-        """The first ``tokens`` events of a MIDI file, as a prime for this (music) model."""
+        """The first ``tokens`` events of a MIDI file, as a prime for this (music) model (bounded; an error when
+        the file has no notes)."""
+        from chargen.primes import midi_prime
+
         if not self.is_music:
             raise ArgumentError("a MIDI prime needs a music model")
-        return self.codec.decode(self.codec.encode_file(Path(path))[:tokens].tolist())
+        return midi_prime(self.codec, Path(path), tokens)
 
     def generate(self, prime: str = "", length: int | None = None, *, stream: bool = False,
                  log: bool | None = None, **options: Any) -> str | TextStream:

@@ -64,7 +64,8 @@ class Run:
 def train(corpus: str | Path | Sequence[str | Path] | None = None, *, resume: str | Path | None = None,
           init_from: str | Path | None = None, size: str | None = None, run_name: str | None = None,
           out: str | Path | None = None, codec: str = "auto", encoding: str = "utf-8",
-          labels_from: str | None = None, label: str | None = None, progress: bool = True, log: bool = True,
+          labels_from: str | None = None, label: str | None = None, max_vocab: int | None = None,
+          progress: bool = True, log: bool = True,
           database: str | None = None, report: Report | None = report_to_stderr, **options: Any) -> Run:
     """Train a model on ``corpus`` (a text file, several, or a folder of .txt or .mid files), or go on with the
     run ``resume`` names, and return the :class:`Run`.
@@ -74,7 +75,8 @@ def train(corpus: str | Path | Sequence[str | Path] | None = None, *, resume: st
     (``cell``, ``layers``, ``hidden``, ``embedding``, ``dropout``, ``weight_drop``; ``size`` picks a preset:
     tiny, small, medium, large). Their defaults are TrainConfig's; a run given no limit trains for
     10 minutes, and a ``minutes`` budget without a size picks the size it buys here. ``init_from``
-    fine-tunes a trained run's weights; ``labels_from="folders"`` or ``label`` condition on labels.
+    fine-tunes a trained run's weights; ``labels_from="folders"`` or ``label`` condition on labels;
+    ``max_vocab`` allows a corpus of more distinct symbols than ``chargen.data.DEFAULT_MAX_VOCAB``.
 
     A progress bar (``tqdm.auto``: a widget in notebooks) shows while ``progress``; notes go to ``report``
     (stderr by default; None: nowhere). The run is logged to the history unless ``log=False``. Ctrl-C saves
@@ -93,7 +95,8 @@ def train(corpus: str | Path | Sequence[str | Path] | None = None, *, resume: st
         if resume is not None:
             extra = sorted(set(given) - set(RESUME_OPTIONS)) + [
                 name for name, value in (("corpus", corpus), ("init_from", init_from), ("size", size),
-                                         ("labels_from", labels_from), ("label", label), ("run_name", run_name))
+                                         ("labels_from", labels_from), ("label", label), ("run_name", run_name),
+                                         ("max_vocab", max_vocab))
                 if value is not None]
             if extra:
                 raise ArgumentError(f"a resumed run keeps its settings; only {', '.join(RESUME_OPTIONS)} may be "
@@ -110,7 +113,8 @@ def train(corpus: str | Path | Sequence[str | Path] | None = None, *, resume: st
             overrides = {k: given.get(k) for k in MODEL_OPTIONS}
             result = start_run(paths, config, size, overrides, run_name, Path(out) if out is not None else None,
                                codec, encoding, progress=progress, warn=warn, labels_from=labels_from, label=label,
-                               init_from=str(init_from) if init_from is not None else None)
+                               init_from=str(init_from) if init_from is not None else None,
+                               **({"max_vocab": max_vocab} if max_vocab is not None else {}))
     finally:
         distributed.stop()
     run = Run.of(result, ranks.rank)

@@ -7,6 +7,7 @@ user can fix (ChargenError, a file the system refused) 1; Ctrl-C 130; a bug 1, w
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -16,6 +17,7 @@ from typing import Any
 import click
 
 from chargen.errors import ArgumentError, ChargenError, ChargenWarning, TrainingInterrupted
+from chargen.terminal import printable
 
 
 class ChargenGroup(click.Group):
@@ -70,6 +72,15 @@ def exit_code_for(exc: BaseException) -> int:
         names = ": ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
         _error(f"chargen: error: {names}: {exc.strerror or exc}")
         return 1
+    if isinstance(exc, UnicodeEncodeError) or (isinstance(exc, ValueError) and "null byte" in str(exc)):
+        # A value given to the system (a path, an argument) held a NUL or a lone surrogate: no file can be named so.
+        _error("chargen: error: a path or value holds a NUL or an unencodable character (a lone surrogate)")
+        return 1
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        # Writing the output failed (stdout to a full disk, > /dev/full): the user's to fix, not a bug.
+        _error(f"chargen: error: cannot write the output: {exc.strerror or exc}")
+        _drop_stdout()
+        return 1
     if os.environ.get("CHARGEN_DEBUG", "") not in ("", "0"):
         traceback.print_exception(exc)
     _error(f"chargen: internal error: {type(exc).__name__}: {exc} (set CHARGEN_DEBUG=1 for a traceback)")
@@ -86,8 +97,22 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 _show_python_warning = warnings.showwarning
+#: errno values that mean the output could not be written (no space, quota, I/O, file too big, read-only)
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS})
+
+
+def _drop_stdout() -> None:
+    """Send what stdout still buffers to /dev/null: flushed at exit, it would fail once more and print
+    Python's "Exception ignored" lines after the one-line error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (in-process tests): nothing buffered there
+        pass
 
 
 def _error(message: str) -> None:
-    # One line, whatever the message holds (tracebacks and multi-line texts included).
-    click.echo(" ".join(message.split()), err=True)
+    # One line, whatever the message holds (tracebacks and multi-line texts included), with no control
+    # character a terminal would obey: messages name files and echo input.
+    click.echo(printable(" ".join(message.split())), err=True)

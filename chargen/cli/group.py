@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from chargen.cli.failures import ChargenGroup
+from chargen.terminal import printable
 from chargen.version import __version__
 
 
 def warn(message: str) -> None:
-    """A diagnostic on stderr (stdout carries only output)."""
-    click.echo(f"chargen: {message}", err=True)
+    """A diagnostic on stderr (stdout carries only output), escaped for the terminal: it may name files."""
+    click.echo(f"chargen: {printable(message)}", err=True)
 
 
 @click.group(cls=ChargenGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

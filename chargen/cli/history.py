@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import shutil
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +22,7 @@ from chargen.cli.types import COUNT_RANGE, FiniteFloat, OutputFile
 from chargen.errors import ChargenError
 from chargen.history.errors import HistoryUnavailable
 from chargen.history.location import DATABASE_ENV, display_url, resolve_database_url, sqlite_file
+from chargen.terminal import confirm, printable
 
 if TYPE_CHECKING:  # the store itself is imported when a command runs: SQLAlchemy costs ~0.3 s
     from chargen.history import GenerationRecord, History, ScoreRecord, TrainingRunRecord
@@ -49,7 +49,7 @@ def _errors_to_exit(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ChargenError as exc:
-            click.echo(f"chargen: error: {exc}", err=True)
+            click.echo(f"chargen: error: {printable(exc)}", err=True)
             raise click.exceptions.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -128,9 +128,8 @@ def _fit(text: str, width: int) -> str:
 
 
 def _one_line(text: str) -> str:
-    # ⏎ keeps line structure visible; other control characters would move the cursor.
-    text = text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
-    return "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    # ⏎ keeps line structure visible; other control characters would move the cursor: escaped.
+    return printable(text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " "))
 
 
 def _local_time(record: GenerationRecord | TrainingRunRecord | ScoreRecord) -> str:
@@ -238,26 +237,33 @@ def list_generations(count: int, query: str | None, checkpoint: str | None, as_j
     decoder_width = max((len(_decoder_summary(r)) for r in records), default=0)
 
     def line(r: GenerationRecord, id_width: int) -> str:
-        return f"{r.short_id:<{id_width}}  {_local_time(r)}  {_decoder_summary(r):<{decoder_width}}  {_preview(r)}"
+        return printable(f"{r.short_id:<{id_width}}  {_local_time(r)}  {_decoder_summary(r):<{decoder_width}}  "
+                         f"{_preview(r)}")
 
     _print_records(records, as_json, line)
 
 
-@_generation_command(click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON."))
-def show(generation_id: str, as_json: bool, database: str | None) -> None:
-    """Show one generation in full; ID may be any unique prefix."""
+@_generation_command(click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON."),
+                     click.option("--raw", is_flag=True, help="Print the prime and outputs as stored, control "
+                                  "characters included (default: escaped, e.g. ESC as \\x1b)."))
+def show(generation_id: str, as_json: bool, raw: bool, database: str | None) -> None:
+    """Show one generation in full; ID may be any unique prefix.
+
+    Stored text came from whoever generated it (a service client, say): control characters in it
+    are shown escaped, so that they cannot drive the terminal, unless --raw."""
     record = _get_generation(database, generation_id)
+    text = (lambda value: value) if raw else (lambda value: printable(value, keep_newlines=True))
     if as_json:
         click.echo(_dumps(record.to_dict()))
         return
     fields = [
         ("id", record.id),
         ("created", f"{record.created_at.astimezone():%Y-%m-%d %H:%M:%S %Z}"),
-        ("checkpoint", f"{record.checkpoint_path} (sha256 {record.checkpoint_sha256[:16]}…)"),
+        ("checkpoint", f"{printable(record.checkpoint_path)} (sha256 {printable(record.checkpoint_sha256[:16])}…)"),
         ("run", record.run_id or "-"),
         ("codec", record.codec.get("name", "?")),
         ("decoder", record.decoder),
-        ("params", " ".join(f"{k}={v}" for k, v in record.params.items()) or "-"),
+        ("params", printable(" ".join(f"{k}={v}" for k, v in record.params.items())) or "-"),
         ("seed", "-" if record.seed is None else str(record.seed)),
         ("prime", repr(record.prime)),
         ("duration", f"{record.duration_s:.2f} s"
@@ -266,12 +272,12 @@ def show(generation_id: str, as_json: bool, database: str | None) -> None:
         ("chargen", record.chargen_version),
     ]
     for name, value in fields:
-        click.echo(f"{name:<11}{value}")
+        click.echo(f"{name:<11}{printable(value)}")
     for i, sample in enumerate(record.outputs):
         logprob = "" if sample.logprob is None else f", logprob {sample.logprob:.2f}"
-        midi = "" if sample.midi_path is None else f", {sample.midi_path}"
+        midi = "" if sample.midi_path is None else f", {printable(sample.midi_path)}"
         click.echo(f"--- sample {i + 1}/{len(record.outputs)}{logprob}{midi} ---")
-        click.echo(record.prime + sample.text)
+        click.echo(text(record.prime + sample.text), color=raw or None)  # --raw: as stored, not even styles cut
 
 
 @history.command()
@@ -340,7 +346,9 @@ def rm(generation_id: str, yes: bool, database: str | None) -> None:
         record = store.get_generation(generation_id)
         if not yes:
             summary = _fit(f"{_local_time(record)} {_decoder_summary(record)}: {_preview(record)}", 60)
-            click.confirm(f"Delete generation {record.id} ({summary})?", abort=True, err=True)
+            if not confirm(f"Delete generation {record.id} ({printable(summary)})?"):
+                click.echo(f"kept {record.id}", err=True)
+                raise click.exceptions.Exit(1)
         store.delete_generation(record.id)
     click.echo(f"deleted {record.id}")
 
@@ -371,8 +379,8 @@ def runs(count: int, as_json: bool, database: str | None) -> None:
         if r.parent:
             logged = r.parent.get("run_id")
             parent = f"  from {r.parent.get('run')}" + (f" ({short_ids.get(logged, logged)})" if logged else "")
-        return (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}{parent}  "
-                f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
+        return printable(f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}{parent}  "
+                         f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
 
     _print_records(records, as_json, line)
 
@@ -390,9 +398,9 @@ def scores(count: int, checkpoint: str | None, as_json: bool, database: str | No
 
     def line(r: ScoreRecord, id_width: int) -> str:
         unknown = f"  {r.unknown_count} unknown" if r.unknown_count else ""
-        return (f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.nats_per_token:.4f} nats/{r.unit}  "
-                f"{r.bits_per_token:.4f} bits/{r.unit}  {r.scored:>9,} {r.unit}s{unknown}  {r.file_path}  "
-                f"← {Path(r.checkpoint_path).parent.name}/{Path(r.checkpoint_path).name}")
+        return printable(f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.nats_per_token:.4f} nats/{r.unit}  "
+                         f"{r.bits_per_token:.4f} bits/{r.unit}  {r.scored:>9,} {r.unit}s{unknown}  {r.file_path}  "
+                         f"← {Path(r.checkpoint_path).parent.name}/{Path(r.checkpoint_path).name}")
 
     _print_records(_listed(database, lambda store: store.list_scores(limit=count or None, checkpoint=checkpoint)),
                    as_json, line)

@@ -9,6 +9,7 @@ import click
 
 from chargen.cli.group import cli
 from chargen.cli.types import RunOrPath
+from chargen.terminal import printable
 
 
 @cli.command()
@@ -29,18 +30,19 @@ def info(checkpoint: str | None, as_json: bool) -> None:
 def _lines(data: dict[str, Any]) -> list[str]:
     cfg = data["model_config"]
     lines = [
-        f"checkpoint   {data['path']}",
+        f"checkpoint   {printable(data['path'])}",
         f"model        {cfg['layers']}x{cfg['hidden']} {cfg['cell'].upper()}, embedding {cfg['embedding']}, "
         f"dropout {cfg['dropout']}{f', weight drop {w}' if (w := cfg.get('weight_drop')) else ''}, "
         f"{data['parameters']:,} parameters",
         f"codec        {data['codec']}, {data['vocab_size']} tokens: "
-        f"{json.dumps(data['vocabulary'], ensure_ascii=False)}",
+        f"{printable(json.dumps(data['vocabulary'], ensure_ascii=False))}",
     ]
     if data["labels"]:
-        lines.append(f"labels       {', '.join(data['labels'])} (sample --label NAME)")
+        lines.append(f"labels       {printable(', '.join(data['labels']))} (sample --label NAME)")
     tokens = data["corpus_tokens"]
-    lines.append(f"corpus       {', '.join(data['corpus_paths'] or [])} ({tokens or 0:,} tokens, "
-                 f"sha256 {str(data['corpus_sha256'])[:16]}...)")
+    tokens_text = "?" if tokens is None else f"{tokens:,}"
+    lines.append(f"corpus       {printable(', '.join(data['corpus_paths'] or []))} ({tokens_text} tokens, "
+                 f"sha256 {printable(str(data['corpus_sha256'])[:16])}...)")
     lines.append(f"trained      {data['steps']} steps")
     if data["polyphony_cap_source"]:
         cap = data["polyphony_cap"]
@@ -50,13 +52,14 @@ def _lines(data: dict[str, Any]) -> list[str]:
     if data["best_val_loss_nats"] is not None:
         lines.append(f"best val     {data['best_val_loss_nats']:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:
-        lines.append(f"run status   {data['status']}")
+        lines.append(f"run status   {printable(data['status'])}")
     parent = data["parent"]
     if isinstance(parent, dict):
         added = parent.get("new_symbols") or ""
-        lines.append(f"fine-tuned   from {parent.get('run')} ({parent.get('checkpoint_path')}, sha256 "
-                     f"{str(parent.get('checkpoint_sha256'))[:16]}...)"
-                     + (f"; {len(added)} new symbol(s) {json.dumps(added, ensure_ascii=False)}" if added else ""))
+        lines.append(printable(f"fine-tuned   from {parent.get('run')} ({parent.get('checkpoint_path')}, sha256 "
+                               f"{str(parent.get('checkpoint_sha256'))[:16]}...)"
+                               + (f"; {len(added)} new symbol(s) {json.dumps(added, ensure_ascii=False)}"
+                                  if added else "")))
     if data["trend"]:
         lines.append(f"trend        {data['trend']['summary']}")
     return lines

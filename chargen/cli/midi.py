@@ -24,9 +24,10 @@ def midi() -> None:
 def midi_tokens(file: Path, as_json: bool) -> None:
     """Print FILE as its token stream (one printable character per event)."""
     from chargen.midi import MidiCodec, midi_stats, token_name
+    from chargen.primes import midi_tokens
 
     codec = MidiCodec()
-    ids = codec.encode_file(file).tolist()
+    ids = midi_tokens(codec, file).tolist()  # an error, not an empty line, for a file without notes
     if as_json:
         stats = midi_stats(ids)
         click.echo(json.dumps({"file": str(file), "ids": ids, "events": [token_name(i) for i in ids],

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from chargen.cli.group import cli, warn
+from chargen.terminal import printable
 
 
 @cli.command()
@@ -44,7 +45,7 @@ def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None,
                                "files": [item.to_dict() for item in scores]}, ensure_ascii=False, indent=2))
         return
     for item in scores:
-        click.echo(f"{item.path}: {item.nats_per_token:.4f} nats/{item.unit}, {item.bits_per_token:.4f} "
+        click.echo(f"{printable(item.path)}: {item.nats_per_token:.4f} nats/{item.unit}, {item.bits_per_token:.4f} "
                    f"bits/{item.unit}, perplexity {item.perplexity:.3f} ({item.scored:,} {item.unit}s scored)")
         for line in item.worst_lines:
             click.echo(f"  line {line.line}: {line.nats_per_char:.3f} nats/char  {line.text[:100]!r}")

@@ -38,7 +38,12 @@ MODEL_FIELDS = ("cell", "layers", "hidden", "embedding", "dropout", "weight_drop
 @click.option("--labels-from", type=click.Choice(["folders"]),
               help="Condition on labels: each subfolder of the one CORPUS folder is a label (sample --label NAME).")
 @click.option("--label", "label", metavar="NAME", help="Condition on one label NAME for the whole corpus.")
-@click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>].")
+# The default is chargen.data.DEFAULT_MAX_VOCAB, spelled out so that `chargen --help` does not import torch.
+@click.option("--max-vocab", type=click.IntRange(1, 0x110000),
+              help="Refuse a corpus with more distinct symbols than this (a warning past 4096): each one is a row of "
+              "the embedding and the output layer. [default: 32768]")
+@click.option("--run-name", help="Run folder name [default: <corpus>-<date>-<time>]. A run folder has one writer at "
+              "a time: a second process training it is refused.")
 @click.option("--out", type=OutputFolder(),
               help="Parent folder of run folders [default: $CHARGEN_CHECKPOINTS or ./checkpoints].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -46,7 +51,8 @@ MODEL_FIELDS = ("cell", "layers", "hidden", "embedding", "dropout", "weight_drop
 @click.option("--database", metavar="URL", help="History database for the run record.")
 @click.option("--no-log", is_flag=True, help="Do not record this run in the history.")
 def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, codec: str, encoding: str,
-          size: str | None, labels_from: str | None, label: str | None, run_name: str | None, out: Path | None,
+          size: str | None, labels_from: str | None, label: str | None, max_vocab: int | None, run_name: str | None,
+          out: Path | None,
           quiet: bool, as_json: bool, database: str | None, no_log: bool, **options: Any) -> None:
     """Train a model on CORPUS: text files, a folder of .txt, or a folder of .mid files.
 
@@ -66,6 +72,7 @@ def train(corpus: tuple[Path, ...], resume: str | None, init_from: str | None, c
     try:
         run = train_model(list(corpus) or None, resume=resume, init_from=init_from, size=size, run_name=run_name,
                           out=out, codec=codec, encoding=encoding, labels_from=labels_from, label=label,
+                          max_vocab=max_vocab,
                           progress=not quiet, log=not no_log, database=database, report=warn, **given(options))
     except TrainingInterrupted as stopped:
         print_json(stopped.run)  # type: ignore[arg-type]

@@ -69,7 +69,10 @@ class CheckedPath(click.Path):
         raise NotImplementedError
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = super().convert(value, param, ctx)
+        try:
+            path = super().convert(value, param, ctx)
+        except ValueError:  # click stats it: a NUL or a lone surrogate makes no path the system can take
+            self.fail(f"{value!r} is not a valid path (it holds a NUL or an unencodable character)", param, ctx)
         problem = self.problem(path)
         if problem:
             self.fail(problem, param, ctx)

@@ -7,13 +7,15 @@ the store and the schema speak plain SQLAlchemy.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from chargen.history.errors import HistoryUnavailable
-from chargen.history.location import POSTGRES_DRIVER, POSTGRES_EXTRA, display_url, engine_url
+from chargen.history.location import POSTGRES_DRIVER, POSTGRES_EXTRA, display_url, engine_url, sqlite_file
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 #: execution option of the writer engine: its transactions take the write lock at BEGIN
@@ -37,7 +39,7 @@ def create_history_engine(url: str, busy_timeout_ms: int) -> Engine:
         raise HistoryUnavailable(
             f"cannot use history database {display_url(url)}: its database driver is not installed ({missing})"
         ) from None
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, ValueError) as exc:  # ValueError: a URL make_url cannot read (a bad port)
         raise HistoryUnavailable(describe(exc, url, busy_timeout_ms)) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", lambda c, r: _sqlite_on_connect(busy_timeout_ms, c, r))
@@ -52,7 +54,35 @@ def describe(exc: BaseException, url: str, busy_timeout_ms: int) -> str:
     text = lines[0].strip() if lines else type(exc).__name__
     if "database is locked" in text:
         text += f" (another process is writing; gave up after {busy_timeout_ms / 1000:g} s)"
+    elif (why := _sqlite_folder_problem(url, text)) is not None:
+        text += f" ({why})"
     return f"history database {display_url(url)} is unavailable: {text}"
+
+
+#: Below this many free bytes a SQLite write (journal, WAL, pages) is likely to fail for want of space.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def _sqlite_folder_problem(url: str, text: str) -> str | None:
+    """Why a SQLite file's folder cannot take writes (read-only, full), in words; None when neither.
+
+    SQLite says only "unable to open database file", "attempt to write a readonly database" or
+    "disk I/O error" for these."""
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):  # also true of a read-only file system
+        return f"{folder} is read-only: make it writable or set --database elsewhere"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path} is read-only: make it writable or set --database elsewhere"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free < LOW_SPACE_BYTES and ("disk I/O error" in text or "full" in text):
+        return f"the disk holding {folder} is full: free some space or set --database elsewhere"
+    return None
 
 
 def _sqlite_on_connect(busy_timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:

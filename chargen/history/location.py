@@ -46,7 +46,7 @@ def _parse(url: str) -> URL | None:
 
     try:
         return make_url(url)
-    except SQLAlchemyError:
+    except (SQLAlchemyError, ValueError):  # ValueError: e.g. a port that is not a number
         return None
 
 
@@ -80,12 +80,45 @@ def sqlite_file(url: str) -> str | None:
     return database
 
 
+#: Query parameters whose values are never shown: any name holding one of these (password, sslpassword,
+#: api_key, token, client_secret, ...).
+SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")
+MASK = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
 def display_url(url: str) -> str:
-    """The file path of a SQLite URL, else the URL with its password hidden."""
+    """The file path of a SQLite URL, else the URL with its secrets hidden: the password of its
+    ``user:password@`` part and every secret-like query parameter (``?password=``, ``sslpassword``, ...).
+    A URL that does not parse is masked by its shape, never shown as given."""
     path = sqlite_file(url)
     if path is not None:
         return path
     parsed = _parse(url)
-    if parsed is None or parsed.get_backend_name() == "sqlite":
+    if parsed is None:
+        return _mask_unparsed(url)
+    placeholder = "chargenmaskedsecret"  # rendering would percent-encode the mask itself
+    query = {name: (placeholder if is_secret_name(name) else value) for name, value in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace(placeholder, MASK)
+
+
+def _mask_unparsed(url: str) -> str:
+    """Hide ``user:password@`` and secret-like ``name=value`` pairs of a URL SQLAlchemy cannot read."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        authority, tail = rest[:authority_end], rest[authority_end:]
+        if "@" in authority:
+            userinfo, _, host = authority.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            authority = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{userinfo}@{host}"
+        url = f"{scheme}{sep}{authority}{tail}"
+    base, sep, query = url.partition("?")
+    if not sep:
         return url
-    return parsed.render_as_string(hide_password=True)
+    pairs = [(pair.partition("=")[0], pair.partition("=")[1], pair.partition("=")[2]) for pair in query.split("&")]
+    return base + "?" + "&".join(f"{k}{eq}{MASK if eq and is_secret_name(k) else v}" for k, eq, v in pairs)

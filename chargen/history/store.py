@@ -220,6 +220,9 @@ class History:
         ``checkpoint`` is a sha256 or a path (matching the path or the file's
         current sha256). ``limit=None`` lists everything."""
         stmt = _with_short_ids(Generation).options(selectinload(Generation.outputs)).order_by(Generation.id.desc())
+        if query and "\x00" in query:
+            # SQLite's LIKE ends its pattern at a NUL: "%\x00zz%" would match every row.
+            raise HistoryLookupError("the search text must not contain NUL characters")
         if query:
             stmt = stmt.where(
                 or_(
@@ -280,6 +283,8 @@ class History:
         wanted = id_or_prefix.strip().upper()
         if not wanted:
             raise HistoryLookupError(f"give a {kind} id")
+        if "\x00" in wanted:  # SQLite's LIKE ends its pattern at a NUL: the prefix would match anything
+            raise HistoryLookupError(f"no {kind} with id {id_or_prefix!r}")
         exact = session.get(model, wanted)
         if exact is not None:
             return exact

@@ -7,6 +7,7 @@ from typing import Any
 
 from chargen.errors import ArgumentError, ChargenError
 from chargen.options import check_fields, option
+from chargen.terminal import has_controls
 
 CELLS = ("lstm", "gru", "rnn")
 
@@ -76,10 +77,10 @@ class ModelConfig:
 def check_label_names(names: list[str]) -> None:
     """Label names: distinct, non-empty strings without control characters."""
     for name in names:
-        if not isinstance(name, str) or not name.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-            raise ChargenError(f"label {name!r} must be a non-empty name without control characters")
+        if not isinstance(name, str) or not name.strip() or has_controls(name):
+            raise ArgumentError(f"label {name!r} must be a non-empty name without control characters")
     if len(set(names)) != len(names):
-        raise ChargenError(f"label names must be distinct: {', '.join(names)}")
+        raise ArgumentError(f"label names must be distinct: {', '.join(names)}")
 
 
 #: Named sizes for users who do not tune: (layers, hidden, embedding, dropout).

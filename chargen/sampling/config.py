@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chargen.errors import ArgumentError
+from chargen.errors import ArgumentError, ChargenError
 from chargen.options import check_fields, option
 
 if TYPE_CHECKING:
@@ -21,6 +22,15 @@ DEFAULT_NO_REPEAT_NGRAM = 12
 #: (seconds; 0 = no limit): the export's held-note cap (chargen.midi.export.DEFAULT_MAX_NOTE_S), so the
 #: model releases the notes the export would otherwise cut (BENCHMARKS.md, "Music quality").
 DEFAULT_MAX_HOLD_S = 5.0
+#: The longest prime, in tokens, of any codec: a prime is a start, not a corpus (it is run through the
+#: model as one batch, whose memory grows with its length; a MIDI file's events cost far more to read).
+MAX_PRIME_TOKENS = 16384
+
+
+def check_prime_length(tokens: int) -> None:
+    if tokens > MAX_PRIME_TOKENS:
+        raise ChargenError(f"the prime is {tokens:,} tokens long, more than the {MAX_PRIME_TOKENS:,} a prime may "
+                           "have; give the start of it")
 
 
 #: A cap for counts a user could mistype by orders of magnitude (tokens, n-gram lengths).
@@ -172,6 +182,23 @@ class ModelRef:
         """The reference of a loaded ``chargen.checkpoint.Checkpoint`` whose file hashed to ``sha256``."""
         return cls(str(Path(checkpoint.path).resolve()), sha256, checkpoint.config.to_dict(),
                    checkpoint.codec.to_metadata())
+
+
+class NonFiniteOutput(ChargenError):
+    """The model's output is not a finite number: the model is broken, not the request."""
+
+
+def check_finite(samples: list[Sample], expected: int) -> None:
+    """A NaN or infinite log-probability is an error, never an output: it would be printed as data
+    ("log-prob nan"), or as ``NaN``, which is not JSON. So is a beam search left with fewer than the
+    ``expected`` samples (its beams with non-finite scores are dropped)."""
+    for sample in samples:
+        if not math.isfinite(sample.logprob):
+            raise NonFiniteOutput(f"the model produced a non-finite log-probability ({sample.logprob}): its weights "
+                                  "overflow or are damaged; use another checkpoint")
+    if len(samples) < expected:
+        raise NonFiniteOutput(f"the model produced {len(samples)} of {expected} sample(s) with a finite "
+                              "log-probability (non-finite scores): its weights overflow or are damaged")
 
 
 @dataclass

@@ -19,7 +19,14 @@ from chargen.midi import MidiCodec
 from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
-from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
+from chargen.sampling.config import (
+    DecodeConfig,
+    GenerationResult,
+    NonFiniteOutput,
+    Sample,
+    check_finite,
+    check_prime_length,
+)
 from chargen.sampling.decoder import choose_tokens
 from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
 from chargen.sampling.stop import RowTexts, truncate_at_stop
@@ -127,7 +134,11 @@ class Generator:
         else:
             for token in prime_ids[:-1]:
                 _, state = self.stepper.step(torch.tensor([token]), state, bias)
-        return self.stepper.step(torch.tensor([prime_ids[-1]]), state, bias)  # logits [1, V]
+        logits, state = self.stepper.step(torch.tensor([prime_ids[-1]]), state, bias)  # logits [1, V]
+        if not bool(torch.isfinite(logits).all()):  # once per prime: a broken model fails before any output
+            raise NonFiniteOutput("the model produced a non-finite output after the prime (NaN or infinity): its "
+                                  "weights overflow or are damaged; use another checkpoint")
+        return logits, state
 
     def prepare(self, prime: str | None, config: DecodeConfig) -> Prepared:
         """Check ``config`` and the prime against this model (ArgumentError, UnknownTokensError), resolve the
@@ -135,7 +146,9 @@ class Generator:
         config.validate(self.codec.vocab_size, self.music)
         label = self.label_id(config.label)
         resolved = config.resolved(self.music)
-        prime_ids = self.codec.encode(prime if prime else self.codec.default_prime)
+        prime_text = prime if prime else self.codec.default_prime
+        check_prime_length(len(prime_text))  # before encoding: at least one character per token
+        prime_ids = self.codec.encode(prime_text)
         return Prepared(resolved, prime or "", prime_ids, label)
 
     def steps(self, prepared: Prepared) -> Iterator[list[str]]:
@@ -155,6 +168,7 @@ class Generator:
                 device = str(stepper.device) if isinstance(stepper, DeviceStepper) else "cpu"
                 samples = yield from self._sample(prime_ids, config, rng, label, stepper)
         duration = time.perf_counter() - start
+        check_finite(samples, config.num_samples if config.length else 0)
         return GenerationResult(samples=samples, config=config, prime=prepared.prime, duration_s=duration,
                                 tokens=config.length * (1 if config.decoder == "beam" else config.num_samples),
                                 device=device)

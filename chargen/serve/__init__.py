@@ -6,10 +6,11 @@
   history_writer.py  HistoryLog (rows by chargen.records.generation_fields), HistoryWriter (group commit)
   service.py         Service: served models, a generation's life, MIDI rendering of answers
   sse.py             Server-Sent Events; cancelling on disconnect
-  guard.py           ASGI middleware: API token, body-size cap
+  guard.py           ASGI middleware: API token, body-size cap, body read timeout
+  shield.py          ASGI middleware: the Host check (DNS rebinding), security headers; JSON that always encodes
   routes.py          the endpoints, on an APIRouter
   app.py             create_app, load_models, serve (uvicorn)
-  page.py            the page at /
+  page.py            the page at /, its style sheet and script
 """
 
 from chargen.serve.app import TOKEN_ENV, create_app, load_models, model_name_for, serve

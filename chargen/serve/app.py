@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -26,12 +25,13 @@ from starlette.concurrency import run_in_threadpool
 from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, resolve_checkpoint
 from chargen.errors import ChargenError
 from chargen.history import resolve_database_url
-from chargen.serve.guard import Guard
+from chargen.serve.guard import Guard, check_token
 from chargen.serve.history_writer import HistoryLog
 from chargen.serve.limits import NAME_RE, Limits, ServiceError, error_body
 from chargen.serve.metrics import RequestCounter
 from chargen.serve.routes import router
 from chargen.serve.service import Service
+from chargen.serve.shield import LOOPBACK_HOSTS, SafeJSONResponse, Shield, allowed_hosts_for, encodable, is_loopback
 from chargen.version import __version__
 
 logger = logging.getLogger("chargen.service")
@@ -39,10 +39,15 @@ TOKEN_ENV = "CHARGEN_API_TOKEN"
 
 
 def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token: str | None,
-               limits: Limits | None = None, device: str = "cpu") -> FastAPI:
+               limits: Limits | None = None, device: str = "cpu",
+               allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> FastAPI:
     """The ASGI app serving ``models`` by name. ``history_url`` None: no history (its endpoints say so).
-    ``device``: where batched steps may run (``chargen.machine.offload``)."""
+
+    ``device``: where batched steps may run (``chargen.machine.offload``). ``allowed_hosts``: the ``Host``
+    names answered (default: loopback's; :func:`allowed_hosts_for` makes the list for a bind address); None
+    answers any (a public bind, where the token protects)."""
     limits = limits or Limits()
+    check_token(api_token)
     service = Service(models, HistoryLog(history_url) if history_url is not None else None, limits, device)
 
     @asynccontextmanager
@@ -55,7 +60,7 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
 
     # No /docs: Swagger UI loads its assets from a CDN. The schema stays at /openapi.json.
     app = FastAPI(title="chargen", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None)
+                  redoc_url=None, default_response_class=SafeJSONResponse)
     app.state.service = service
 
     def openapi() -> dict[str, Any]:
@@ -70,16 +75,10 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
     app.add_exception_handler(ChargenError, _chargen_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.include_router(router)
-    app.add_middleware(Guard, token=api_token, max_body=limits.max_body_bytes)
+    app.add_middleware(Guard, token=api_token, max_body=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
+    app.add_middleware(Shield, allowed_hosts=allowed_hosts)  # runs before the token check
     app.add_middleware(RequestCounter, metrics=service.metrics, routes=router.routes)  # outermost: every answer
     return app
-
-
-class ErrorResponse(JSONResponse):
-    """An error answer, rendered ASCII-only: what a request sent back in it (a lone surrogate) stays encodable."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 #: Routes that speak OpenAI's API: their bad requests are 400, as OpenAI's own server answers them.
@@ -87,11 +86,11 @@ OPENAI_ROUTES = frozenset({"/v1/completions"})
 
 
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return ErrorResponse(exc.body(), status_code=exc.status)
+    return SafeJSONResponse(exc.body(), status_code=exc.status)
 
 
 async def _chargen_error(_: Request, exc: ChargenError) -> JSONResponse:
-    return ErrorResponse(error_body(400, str(exc)), status_code=400)
+    return SafeJSONResponse(error_body(400, str(exc)), status_code=400)
 
 
 def _finite_json(value: Any) -> bool:
@@ -104,8 +103,8 @@ def _finite_json(value: Any) -> bool:
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 (400 on OpenAI's routes) naming each bad field; the offending value is echoed only when JSON can
-    carry it (not NaN/inf)."""
-    errors = jsonable_encoder(exc.errors())
+    carry it (not NaN/inf), and with any lone surrogate in it (or in a field's name) escaped."""
+    errors = encodable(jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}))
     for error in errors:
         if "input" in error and not _finite_json(error["input"]):
             del error["input"]
@@ -114,8 +113,8 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     fields = [".".join(str(part) for part in error.get("loc", ())[1:]) or "body" for error in errors]
     message = "; ".join(f"{field}: {error.get('msg', 'invalid')}" for field, error in zip(fields, errors))
     status = 400 if request.url.path in OPENAI_ROUTES else 422
-    return ErrorResponse(error_body(status, message, param=fields[0] if fields else None, detail=errors),
-                         status_code=status)
+    return SafeJSONResponse(error_body(status, message, param=fields[0] if fields else None, detail=errors),
+                            status_code=status)
 
 
 def _document_served(schema: dict[str, Any], names: list[str], limits: Limits) -> None:
@@ -160,21 +159,16 @@ def load_models(specs: Sequence[str]) -> dict[str, Checkpoint]:
     return models
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(host: str = "127.0.0.1", port: int = 8000, checkpoints: Sequence[str] = (), *,
           token: str | None = None, database: str | None = None, history: bool = True,
           limits: Limits | None = None, threads: int | None = 1, log_level: str = "info",
-          graceful_timeout_s: float = 10.0, device: str = "cpu") -> None:
-    """Run the service with uvicorn until SIGINT/SIGTERM. ``token`` defaults to ``$CHARGEN_API_TOKEN``."""
+          graceful_timeout_s: float = 10.0, device: str = "cpu", allowed_hosts: Sequence[str] = ()) -> None:
+    """Run the service with uvicorn until SIGINT/SIGTERM. ``token`` defaults to ``$CHARGEN_API_TOKEN``.
+
+    ``allowed_hosts``: ``Host`` names answered besides loopback's (on a loopback bind); on another bind,
+    the only ones answered when given (else any: the token is the protection there)."""
     token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+    check_token(token)
     # One intra-op thread by default: a generation step is a few small matrix products, and
     # OpenMP workers spinning beside the scheduler and the event loop slow it down by orders of
     # magnitude on a busy machine. Batching is the parallelism here; --threads N for big models
@@ -182,8 +176,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, checkpoints: Sequence[str] 
     torch.set_num_threads(threads or 1)
     models = load_models(checkpoints)
     url = resolve_database_url(database) if history else None
-    app = create_app(models, url, token, limits or Limits(), device)
-    if not _is_loopback(host) and not token:
+    app = create_app(models, url, token, limits or Limits(), device=device,
+                     allowed_hosts=allowed_hosts_for(host, allowed_hosts))
+    if not is_loopback(host) and not token:
         logger.warning("serving on %s without an API token: anyone who can reach it can use it", host)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="chargen: %(message)s")
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,

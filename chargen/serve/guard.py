@@ -1,7 +1,8 @@
-"""ASGI middleware run before any route: the API token and the request-body cap."""
+"""ASGI middleware run before any route: the API token, the request-body cap and the body's read timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -10,16 +11,28 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chargen.errors import ChargenError
 from chargen.serve.limits import error_body
 
 OPEN_PATHS = frozenset({"/healthz"})
 
 
-class Guard:
-    """Bearer token (or Basic with the token as password, for browsers) and the body-size cap."""
+def check_token(token: str | None) -> None:
+    """A token must be visible ASCII: browsers send header values as Latin-1 bytes (fetch refuses
+    anything else), and Basic credentials as UTF-8 or Latin-1 depending on the browser, so a token
+    with other characters could never be sent by the page."""
+    if token and not all(0x21 <= ord(ch) <= 0x7E for ch in token):
+        raise ChargenError("--token must be printable ASCII without spaces (letters, digits, punctuation): "
+                           "browsers cannot send other characters in a header")
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body: int):
-        self.app, self.max_body = app, max_body
+
+class Guard:
+    """Bearer token (or Basic with the token as password, for browsers), the body-size cap, and a
+    deadline for the body: a client that stops sending it gets 408 instead of holding its connection."""
+
+    def __init__(self, app: ASGIApp, token: str | None, max_body: int, body_timeout_s: float = 5.0):
+        check_token(token)
+        self.app, self.max_body, self.body_timeout_s = app, max_body, body_timeout_s
         self.token = token.encode() if token else None
 
     def _authorized(self, scope: Scope) -> bool:
@@ -55,8 +68,16 @@ class Guard:
                 return
             # Read the (small, JSON) body here so a chunked upload cannot pass the cap either.
             chunks, size = [], 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.body_timeout_s  # for the whole body, not each chunk: no trickling
             while True:
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    await send_json(send, 408, {"detail": f"the request body did not arrive within "
+                                                          f"{self.body_timeout_s:g} s", "limit": "body_timeout_s"},
+                                    [(b"connection", b"close")])
+                    return
                 if message["type"] != "http.request":
                     break
                 chunks.append(message.get("body", b""))

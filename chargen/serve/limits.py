@@ -27,6 +27,7 @@ class Limits:
     max_batch: int = 64  # sampling rows stepped together per model; more requests wait
     max_queue: int = 256  # requests running or waiting per model
     max_list: int = 200  # GET /v1/generations?limit=
+    body_timeout_s: float = 5.0  # a request body not complete by then is answered 408
 
 
 #: OpenAI's error types by status, for the ``error`` object every error answer carries.

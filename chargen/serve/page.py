@@ -1,17 +1,18 @@
-"""The page ``chargen serve`` answers at ``/``: one self-contained HTML file, no external assets.
+"""The page ``chargen serve`` answers at ``/``: HTML, its style sheet and its script, all from this server.
 
 It streams a generation with fetch + ReadableStream (reading the SSE by hand,
 since EventSource cannot POST), and for music models draws a piano roll of the
 result on a canvas and offers the .mid for download. The panels below the
 output (player, history, training curves: :mod:`chargen.serve.panels`) are
-spliced in where the template marks them.
+spliced in where the template marks them. The template's style and script are then served
+apart (:data:`PAGE_CSS`, :data:`PAGE_JS` at :data:`CSS_PATH`, :data:`JS_PATH`), so the page's
+Content-Security-Policy (``chargen.serve.shield``) allows no inline code at all.
 """
 
 from chargen.serve import panels
 
-#: Nothing but the page's own inline code and this server: no third-party assets can load.
-PAGE_CSP = ("default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-            "img-src 'self' data: blob:; connect-src 'self' blob:")
+CSS_PATH = "/static/page.css"
+JS_PATH = "/static/page.js"
 
 _TEMPLATE = r"""<!doctype html>
 <html lang="en">
@@ -310,4 +311,19 @@ loadModels();
 </html>
 """
 
-PAGE = panels.splice(_TEMPLATE)
+
+
+def _split(html: str) -> tuple[str, str, str]:
+    """The page's HTML with its one ``<style>`` and one ``<script>`` replaced by links to them; and them."""
+    parts = {}
+    for tag, link in (("style", f'<link rel="stylesheet" href="{CSS_PATH}">'),
+                      ("script", f'<script src="{JS_PATH}"></script>')):
+        start, end = html.index(f"<{tag}>\n"), html.index(f"</{tag}>")
+        if html.count(f"<{tag}>") != 1:
+            raise ValueError(f"the page template must hold one <{tag}>")
+        parts[tag] = html[start + len(tag) + 3 : end]
+        html = html[:start] + link + html[end + len(tag) + 3 :]
+    return html, parts["style"], parts["script"]
+
+
+PAGE, PAGE_CSS, PAGE_JS = _split(panels.splice(_TEMPLATE))

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 from chargen.codec_registry import codec_from_metadata
-from chargen.curves import read_curve, trend
+from chargen.curves import scan_curve, trend
 from chargen.errors import ChargenError
 from chargen.midi.export import midi_notes
 from chargen.sampling.config import DecodeConfig
@@ -24,7 +24,7 @@ from chargen.serve.completions import stream as completion_stream
 from chargen.serve.history_writer import GenerationLog, GenerationNotFound, HistoryError
 from chargen.serve.limits import ID_PATTERN, ServiceError, over_limit
 from chargen.serve.metrics import CONTENT_TYPE
-from chargen.serve.page import PAGE, PAGE_CSP
+from chargen.serve.page import CSS_PATH, JS_PATH, PAGE, PAGE_CSS, PAGE_JS
 from chargen.serve.schemas import GenerateRequest, decode_options
 from chargen.serve.service import Service, render_midi
 from chargen.serve.sse import cancel_on_disconnect, events
@@ -90,7 +90,17 @@ async def healthz(service: Service = Depends(get_service)) -> JSONResponse:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> HTMLResponse:
-    return HTMLResponse(PAGE, headers={"Content-Security-Policy": PAGE_CSP})
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})  # its CSP: chargen.serve.shield
+
+
+@router.get(CSS_PATH, include_in_schema=False)
+async def page_css() -> Response:
+    return Response(PAGE_CSS, media_type="text/css; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+
+@router.get(JS_PATH, include_in_schema=False)
+async def page_js() -> Response:
+    return Response(PAGE_JS, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/v1/models")
@@ -194,9 +204,11 @@ async def get_generation(gen_id: str = PathParam(pattern=ID_PATTERN),
 @router.get("/v1/models/{name}/curve")
 async def model_curve(name: str = PathParam(max_length=128),
                       service: Service = Depends(get_service)) -> dict[str, Any]:
-    """The training curve of the model's run (``metrics.jsonl``) and its trend; empty without a run folder."""
+    """The training curve of the model's run (``metrics.jsonl``, thinned to at most ``curves.MAX_POINTS``
+    points, read in bounded memory) and its trend; empty without a run folder."""
     served = service.lookup(name)
     run_dir = served.checkpoint.path.parent  # where `chargen info` reads it too
-    points, verdict = await run_in_threadpool(lambda: (read_curve(run_dir), trend(run_dir)))
-    return {"model": served.name, "points": [asdict(point) for point in points],
+    curve = await run_in_threadpool(scan_curve, run_dir)
+    verdict = trend(run_dir, curve)
+    return {"model": served.name, "points": [asdict(point) for point in curve.points],
             "trend": verdict.to_dict() if verdict is not None else None}

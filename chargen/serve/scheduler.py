@@ -25,6 +25,7 @@ import torch
 from chargen.inference import Stepper, expand_state, reorder_state
 from chargen.model import State
 from chargen.sampling import DecodeConfig, Generator, MusicRules, choose_tokens, sequence_constraints
+from chargen.sampling.config import NonFiniteOutput, check_finite
 from chargen.sampling.stop import RowTexts
 from chargen.serve.limits import SHUTDOWN_MESSAGE, ServiceError
 from chargen.serve.observers import SchedulerObserver
@@ -195,6 +196,9 @@ class BatchScheduler:
         # common primes (the default above all) come from the generator's cache.
         try:
             job.prime(self.generator)
+        except NonFiniteOutput as exc:  # a broken model, not a bug here
+            job.emit("error", (500, str(exc)))
+            return
         except Exception:  # a bug: fail this request, keep the others going
             logger.exception("priming failed for a request on %s", self.name)
             job.emit("error", (500, "internal error while priming"))
@@ -342,7 +346,13 @@ class BatchScheduler:
         tail = job.rows.finish()
         if job.stream and any(tail):
             job.emit("tokens", tail)
-        job.emit("done", (job.rows.samples(self.generator.codec), time.perf_counter() - job.started, job.device))
+        samples = job.rows.samples(self.generator.codec)
+        try:  # a NaN is an error, never data (nor invalid JSON), and never recorded
+            check_finite(samples, job.n if job.config.length else 0)
+        except NonFiniteOutput as exc:  # the model is broken, not the request
+            job.emit("error", (500, str(exc)))
+            return
+        job.emit("done", (samples, time.perf_counter() - job.started, job.device))
 
     def _fail_all(self, message: str, status: int = 500) -> None:
         with self._cond:

@@ -26,7 +26,7 @@ from chargen.checkpoint import Checkpoint, sha256_file
 from chargen.errors import ChargenError
 from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
 from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
-from chargen.sampling.config import ModelRef
+from chargen.sampling.config import ModelRef, NonFiniteOutput
 from chargen.sampling.generator import Prepared
 from chargen.serve.history_writer import GenerationLog, HistoryError, HistoryWriter
 from chargen.serve.limits import (
@@ -275,6 +275,8 @@ class Service:
 def _beam_done(emit: Emit, future: asyncio.Future[Any]) -> None:
     if future.cancelled():
         emit("error", (503, SHUTDOWN_MESSAGE))
+    elif isinstance(future.exception(), NonFiniteOutput):  # the model is broken, not the request
+        emit("error", (500, str(future.exception())))
     elif isinstance(future.exception(), ChargenError):
         emit("error", (400, str(future.exception())))
     elif future.exception() is not None:

@@ -17,7 +17,10 @@ from chargen.serve.service import Handle, Service
 
 
 def sse(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    """One event; its data is always valid JSON (no NaN: ValueError) and always encodes (lone surrogates
+    escaped)."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    return f"event: {event}\ndata: {text}\n\n".encode("utf-8", "backslashreplace")
 
 
 async def events(service: Service, handle: Handle, body: GenerateRequest,

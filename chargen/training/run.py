@@ -12,12 +12,14 @@ import math
 import signal
 import sys
 import time
+import uuid
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from chargen import checkpoint_checks as checks
 from chargen.checkpoint import (
     FAILED,
     FINISHED,
@@ -40,6 +42,7 @@ from chargen.machine.calibrate import choose_precision
 from chargen.machine.device import resolve_device
 from chargen.machine.threads import ThreadTuner
 from chargen.model import ModelConfig
+from chargen.terminal import printable
 from chargen.training import distributed
 from chargen.training.budget import StepBudget
 from chargen.training.config import Reporter, TrainConfig, TrainResult
@@ -139,16 +142,40 @@ class ProgressOutput:
 
 
 def _restore(run_dir: Path, given: TrainConfig | None) -> tuple[dict[str, Any], ModelConfig, TrainConfig, bool]:
-    """A resumed run's saved state, model and training configuration, and whether a new limit was given."""
-    saved = load_state(run_dir / STATE)
+    """A resumed run's saved state, model and training configuration, and whether a new limit was given.
+
+    The state is checked against the run before anything of it is used: its run id against ``run.json``'s
+    (a ``state.pt`` copied from another run is refused), its model weights against the run's config.
+    """
+    path = run_dir / STATE
+    saved = load_state(path)
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: resume state is damaged (not a chargen state)")
+    recorded = read_run_json(run_dir) or {}
+    run_id = recorded.get("run_id")
+    if run_id is not None and saved.get("run_id") != run_id:
+        raise CheckpointError(f"{path}: belongs to another run (run id {printable(saved.get('run_id'))}, this run "
+                              f"is {printable(run_id)}); cannot resume from it")
     try:
-        model_config = ModelConfig.from_dict(saved["model_config"])
+        model_config = checks.model_config(path, saved["model_config"])
         saved_config = TrainConfig.from_dict(saved["train_config"])
         planned_total = int(saved["total_steps"])
+        int(saved["step"]), float(saved["best_val"]), float(saved["elapsed_s"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{run_dir / STATE}: resume state is damaged ({exc!r})") from None
+        raise CheckpointError(f"{path}: resume state is damaged ({exc!r})") from None
+    recorded_config = _config_or_none(recorded.get("model_config"))
+    if recorded_config is not None and recorded_config != model_config:
+        raise CheckpointError(f"{path}: its model is not the one run.json records; cannot resume from it")
+    checks.check_state_model(path, model_config, saved.get("model"))
     config, new_limit = resume_config(saved_config, given, planned_total)
     return saved, model_config, config, new_limit
+
+
+def _config_or_none(data: Any) -> ModelConfig | None:
+    try:
+        return ModelConfig.from_dict(data) if isinstance(data, dict) else None
+    except (ChargenError, TypeError, ValueError):
+        return None
 
 
 def train(
@@ -177,6 +204,9 @@ def train(
         saved, model_config, config, new_limit = _restore(run_dir, config)
     if model_config is None or config is None:
         raise ValueError("a new run needs a model_config and a config")
+    if model_config.vocab_size != codec.vocab_size:
+        raise CheckpointError(f"{run_dir}: the model's vocabulary ({model_config.vocab_size}) is not the codec's "
+                              f"({codec.vocab_size}); cannot train it")
     ranks = distributed.current()  # torchrun: the global batch; rank 0 alone writes and reports
     if not ranks.is_main:
         report, progress = (lambda message: None), False
@@ -216,8 +246,10 @@ def train(
         stale.unlink(missing_ok=True)
     metrics = MetricsLog(run_dir)
     if saved is None:
+        state.run_id = uuid.uuid4().hex  # in run.json and every state.pt: a resume checks they agree
         if ranks.is_main:
             write_json(run_dir / RUN_JSON, {
+                "run_id": state.run_id,
                 "corpus": asdict(corpus), "codec": codec.name, "model_config": model_config.to_dict(),
                 "train_config": config.to_dict(), "chargen_version": __version__, "status": RUNNING,
                 "tokens_sha256": sha256_file(run_dir / TOKENS),  # resume checks the file against it

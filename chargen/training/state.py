@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from chargen.errors import CheckpointError
 from chargen.model import CharRNN, ModelConfig, State
 from chargen.training.averaging import WeightAverage
 from chargen.training.config import TrainConfig
@@ -26,6 +27,7 @@ class TrainingState:
     elapsed_s: float = 0.0  # wall-clock of all earlier sessions of this run
     evals: list[dict[str, float]] = field(default_factory=list)
     hidden: State | None = None  # carried across batches within an epoch (truncated BPTT)
+    run_id: str | None = None  # the run this state belongs to, also in run.json: a foreign state.pt is refused
 
     def to_state_dict(self, model: CharRNN, optimizer: torch.optim.Optimizer, device: torch.device,
                       model_config: ModelConfig, train_config: TrainConfig, elapsed_s: float,
@@ -46,17 +48,28 @@ class TrainingState:
             "model_config": model_config.to_dict(),
             "train_config": train_config.to_dict(),
             "chargen_version": __version__,
+            **({"run_id": self.run_id} if self.run_id else {}),
         }
 
     @classmethod
     def restore(cls, saved: dict[str, Any], model: CharRNN, optimizer: torch.optim.Optimizer,
                 device: torch.device) -> TrainingState:
-        """Load ``saved`` (a ``state.pt`` payload) into ``model``, ``optimizer`` and the RNGs."""
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in saved:
-            torch.cuda.set_rng_state(saved["rng_cuda"])
-        hidden = tuple(h.to(device, torch.float32) for h in saved["hidden"]) if saved.get("hidden") else None
-        return cls(step=int(saved["step"]), total_steps=int(saved["total_steps"]), best_val=float(saved["best_val"]),
-                   elapsed_s=float(saved["elapsed_s"]), evals=list(saved.get("evals", [])), hidden=hidden)
+        """Load ``saved`` (a ``state.pt`` payload) into ``model``, ``optimizer`` and the RNGs.
+
+        A payload that does not fit them (checked against the run beforehand by ``chargen.training.run``)
+        is a CheckpointError, never a late IndexError."""
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng_cpu"])
+            if device.type == "cuda" and "rng_cuda" in saved:
+                torch.cuda.set_rng_state(saved["rng_cuda"])
+            hidden = tuple(h.to(device, torch.float32) for h in saved["hidden"]) if saved.get("hidden") else None
+            run_id = saved.get("run_id")
+            return cls(step=int(saved["step"]), total_steps=int(saved["total_steps"]),
+                       best_val=float(saved["best_val"]), elapsed_s=float(saved["elapsed_s"]),
+                       evals=list(saved.get("evals", [])), hidden=hidden,
+                       run_id=run_id if isinstance(run_id, str) else None)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"resume state is damaged or not this run's ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]})") from None
