@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from chargen.checkpoint import load_checkpoint, resolve_checkpoint
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.lookup import resolve_checkpoint
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec
 

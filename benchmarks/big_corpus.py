@@ -9,7 +9,7 @@ corpus might be. Every size repeats the same base, so every size has the same vo
 and the same model: what changes is only the corpus's size.
 For each size, in fresh processes:
 
-- the vocabulary pass and the encoding pass (``chargen.data.build_corpus``), in MB/s
+- the vocabulary pass and the encoding pass (``chargen.training.data.build_corpus``), in MB/s
   of the corpus, and the whole preparation (both passes and the sha256 of the files);
 - ``chargen train CORPUS --size tiny --max-steps 5 --threads 1``: its peak RSS and
   seconds, as a user would run it;
@@ -45,7 +45,7 @@ BASE_BYTES = 4 * MB
 PREPARE = """
 import json, sys, time
 from pathlib import Path
-from chargen.data import build_corpus
+from chargen.training.data import build_corpus
 from chargen.text_codec import TextCodec
 corpus, tokens = Path(sys.argv[1]), Path(sys.argv[2])
 began = time.perf_counter(); codec = TextCodec.fit([corpus]); fit = time.perf_counter() - began
@@ -58,9 +58,9 @@ EVALUATE = """
 import json, sys, time
 import numpy as np, torch
 from pathlib import Path
-from chargen.checkpoint import load_checkpoint
-from chargen.data import load_tokens, split_tokens
-from chargen.evaluation import mean_loss, scored_tokens
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.training.data import load_tokens, split_tokens
+from chargen.scoring.evaluate import mean_loss, scored_tokens
 from chargen.training import TrainConfig
 torch.set_num_threads(1)
 run, whole_up_to = Path(sys.argv[1]), int(sys.argv[2])

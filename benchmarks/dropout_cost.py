@@ -29,9 +29,9 @@ import torch
 
 import chargen.model.network
 from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, publish
-from chargen.data import split_tokens
 from chargen.model import PRESETS, ModelConfig
 from chargen.training import TrainConfig
+from chargen.training.data import split_tokens
 from chargen.training.trainer import Trainer
 
 START = "<!-- benchmarks/dropout_cost.py: start (generated) -->"

@@ -4,7 +4,7 @@
 
 Matrix: row = the label whose validation part is scored (each label's last
 ``val_fraction`` of tokens, as training split it), column = the label the model
-is given; nats per token through :func:`chargen.evaluation.label_loss_matrix`,
+is given; nats per token through :func:`chargen.scoring.evaluate.label_loss_matrix`,
 the computation behind the validation loss. A model that uses its labels scores
 every row best in its own column (bold).
 
@@ -22,10 +22,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from benchmarks.music_quality import MAX_NOTE_S, Row, corpus_row, read_back
-from chargen.checkpoint import LABELS, TOKENS, load_checkpoint, read_run_json, resolve_checkpoint
-from chargen.data import find_corpus_files, load_tokens, split_tokens
-from chargen.evaluation import label_loss_matrix
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.layout import LABELS, TOKENS, read_run_json
+from chargen.runs.lookup import resolve_checkpoint
 from chargen.sampling import DecodeConfig, Generator
+from chargen.scoring.evaluate import label_loss_matrix
+from chargen.training.data import find_corpus_files, load_tokens, split_tokens
 
 
 def loss_table(run: str) -> tuple[str, bool]:

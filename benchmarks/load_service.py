@@ -170,7 +170,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="with --api both: alternating rounds of each")
     args = parser.parse_args()
 
-    from chargen.checkpoint import load_checkpoint, resolve_checkpoint
+    from chargen.runs.checkpoint import load_checkpoint
+    from chargen.runs.lookup import resolve_checkpoint
 
     weights = resolve_checkpoint(args.checkpoint)
     loaded = load_checkpoint(weights)

@@ -53,13 +53,14 @@ from pathlib import Path
 
 import numpy as np
 
-from chargen.checkpoint import load_checkpoint, resolve_checkpoint
-from chargen.data import find_corpus_files
 from chargen.errors import ChargenError, CorruptFileError
 from chargen.midi import MidiCodec, MidiVocab, ids_to_notes
 from chargen.midi.export import decode_to_midi
 from chargen.midi.texture import polyphony_cap
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.lookup import resolve_checkpoint
 from chargen.sampling import DecodeConfig, Generator, learnt_max_hold_s
+from chargen.training.data import find_corpus_files
 
 MAX_NOTE_S = 5.0
 

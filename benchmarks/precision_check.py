@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = {}
         with tempfile.TemporaryDirectory(prefix="chargen-precision-") as tmp:
-            from chargen.runs import start_run
+            from chargen.runs.start import start_run
 
             for precision in ("fp32", "bf16"):
                 config = TrainConfig(max_steps=args.steps, eval_every=10**9, seed=1337, device=args.device,

@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import cpu_flags, cpu_model
-from chargen.checkpoint import STATE, load_state
+from chargen.runs.checkpoint import load_state
+from chargen.runs.layout import STATE
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"

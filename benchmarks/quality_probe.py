@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO
-from chargen.data import split_tokens
 from chargen.model import PRESETS, ModelConfig
 from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig, Trainer
+from chargen.training.data import split_tokens
 from chargen.training.trainer import Progress
 
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"

@@ -45,14 +45,14 @@ from benchmarks.common import (
     load_corpus,
     write_section,
 )
-from chargen.data import Split, StreamBatcher
 from chargen.errors import ChargenError
-from chargen.inference import generation_threads
 from chargen.machine.device import cpu_has_native_bf16
 from chargen.model import PRESETS, CharRNN, ModelConfig, flops_per_token
 from chargen.sampling import DecodeConfig, Generator
+from chargen.sampling.steppers import generation_threads
 from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig, Trainer
+from chargen.training.data import Split, StreamBatcher
 
 START = "<!-- benchmarks/run.py: start (generated; edit the script, not this section) -->"
 END = "<!-- benchmarks/run.py: end -->"
@@ -301,7 +301,7 @@ def matvec_floor(generator: Generator, rows: int) -> tuple[Callable[[], None], i
 def thread_policy_check(generator: Generator, length: int, reps: int) -> list[str]:
     """``--num-samples 2`` at torch's default threads vs the one thread ``Generator`` now uses,
     on the machine as it is and with one busy process (started here) holding a core."""
-    from chargen import inference
+    from chargen.sampling import steppers as inference
 
     config = DecodeConfig(length=length, num_samples=2, seed=0)
     saved = inference.GENERATION_THREADS
@@ -432,7 +432,7 @@ def sampling_section(budget: Budget, model: CharRNN, codec: TextCodec, weights_n
 # ----------------------------------------------------------------------------- cells at equal wall-clock
 
 def cells_section(budget: Budget, corpus: Corpus, workdir: Path) -> tuple[list[str], Path | None]:
-    from chargen.runs import start_run
+    from chargen.runs.start import start_run
 
     meter = LoadMeter()
     preset = budget.cell_preset
@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         codec = TextCodec.fit([corpus.path])
         medium = ModelConfig(vocab_size=corpus.vocab, **{k: v for k, v in PRESETS["medium"].items() if k != "dropout"})
         if budget.cell_preset == "medium" and lstm_run is not None:
-            from chargen.checkpoint import BEST, load_checkpoint
+            from chargen.runs.checkpoint import load_checkpoint
+            from chargen.runs.layout import BEST
 
             model = load_checkpoint(lstm_run / BEST).model
             weights_note = f"the medium LSTM trained above for {budget.cell_s:.0f} s"

@@ -54,7 +54,7 @@ from chargen.machine.device import cpu_has_native_bf16
 from chargen.machine.kernels import choose_kernel, single_thread_openblas
 from chargen.machine.native import lstm_library
 from chargen.model import PRESETS, CharRNN, ModelConfig
-from chargen.runs import start_run
+from chargen.runs.start import start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig, TrainResult
@@ -199,7 +199,7 @@ def sampling_section(corpus: Path, preset: str, length: int, rounds: int) -> lis
     weights = [stepper.w_hh[0]] + [torch.cat([stepper.w_ih[layer], stepper.w_hh[layer]])
                                    for layer in range(1, stepper.layers)] + [stepper.head_w]
     ratios, per_char, floors = [], [], []
-    from chargen.inference import generation_threads
+    from chargen.sampling.steppers import generation_threads
 
     floor_kernels = ("torch", "numpy", "native") if lstm_library() is not None else ("torch", "numpy")
     # The floor at generation's one thread: OpenBLAS would otherwise read with both cores (a 2-thread pass

@@ -13,8 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from chargen.checkpoint import atomic_write
 from chargen.errors import ChargenError
+from chargen.files.atomic import atomic_write
 
 INSTALL_HINT = "apt-get install fluidsynth fluid-soundfont-gm"
 #: where distributions put a General MIDI soundfont; $CHARGEN_SOUNDFONT overrides

@@ -12,15 +12,17 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, sha256_file
 from chargen.codec import Codec
 from chargen.errors import ChargenError
+from chargen.files.atomic import sha256_file
+from chargen.runs.checkpoint import Checkpoint, load_checkpoint
+from chargen.runs.layout import BEST, LAST
 from chargen.sampling import DecodeConfig, GenerationResult, Generator
 from chargen.training import TrainResult
 
 if TYPE_CHECKING:
     from chargen.history import GenerationFields, ScoreFields
-    from chargen.scoring import FileScore
+    from chargen.scoring.files import FileScore
 
 
 def generation_fields(result: GenerationResult) -> GenerationFields:

@@ -99,7 +99,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small LSTM trained briefly on the embedded fables corpus (shared by tests)."""
-    from chargen.runs import start_run
+    from chargen.runs.start import start_run
     from chargen.training import TrainConfig
 
     root = tmp_path_factory.mktemp("session-checkpoints")

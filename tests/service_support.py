@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import torch
 
-from chargen.checkpoint import save_weights
 from chargen.codec import Codec
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import save_weights
 from chargen.text_codec import TextCodec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from chargen.checkpoint import LAST, RUN_JSON, TOKENS
+from chargen.runs.layout import LAST, RUN_JSON, TOKENS
 from tests.test_trainer import run_main, tiny
 
 

@@ -28,8 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from service_support import make_checkpoint, parse_sse, thread_server
 
-from chargen.checkpoint import STATE, save_weights
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import save_weights
+from chargen.runs.layout import STATE
 from chargen.text_codec import TextCodec
 from tests.conftest import REPO, invoke
 from tests.test_checkpoint_faults import _one_line
@@ -47,7 +48,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from click.testing import CliRunner
-from chargen.checkpoint import load_checkpoint
+from chargen.runs.checkpoint import load_checkpoint
 from chargen.cli import cli
 from chargen.errors import ChargenError
 from chargen.sampling import DecodeConfig, Generator
@@ -202,7 +203,7 @@ def test_non_finite_output_is_an_error_never_data(tmp_path: Path, loader: Loader
 
 
 def test_the_service_never_sends_nan(tmp_path: Path) -> None:
-    from chargen.checkpoint import load_checkpoint
+    from chargen.runs.checkpoint import load_checkpoint
     from chargen.serve import Limits, create_app
 
     models = {"bad": load_checkpoint(overflowing(tmp_path))}

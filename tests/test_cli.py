@@ -15,9 +15,10 @@ from pathlib import Path
 import click
 import pytest
 
-from chargen.checkpoint import BEST, LAST, sha256_file
 from chargen.cli.types import FiniteFloat
 from chargen.errors import ChargenError
+from chargen.files.atomic import sha256_file
+from chargen.runs.layout import BEST, LAST
 from tests.conftest import FABLES, assert_one_line_error, invoke, run_cli
 
 

@@ -14,18 +14,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import chargen.evaluation as evaluation
+import chargen.scoring.evaluate as evaluation
 import chargen.text_codec as text_codec
 import chargen.text_scan as text_scan
-from chargen.data import build_corpus, load_tokens, split_tokens, validation_batches, validation_layout
 from chargen.errors import CorpusError
-from chargen.evaluation import mean_loss, scored_tokens, token_losses
 from chargen.model import CharRNN, ModelConfig
-from chargen.runs import start_run
+from chargen.runs.metrics import read_metrics
+from chargen.runs.start import start_run
+from chargen.scoring.evaluate import mean_loss, scored_tokens, token_losses
 from chargen.text_codec import TextCodec, code_points, iter_text_chunks
 from chargen.training import StepBudget, TrainConfig, Trainer
 from chargen.training.config import EVAL_TOKENS_FLOOR
-from chargen.training.metrics import read_metrics
+from chargen.training.data import build_corpus, load_tokens, split_tokens, validation_batches, validation_layout
 from tests.conftest import FABLES, REPO
 
 # ----------------------------------------------------------------------------- the encoder
@@ -120,8 +120,8 @@ def test_other_encodings_and_characters_outside_the_vocabulary(tmp_path: Path) -
 MEMORY = """
 import resource, sys, time
 from pathlib import Path
-from chargen.data import build_corpus, load_tokens
-from chargen.fileio import sha256_file
+from chargen.training.data import build_corpus, load_tokens
+from chargen.files.atomic import sha256_file
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 codec, info = build_corpus([Path(sys.argv[1])], Path(sys.argv[2]))
 sha256_file(sys.argv[2])
@@ -279,7 +279,7 @@ def resident_file_kb() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
 def test_the_corpus_a_run_has_read_leaves_its_resident_memory(tmp_path: Path) -> None:
-    from chargen.data import release_pages
+    from chargen.training.data import release_pages
 
     path = tmp_path / "tokens.npy"
     np.save(path, np.arange(64 << 20, dtype=np.int64).astype(np.uint8))  # 64 MB of token ids

@@ -1,6 +1,6 @@
 import numpy as np
 
-from chargen.data import StreamBatcher, validation_batches
+from chargen.training.data import StreamBatcher, validation_batches
 
 
 def test_batches_are_contiguous_streams_shifted_by_one() -> None:

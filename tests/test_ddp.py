@@ -22,9 +22,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from chargen.checkpoint import LAST, RUN_JSON, STATE, load_state
-from chargen.data import StreamBatcher
 from chargen.errors import ChargenError
+from chargen.runs.checkpoint import load_state
+from chargen.runs.layout import LAST, RUN_JSON, STATE
+from chargen.training.data import StreamBatcher
 from chargen.training.distributed import Distributed, ShardedStreamBatcher
 from tests.conftest import FABLES, REPO
 

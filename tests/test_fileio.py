@@ -1,4 +1,4 @@
-"""chargen.fileio: the one content hash and the one atomic writer."""
+"""chargen.files.atomic: the one content hash and the one atomic writer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chargen.fileio import atomic_write, sha256_file, sha256_files
+from chargen.files.atomic import atomic_write, sha256_file, sha256_files
 
 
 def test_sha256_of_one_and_several_files(tmp_path: Path) -> None:

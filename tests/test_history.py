@@ -20,6 +20,7 @@ from sqlalchemy import event, inspect
 import chargen.history as hist
 import chargen.history.schema as hist_schema
 from chargen.errors import ChargenError
+from chargen.files.home import chargen_home
 from chargen.history import (
     History,
     HistoryLookupError,
@@ -29,7 +30,6 @@ from chargen.history import (
     new_id,
     resolve_database_url,
 )
-from chargen.paths import chargen_home
 
 
 @pytest.fixture

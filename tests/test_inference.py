@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chargen import inference
-from chargen.inference import PackedStepper, Stepper, batch_stepper, generation_threads
 from chargen.model import CharRNN, ModelConfig
+from chargen.sampling import steppers as inference
+from chargen.sampling.steppers import PackedStepper, Stepper, batch_stepper, generation_threads
 
 
 def model_for(cell: str, layers: int = 2) -> CharRNN:

@@ -21,18 +21,19 @@ from click.testing import CliRunner
 from service_support import ServerProcess
 from test_service_scheduler import run_batched
 
-from chargen.checkpoint import LABELS, LAST, TOKENS, load_checkpoint, read_run_json, save_weights
 from chargen.cli import cli
-from chargen.data import StreamBatcher, load_tokens, split_tokens
 from chargen.errors import ChargenError
-from chargen.evaluation import label_loss_matrix
 from chargen.history import History
-from chargen.inference import Stepper, batch_stepper
 from chargen.model import CharRNN, ModelConfig
-from chargen.runs import resume_run, start_run
+from chargen.runs.checkpoint import load_checkpoint, save_weights
+from chargen.runs.layout import LABELS, LAST, TOKENS, read_run_json
+from chargen.runs.start import resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
+from chargen.sampling.steppers import Stepper, batch_stepper
+from chargen.scoring.evaluate import label_loss_matrix
 from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig
+from chargen.training.data import StreamBatcher, load_tokens, split_tokens
 from tests.conftest import FABLES, assert_one_line_error, run_cli
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"

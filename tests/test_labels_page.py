@@ -9,8 +9,8 @@ import torch
 from service_support import reference, thread_server
 from test_service_browser import CHROMIUM, browser, open_page  # noqa: F401  (browser: the fixture)
 
-from chargen.checkpoint import load_checkpoint, save_weights
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import load_checkpoint, save_weights
 from chargen.serve import Limits, create_app
 from chargen.text_codec import TextCodec
 

@@ -8,7 +8,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from service_support import make_checkpoint, thread_server
 
-from chargen.checkpoint import load_checkpoint
+from chargen.runs.checkpoint import load_checkpoint
 from chargen.serve import create_app
 
 TOKEN = "metrics-token"

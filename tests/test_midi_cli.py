@@ -92,7 +92,7 @@ def test_text_model_refuses_midi_options(trained_run: Path) -> None:
 
 
 def test_the_run_stores_its_polyphony_cap_and_longest_hold_and_info_shows_them(midi_run: Path) -> None:
-    from chargen.checkpoint import load_checkpoint
+    from chargen.runs.checkpoint import load_checkpoint
 
     training = load_checkpoint(midi_run / "best.safetensors").training
     assert training["polyphony_cap"] == 4  # the chorales: SATB
@@ -124,7 +124,7 @@ def test_sample_grammar_options(midi_run: Path, trained_run: Path) -> None:
 
 def test_an_older_checkpoint_gets_its_limits_from_the_run_tokens_else_fallbacks(midi_run: Path,
                                                                                  tmp_path: Path) -> None:
-    from chargen.checkpoint import load_checkpoint, save_weights
+    from chargen.runs.checkpoint import load_checkpoint, save_weights
     from chargen.sampling import learnt_max_hold_s, learnt_polyphony_cap
 
     loaded = load_checkpoint(midi_run / "best.safetensors")
@@ -152,7 +152,7 @@ def test_an_older_checkpoint_gets_its_limits_from_the_run_tokens_else_fallbacks(
 
 
 def test_a_stored_hold_is_the_default_and_max_hold_s_overrides_it(midi_run: Path, tmp_path: Path) -> None:
-    from chargen.checkpoint import load_checkpoint, save_weights
+    from chargen.runs.checkpoint import load_checkpoint, save_weights
 
     loaded = load_checkpoint(midi_run / "best.safetensors")
     path = tmp_path / "held.safetensors"

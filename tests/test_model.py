@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargen.checkpoint import LAST, load_checkpoint
 from chargen.errors import ChargenError
 from chargen.model import CharRNN, ModelConfig
 from chargen.model.dropout import LEVELS, dropout
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.layout import LAST
 from tests.conftest import FABLES, assert_one_line_error, invoke
 
 

@@ -21,9 +21,9 @@ from benchmarks.music_quality import (
     sounding_time,
     total_variation,
 )
-from chargen.checkpoint import save_weights
 from chargen.midi import DEFAULT_VOCAB, MidiCodec
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import save_weights
 from chargen.text_codec import TextCodec
 from tests.conftest import FABLES, REPO
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import chargen.machine.offload as offload
-from chargen.checkpoint import load_checkpoint
 from chargen.errors import ChargenError
-from chargen.inference import Stepper
 from chargen.machine.offload import DeviceStepper, Offload, cached_threshold, generation_device, threshold
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import load_checkpoint
 from chargen.sampling import DecodeConfig, Generator
+from chargen.sampling.steppers import Stepper
 from chargen.serve import BatchScheduler, Job, Limits, create_app
 from chargen.text_codec import TextCodec
 from tests.conftest import assert_one_line_error, invoke

@@ -14,8 +14,8 @@ from conftest import invoke
 from service_support import make_checkpoint, thread_server
 
 import chargen
-from chargen.checkpoint import load_checkpoint
 from chargen.midi import MidiCodec
+from chargen.runs.checkpoint import load_checkpoint
 from chargen.serve import Limits, create_app
 
 openai = pytest.importorskip("openai")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from chargen.checkpoint import LAST, load_state
-from chargen.curves import METRICS, read_curve, trend
-from chargen.plotting import DPI, FIGSIZE_IN, plot_runs
+from chargen.runs.checkpoint import load_state
+from chargen.runs.curve import METRICS, read_curve, trend
+from chargen.runs.layout import LAST
+from chargen.runs.plot import DPI, FIGSIZE_IN, plot_runs
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -19,8 +19,8 @@ from test_service import (  # noqa: F401  (models: a fixture; the test: run agai
 )
 
 from chargen import records
-from chargen.checkpoint import Checkpoint, load_checkpoint
 from chargen.midi import MidiCodec
+from chargen.runs.checkpoint import Checkpoint, load_checkpoint
 from chargen.serve import create_app
 
 

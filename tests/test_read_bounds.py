@@ -17,9 +17,10 @@ import mido
 import pytest
 from service_support import make_checkpoint, thread_server
 
-from chargen.checkpoint import METRICS, load_checkpoint
-from chargen.curves import read_curve, trend
 from chargen.midi import MidiCodec
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.curve import read_curve, trend
+from chargen.runs.layout import METRICS
 from tests.conftest import FABLES, assert_one_line_error, invoke
 
 LINES = 50_000
@@ -35,7 +36,7 @@ def long_curve(run_dir: Path, lines: int = LINES) -> None:
 
 
 def test_a_long_curve_is_thinned_in_bounded_memory(run: Path) -> None:
-    from chargen.curves import MAX_POINTS
+    from chargen.runs.curve import MAX_POINTS
 
     long_curve(run)
     found = trend(run)

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from chargen.checkpoint import read_metadata, read_run_json
 from chargen.history import History
-from chargen.training.metrics import read_metrics
+from chargen.runs.checkpoint import read_metadata
+from chargen.runs.layout import read_run_json
+from chargen.runs.metrics import read_metrics
 from tests.conftest import FABLES, REPO, assert_one_line_error
 
-LOCK_FILE = ".lock"  # chargen.run_lock.LOCK_FILE: spelled out, so that this file also runs against chargen before it
+LOCK_FILE = ".lock"  # chargen.runs.lock.LOCK_FILE: spelled out, so that this file also runs against chargen before it
 TRAIN = ["--size", "tiny", "--threads", "1", "--precision", "fp32", "--batch-size", "8", "--seq-len", "32",
          "--quiet"]
 
@@ -150,7 +151,7 @@ def test_a_killed_writer_leaves_no_lock_behind(run: Path, isolated_home: Path) -
 
 
 def test_lock_in_process(tmp_path: Path) -> None:
-    from chargen.run_lock import RunLock, RunLocked
+    from chargen.runs.lock import RunLock, RunLocked
 
     with RunLock(tmp_path):
         with pytest.raises(RunLocked, match=rf"PID {os.getpid()} on "):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargen.checkpoint import BEST, load_checkpoint
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.layout import BEST
 from chargen.sampling import DecodeConfig, Generator, NgramBlocker, advance_beams, filter_logits, sequence_logprob
 
 

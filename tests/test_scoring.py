@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chargen.checkpoint import BEST, LAST, RUN_JSON, STATE, TOKENS, load_checkpoint, load_state
-from chargen.data import load_tokens, split_tokens
-from chargen.scoring import score_files, tokenize_text
+from chargen.runs.checkpoint import load_checkpoint, load_state
+from chargen.runs.layout import BEST, LAST, RUN_JSON, STATE, TOKENS
+from chargen.scoring.files import score_files, tokenize_text
 from chargen.text_codec import TextCodec
+from chargen.training.data import load_tokens, split_tokens
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
 
@@ -95,7 +96,7 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path) -> None:
 
 
 def test_a_midi_file_is_scored_with_a_midi_model(tmp_path: Path) -> None:
-    from chargen.runs import start_run
+    from chargen.runs.start import start_run
     from chargen.training import TrainConfig
 
     basics = REPO / "corpora" / "midi-basics"

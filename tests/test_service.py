@@ -14,8 +14,8 @@ import httpx
 import pytest
 from service_support import ServerProcess, make_checkpoint, parse_sse, reference, thread_server
 
-from chargen.checkpoint import Checkpoint, load_checkpoint
 from chargen.midi import MidiCodec
+from chargen.runs.checkpoint import Checkpoint, load_checkpoint
 from chargen.serve import Limits, create_app
 from chargen.serve.page import CSS_PATH, JS_PATH, PAGE, PAGE_CSS, PAGE_JS
 

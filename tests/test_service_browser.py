@@ -22,7 +22,7 @@ import httpx
 import pytest
 from service_support import make_checkpoint, reference, thread_server
 
-from chargen.checkpoint import load_checkpoint
+from chargen.runs.checkpoint import load_checkpoint
 from chargen.serve import Limits, create_app
 
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
@@ -283,7 +283,7 @@ def test_page_plays_music_with_a_moving_playhead(browser: Browser, tmp_path: Pat
 def test_page_history_opens_searches_and_reruns(browser: Browser, tmp_path: Path) -> None:
     from test_service_curves import write_curve
 
-    from chargen.checkpoint import BEST
+    from chargen.runs.layout import BEST
 
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)

@@ -8,11 +8,12 @@ from pathlib import Path
 import httpx
 from service_support import make_checkpoint, thread_server
 
-from chargen.checkpoint import BEST, load_checkpoint
-from chargen.curves import read_curve, trend
 from chargen.midi import MidiCodec
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.curve import read_curve, trend
+from chargen.runs.layout import BEST
+from chargen.runs.metrics import MetricsLog
 from chargen.serve import Limits, create_app
-from chargen.training.metrics import MetricsLog
 
 
 def write_curve(run_dir: Path, val_losses: list[float]) -> None:

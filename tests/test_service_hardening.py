@@ -21,7 +21,7 @@ import httpx
 import pytest
 from service_support import ServerProcess, free_port, make_checkpoint, thread_server
 
-from chargen.checkpoint import load_checkpoint
+from chargen.runs.checkpoint import load_checkpoint
 from chargen.serve import Limits, create_app
 from tests.conftest import REPO, assert_one_line_error, invoke, run_cli
 

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from service_support import ServerProcess, make_checkpoint
 
-from chargen.checkpoint import save_weights
 from chargen.cli import cli
 from chargen.machine.kernels import KERNEL_ENV
 from chargen.midi import MidiCodec
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs.checkpoint import save_weights
 from chargen.text_codec import TextCodec
 from tests.test_midi_grammar_decoding import peak
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from service_support import make_checkpoint, thread_server
 
-from chargen.checkpoint import load_checkpoint
+from chargen.runs.checkpoint import load_checkpoint
 from chargen.serve import Limits, create_app
 
 schemathesis = pytest.importorskip("schemathesis")

@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from chargen.checkpoint import LAST, RUN_JSON, load_checkpoint
-from chargen.data import split_tokens
 from chargen.errors import ChargenWarning
-from chargen.fileio import sha256_file
-from chargen.inference import Stepper
+from chargen.files.atomic import sha256_file
 from chargen.machine.cache import FILE as CACHE_FILE
 from chargen.machine.calibrate import CANDIDATES_ENV, choose_precision
 from chargen.machine.kernels import KERNEL_ENV, KERNELS, FusedStepper, NumpyStepper, batch1_stepper, choose_kernel
@@ -31,8 +28,12 @@ from chargen.machine.sizing import (
 )
 from chargen.machine.threads import ThreadTuner, candidate_counts, free_cores, pick
 from chargen.model import CharRNN, ModelConfig
-from chargen.runs import start_run
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.layout import LAST, RUN_JSON
+from chargen.runs.start import start_run
+from chargen.sampling.steppers import Stepper
 from chargen.training import StepBudget, TrainConfig
+from chargen.training.data import split_tokens
 from tests.conftest import FABLES, run_cli
 
 

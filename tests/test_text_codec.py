@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from chargen.codec_registry import codec_from_metadata
-from chargen.data import build_corpus, find_corpus_files, load_tokens, split_tokens, token_dtype
 from chargen.errors import CorpusError, UnknownTokensError
 from chargen.text_codec import TextCodec
+from chargen.training.data import build_corpus, find_corpus_files, load_tokens, split_tokens, token_dtype
 
 
 def test_code_points_are_single_tokens(tmp_path: Path) -> None:

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargen.checkpoint import BEST, FINISHED, INTERRUPTED, LAST, RUN_JSON, STATE, TOKENS, load_checkpoint, load_state
-from chargen.data import build_corpus
-from chargen.runs import model_config_for, resume_run, start_run
+from chargen.runs.checkpoint import load_checkpoint, load_state
+from chargen.runs.layout import BEST, FINISHED, INTERRUPTED, LAST, RUN_JSON, STATE, TOKENS
+from chargen.runs.metrics import read_metrics
+from chargen.runs.start import model_config_for, resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.training import TrainConfig, train
-from chargen.training.metrics import read_metrics
+from chargen.training.data import build_corpus
 from tests.conftest import FABLES, REPO, run_cli
 
 PASSAGE = (

@@ -12,16 +12,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chargen.checkpoint import FAILED, FINISHED, LAST, RUN_JSON, checkpoint_codec, load_state, resolve_checkpoint
 from chargen.cli import main
-from chargen.data import load_tokens, split_tokens
 from chargen.errors import ChargenError, CheckpointError
 from chargen.machine.calibrate import choose_precision
 from chargen.model import CharRNN
-from chargen.runs import check_run_name, model_config_for, resume_run, start_run
+from chargen.runs.checkpoint import checkpoint_codec, load_state
+from chargen.runs.layout import FAILED, FINISHED, LAST, RUN_JSON
+from chargen.runs.lookup import resolve_checkpoint
+from chargen.runs.metrics import FIELDS, read_metrics
+from chargen.runs.start import check_run_name, model_config_for, resume_run, start_run
 from chargen.training import StepBudget, TrainConfig, Trainer
 from chargen.training.budget import MIN_MEASURED_STEPS, REFIT_EVERY, WARMUP_STEPS
-from chargen.training.metrics import FIELDS, read_metrics
+from chargen.training.data import load_tokens, split_tokens
 from tests.conftest import FABLES
 
 

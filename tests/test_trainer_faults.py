@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from chargen.checkpoint import METRICS, STATE
-from chargen.training.metrics import FIELDS
+from chargen.runs.layout import METRICS, STATE
+from chargen.runs.metrics import FIELDS
 from tests.conftest import FABLES, REPO
 from tests.test_trainer import run_main
 

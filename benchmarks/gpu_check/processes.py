@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 from benchmarks.gpu_check.steps import Context
 from benchmarks.gpu_check.table import FAILED, FIGURE, OK, Env, Row, mib
-from chargen.checkpoint import LAST
 from chargen.machine.cache import FILE as CACHE_FILE
 from chargen.machine.cache import cache_folder
 from chargen.machine.offload import ROWS_ENV, SECTION
+from chargen.runs.layout import LAST
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = [sys.executable, "-m", "benchmarks.gpu_check.child"]
@@ -95,7 +95,7 @@ def torchrun(ctx: Context) -> list[Row]:
 
 
 def start_one(ctx: Context, preset: str, steps: int, batch: int, overrides: dict[str, Any]) -> Path:
-    from chargen.runs import start_run
+    from chargen.runs.start import start_run
     from chargen.training import TrainConfig
 
     config = TrainConfig(batch_size=batch, seq_len=ctx.sizes.seq, max_steps=steps, eval_every=steps, seed=5,

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from benchmarks.gpu_check.table import FAILED, FIGURE, OK, Env, PeakMemory, Row
-from chargen.checkpoint import BEST, LAST, load_checkpoint
 from chargen.model import flops_per_token
-from chargen.runs import model_config_for, start_run
+from chargen.runs.checkpoint import load_checkpoint
+from chargen.runs.layout import BEST, LAST
+from chargen.runs.start import model_config_for, start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.training import TrainConfig, TrainResult
 

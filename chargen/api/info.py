@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from chargen.checkpoint import Checkpoint, read_run_json
-from chargen.curves import trend
+from chargen.runs.checkpoint import Checkpoint
+from chargen.runs.curve import trend
+from chargen.runs.layout import read_run_json
 from chargen.sampling.grammar import learnt_max_hold_s, learnt_polyphony_cap
 
 LN2 = math.log(2)

@@ -15,15 +15,16 @@ from typing import Any
 
 from chargen.api.info import describe
 from chargen.api.report import Report, report_to_stderr
-from chargen.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
 from chargen.errors import ArgumentError
 from chargen.history.errors import HistoryUnavailable
 from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM
 from chargen.options import unknown_keywords
+from chargen.runs.checkpoint import Checkpoint, load_checkpoint
+from chargen.runs.lookup import resolve_checkpoint
 from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
 from chargen.sampling.config import ModelRef
 from chargen.sampling.generator import Prepared
-from chargen.scoring import FileScore, score_text
+from chargen.scoring.files import FileScore, score_text
 
 #: Decode options a call may give besides ``length`` and ``n`` (DecodeConfig's fields).
 DECODE_OPTIONS = {f.name for f in dataclasses.fields(DecodeConfig)} - {"length", "num_samples"}
@@ -94,7 +95,7 @@ class Model:
     def midi_prime(self, path: str | Path, tokens: int = DEFAULT_PRIME_TOKENS) -> str:
         """The first ``tokens`` events of a MIDI file, as a prime for this (music) model (bounded; an error when
         the file has no notes)."""
-        from chargen.primes import midi_prime
+        from chargen.sampling.primes import midi_prime
 
         if not self.is_music:
             raise ArgumentError("a MIDI prime needs a music model")
@@ -195,7 +196,7 @@ class Model:
         each from a fresh hidden state; logged to the history unless ``log=False``."""
         from chargen.machine.device import resolve_device
         from chargen.records import log_scores
-        from chargen.scoring import score_files
+        from chargen.scoring.files import score_files
 
         scores = score_files(self.checkpoint, paths, per_line, resolve_device(device))
         self.checkpoint.model.cpu()  # generation runs on the CPU

@@ -76,14 +76,14 @@ def train(corpus: str | Path | Sequence[str | Path] | None = None, *, resume: st
     tiny, small, medium, large). Their defaults are TrainConfig's; a run given no limit trains for
     10 minutes, and a ``minutes`` budget without a size picks the size it buys here. ``init_from``
     fine-tunes a trained run's weights; ``labels_from="folders"`` or ``label`` condition on labels;
-    ``max_vocab`` allows a corpus of more distinct symbols than ``chargen.data.DEFAULT_MAX_VOCAB``.
+    ``max_vocab`` allows a corpus of more distinct symbols than ``chargen.training.data.DEFAULT_MAX_VOCAB``.
 
     A progress bar (``tqdm.auto``: a widget in notebooks) shows while ``progress``; notes go to ``report``
     (stderr by default; None: nowhere). The run is logged to the history unless ``log=False``. Ctrl-C saves
     and raises :class:`chargen.TrainingInterrupted` (a KeyboardInterrupt carrying the saved ``run``);
     ``train(resume=run.dir)`` then goes on exactly where it stopped.
     """
-    from chargen.runs import resume_run, start_run
+    from chargen.runs.start import resume_run, start_run
     from chargen.training import distributed
 
     known = {f.name for f in dataclasses.fields(TrainConfig)} | set(MODEL_OPTIONS)
@@ -126,8 +126,9 @@ def train(corpus: str | Path | Sequence[str | Path] | None = None, *, resume: st
 
 
 def _log(database: str | None, result: TrainResult, warn: Report) -> str | None:
-    from chargen.checkpoint import LAST, checkpoint_codec
     from chargen.records import log_training_run
+    from chargen.runs.checkpoint import checkpoint_codec
+    from chargen.runs.layout import LAST
 
     try:
         return log_training_run(database, result, checkpoint_codec(result.run_dir / LAST))

@@ -306,7 +306,7 @@ def export(generation_id: str, output: Path | None, sample_number: int, no_prime
     elif output is None:
         click.echo(content)
     else:
-        from chargen.fileio import atomic_write
+        from chargen.files.atomic import atomic_write
 
         atomic_write(output, lambda tmp: tmp.write_text(content, encoding="utf-8"))
     if output is not None:

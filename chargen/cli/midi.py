@@ -24,7 +24,7 @@ def midi() -> None:
 def midi_tokens(file: Path, as_json: bool) -> None:
     """Print FILE as its token stream (one printable character per event)."""
     from chargen.midi import MidiCodec, midi_stats, token_name
-    from chargen.primes import midi_tokens
+    from chargen.sampling.primes import midi_tokens
 
     codec = MidiCodec()
     ids = midi_tokens(codec, file).tolist()  # an error, not an empty line, for a file without notes

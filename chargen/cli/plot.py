@@ -22,8 +22,8 @@ def plot(runs: tuple[str, ...], output: Path, x_axis: str) -> None:
     Needs matplotlib: pip install 'chargen[plot]'.
       chargen plot fables-small fables-medium -o curves.png --x minutes
     """
-    from chargen.checkpoint import resolve_run_dir
-    from chargen.plotting import plot_runs
+    from chargen.runs.lookup import resolve_run_dir
+    from chargen.runs.plot import plot_runs
 
     plotted = plot_runs([resolve_run_dir(run) for run in runs], output, x_axis)
     warn(f"wrote {plotted.path} ({len(runs)} run(s), {len(plotted.labels)} lines)")

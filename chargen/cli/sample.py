@@ -61,8 +61,8 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: Path | None, p
     """
     from chargen.api import load
     from chargen.audio import is_audio_path
+    from chargen.files.user_paths import read_text_file
     from chargen.midi.export import output_paths
-    from chargen.user_paths import read_text_file
 
     if sum(x is not None for x in (prime, prime_file, prime_midi)) > 1:
         raise click.UsageError("give only one of --prime, --prime-file and --prime-midi")

@@ -33,7 +33,7 @@ def score(files: tuple[Path, ...], checkpoint: str | None, per_line: int | None,
       chargen score notes.txt --checkpoint fables-small --per-line 5
     """
     from chargen.api import load
-    from chargen.scoring import describe_unknown
+    from chargen.scoring.files import describe_unknown
 
     model = load(checkpoint, database=database, log=not no_log, report=warn)
     scores = model.score_files(list(files), per_line or 0, device=device)

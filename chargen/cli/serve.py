@@ -68,9 +68,9 @@ def serve(host: str, port: int, checkpoints: tuple[str, ...], token: str | None,
       curl -s localhost:8000/v1/completions -H 'content-type: application/json' -d '{"prompt": "A", "max_tokens": 50}'
     Stop with Ctrl-C or SIGTERM: running generations end with an error and are not logged.
     """
-    from chargen.ports import require_free_port
     from chargen.serve import Limits
     from chargen.serve import serve as run_service
+    from chargen.serve.ports import require_free_port
 
     if max_samples > max_batch:
         raise click.UsageError(f"--max-samples {max_samples} cannot exceed --max-batch {max_batch}")

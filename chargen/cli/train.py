@@ -38,7 +38,7 @@ MODEL_FIELDS = ("cell", "layers", "hidden", "embedding", "dropout", "weight_drop
 @click.option("--labels-from", type=click.Choice(["folders"]),
               help="Condition on labels: each subfolder of the one CORPUS folder is a label (sample --label NAME).")
 @click.option("--label", "label", metavar="NAME", help="Condition on one label NAME for the whole corpus.")
-# The default is chargen.data.DEFAULT_MAX_VOCAB, spelled out so that `chargen --help` does not import torch.
+# The default is chargen.training.data.DEFAULT_MAX_VOCAB, spelled out so that `chargen --help` does not import torch.
 @click.option("--max-vocab", type=click.IntRange(1, 0x110000),
               help="Refuse a corpus with more distinct symbols than this (a warning past 4096): each one is a row of "
               "the embedding and the output layer. [default: 32768]")

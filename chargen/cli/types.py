@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from chargen.user_paths import check_output_file, check_output_folder, path_kind
+from chargen.files.user_paths import check_output_file, check_output_folder, path_kind
 
 #: seeds go to torch, numpy and a signed 64-bit history column
 SEED_RANGE = click.IntRange(0, 2**63 - 1)

@@ -31,7 +31,7 @@ def resolve_database_url(explicit: str | None = None) -> str:
         if "://" in value or value.startswith("sqlite:"):
             return value
         return "sqlite:///" + os.path.abspath(os.path.expanduser(value))
-    from chargen.paths import chargen_home
+    from chargen.files.home import chargen_home
 
     try:
         home = chargen_home().resolve()

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, delete, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from chargen.fileio import sha256_file as file_sha256  # the history names it so
+from chargen.files.atomic import sha256_file as file_sha256
 from chargen.history import schema
 from chargen.history.convert import (
     ConfigLike,

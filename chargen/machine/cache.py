@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from chargen.errors import ChargenError
-from chargen.fileio import atomic_write
-from chargen.paths import chargen_home
+from chargen.files.atomic import atomic_write
+from chargen.files.home import chargen_home
 
 CACHE_ENV = "CHARGEN_CACHE"
 MEASURE_ENV = "CHARGEN_MEASURE"

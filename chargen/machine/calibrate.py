@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from chargen.data import Split
 from chargen.errors import ChargenError
 from chargen.machine.cache import MEASURE_ENV, Measurements, measuring
 from chargen.machine.device import BF16_MATH, bf16_math_available, cpu_has_native_bf16, machine_key, resolve_precision
 from chargen.model import ModelConfig
 from chargen.training.config import TrainConfig
+from chargen.training.data import Split
 from chargen.training.trainer import Trainer
 
 SECTION = "precision"

@@ -28,11 +28,11 @@ import time
 import numpy as np
 import torch
 
-from chargen.inference import Stepper, generation_threads
 from chargen.machine.cache import Measurements, measuring
 from chargen.machine.device import machine_key
 from chargen.machine.native import lstm_library
 from chargen.model import CharRNN, State
+from chargen.sampling.steppers import Stepper, generation_threads
 
 SECTION = "kernels"
 KERNEL_ENV = "CHARGEN_MATVEC"

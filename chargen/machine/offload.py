@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from chargen.errors import ChargenError
-from chargen.inference import Stepper, generation_threads
 from chargen.machine.cache import Measurements, measuring
 from chargen.machine.device import machine_key, resolve_device
 from chargen.model import CharRNN, State
+from chargen.sampling.steppers import Stepper, generation_threads
 
 GENERATION_DEVICES = ("auto", "cpu", "cuda")
 #: Forces the batch size from which steps go to the device (tests, the GPU check): no measurement.

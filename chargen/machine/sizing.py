@@ -30,13 +30,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from chargen.data import split_tokens
 from chargen.machine.cache import measuring
 from chargen.machine.device import resolve_device
 from chargen.machine.threads import ThreadTuner
 from chargen.model import PRESETS, ModelConfig, flops_per_token
 from chargen.training.budget import evaluation_in_steps
 from chargen.training.config import TrainConfig
+from chargen.training.data import split_tokens
 
 TOKENS_PER_PARAM = 1.0
 #: Training FLOP/s assumed for sizing when measuring is off (CHARGEN_MEASURE=0): about two cores' worth.

@@ -19,7 +19,7 @@ import mido
 import numpy as np
 
 from chargen.errors import ChargenError
-from chargen.fileio import atomic_write
+from chargen.files.atomic import atomic_write
 from chargen.midi.events import ids_to_notes, midi_stats
 from chargen.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab
 
@@ -140,7 +140,7 @@ def write_midi(
     vocab: MidiVocab = DEFAULT_VOCAB,
     max_note_s: float | None = None,
 ) -> MidiStats:
-    """Write ``ids`` to ``path`` atomically (chargen.fileio); returns what was written.
+    """Write ``ids`` to ``path`` atomically (chargen.files.atomic); returns what was written.
 
     The bytes are :func:`midi_bytes`'s, so a file written here and one the service
     returned for the same ids and settings are identical.

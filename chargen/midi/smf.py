@@ -9,7 +9,7 @@ from pathlib import Path
 import mido
 
 from chargen.errors import ChargenError, CorruptFileError
-from chargen.user_paths import read_bounded
+from chargen.files.user_paths import read_bounded
 
 MAX_FILE_BYTES = 32 << 20
 

@@ -1,7 +1,7 @@
 """The recurrent language model: embedding -> LSTM/GRU/RNN stack -> logits.
 
 Built on torch's fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` for training. One-token
-generation steps use :mod:`chargen.inference`, which reads the same weights.
+generation steps use :mod:`chargen.sampling.steppers`, which reads the same weights.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Decoders: temperature/top-k/top-p sampling, greedy, and batched beam search.
 
 Every decoder reports the model's own log-probability (at temperature 1) of
-what it produced, and all of them step through :class:`chargen.inference.Stepper`.
+what it produced, and all of them step through :class:`chargen.sampling.steppers.Stepper`.
 
   config.py     DecodeConfig (and its one set of rules), Sample, GenerationResult
   ngram.py      the n-gram block, and the one rule for a ban on every token
@@ -9,6 +9,9 @@ what it produced, and all of them step through :class:`chargen.inference.Stepper
   grammar.py    the MIDI grammar's part: MusicRules, the per-sequence constraints of every decoder
   beam.py       batched beam search
   generator.py  Generator: primed-state cache, the sampling loop, beam search
+  steppers.py   one-token steps of the model for generation (packed weights, batch steps)
+  stop.py       stop strings: where a sample ends
+  primes.py     primes read from files, bounded in bytes and tokens
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from chargen.inference import Stepper, reorder_state
 from chargen.model import State
 from chargen.sampling.config import DecodeConfig
 from chargen.sampling.decoder import filter_logits, temper
 from chargen.sampling.grammar import MusicRules, sequence_constraints
 from chargen.sampling.ngram import advance_beams, effective_ban
+from chargen.sampling.steppers import Stepper, reorder_state
 
 
 @torch.inference_mode()

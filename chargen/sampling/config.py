@@ -179,7 +179,7 @@ class ModelRef:
 
     @classmethod
     def of(cls, checkpoint: Any, sha256: str) -> ModelRef:
-        """The reference of a loaded ``chargen.checkpoint.Checkpoint`` whose file hashed to ``sha256``."""
+        """The reference of a loaded ``chargen.runs.checkpoint.Checkpoint`` whose file hashed to ``sha256``."""
         return cls(str(Path(checkpoint.path).resolve()), sha256, checkpoint.config.to_dict(),
                    checkpoint.codec.to_metadata())
 

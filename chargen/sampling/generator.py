@@ -10,14 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from chargen.checkpoint import Checkpoint
 from chargen.codec import Codec
-from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
 from chargen.machine.kernels import batch1_stepper
 from chargen.machine.offload import DeviceStepper, Offload, generation_device
 from chargen.midi import MidiCodec
 from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
+from chargen.runs.checkpoint import Checkpoint
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import (
     DecodeConfig,
@@ -29,6 +28,7 @@ from chargen.sampling.config import (
 )
 from chargen.sampling.decoder import choose_tokens
 from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
+from chargen.sampling.steppers import Stepper, batch_stepper, expand_state, generation_threads
 from chargen.sampling.stop import RowTexts, truncate_at_stop
 
 TokenCallback = Callable[[int, str], None]

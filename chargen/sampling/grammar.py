@@ -24,7 +24,7 @@ from chargen.midi.texture import corpus_limits
 from chargen.sampling.ngram import NgramBlocker
 
 if TYPE_CHECKING:
-    from chargen.checkpoint import Checkpoint
+    from chargen.runs.checkpoint import Checkpoint
     from chargen.sampling.config import DecodeConfig
 
 
@@ -69,7 +69,7 @@ def sequence_constraints(config: DecodeConfig, music: MusicRules | None, prime_i
 
 def _from_run_tokens(checkpoint: Checkpoint) -> tuple[tuple[int, float], str] | None:
     """An older checkpoint's limits computed from its run folder's ``tokens.npy``, if still beside it."""
-    from chargen.checkpoint import TOKENS
+    from chargen.runs.layout import TOKENS
 
     vocab = getattr(checkpoint.codec, "vocab", None)
     tokens = checkpoint.path.parent / TOKENS

@@ -22,9 +22,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, resolve_checkpoint
 from chargen.errors import ChargenError
 from chargen.history import resolve_database_url
+from chargen.runs.checkpoint import Checkpoint, load_checkpoint
+from chargen.runs.layout import BEST, LAST
+from chargen.runs.lookup import resolve_checkpoint
 from chargen.serve.guard import Guard, check_token
 from chargen.serve.history_writer import HistoryLog
 from chargen.serve.limits import NAME_RE, Limits, ServiceError, error_body

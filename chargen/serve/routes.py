@@ -15,9 +15,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 from chargen.codec_registry import codec_from_metadata
-from chargen.curves import scan_curve, trend
 from chargen.errors import ChargenError
 from chargen.midi.export import midi_notes
+from chargen.runs.curve import scan_curve, trend
 from chargen.sampling.config import DecodeConfig
 from chargen.serve.completions import CompletionRequest, complete
 from chargen.serve.completions import stream as completion_stream

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from chargen.inference import Stepper, expand_state, reorder_state
 from chargen.model import State
 from chargen.sampling import DecodeConfig, Generator, MusicRules, choose_tokens, sequence_constraints
 from chargen.sampling.config import NonFiniteOutput, check_finite
+from chargen.sampling.steppers import Stepper, expand_state, reorder_state
 from chargen.sampling.stop import RowTexts
 from chargen.serve.limits import SHUTDOWN_MESSAGE, ServiceError
 from chargen.serve.observers import SchedulerObserver

@@ -40,10 +40,10 @@ from torch import nn
 
 from chargen.codec import Codec
 from chargen.codec_registry import codec_from_metadata
-from chargen.data import CorpusInfo, StreamBatcher
 from chargen.errors import ChargenError
 from chargen.model import State
 from chargen.training.budget import StepBudget
+from chargen.training.data import CorpusInfo, StreamBatcher
 
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 #: How long a collective may wait for a peer: long enough for rank 0 to write a checkpoint

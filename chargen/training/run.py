@@ -19,8 +19,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from chargen import checkpoint_checks as checks
-from chargen.checkpoint import (
+from chargen.codec import Codec
+from chargen.errors import ChargenError, CheckpointError
+from chargen.files.atomic import sha256_file
+from chargen.machine.calibrate import choose_precision
+from chargen.machine.device import resolve_device
+from chargen.machine.threads import ThreadTuner
+from chargen.model import ModelConfig
+from chargen.runs import checks
+from chargen.runs.checkpoint import load_state
+from chargen.runs.layout import (
     FAILED,
     FINISHED,
     INTERRUPTED,
@@ -29,25 +37,17 @@ from chargen.checkpoint import (
     RUNNING,
     STATE,
     TOKENS,
-    load_state,
     read_run_json,
-    sha256_file,
     update_run_json,
     write_json,
 )
-from chargen.codec import Codec
-from chargen.data import CorpusInfo, load_tokens, split_tokens
-from chargen.errors import ChargenError, CheckpointError
-from chargen.machine.calibrate import choose_precision
-from chargen.machine.device import resolve_device
-from chargen.machine.threads import ThreadTuner
-from chargen.model import ModelConfig
+from chargen.runs.metrics import MetricsLog
 from chargen.terminal import printable
 from chargen.training import distributed
 from chargen.training.budget import StepBudget
 from chargen.training.config import Reporter, TrainConfig, TrainResult
+from chargen.training.data import CorpusInfo, load_tokens, split_tokens
 from chargen.training.finetune import Initialisation
-from chargen.training.metrics import MetricsLog
 from chargen.training.trainer import Progress, Trainer, planned_steps
 from chargen.version import __version__
 

@@ -19,19 +19,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from chargen.checkpoint import BEST, LAST, STATE, TOKENS, save_state, save_weights
 from chargen.codec import Codec
-from chargen.data import CorpusInfo, Split, release_pages
 from chargen.errors import ChargenError
-from chargen.evaluation import mean_loss, scored_tokens
 from chargen.machine.device import autocast_context, resolve_device, resolve_precision
 from chargen.machine.threads import ThreadTuner
 from chargen.midi import MidiCodec
 from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
+from chargen.runs.checkpoint import save_state, save_weights
+from chargen.runs.layout import BEST, LAST, STATE, TOKENS
+from chargen.scoring.evaluate import mean_loss, scored_tokens
 from chargen.training.averaging import WeightAverage
 from chargen.training.budget import WHOLE_SHARE, StepBudget
 from chargen.training.config import TrainConfig, lr_at
+from chargen.training.data import CorpusInfo, Split, release_pages
 from chargen.training.distributed import current as current_distributed
 from chargen.training.optim import build_optimizer, grad_scaler
 from chargen.training.state import TrainingState
@@ -77,7 +78,7 @@ LABEL_DROPOUT = 0.1
 def evaluate(model: CharRNN, val: np.ndarray, seq_len: int, device: torch.device, precision: str,
              labels: np.ndarray | None = None, max_tokens: int | None = None) -> float:
     """Mean validation loss in nats per token over the validation split (what `chargen score` computes),
-    or over its sample of ``max_tokens`` (``chargen.data.validation_layout``)."""
+    or over its sample of ``max_tokens`` (``chargen.training.data.validation_layout``)."""
     return mean_loss(model, val, seq_len, device, precision, labels=labels, max_tokens=max_tokens)
 
 

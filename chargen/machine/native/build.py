@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 from chargen.errors import ChargenError, ChargenWarning
-from chargen.fileio import atomic_write, sha256_file
+from chargen.files.atomic import atomic_write, sha256_file
 from chargen.machine.cache import Measurements, cache_folder, require_private
 
 SOURCE = Path(__file__).with_name("lstm_step.c")

@@ -2,7 +2,7 @@
  *
  * At batch 1 a step reads every weight once; the ~30 small torch ops around the
  * mat-vecs cost 1-5 us each, a fifth of the step. Here they run in the same call
- * as the products, on vectors that stay in L1. Weights come in chargen.inference.
+ * as the products, on vectors that stay in L1. Weights come in chargen.sampling.steppers.
  * Stepper's layout: [in, 4H] row-major ("x @ W"), gate columns ordered (i, f, o, 2g),
  * so one sigmoid covers all four gates (tanh(g) = 2 sigmoid(2g) - 1).
  *

@@ -15,8 +15,8 @@ import numpy as np
 
 from chargen.codec import Codec
 from chargen.errors import ChargenError
+from chargen.files.user_paths import MAX_PRIME_BYTES, require_file
 from chargen.sampling.config import check_prime_length
-from chargen.user_paths import MAX_PRIME_BYTES, require_file
 
 NO_NOTES = "no notes to read (a file of drums only has none: channel 10 is dropped)"
 

@@ -20,8 +20,8 @@ import torch
 from chargen.codec import Codec
 from chargen.codec_registry import CODECS, codec_class, codec_for_suffix
 from chargen.errors import ChargenError, CorpusError, CorruptFileError
-from chargen.fileio import atomic_write, sha256_files
-from chargen.user_paths import require_file_or_folder
+from chargen.files.atomic import atomic_write, sha256_files
+from chargen.files.user_paths import require_file_or_folder
 
 Warn = Callable[[str], None]
 

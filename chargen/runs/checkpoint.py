@@ -1,23 +1,11 @@
-"""Checkpoints: one safetensors file is enough to sample; a state file resumes.
+"""The weights format: one safetensors file with chargen metadata is enough to sample; ``state.pt`` resumes.
 
-A run folder ``checkpoints/<run>/`` holds
-  best.safetensors   weights with the lowest validation loss, plus metadata
-  last.safetensors   weights at the latest save
-  state.pt           everything to resume exactly: model, optimizer, RNG,
-                     step, schedule, hidden state (tensors and plain data only,
-                     loaded with ``weights_only=True``)
-  tokens.npy         the encoded corpus, memory-mapped
-  labels.npy         a labelled run only: each token's label id
-  run.json           how the run was started, and its status (running/finished/interrupted/failed)
-  metrics.jsonl      the training curve, one JSON line per evaluation or progress point
-Every write is atomic: a temp file in the same folder, fsync, then rename, so a
-SIGKILL at any moment leaves either the old file or the new one.
+Nothing in a file is believed before :mod:`chargen.runs.checks` has checked it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -28,55 +16,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from chargen import checkpoint_checks as checks
-from chargen import starter
 from chargen.codec import Codec
 from chargen.codec_registry import codec_from_metadata
 from chargen.errors import ChargenError, CheckpointError
-from chargen.fileio import atomic_write, sha256_file  # noqa: F401  (re-exported: records, tests)
+from chargen.files.atomic import atomic_write, sha256_file
 from chargen.model import CharRNN, ModelConfig
+from chargen.runs import checks
 from chargen.terminal import printable
 
 FORMAT = "chargen-checkpoint"
 FORMAT_VERSION = "1"
-BEST = "best.safetensors"
-LAST = "last.safetensors"
-STATE = "state.pt"
-TOKENS = "tokens.npy"
-LABELS = "labels.npy"  # a labelled run: each token's label id, beside tokens.npy
-RUN_JSON = "run.json"
-METRICS = "metrics.jsonl"
-
-#: Run statuses in run.json. A failed run keeps its folder for inspection (its weights may be
-#: those of a diverged model) but is never picked as the default model.
-RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
-
-
-def default_checkpoint_root() -> Path:
-    """``$CHARGEN_CHECKPOINTS`` or ``./checkpoints`` (nanoGPT's out dir, per project)."""
-    return Path(os.environ.get("CHARGEN_CHECKPOINTS", "checkpoints"))
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
-
-
-def read_run_json(run_dir: Path) -> dict[str, Any] | None:
-    """A run folder's ``run.json``, or None where it is missing or unreadable."""
-    try:
-        data = json.loads((run_dir / RUN_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def update_run_json(run_dir: Path, **changes: Any) -> None:
-    """Rewrite ``run.json`` (atomically) with ``changes`` on top of what it holds."""
-    write_json(run_dir / RUN_JSON, dict(read_run_json(run_dir) or {}, **changes))
-
-
-def run_failed(run_dir: Path) -> bool:
-    return (read_run_json(run_dir) or {}).get("status") == FAILED
 
 
 def save_weights(path: Path, model: CharRNN, codec: Codec, training: dict[str, Any]) -> None:
@@ -209,51 +158,3 @@ def load_state(path: Path) -> dict[str, Any]:
         ) from None
     except Exception:
         raise CheckpointError(f"{path}: resume state is truncated or not a chargen state file") from None
-
-
-def resolve_checkpoint(spec: str | Path | None, root: Path | None = None) -> Path:
-    """A weights file from a path, a run folder, a run name, or the newest run."""
-    root = root or default_checkpoint_root()
-    if spec is None:
-        return newest_usable_run(root)
-    path = Path(spec)
-    if not path.exists() and not path.is_absolute() and (root / path).exists():
-        path = root / path
-    if path.is_dir():
-        return run_weights(path)
-    if path.is_file():
-        return path
-    if str(spec) == starter.NAME:  # the shipped starter model, unless a run has its name
-        return starter.PATH
-    raise CheckpointError(f"{spec}: no such checkpoint, run folder or run name (looked in {root}/)")
-
-
-def newest_usable_run(root: Path) -> Path:
-    """Weights of the newest run under ``root`` that has weights and did not fail."""
-    candidates = [p for p in root.glob("*/*.safetensors") if p.name in (BEST, LAST)] if root.is_dir() else []
-    if not candidates:
-        raise CheckpointError(f"no checkpoint found under {root}/; train one first, or name a checkpoint")
-    runs = {p.parent for p in candidates}
-    usable = [run for run in runs if not run_failed(run)]
-    if not usable:
-        raise CheckpointError(f"every run under {root}/ failed ({len(runs)} of them); train a new one, or "
-                              "name a failed run's checkpoint to use its weights anyway")
-    newest = max(usable, key=lambda run: max(p.stat().st_mtime for p in candidates if p.parent == run))
-    return run_weights(newest)
-
-
-def run_weights(run_dir: Path) -> Path:
-    for name in (BEST, LAST):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise CheckpointError(f"{run_dir}: run folder holds no {BEST} or {LAST}")
-
-
-def resolve_run_dir(spec: str | Path, root: Path | None = None) -> Path:
-    root = root or default_checkpoint_root()
-    path = Path(spec)
-    if not path.is_dir() and (root / path).is_dir():
-        path = root / path
-    if not path.is_dir():
-        raise CheckpointError(f"{spec}: no such run (looked for a folder, and under {root}/)")
-    return path

@@ -3,7 +3,7 @@ validation loss training records and the scores ``chargen score`` prints.
 
 Both must agree to the last digit, so both call :func:`token_losses`: the
 stream is cut into ``streams`` parallel streams read ``max(seq_len, 256)``
-tokens at a time (:func:`chargen.data.validation_batches`), the hidden state
+tokens at a time (:func:`chargen.training.data.validation_batches`), the hidden state
 carried from one window to the next. During training a large validation split
 is scored on a sample (``max_tokens``: the first part of each stream), the
 same tokens at every evaluation (``TrainConfig.evaluation_tokens``).
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from chargen.data import validation_batches, validation_label_batches, validation_layout
 from chargen.machine.device import autocast_context
 from chargen.model import CharRNN
+from chargen.training.data import validation_batches, validation_label_batches, validation_layout
 
 #: shortest window evaluation reads; short training windows would under-use the carried state
 MIN_EVAL_SEQ_LEN = 256
@@ -76,7 +76,7 @@ def token_losses(model: CharRNN, ids: np.ndarray, seq_len: int, device: torch.de
     ``streams * stream_len`` that do not fill a stream are not scored, so the
     result may be shorter than ``len(ids) - 1``. ``labels`` (a labelled model):
     each token's label id beside ``ids``, or one id for all; None is "no label".
-    ``max_tokens``: only the first part of each stream (``chargen.data.validation_layout``).
+    ``max_tokens``: only the first part of each stream (``chargen.training.data.validation_layout``).
     """
     if len(ids) < 2:
         return np.zeros(0, dtype=np.float32)

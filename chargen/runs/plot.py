@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chargen.checkpoint import atomic_write
-from chargen.curves import Point, read_curve
 from chargen.errors import ChargenError
+from chargen.files.atomic import atomic_write
+from chargen.runs.curve import Point, read_curve
 
 FIGSIZE_IN = (9.0, 5.0)
 DPI = 100  # 900 x 500 pixels

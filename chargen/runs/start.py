@@ -14,21 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-from chargen.checkpoint import (
+from chargen.codec import Codec
+from chargen.errors import ArgumentError, ChargenError
+from chargen.files.atomic import sha256_file
+from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig, check_label_names
+from chargen.runs.checkpoint import checkpoint_codec
+from chargen.runs.checks import check_model_memory
+from chargen.runs.layout import (
     LABELS,
     LAST,
     STATE,
     TOKENS,
-    checkpoint_codec,
     default_checkpoint_root,
     read_run_json,
-    resolve_run_dir,
-    sha256_file,
     update_run_json,
 )
-from chargen.checkpoint_checks import check_model_memory
-from chargen.codec import Codec
-from chargen.data import (
+from chargen.runs.lock import RunLock
+from chargen.runs.lookup import resolve_run_dir
+from chargen.terminal import has_controls
+from chargen.training import TrainConfig, TrainResult, distributed, train
+from chargen.training.data import (
     DEFAULT_MAX_VOCAB,
     CorpusInfo,
     Warn,
@@ -39,11 +44,6 @@ from chargen.data import (
     load_tokens,
     token_dtype,
 )
-from chargen.errors import ArgumentError, ChargenError
-from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig, check_label_names
-from chargen.run_lock import RunLock
-from chargen.terminal import has_controls
-from chargen.training import TrainConfig, TrainResult, distributed, train
 from chargen.training.finetune import prepare_finetune
 
 
@@ -98,9 +98,9 @@ def start_run(
     """Start a run. ``labels_from="folders"``: the one CORPUS folder's subfolders are the labels;
     ``label``: the whole corpus is that one label; ``init_from`` (a run name, folder or weights file)
     fine-tunes that model. Otherwise a new unlabelled model, as before labels. ``max_vocab``: the
-    largest vocabulary a new text model may have (see :func:`chargen.data.check_vocab_size`).
+    largest vocabulary a new text model may have (see :func:`chargen.training.data.check_vocab_size`).
 
-    The run folder is locked (:class:`~chargen.run_lock.RunLock`) from before anything is written in it
+    The run folder is locked (:class:`~chargen.runs.lock.RunLock`) from before anything is written in it
     until the session ends: a second writer of the same run is refused with the holder's PID and host."""
     if labels_from is not None and label is not None:
         raise ArgumentError("give either labels_from or label, not both")

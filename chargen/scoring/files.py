@@ -1,7 +1,7 @@
 """``chargen score``: how well a model predicts given files (nats, bits, perplexity).
 
 A file's score is the validation-loss computation of training
-(:func:`chargen.evaluation.token_losses`), so scoring a run's own validation
+(:func:`chargen.scoring.evaluate.token_losses`), so scoring a run's own validation
 split reproduces the loss the run recorded. Text files are read as text;
 characters the model has never seen are removed from the stream and
 reported, never guessed at. ``.mid`` files go through the model's codec.
@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from chargen.checkpoint import Checkpoint, sha256_file
 from chargen.codec import Codec
 from chargen.errors import ChargenError
-from chargen.evaluation import token_losses
+from chargen.files.atomic import sha256_file
+from chargen.files.user_paths import require_file
+from chargen.runs.checkpoint import Checkpoint
+from chargen.scoring.evaluate import token_losses
 from chargen.text_codec import code_points, iter_text_chunks
-from chargen.user_paths import require_file
 
 MIDI_SUFFIXES = (".mid", ".midi")
 NEWLINE = ord("\n")

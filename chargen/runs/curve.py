@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chargen.checkpoint import METRICS, STATE, load_state
 from chargen.errors import ChargenError
-from chargen.training.metrics import iter_metrics
+from chargen.runs.checkpoint import load_state
+from chargen.runs.layout import METRICS, STATE
+from chargen.runs.metrics import iter_metrics
 
 #: validation loss this far above the best (nats, or this fraction of the best) is more than noise
 RISE_NATS = 0.005

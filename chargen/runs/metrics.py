@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chargen.checkpoint import METRICS, atomic_write
 from chargen.errors import ChargenError
+from chargen.files.atomic import atomic_write
+from chargen.runs.layout import METRICS
 
 #: chargen writes lines of about 200 bytes; anything much longer is not one of its lines.
 MAX_LINE_BYTES = 4096
