@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from service_support import make_checkpoint, parse_sse, thread_server
 
 from chargen.checkpoint import STATE, save_weights
+from chargen.checkpoint import load_checkpoint as load_checkpoint_file
 from chargen.model import CharRNN, ModelConfig
 from chargen.text_codec import TextCodec
 from tests.conftest import REPO, invoke
@@ -342,3 +343,16 @@ def test_checkpoint_metadata_property(loader: Loader, tmp_path_factory: pytest.T
     assert "crash" not in answer, answer["crash"]
     if "error" in answer:
         assert answer["error"] and "\n" not in answer["error"], answer
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_a_stochastic_beam_at_a_tiny_temperature_keeps_its_beams(tmp_path: Path, width: int) -> None:
+    """Found by the long service fuzz: with every tempered chance on a token the n-gram block bans, the
+    beam drew any token, banned ones too, and died; the answer was no sample at all, silently."""
+    from chargen.sampling import DecodeConfig, Generator
+
+    checkpoint = load_checkpoint_file(make_checkpoint(tmp_path / "tiny.safetensors"))
+    result = Generator(checkpoint.model, checkpoint.codec).generate(None, DecodeConfig(
+        length=300, temperature=5e-324, beam_sample=True, beam_width=width, num_samples=width, seed=1))
+    assert len(result.samples) == width and all(math.isfinite(s.logprob) for s in result.samples)
+    assert all(len(s.ids) == 300 for s in result.samples)
