@@ -45,8 +45,13 @@ def beam_search(stepper: Stepper, logits: torch.Tensor, state: State, prime_ids:
         if cfg.beam_sample:
             # Magenta-style: draw candidates from the tempered distribution, keep the likeliest.
             probs = torch.softmax(filter_logits(temper(logits.float(), cfg.temperature), cfg.top_k, cfg.top_p), -1)
-            probs = probs.masked_fill(~torch.isfinite(candidates), 0.0)
-            alive = probs.sum(-1) > 0
+            allowed = torch.isfinite(candidates)
+            probs = probs.masked_fill(~allowed, 0.0)
+            alive = allowed.any(-1)
+            starved = alive & ~(probs.sum(-1) > 0)  # all the tempered mass was on banned tokens (a tiny temperature)
+            if bool(starved.any()):  # then the tempered distribution over the allowed tokens alone
+                allowed_logits = logits.float().masked_fill(~allowed, float("-inf"))
+                probs[starved] = torch.softmax(temper(allowed_logits[starved], cfg.temperature), -1)
             probs[~alive] = 1.0 / vocab  # rows that are dead anyway; keeps multinomial defined
             drawn = torch.multinomial(probs, k, replacement=False, generator=rng)  # [K, K]
             best = torch.topk(candidates.gather(1, drawn).view(-1), k)
