@@ -142,3 +142,15 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     with postgres_server.database() as url:
         yield url
 
+
+#: The history's two engines: a test that takes ``database_url`` runs once on each.
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty history database: an SQLite file, then (the second parameter) a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "history.db")
+    return request.getfixturevalue("postgres_url")
+

@@ -5,13 +5,38 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy import Connection, create_engine, text
 
 from chargen.history import History, SampleRecord
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
+
+
+@contextmanager
+def raw_database(url: str) -> Iterator[Connection]:
+    """The database behind ``History(url)``, reached around chargen (one transaction): what another program, or
+    an older chargen, would do to it."""
+    from chargen.history.location import engine_url, resolve_database_url
+
+    engine = create_engine(engine_url(resolve_database_url(url)))
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def sql(url: str, *statements: str, **params: Any) -> Any:
+    """Run ``statements`` on ``url``'s database in one transaction; the last one's first column, first row."""
+    with raw_database(url) as conn:
+        for statement in statements:
+            result = conn.execute(text(statement), params)
+        return result.scalar() if result.returns_rows else None
 
 
 def record(history: History, **overrides: Any) -> str:

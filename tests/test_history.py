@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-from history_helpers import MIGRATION_RUNS, SHA_A, SHA_B, record, start_together
+from history_helpers import MIGRATION_RUNS, SHA_A, SHA_B, record, sql, start_together
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, inspect
@@ -30,22 +30,19 @@ from chargen.history import (
     new_id,
     resolve_database_url,
 )
+from tests.conftest import DATABASES
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    """An SQLite file, for the tests of what is SQLite's own (pragmas, its default location)."""
     return tmp_path / "history.db"
 
 
 @pytest.fixture
-def db_url(db: Path) -> str:
-    """The test's database as a URL (test_postgres_history names a PostgreSQL database here)."""
-    return str(db)
-
-
-@pytest.fixture
-def history(db: Path):
-    with History(str(db)) as h:
+def history(database_url: str):
+    """A store on a fresh database: each test that takes it runs on SQLite and on PostgreSQL (conftest)."""
+    with History(database_url) as h:
         yield h
 
 
@@ -232,14 +229,12 @@ def test_processes_migrating_at_once_run_the_migration_once(history: History) ->
     assert history.get_generation(gid).id == gid
 
 
-def test_delete_generation_cascades_to_outputs(history: History, db: Path) -> None:
+def test_delete_generation_cascades_to_outputs(history: History, database_url: str) -> None:
     gid = record(history, outputs=["a", "b", "c"])
     keep = record(history)
     assert history.delete_generation(gid[:20]) == gid
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*) FROM generation_outputs WHERE generation_id = ?", (gid,)).fetchone() == (0,)
-    assert con.execute("SELECT count(*) FROM generation_outputs").fetchone() == (1,)
-    con.close()
+    assert sql(database_url, "SELECT count(*) FROM generation_outputs WHERE generation_id = :gid", gid=gid) == 0
+    assert sql(database_url, "SELECT count(*) FROM generation_outputs") == 1
     assert [g.id for g in history.list_generations()] == [keep]
     with pytest.raises(HistoryLookupError):
         history.delete_generation(gid)
@@ -266,11 +261,13 @@ def test_runs_link_by_checkpoint_and_deleting_a_run_unlinks(history: History) ->
     assert history.list_runs() == []
 
 
-def test_sqlite_pragmas_are_on(history: History, db: Path) -> None:
+def test_sqlite_pragmas_are_on(db: Path) -> None:
+    with History(str(db)) as history:
+        record(history)
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     con.close()
-    with history._engine.connect() as conn:
+    with History(str(db)) as history, history._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == hist.DEFAULT_BUSY_TIMEOUT_MS
@@ -316,28 +313,23 @@ def test_default_location_is_used_and_reopened_without_loss(tmp_path: Path, monk
         assert h.get_generation(gid).outputs[0].text == "fox ran\naway"
 
 
-def test_newer_schema_is_refused_clearly(db: Path) -> None:
-    with History(str(db)) as h:
+def test_newer_schema_is_refused_clearly(database_url: str) -> None:
+    with History(database_url) as h:
         record(h)
-    con = sqlite3.connect(db)
-    con.execute("UPDATE schema_version SET version = 7")
-    con.commit()
-    con.close()
+    sql(database_url, "UPDATE schema_version SET version = 7")
     with pytest.raises(HistoryUnavailable, match="schema version 7, newer than this chargen understands") as err:
-        History(str(db))
+        History(database_url)
     assert "\n" not in str(err.value)
 
 
-def test_tables_without_a_version_are_not_adopted(db: Path) -> None:
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE generations (id TEXT PRIMARY KEY, other TEXT)")
-    con.close()
+def test_tables_without_a_version_are_not_adopted(database_url: str) -> None:
+    sql(database_url, "CREATE TABLE generations (id TEXT PRIMARY KEY, other TEXT)")
     with pytest.raises(HistoryUnavailable, match="not a chargen history database"):
-        History(str(db))
+        History(database_url)
 
 
-def test_older_schema_is_migrated_forward_in_order(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with History(db_url) as h:  # a database of this version with data in it
+def test_older_schema_is_migrated_forward_in_order(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with History(database_url) as h:  # a database of this version with data in it
         gid = record(h, outputs=["a", "b"])
     calls: list[int] = []
     now = hist_schema.SCHEMA_VERSION
@@ -352,18 +344,18 @@ def test_older_schema_is_migrated_forward_in_order(db_url: str, monkeypatch: pyt
 
     monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", now + 2)
     monkeypatch.setattr(hist_schema, "MIGRATIONS", {**hist_schema.MIGRATIONS, now + 1: add_rating, now + 2: add_index})
-    with History(db_url) as h:
+    with History(database_url) as h:
         assert h.schema_version() == now + 2
         assert h.get_generation(gid).outputs == (SampleRecord("a"), SampleRecord("b"))
-    with History(db_url) as h:  # already current: nothing runs twice
+    with History(database_url) as h:  # already current: nothing runs twice
         pass
     assert calls == [now + 1, now + 2]
-    with History(db_url) as h:  # the store's own engine: SQLite or PostgreSQL alike
+    with History(database_url) as h:  # the store's own engine: SQLite or PostgreSQL alike
         assert "rating" in [column["name"] for column in inspect(h._engine).get_columns("generations")]
 
 
-def test_failed_migration_leaves_the_database_untouched(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with History(str(db)) as h:
+def test_failed_migration_leaves_the_database_untouched(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with History(database_url) as h:
         gid = record(h)
 
     def broken(conn) -> None:
@@ -374,10 +366,11 @@ def test_failed_migration_leaves_the_database_untouched(db: Path, monkeypatch: p
     monkeypatch.setattr(hist_schema, "SCHEMA_VERSION", now + 1)
     monkeypatch.setattr(hist_schema, "MIGRATIONS", {**hist_schema.MIGRATIONS, now + 1: broken})
     with pytest.raises(HistoryUnavailable):
-        History(str(db))
+        History(database_url)
     monkeypatch.undo()
-    with History(str(db)) as h:  # rolled back as one transaction: still a clean database of this version
+    with History(database_url) as h:  # DDL rolled back as one transaction: a clean database of this version
         assert h.schema_version() == now and h.get_generation(gid).id == gid
+        assert "rating" not in [column["name"] for column in inspect(h._engine).get_columns("generations")]
 
 
 @settings(max_examples=50, deadline=None)
@@ -395,10 +388,15 @@ def test_ids_from_one_process_are_strictly_increasing() -> None:
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
-@pytest.fixture(scope="module")
-def search_history(tmp_path_factory: pytest.TempPathFactory):
-    with History(str(tmp_path_factory.mktemp("search") / "search.db")) as h:
-        yield h
+@pytest.fixture(scope="module", params=DATABASES)
+def search_history(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """One store for all of a property test's examples, on each engine."""
+    if request.param == "sqlite":
+        with History(str(tmp_path_factory.mktemp("search") / "search.db")) as h:
+            yield h
+    else:
+        with request.getfixturevalue("postgres_server").database() as url, History(url) as h:
+            yield h
 
 
 # NUL is left out: corpora with NUL bytes are refused, and PostgreSQL text cannot hold it; lone
@@ -473,17 +471,13 @@ def test_scores_are_recorded_one_row_per_file_and_listed_newest_first(history: H
         history.get_score("ZZZZ")
 
 
-def test_a_version_1_database_is_migrated_to_lineage_and_scores(db: Path) -> None:
-    with History(str(db)) as h:
+def test_a_version_1_database_is_migrated_to_lineage_and_scores(database_url: str) -> None:
+    with History(database_url) as h:
         run_id = _run(h)
         gid = record(h)
-    con = sqlite3.connect(db)  # back to what a version-1 chargen made
-    con.execute("DROP TABLE scores")
-    con.execute("ALTER TABLE training_runs DROP COLUMN parent")
-    con.execute("UPDATE schema_version SET version = 1")
-    con.commit()
-    con.close()
-    with History(str(db)) as h:
+    sql(database_url, "DROP TABLE scores", "ALTER TABLE training_runs DROP COLUMN parent",  # what version 1 made
+        "UPDATE schema_version SET version = 1")
+    with History(database_url) as h:
         assert h.schema_version() == hist_schema.SCHEMA_VERSION == 2
         assert h.get_run(run_id).parent is None and h.get_generation(gid).id == gid
         child = _run(h, checkpoint_sha256=SHA_B, parent={"run": "fables", "checkpoint_sha256": SHA_A})

@@ -30,8 +30,9 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return str(tmp_path / "cli.db")
+def db(database_url: str) -> str:
+    """``--database``: an SQLite file, then a PostgreSQL database (conftest's ``database_url``)."""
+    return database_url
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from tests.conftest import REPO, assert_one_line_error, run_cli
 
 
 def db_url(tmp_path: Path) -> str:
+    """An SQLite file, for the tests of SQLite's own locking and files; the others take ``database_url`` (both
+    engines)."""
     return f"sqlite:///{tmp_path / 'shared.db'}"
 
 
@@ -45,8 +47,9 @@ def test_eight_concurrent_sample_processes_all_log(run: Path, tmp_path: Path) ->
     ["--beam-width", "3", "--beam-sample", "--seed", "4"],
     ["-n", "3", "--top-p", "0.9"],  # no seed given: the drawn seed is logged and replayed
 ])
-def test_replay_reproduces_every_decoder_byte_for_byte(run: Path, tmp_path: Path, options: list[str]) -> None:
-    url = db_url(tmp_path)
+def test_replay_reproduces_every_decoder_byte_for_byte(run: Path, tmp_path: Path, database_url: str,
+                                                      options: list[str]) -> None:
+    url = database_url
     result = run_cli("sample", "--len", "80", "--prime", "The ", "--database", url, "--json", *options)
     assert result.returncode == 0, result.stderr
     with History(url) as history:
@@ -58,8 +61,8 @@ def test_replay_reproduces_every_decoder_byte_for_byte(run: Path, tmp_path: Path
     assert data["identical"] and data["replayed"] == data["recorded"]
 
 
-def test_replay_says_why_it_cannot(run: Path, tmp_path: Path) -> None:
-    url = db_url(tmp_path)
+def test_replay_says_why_it_cannot(run: Path, tmp_path: Path, database_url: str) -> None:
+    url = database_url
     assert run_cli("sample", "--len", "20", "--database", url).returncode == 0
     with History(url) as history:
         record = history.list_generations(limit=1)[0]
@@ -70,8 +73,8 @@ def test_replay_says_why_it_cannot(run: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("history", "replay", record.id, "--database", url), "no longer exists")
 
 
-def test_training_runs_are_logged_and_generations_link_to_them(tmp_path: Path) -> None:
-    url = db_url(tmp_path)
+def test_training_runs_are_logged_and_generations_link_to_them(tmp_path: Path, database_url: str) -> None:
+    url = database_url
     corpus = tmp_path / "c.txt"
     corpus.write_text((REPO / "corpora" / "fables.txt").read_text()[:20000])
     trained = run_cli("train", str(corpus), "--size", "tiny", "--max-steps", "5", "--batch-size", "8",
@@ -123,7 +126,7 @@ def test_read_only_and_unreachable_databases(run: Path, tmp_path: Path) -> None:
     _assert_output_but_not_logged(result)
 
 
-def test_sampling_without_logging_imports_no_sqlalchemy(run: Path, tmp_path: Path) -> None:
+def test_sampling_without_logging_imports_no_sqlalchemy(run: Path, tmp_path: Path, database_url: str) -> None:
     """`chargen sample --no-log` never loads the history store (SQLAlchemy costs ~0.3 s a start)."""
     probe = ("import sys\nfrom chargen.cli import main\nsys.argv = ['chargen', 'sample', '--len', '5', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit as exc:\n"
@@ -132,6 +135,6 @@ def test_sampling_without_logging_imports_no_sqlalchemy(run: Path, tmp_path: Pat
     quiet = subprocess.run([sys.executable, "-c", probe, "--no-log"], capture_output=True, text=True, env=env,
                            timeout=180)
     assert quiet.stderr.splitlines()[-1] == "exit 0 False", quiet.stderr
-    logged = subprocess.run([sys.executable, "-c", probe, "--database", db_url(tmp_path)], capture_output=True,
+    logged = subprocess.run([sys.executable, "-c", probe, "--database", database_url], capture_output=True,
                             text=True, env=env, timeout=180)
     assert logged.stderr.splitlines()[-1] == "exit 0 True", logged.stderr  # the probe does see it when used

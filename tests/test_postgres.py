@@ -1,7 +1,7 @@
 """The history on a real PostgreSQL server: concurrent writers and concurrent first opens.
 
 The server is the private one from tests/pg_support.py (``postgres_server`` in conftest).
-Concurrent migrations: test_history's test, run on PostgreSQL by test_postgres_history.
+Concurrent migrations and the history suites run on both engines through conftest's ``database_url``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import threading
 import time
@@ -18,6 +19,7 @@ from chargen.midi import MidiCodec
 from chargen.runs.checkpoint import Checkpoint, load_checkpoint
 from chargen.serve import Limits, create_app
 from chargen.serve.page import CSS_PATH, JS_PATH, PAGE, PAGE_CSS, PAGE_JS
+from tests.conftest import DATABASES
 
 LIMITS = Limits(max_length=1_000_000, max_beam_width=4, max_samples=3, max_prime_chars=200, max_body_bytes=4096,
                 max_list=50)
@@ -429,11 +431,16 @@ def test_midi_format_returns_a_midi_file(tmp_path: Path) -> None:
 # -- history -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def history_url(models: dict[str, Checkpoint], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    database = f"sqlite:///{tmp_path_factory.mktemp('history') / 'history.db'}"
-    with thread_server(create_app(models, database, None, LIMITS)) as base:
-        yield base
+@pytest.fixture(scope="module", params=DATABASES)
+def history_url(request: pytest.FixtureRequest, models: dict[str, Checkpoint],
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server whose history is an SQLite file, then a PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            database = f"sqlite:///{tmp_path_factory.mktemp('history') / 'history.db'}"
+        else:
+            database = stack.enter_context(request.getfixturevalue("postgres_server").database())
+        yield stack.enter_context(thread_server(create_app(models, database, None, LIMITS)))
 
 
 def test_generations_are_recorded_and_searchable(history_url: str, models: dict[str, Checkpoint]) -> None:
@@ -466,13 +473,13 @@ def test_generations_are_recorded_and_searchable(history_url: str, models: dict[
         assert http.get(f"/v1/generations/{first['history_id']}.mid").status_code == 404  # text, not music
 
 
-def test_midi_download_from_history(tmp_path: Path) -> None:
+def test_midi_download_from_history(tmp_path: Path, database_url: str) -> None:
     import io
 
     import mido
 
     ckpt = load_checkpoint(make_checkpoint(tmp_path / "music.safetensors", MidiCodec(), seed=4))
-    database = f"sqlite:///{tmp_path / 'history.db'}"
+    database = database_url
     with thread_server(create_app({"music": ckpt}, database, None, LIMITS)) as base, \
             httpx.Client(base_url=base, timeout=60) as http:
         got = generate(http, length=200, seed=5, format="midi", num_samples=2)
@@ -514,10 +521,10 @@ def test_history_export_of_a_served_midi_generation_is_the_served_file(tmp_path:
         assert out.read_bytes() == expected
 
 
-def test_served_generation_replays_from_history(tmp_path: Path, models: dict[str, Checkpoint]) -> None:
+def test_served_generation_replays_from_history(database_url: str, models: dict[str, Checkpoint]) -> None:
     from chargen import records
 
-    database = f"sqlite:///{tmp_path / 'history.db'}"
+    database = database_url
     with thread_server(create_app(models, database, None, LIMITS)) as base, \
             httpx.Client(base_url=base, timeout=60) as http:
         got = generate(http, model="tiny", prime="the ", length=40, temperature=0.9, top_k=10, num_samples=2)
