@@ -18,7 +18,7 @@ from service_support import ServerProcess, make_checkpoint, parse_sse, reference
 from chargen.midi import MidiCodec
 from chargen.runs.checkpoint import Checkpoint, load_checkpoint
 from chargen.serve import Limits, create_app
-from chargen.serve.page import CSS_PATH, JS_PATH, PAGE, PAGE_CSS, PAGE_JS
+from chargen.serve.page import INDEX, STATIC_DIR
 from tests.conftest import DATABASES
 
 LIMITS = Limits(max_length=1_000_000, max_beam_width=4, max_samples=3, max_prime_chars=200, max_body_bytes=4096,
@@ -331,20 +331,24 @@ def test_page_is_self_contained(client: httpx.Client) -> None:
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     page = response.text
-    assert page == PAGE
-    # Its style and script come from this server, as separate answers: no inline code for the CSP to allow.
-    assert re.findall(r'(?:src|href)="([^"]+)"', page) == [CSS_PATH, JS_PATH]
-    css, js = client.get(CSS_PATH), client.get(JS_PATH)
-    assert css.status_code == js.status_code == 200
-    assert css.headers["content-type"].startswith("text/css") and js.headers["content-type"].startswith(
-        "text/javascript")
-    assert css.text == PAGE_CSS and js.text == PAGE_JS and "<script" not in page.replace(f'<script src="{JS_PATH}">',
-                                                                                      "")
+    assert page == INDEX.read_text()
+    # Its style sheets and scripts are the files in static/, from this server: no inline code for the CSP to allow.
+    linked = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sorted(linked) == sorted(f"/static/{f.name}" for f in STATIC_DIR.iterdir() if f.suffix in (".css", ".js"))
+    assets = {}
+    for path in linked:
+        answer = assets[path] = client.get(path)
+        kind = "text/css" if path.endswith(".css") else "text/javascript"
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(kind), path
+        assert answer.text == (STATIC_DIR / path.removeprefix("/static/")).read_text()
+    assert client.get("/static/../page.py").status_code == 404 and client.get("/static/nothing.js").status_code == 404
     assert "<style" not in page and " style=" not in page and " on" + "click=" not in page
+    assert re.findall(r"<script[^>]*>", page) == [f'<script src="{path}">' for path in linked if path.endswith(".js")]
     for needle in ('id="model"', 'id="generate"', 'id="gen"', "<canvas"):
         assert needle in page
-    assert "getReader()" in js.text
-    for text in (page, css.text, js.text):
+    script = "".join(answer.text for path, answer in assets.items() if path.endswith(".js"))
+    assert "getReader()" in script
+    for text in (page, *(answer.text for answer in assets.values())):
         assert "http://" not in text and "https://" not in text  # no external assets
     csp = response.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "connect-src 'self' blob:" in csp
@@ -352,7 +356,7 @@ def test_page_is_self_contained(client: httpx.Client) -> None:
     # Every API path the page's script calls is one this server serves.
     served = {re.match(r"/v1/[a-z]+", route).group(0) for route in client.get("/openapi.json").json()["paths"]
               if route.startswith("/v1/")}
-    called = set(re.findall(r"/v1/[a-z]+", js.text))
+    called = set(re.findall(r"/v1/[a-z]+", script))
     assert called and called <= served, called - served
 
 

@@ -26,11 +26,13 @@ from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
+from chargen.serve.page import STATIC_DIR  # noqa: E402
+
 EXAMPLES = int(os.environ.get("CHARGEN_FUZZ_EXAMPLES", "12"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 12, database=None,
                 suppress_health_check=list(HealthCheck))
 #: What the page and its assets are served at: not in the OpenAPI document, fuzzed by hand below.
-UNDOCUMENTED = ("/", "/static/page.css", "/static/page.js")
+UNDOCUMENTED = ("/", *(f"/static/{path.name}" for path in sorted(STATIC_DIR.iterdir())))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Mount
 
 from chargen.errors import ChargenError
 from chargen.history import resolve_database_url
@@ -31,6 +32,7 @@ from chargen.serve.guard import Guard, check_token
 from chargen.serve.history_writer import HistoryLog
 from chargen.serve.limits import NAME_RE, Limits, ServiceError, error_body
 from chargen.serve.metrics import RequestCounter
+from chargen.serve.page import STATIC_PATH, static_files
 from chargen.serve.routes import router
 from chargen.serve.service import Service
 from chargen.serve.shield import LOOPBACK_HOSTS, SafeJSONResponse, Shield, allowed_hosts_for, encodable, is_loopback
@@ -77,9 +79,12 @@ def create_app(models: dict[str, Checkpoint], history_url: str | None, api_token
     app.add_exception_handler(ChargenError, _chargen_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.include_router(router)
+    static = Mount(STATIC_PATH, static_files(), name="static")  # the page's style sheets and scripts
+    app.router.routes.append(static)
     app.add_middleware(Guard, token=api_token, max_body=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
     app.add_middleware(Shield, allowed_hosts=allowed_hosts)  # runs before the token check
-    app.add_middleware(RequestCounter, metrics=service.metrics, routes=router.routes)  # outermost: every answer
+    # outermost: every answer, labelled by its route (the page's files by their mount)
+    app.add_middleware(RequestCounter, metrics=service.metrics, routes=[*router.routes, static])
     return app
 
 

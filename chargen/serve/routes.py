@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from chargen.codec_registry import codec_from_metadata
@@ -24,7 +24,7 @@ from chargen.serve.completions import stream as completion_stream
 from chargen.serve.history_writer import GenerationLog, GenerationNotFound, HistoryError
 from chargen.serve.limits import ID_PATTERN, ServiceError, over_limit
 from chargen.serve.metrics import CONTENT_TYPE
-from chargen.serve.page import CSS_PATH, JS_PATH, PAGE, PAGE_CSS, PAGE_JS
+from chargen.serve.page import INDEX
 from chargen.serve.schemas import GenerateRequest, decode_options
 from chargen.serve.service import Service, render_midi
 from chargen.serve.sse import cancel_on_disconnect, events
@@ -88,19 +88,9 @@ async def healthz(service: Service = Depends(get_service)) -> JSONResponse:
                         status_code=503 if service.closing else 200)
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def page() -> HTMLResponse:
-    return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})  # its CSP: chargen.serve.shield
-
-
-@router.get(CSS_PATH, include_in_schema=False)
-async def page_css() -> Response:
-    return Response(PAGE_CSS, media_type="text/css; charset=utf-8", headers={"Cache-Control": "no-cache"})
-
-
-@router.get(JS_PATH, include_in_schema=False)
-async def page_js() -> Response:
-    return Response(PAGE_JS, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": "no-cache"})
+@router.get("/", response_class=FileResponse, include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(INDEX, headers={"Cache-Control": "no-cache"})  # its CSP: chargen.serve.shield
 
 
 @router.get("/v1/models")

@@ -1,44 +1,3 @@
-"""Past generations on the page: list (newest first, ``q`` search, model filter), open, re-run.
-
-Only the API: ``GET /v1/generations`` for the list, ``GET /v1/generations/{id}``
-to open one (music records carry each output's notes for the roll and player),
-``.mid`` for the download. Opening shows the record where a fresh generation
-would appear; re-run fills the form with its settings and generates again.
-"""
-
-CSS = r"""
-  #history { margin-top: 1.2rem; background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 1rem; }
-  #history summary, #curves summary { font-weight: 600; cursor: pointer; }
-  #history-search { display: flex; gap: .5rem; margin: .6rem 0; background: none; border: 0; padding: 0; }
-  #history-search input { flex: 1; }
-  #history-list { list-style: none; margin: 0; padding: 0; max-height: 22rem; overflow-y: auto; }
-  #history-list li + li { border-top: 1px solid #eef0f3; }
-  .history-item { display: grid; grid-template-columns: 10.5rem 1fr; gap: .1rem 1rem; width: 100%;
-                  text-align: left; background: none; color: inherit; border: 0; border-radius: 0;
-                  padding: .45rem .3rem; font-size: .85rem; }
-  .history-item:hover, .history-item.open { background: #eef4ff; }
-  .history-item .when { color: #56606b; }
-  .history-item .snippet { grid-column: 2; font-family: ui-monospace, monospace; color: #56606b;
-                           white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-  #history-note { font-size: .85rem; color: #56606b; }
-  #opened { display: flex; gap: .8rem; align-items: center; margin: .4rem 0; font-size: .85rem; color: #56606b; }
-"""
-
-HTML = r"""
-  <div id="opened" hidden><span id="opened-what"></span>
-    <button id="rerun" type="button" class="secondary">Re-run</button></div>
-  <details id="history" open>
-    <summary>History</summary>
-    <form id="history-search">
-      <input id="history-q" type="search" placeholder="search prompts and outputs">
-      <select id="history-model"><option value="">all models</option></select>
-    </form>
-    <div id="history-note"></div>
-    <ol id="history-list"></ol>
-  </details>
-"""
-
-SCRIPT = r"""
 // --- history: past generations, opened where a fresh one appears, re-run with its settings ---
 let opened = null;       // the record on show
 let rerunExtras = null;  // its settings the form has no field for, sent with the re-run only
@@ -184,4 +143,3 @@ $("history-q").addEventListener("input", () => {  // search as one types, once t
   historyTimer = setTimeout(loadHistory, 300);
 });
 $("history-model").addEventListener("change", loadHistory);
-"""

@@ -1,27 +1,3 @@
-"""Playing a music model's notes in the browser: Web Audio, a built-in synth voice, no assets.
-
-Each note is one oscillator through its own gain envelope (quick attack, a
-piano-like decay, a short release), scheduled a little ahead of the audio clock
-so long pieces never queue thousands of nodes at once. The piano roll is
-redrawn every frame with the playhead. ``window.chargenPlayer`` exposes the
-state (context, notes scheduled, position) for the browser test.
-"""
-
-CSS = r"""
-  #player { display: flex; gap: .5rem; align-items: center; margin-top: .6rem; font-size: .85rem;
-            color: #56606b; }
-  #player button { padding: .25rem .8rem; }
-"""
-
-HTML = r"""
-  <div id="player" hidden>
-    <button id="play" type="button">&#9654; Play</button>
-    <button id="halt" type="button" class="secondary" disabled>&#9632; Stop</button>
-    <span id="clock">0:00 / 0:00</span>
-  </div>
-"""
-
-SCRIPT = r"""
 // --- player: the notes of the piano roll through a small Web Audio synth ---
 const LOOKAHEAD_S = 1.0;  // notes starting this soon are handed to the audio clock
 const RELEASE_S = 0.08;
@@ -127,4 +103,3 @@ function stopPlayback() {
 
 $("play").addEventListener("click", startPlayback);
 $("halt").addEventListener("click", stopPlayback);
-"""

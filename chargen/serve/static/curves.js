@@ -1,24 +1,3 @@
-"""Each served model's training curve on the page: ``GET /v1/models/{name}/curve`` drawn as inline SVG."""
-
-CSS = r"""
-  #curves { margin-top: 1.2rem; background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 1rem; }
-  #curve-list { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 1rem;
-                margin-top: .6rem; }
-  .curve h3 { font-size: .9rem; margin: 0 0 .3rem; }
-  .curve svg { width: 100%; height: auto; background: #fafbfc; border: 1px solid #eef0f3; border-radius: 5px; }
-  .curve p { font-size: .8rem; color: #56606b; margin: .3rem 0 0; }
-  .curve .verdict-improving { color: #1a7f37; }
-  .curve .verdict-overfitting, .curve .verdict-worsening { color: #b42318; }
-"""
-
-HTML = r"""
-  <details id="curves" open>
-    <summary>Training curves</summary>
-    <div id="curve-list"></div>
-  </details>
-"""
-
-SCRIPT = r"""
 // --- curves: validation (and training) loss against steps for each served model ---
 // The SVG namespace, from the HTML parser: the page spells out no URL at all (no external assets).
 const SVG_NS = (() => {
@@ -93,4 +72,3 @@ async function loadCurves() {
   }));
   $("curve-list").replaceChildren(...cards);
 }
-"""
