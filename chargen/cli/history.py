@@ -8,16 +8,14 @@ takes ``--database URL`` (else ``$CHARGEN_DATABASE_URL``, else
 from __future__ import annotations
 
 import functools
-import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import wcwidth
 
+from chargen.cli.listing import decoder_summary, dumps, fit, local_time, preview, print_records
 from chargen.cli.types import COUNT_RANGE, FiniteFloat, OutputFile
 from chargen.errors import ChargenError
 from chargen.history.errors import HistoryUnavailable
@@ -104,78 +102,6 @@ def _get_generation(database: str | None, generation_id: str) -> GenerationRecor
 
 
 # --------------------------------------------------------------------------
-# Formatting
-
-
-def _char_width(ch: str) -> int:
-    """Terminal columns of one character (wcwidth: wide East Asian 2, combining 0); control characters are
-    never printed here (``_one_line`` replaces them; wcwidth says -1), so count as none."""
-    return max(0, wcwidth.wcwidth(ch))
-
-
-def _fit(text: str, width: int) -> str:
-    """``text`` cut to ``width`` terminal columns, ending in … when cut."""
-    if sum(_char_width(ch) for ch in text) <= width:
-        return text
-    out, used = [], 0
-    for ch in text:
-        w = _char_width(ch)
-        if used + w > width - 1:
-            break
-        out.append(ch)
-        used += w
-    return "".join(out) + "…"
-
-
-def _one_line(text: str) -> str:
-    # ⏎ keeps line structure visible; other control characters would move the cursor: escaped.
-    return printable(text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " "))
-
-
-def _local_time(record: GenerationRecord | TrainingRunRecord | ScoreRecord) -> str:
-    return record.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-def _decoder_summary(record: GenerationRecord) -> str:
-    params = record.params
-    if record.decoder == "beam":
-        summary = f"beam w={params.get('beam_width', '?')}"
-    elif record.decoder == "sample":
-        temperature = params.get("temperature")
-        summary = "sample" if temperature is None else f"sample t={temperature:g}"
-    else:
-        summary = record.decoder
-    if len(record.outputs) > 1:
-        summary += f" ×{len(record.outputs)}"
-    return summary
-
-
-def _preview(record: GenerationRecord) -> str:
-    text = record.outputs[0].text if record.outputs else ""
-    label = "" if record.codec.get("name", "text") == "text" else f"[{record.codec.get('name')}] "
-    return label + _one_line(text)
-
-
-def _width() -> int:
-    return shutil.get_terminal_size().columns
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False)
-
-
-def _print_records(records: list[R], as_json: bool, line: Callable[[R, int], str]) -> None:
-    """All records as one JSON array, or one line each cut to the terminal, short ids aligned."""
-    if as_json:
-        click.echo(_dumps([r.to_dict() for r in records]))
-        return
-    width = _width()
-    id_width = max((len(r.short_id) for r in records), default=0)
-    for r in records:
-        click.echo(_fit(line(r, id_width), width))
-
-
-# --------------------------------------------------------------------------
 # Commands
 
 
@@ -234,13 +160,13 @@ def list_generations(count: int, query: str | None, checkpoint: str | None, as_j
     """List logged generations, newest first, one line each."""
     records = _listed(database, lambda store: store.list_generations(limit=count or None, query=query,
                                                                      checkpoint=checkpoint))
-    decoder_width = max((len(_decoder_summary(r)) for r in records), default=0)
+    decoder_width = max((len(decoder_summary(r)) for r in records), default=0)
 
     def line(r: GenerationRecord, id_width: int) -> str:
-        return printable(f"{r.short_id:<{id_width}}  {_local_time(r)}  {_decoder_summary(r):<{decoder_width}}  "
-                         f"{_preview(r)}")
+        return printable(f"{r.short_id:<{id_width}}  {local_time(r)}  {decoder_summary(r):<{decoder_width}}  "
+                         f"{preview(r)}")
 
-    _print_records(records, as_json, line)
+    print_records(records, as_json, line)
 
 
 @_generation_command(click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON."),
@@ -254,7 +180,7 @@ def show(generation_id: str, as_json: bool, raw: bool, database: str | None) -> 
     record = _get_generation(database, generation_id)
     text = (lambda value: value) if raw else (lambda value: printable(value, keep_newlines=True))
     if as_json:
-        click.echo(_dumps(record.to_dict()))
+        click.echo(dumps(record.to_dict()))
         return
     fields = [
         ("id", record.id),
@@ -345,7 +271,7 @@ def rm(generation_id: str, yes: bool, database: str | None) -> None:
     with _open(database) as store:
         record = store.get_generation(generation_id)
         if not yes:
-            summary = _fit(f"{_local_time(record)} {_decoder_summary(record)}: {_preview(record)}", 60)
+            summary = fit(f"{local_time(record)} {decoder_summary(record)}: {preview(record)}", 60)
             if not confirm(f"Delete generation {record.id} ({printable(summary)})?"):
                 click.echo(f"kept {record.id}", err=True)
                 raise click.exceptions.Exit(1)
@@ -379,10 +305,10 @@ def runs(count: int, as_json: bool, database: str | None) -> None:
         if r.parent:
             logged = r.parent.get("run_id")
             parent = f"  from {r.parent.get('run')}" + (f" ({short_ids.get(logged, logged)})" if logged else "")
-        return printable(f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.steps:>7} steps  val {loss}{parent}  "
+        return printable(f"{r.short_id:<{id_width}}  {local_time(r)}  {r.steps:>7} steps  val {loss}{parent}  "
                          f"{Path(r.corpus_path).name} → {r.checkpoint_path}")
 
-    _print_records(records, as_json, line)
+    print_records(records, as_json, line)
 
 
 @history.command()
@@ -398,9 +324,9 @@ def scores(count: int, checkpoint: str | None, as_json: bool, database: str | No
 
     def line(r: ScoreRecord, id_width: int) -> str:
         unknown = f"  {r.unknown_count} unknown" if r.unknown_count else ""
-        return printable(f"{r.short_id:<{id_width}}  {_local_time(r)}  {r.nats_per_token:.4f} nats/{r.unit}  "
+        return printable(f"{r.short_id:<{id_width}}  {local_time(r)}  {r.nats_per_token:.4f} nats/{r.unit}  "
                          f"{r.bits_per_token:.4f} bits/{r.unit}  {r.scored:>9,} {r.unit}s{unknown}  {r.file_path}  "
                          f"← {Path(r.checkpoint_path).parent.name}/{Path(r.checkpoint_path).name}")
 
-    _print_records(_listed(database, lambda store: store.list_scores(limit=count or None, checkpoint=checkpoint)),
+    print_records(_listed(database, lambda store: store.list_scores(limit=count or None, checkpoint=checkpoint)),
                    as_json, line)
