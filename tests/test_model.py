@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chargen.errors import ChargenError
-from chargen.model import CharRNN, ModelConfig
+from chargen.model import CharRNN, ModelConfig, parameter_shapes
 from chargen.model.dropout import LEVELS, dropout
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.layout import LAST
@@ -135,3 +135,13 @@ def test_cli_weight_drop_reaches_the_checkpoint(tmp_path: Path, isolated_home: P
     info = invoke("info", str(tmp_path / "wd"))
     assert info.returncode == 0 and "dropout 0.0, weight drop 0.25," in info.stdout, info.stdout + info.stderr
     assert_one_line_error(invoke("train", str(FABLES), "--weight-drop", "1.5", "--max-steps", "1"), "--weight-drop")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers, labels", [(1, ()), (3, ("a", "b"))])
+def test_parameter_shapes_are_the_network_s_own(cell: str, layers: int, labels: tuple[str, ...]) -> None:
+    """What a checkpoint is checked against (worked out without torch) is the state dict the network makes."""
+    config = ModelConfig(vocab_size=13, cell=cell, layers=layers, hidden=12, embedding=6, labels=labels,
+                         label_embedding=4 if labels else 16)
+    made = {name: tuple(tensor.shape) for name, tensor in CharRNN(config).state_dict().items()}
+    assert parameter_shapes(config) == made

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forked import run_forked
 from history_helpers import start_together
 from pg_support import connect
 
 from chargen.history import SCHEMA_VERSION, History
-from tests.conftest import REPO
 
 
 def test_each_test_gets_a_fresh_empty_database(postgres_url: str) -> None:
@@ -29,26 +27,16 @@ def test_each_test_gets_a_fresh_empty_database(postgres_url: str) -> None:
     assert int(version[0]) >= 130000  # the fixture drops databases WITH (FORCE): PostgreSQL 13 or later
 
 
-def test_sixteen_concurrent_sample_processes_lose_no_row(run: Path, postgres_url: str) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO), CHARGEN_DATABASE_URL=postgres_url, OMP_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "chargen", "sample", "--len", "30", "--seed", str(i), "-n", "2",
-                          "--require-log", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-        for i in range(16)
-    ]
-    try:
-        results = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert [p.returncode for p in procs] == [0] * 16, [err for _, err in results]
+def test_sixteen_concurrent_sample_processes_lose_no_row(run: Path, postgres_url: str, tmp_path: Path) -> None:
+    env = dict(os.environ, CHARGEN_DATABASE_URL=postgres_url, OMP_NUM_THREADS="1")
+    results = run_forked([["sample", "--len", "30", "--seed", str(i), "-n", "2", "--require-log", "--json"]
+                          for i in range(16)], tmp_path / "processes", env)
+    assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results]
     with History(postgres_url) as history:
         rows = history.list_generations(limit=None)
     assert sorted(r.seed for r in rows) == list(range(16))
     assert all(len(r.outputs) == 2 for r in rows)
-    printed = [json.loads(out) for out, _ in results]
+    printed = [json.loads(r.stdout) for r in results]
     assert {r.seed: [o.text for o in r.outputs] for r in rows} == {
         i: [s["text"] for s in p["samples"]] for i, p in enumerate(printed)}
     with connect(postgres_url) as conn:

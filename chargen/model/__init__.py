@@ -20,14 +20,15 @@ if TYPE_CHECKING:
         ModelConfig,
         check_label_names,
         flops_per_token,
+        parameter_shapes,
     )
     from chargen.model.network import CharRNN, State, detach_state
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     **homes("chargen.model.config", "CELLS", "DEFAULT_LABEL_EMBEDDING", "DEFAULT_PRESET", "PRESETS", "ModelConfig",
-            "check_label_names", "flops_per_token"),
+            "check_label_names", "flops_per_token", "parameter_shapes"),
     **homes("chargen.model.network", "CharRNN", "State", "detach_state"),
 })
 
 __all__ = ["CELLS", "DEFAULT_LABEL_EMBEDDING", "DEFAULT_PRESET", "PRESETS", "CharRNN", "ModelConfig", "State",
-           "check_label_names", "detach_state", "flops_per_token"]
+           "check_label_names", "detach_state", "flops_per_token", "parameter_shapes"]

@@ -93,9 +93,29 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "medium"
 
 
+#: Gate matrices per recurrent layer: torch stacks them in one weight of GATES * hidden rows.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight of ``CharRNN(config)``'s state dict and its shape, without torch: what a checkpoint must
+    hold, known before anything is allocated (a test holds it to the network's own state dict)."""
+    rows = GATES[config.cell] * config.hidden
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (config.vocab_size, config.embedding)}
+    width = config.embedding + (config.label_embedding if config.labels else 0)
+    for layer in range(config.layers):
+        shapes |= {f"rnn.weight_ih_l{layer}": (rows, width), f"rnn.weight_hh_l{layer}": (rows, config.hidden),
+                   f"rnn.bias_ih_l{layer}": (rows,), f"rnn.bias_hh_l{layer}": (rows,)}
+        width = config.hidden
+    shapes |= {"head.weight": (config.vocab_size, config.hidden), "head.bias": (config.vocab_size,)}
+    if config.labels:
+        shapes["label_embed.weight"] = (len(config.labels) + 1, config.label_embedding)
+    return shapes
+
+
 def flops_per_token(config: ModelConfig) -> int:
     """Multiply-add FLOPs (x2) of one forward token; training costs ~3x this."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    gates = GATES[config.cell]
     total = 0
     width = config.embedding + (config.label_embedding if config.labels else 0)
     for _ in range(config.layers):

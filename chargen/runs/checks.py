@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from chargen.errors import ChargenError, CheckpointError
-from chargen.model import CharRNN, ModelConfig
+from chargen.model import ModelConfig, parameter_shapes
 
 #: Bounds a checkpoint's config must keep (``chargen train`` cannot make anything larger).
 MAX_LAYERS = 64
@@ -103,16 +103,9 @@ def model_config(path: Path | str, data: Any) -> ModelConfig:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged (model_config: {exc})") from None
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every weight's name and shape for ``config``, worked out on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        model = CharRNN(config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-
-
 def model_bytes(config: ModelConfig) -> int:
     """Bytes of the model's float32 weights."""
-    return 4 * sum(math.prod(shape) for shape in expected_shapes(config).values())
+    return 4 * sum(math.prod(shape) for shape in parameter_shapes(config).values())
 
 
 def available_memory() -> int | None:
@@ -159,7 +152,7 @@ def check_model_memory(config: ModelConfig, what: str = "loading this model", co
 def check_header(path: Path, config: ModelConfig, header: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
     """The file's tensors (name -> (shape, dtype) from its header) against ``config``, and memory against
     what there is: all before any weight is read."""
-    expected = expected_shapes(config)
+    expected = parameter_shapes(config)
     missing = sorted(set(expected) - set(header))
     extra = sorted(set(header) - set(expected))
     if missing or extra:
