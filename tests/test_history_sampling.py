@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from forked import run_forked
 
 from chargen.history import History
 from tests.conftest import REPO, assert_one_line_error, run_cli
@@ -24,20 +25,15 @@ def db_url(tmp_path: Path) -> str:
 
 def test_eight_concurrent_sample_processes_all_log(run: Path, tmp_path: Path) -> None:
     url = db_url(tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(REPO), CHARGEN_DATABASE_URL=url)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "chargen", "sample", "--len", "40", "--seed", str(i),
-                          "--require-log", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-        for i in range(8)
-    ]
-    results = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in results]
+    env = dict(os.environ, CHARGEN_DATABASE_URL=url, OMP_NUM_THREADS="1")
+    results = run_forked([["sample", "--len", "40", "--seed", str(i), "--require-log", "--quiet"] for i in range(8)],
+                         tmp_path / "processes", env)
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
     with History(url) as history:
         rows = history.list_generations(limit=None)
     assert len(rows) == 8
     assert sorted(r.seed for r in rows) == list(range(8))
-    assert {r.outputs[0].text for r in rows} == {out.rstrip("\n") for out, _ in results}
+    assert {r.outputs[0].text for r in rows} == {r.stdout.rstrip("\n") for r in results}
 
 
 @pytest.mark.parametrize("options", [
