@@ -7,6 +7,7 @@ batch, write its run once, resume with another number of processes, and end
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from chargen.runs.checkpoint import load_state
 from chargen.runs.layout import LAST, RUN_JSON, STATE
 from chargen.training.data import StreamBatcher
 from chargen.training.distributed import Distributed, ShardedStreamBatcher
-from tests.conftest import FABLES, REPO
+from tests.conftest import FABLES, REPO, invoke
 
 # Tiny model, tiny batches: a step takes milliseconds, so the processes' start-up dominates.
 MODEL = ["--size", "tiny", "--hidden", "32", "--embedding", "8", "--dropout", "0", "--seq-len", "16",
@@ -52,9 +54,27 @@ def chargen(*args: str) -> list[str]:
 
 
 def run(command: list[str], tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env_for(tmp_path))
+    """A torchrun job as real processes; a plain ``chargen`` command (the one-process reference, sampling,
+    the history) in this process, with the job's environment: the processes under test are the ranks."""
+    if command[:3] == chargen():
+        with _environment(env_for(tmp_path)):
+            result = invoke(*command[3:])
+    else:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env_for(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
