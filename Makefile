@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 MINUTES ?= 1
 
-.PHONY: install demo demo-midi test bench clean
+.PHONY: install demo demo-midi test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: install
 	@scripts/ensure_fluidsynth.sh
 	$(BIN)/ruff check chargen tests benchmarks scripts
 	$(BIN)/python -m pytest -q --cov=chargen --cov-report=term:skip-covered
+
+# The quick loop before a commit: everything but the tests of real processes, servers, the browser and
+# PostgreSQL (marked slow / postgres), without coverage.
+test-fast: install
+	$(BIN)/ruff check chargen tests benchmarks scripts
+	$(BIN)/python -m pytest -q -m "not slow and not postgres"
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -112,6 +112,7 @@ def test_train_defaults_are_the_clis_and_a_run_without_a_limit_has_a_budget(tmp_
     assert DEFAULT_MINUTES == 10
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_raises_training_interrupted_and_resume_goes_on(tmp_path: Path) -> None:
     timer = threading.Timer(3.0, lambda: signal.raise_signal(signal.SIGINT))
     timer.start()
@@ -143,6 +144,7 @@ def test_a_music_model_writes_midi_from_python(tmp_path: Path, isolated_home: Pa
         text_sample.write_midi(tmp_path / "no.mid")
 
 
+@pytest.mark.slow
 def test_the_readmes_python_example_runs(tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
                                          ) -> None:
     """The README's Python API block, executed as it is written (so it cannot go stale)."""

@@ -75,6 +75,7 @@ def test_the_floor_tells_music_from_silence(tmp_path: Path) -> None:
     assert wav_rms(tmp_path / "silent.wav")[0] < RMS_FLOOR
 
 
+@pytest.mark.slow
 def test_without_fluidsynth_the_error_names_what_to_install(midi_run: Path, tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"  # a PATH with python but without fluidsynth
     bin_dir.mkdir()

@@ -130,6 +130,7 @@ print(info.tokens, len(tokens), codec.vocab_size, (resource.getrusage(resource.R
 """
 
 
+@pytest.mark.slow
 def test_encoding_a_large_corpus_takes_bounded_memory(tmp_path: Path) -> None:
     # ~64 MB: mostly ASCII, a few other characters in every MB, Windows line ends.
     line = ("The quick brown fox jumps over the lazy dog, again and again; " * 3 + "\r\n").encode()

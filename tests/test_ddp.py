@@ -31,6 +31,8 @@ from chargen.training.data import StreamBatcher
 from chargen.training.distributed import Distributed, ShardedStreamBatcher
 from tests.conftest import FABLES, REPO, invoke
 
+pytestmark = pytest.mark.slow  # real processes or servers: `make test-fast` leaves them out
+
 # Tiny model, tiny batches: a step takes milliseconds, so the processes' start-up dominates.
 MODEL = ["--size", "tiny", "--hidden", "32", "--embedding", "8", "--dropout", "0", "--seq-len", "16",
          "--threads", "1", "--quiet", "--seed", "3"]

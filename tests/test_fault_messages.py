@@ -64,6 +64,7 @@ def test_a_full_stdout_is_one_line(args: list[str], tmp_path: Path) -> None:
     assert result.returncode == 1
 
 
+@pytest.mark.slow
 def test_sample_to_a_full_stdout(run: Path, isolated_home: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open("/dev/full", "w") as full:

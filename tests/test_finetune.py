@@ -124,6 +124,7 @@ def test_an_extended_text_codec_keeps_old_ids_and_encodes_appended_characters() 
     assert TextCodec("cab").symbols == "abc"  # a fitted vocabulary is still sorted
 
 
+@pytest.mark.slow
 def test_fine_tuned_run_resumes_and_keeps_its_parent(corpora: tuple[Path, Path], tmp_path: Path) -> None:
     a_txt, b_txt = corpora
     config = TrainConfig(batch_size=8, seq_len=32, max_steps=4, eval_every=4, threads=1)

@@ -217,6 +217,7 @@ def test_short_ids_are_unique_in_the_whole_table_and_cost_no_query_per_row(histo
     assert all(history.get_run(r.short_id).id == r.id for r in listed)
 
 
+@pytest.mark.slow
 def test_processes_migrating_at_once_run_the_migration_once(history: History) -> None:
     """Several processes of a newer chargen open an older database together: one migrates."""
     gid = record(history)

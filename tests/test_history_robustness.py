@@ -27,6 +27,7 @@ def _assert_one_line(exc: pytest.ExceptionInfo[HistoryUnavailable]) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_eight_processes_open_a_fresh_database_and_write_at_once(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
 

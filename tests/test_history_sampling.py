@@ -23,6 +23,7 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'shared.db'}"
 
 
+@pytest.mark.slow
 def test_eight_concurrent_sample_processes_all_log(run: Path, tmp_path: Path) -> None:
     url = db_url(tmp_path)
     env = dict(os.environ, CHARGEN_DATABASE_URL=url, OMP_NUM_THREADS="1")
@@ -69,6 +70,7 @@ def test_replay_says_why_it_cannot(run: Path, tmp_path: Path, database_url: str)
     assert_one_line_error(run_cli("history", "replay", record.id, "--database", url), "no longer exists")
 
 
+@pytest.mark.slow
 def test_training_runs_are_logged_and_generations_link_to_them(tmp_path: Path, database_url: str) -> None:
     url = database_url
     corpus = tmp_path / "c.txt"
@@ -90,6 +92,7 @@ def _assert_output_but_not_logged(result: subprocess.CompletedProcess) -> None:
     assert len(warnings) == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_locked_database_still_prints_output_and_warns_once(run: Path, tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     assert run_cli("sample", "--len", "5", "--database", f"sqlite:///{path}").returncode == 0  # create it
@@ -122,6 +125,7 @@ def test_read_only_and_unreachable_databases(run: Path, tmp_path: Path) -> None:
     _assert_output_but_not_logged(result)
 
 
+@pytest.mark.slow
 def test_sampling_without_logging_imports_no_sqlalchemy(run: Path, tmp_path: Path, database_url: str) -> None:
     """`chargen sample --no-log` never loads the history store (SQLAlchemy costs ~0.3 s a start)."""
     probe = ("import sys\nfrom chargen.cli import main\nsys.argv = ['chargen', 'sample', '--len', '5', *sys.argv[1:]]\n"

@@ -215,6 +215,7 @@ def via_cli(checkpoint: Path, label: str | None, seed: int, greedy: bool = False
     return [(s["text"], s["logprob"]) for s in json.loads(result.stdout)["samples"]]
 
 
+@pytest.mark.slow
 def test_service_labels_match_the_cli_also_when_batched_together(labelled_checkpoint: Path) -> None:
     cases = [("verse", 1, False), ("prose", 1, False), (None, 1, False), ("song", 4, True), ("verse", 9, False)]
     want = [via_cli(labelled_checkpoint, label, seed, greedy) for label, seed, greedy in cases]

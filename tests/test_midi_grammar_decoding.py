@@ -59,6 +59,7 @@ DECODERS = {
 }
 
 
+@pytest.mark.slow
 def test_on_by_default_for_music_with_the_learnt_cap_and_off_when_asked(generator: Generator) -> None:
     for name, options in DECODERS.items():
         free = generator.generate(None, DecodeConfig(length=300, seed=1, grammar=False, **options))
@@ -118,6 +119,7 @@ prime_ids = st.lists(st.integers(0, V.size - 1), max_size=30)
 @given(decoder=st.sampled_from(sorted(DECODERS)), seed=st.integers(0, 2**31 - 1), prime=prime_ids,
        cap=st.none() | st.integers(1, 6), max_hold_s=st.sampled_from([0.0, 0.0, 0.3, 5.0]),
        no_repeat_ngram=st.none() | st.integers(0, 3))
+@pytest.mark.slow
 def test_any_output_under_the_grammar_exports_cleanly_within_the_cap(
         generator: Generator, decoder: str, seed: int, prime: list[int], cap: int | None, max_hold_s: float,
         no_repeat_ngram: int | None) -> None:

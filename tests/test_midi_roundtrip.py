@@ -176,6 +176,7 @@ def _sorted(notes: list[NoteTuple]) -> list[NoteTuple]:
 
 
 @pytest.mark.parametrize("path", _params())
+@pytest.mark.slow
 def test_real_file_round_trip(path: Path, tmp_path: Path) -> None:
     codec = MidiCodec()
     ids = codec.encode_file(path)

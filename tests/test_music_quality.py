@@ -85,6 +85,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
+@pytest.mark.slow
 def test_script_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -107,6 +108,7 @@ def test_script_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     assert out.read_text() == result.stdout
 
 
+@pytest.mark.slow
 def test_script_refuses_a_text_model_in_one_line(tmp_path: Path) -> None:
     checkpoint = _tiny_checkpoint(tmp_path / "text.safetensors", TextCodec.fit([FABLES]))
     result = _run(str(checkpoint), str(BASICS))

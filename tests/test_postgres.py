@@ -17,6 +17,8 @@ from pg_support import connect
 
 from chargen.history import SCHEMA_VERSION, History
 
+pytestmark = pytest.mark.slow  # real processes or servers: `make test-fast` leaves them out
+
 
 def test_each_test_gets_a_fresh_empty_database(postgres_url: str) -> None:
     with connect(postgres_url) as conn:

@@ -35,6 +35,7 @@ def long_curve(run_dir: Path, lines: int = LINES) -> None:
                                      "lr": 0.001, "chars_per_s": 1000.0, "precision": "fp32"}) + "\n")
 
 
+@pytest.mark.slow
 def test_a_long_curve_is_thinned_in_bounded_memory(run: Path) -> None:
     from chargen.runs.curve import MAX_POINTS
 

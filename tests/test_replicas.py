@@ -24,6 +24,8 @@ from service_support import free_port, make_checkpoint, parse_sse
 from chargen.history import SCHEMA_VERSION, History
 from tests.conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # real processes or servers: `make test-fast` leaves them out
+
 BASICS = REPO / "corpora" / "midi-basics"
 
 

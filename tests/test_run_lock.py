@@ -74,6 +74,7 @@ def assert_locked_out(result: subprocess.CompletedProcess, holder: subprocess.Po
                           f"PID {holder.pid} on {socket.gethostname()}")
 
 
+@pytest.mark.slow
 def test_two_trainings_under_one_run_name(tmp_path: Path) -> None:
     a, b = corpora(tmp_path)
     run_dir = tmp_path / "checkpoints" / "same"
@@ -96,6 +97,7 @@ def test_two_trainings_under_one_run_name(tmp_path: Path) -> None:
         assert [r.corpus_path for r in history.list_runs()] == [str(a)]
 
 
+@pytest.mark.slow
 def test_two_trainings_started_together(tmp_path: Path) -> None:
     """Started at the same moment: one trains, the other is refused (by the lock, or, if it came
     only once the first had finished, because the folder holds a run); the survivor is whole."""
@@ -117,6 +119,7 @@ def test_two_trainings_started_together(tmp_path: Path) -> None:
         assert [r.corpus_path for r in history.list_runs()] == [str(winner)]
 
 
+@pytest.mark.slow
 def test_two_resumes_of_one_run(run: Path, isolated_home: Path) -> None:
     before = read_run_json(run)
     first = chargen("train", "--resume", run.name, "--max-steps", "100000", "--quiet", "--threads", "1",
@@ -136,6 +139,7 @@ def test_two_resumes_of_one_run(run: Path, isolated_home: Path) -> None:
     assert saved["step"] == max(row["step"] for row in read_metrics(run))
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_no_lock_behind(run: Path, isolated_home: Path) -> None:
     holder = chargen("train", "--resume", run.name, "--max-steps", "100000", "--quiet", "--threads", "1",
                      home=isolated_home)

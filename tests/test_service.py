@@ -496,6 +496,7 @@ def test_midi_download_from_history(tmp_path: Path, database_url: str) -> None:
 
 
 @pytest.mark.parametrize("prime", [None, "primed"])
+@pytest.mark.slow
 def test_history_export_of_a_served_midi_generation_is_the_served_file(tmp_path: Path, prime: str | None) -> None:
     """`chargen history export ID -o x.mid` writes, byte for byte, the .mid the service answered with."""
     from click.testing import CliRunner

@@ -77,6 +77,7 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> bytes:
         return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_allowed_host_adds_names_to_a_real_server(tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path / "tiny.safetensors")
     port = free_port()
@@ -129,6 +130,7 @@ def test_a_body_that_never_completes_is_answered_408(server: str) -> None:
     assert time.monotonic() - began < 5  # body_timeout_s=1, and the connection closed after
 
 
+@pytest.mark.slow
 def test_many_stalled_bodies_do_not_pile_up(tmp_path: Path) -> None:
     """500 clients that send half a body and wait: each is answered 408 and its connection closed within
     the timeout (a real server process), and the server keeps answering throughout."""

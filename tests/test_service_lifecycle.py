@@ -12,6 +12,8 @@ import httpx
 import pytest
 from service_support import ServerProcess, make_checkpoint, parse_sse
 
+pytestmark = pytest.mark.slow  # real processes or servers: `make test-fast` leaves them out
+
 LONG = 1_000_000  # tokens: far more than the test waits for
 
 

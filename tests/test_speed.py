@@ -160,6 +160,7 @@ def test_the_tuner_probes_each_count_and_keeps_the_fastest() -> None:
         torch.set_num_threads(saved)
 
 
+@pytest.mark.slow
 def test_a_minutes_run_beside_a_busy_neighbour_ends_with_its_schedule(tmp_path: Path, measuring: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32")
@@ -256,6 +257,7 @@ def test_sizing_counts_the_evaluations_a_run_will_make() -> None:
         1 + 10_667 / 3 / 3_200_000)  # an explicit --eval-every is what the run will do
 
 
+@pytest.mark.slow
 def test_minutes_without_a_size_chooses_one_and_explicit_sizes_win(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CANDIDATES_ENV, "fp32")

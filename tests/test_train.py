@@ -105,6 +105,7 @@ def _train_process(tmp_path: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues(tmp_path: Path) -> None:
     run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "crash"
     proc = _train_process(tmp_path)
@@ -135,6 +136,7 @@ def _wait_for_new_state(run_dir: Path, since: float, timeout: float = 90) -> Non
     raise AssertionError("training process wrote no checkpoint in time")
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_a_loadable_resumable_run(tmp_path: Path) -> None:
     run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "crash"
     started = time.time() - 1

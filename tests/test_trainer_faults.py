@@ -48,6 +48,7 @@ def _lines(run_dir: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_survives_sigkill_and_resume_appends(tmp_path: Path) -> None:
     run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "killed"
     proc = _train(str(_corpus(tmp_path)), "--size", "tiny", "--batch-size", "8", "--seq-len", "32",
@@ -109,6 +110,7 @@ def test_out_on_a_read_only_folder_is_a_one_line_error(tmp_path: Path, capsys: p
     assert "internal error" not in err
 
 
+@pytest.mark.slow
 def test_run_folder_made_read_only_mid_run_is_a_one_line_error(tmp_path: Path) -> None:
     run_dir = Path(os.environ["CHARGEN_CHECKPOINTS"]) / "frozen"
     proc = _train(str(_corpus(tmp_path)), "--size", "tiny", "--batch-size", "8", "--seq-len", "32",
