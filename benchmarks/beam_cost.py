@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from chargen.codecs.text import TextCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.lookup import resolve_checkpoint
 from chargen.sampling import DecodeConfig, Generator
-from chargen.text_codec import TextCodec
 
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny-shakespeare's 65
 

@@ -46,7 +46,7 @@ PREPARE = """
 import json, sys, time
 from pathlib import Path
 from chargen.training.data import build_corpus
-from chargen.text_codec import TextCodec
+from chargen.codecs.text import TextCodec
 corpus, tokens = Path(sys.argv[1]), Path(sys.argv[2])
 began = time.perf_counter(); codec = TextCodec.fit([corpus]); fit = time.perf_counter() - began
 began = time.perf_counter(); build_corpus([corpus], tokens, codec=codec); encode = time.perf_counter() - began

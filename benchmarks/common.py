@@ -30,7 +30,7 @@ class Corpus:
 
 def load_corpus(path: Path | None = None) -> Corpus:
     """The real corpus when the workspace has it; else the project's own fables (and say so)."""
-    from chargen.text_codec import TextCodec
+    from chargen.codecs.text import TextCodec
 
     if path is not None:
         note = f"{path} (given with --corpus)"

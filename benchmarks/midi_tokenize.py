@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's chargen, not an installed one
 
+from chargen.codecs.midi import MidiCodec  # noqa: E402
 from chargen.errors import CorruptFileError  # noqa: E402
-from chargen.midi import MidiCodec  # noqa: E402
 
 DEFAULT_FOLDER = REPO.parent / "shared" / "corpora" / "midi"
 TARGET_S = 5.0

@@ -5,14 +5,14 @@
 
 Rows: the corpus, then samples at each temperature and one beam search, each
 decoded without the MIDI grammar (today's decoder) and with it
-(:mod:`chargen.midi.grammar`, polyphony cap K: the checkpoint's stored cap, or
+(:mod:`chargen.codecs.midi.grammar`, polyphony cap K: the checkpoint's stored cap, or
 else the corpus's 99th percentile of simultaneous notes over time), the latter
 twice: the cap alone, and with ``max_hold`` set to the checkpoint's longest
 hold (the model must release a note before then: the decoder's default; the
 corpus's 99th percentile of note length, at most the export's held-note cap,
 or that cap for an older checkpoint without its run's tokens). Every piece, corpus file
 or sample, goes the same way: token ids (the corpus encoded by the checkpoint's
-codec) -> :func:`chargen.midi.export.decode_to_midi` -> a Standard MIDI File
+codec) -> :func:`chargen.codecs.midi.export.decode_to_midi` -> a Standard MIDI File
 read back by pretty_midi, which the statistics are taken from. Samples are
 exported with the held-note cap ``--max-note-s`` (5 s, as ``chargen sample``
 does); the corpus without it, so that its own long notes count as such.
@@ -53,10 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
+from chargen.codecs.midi import MidiCodec, MidiVocab, ids_to_notes
+from chargen.codecs.midi.export import decode_to_midi
+from chargen.codecs.midi.texture import polyphony_cap
 from chargen.errors import ChargenError, CorruptFileError
-from chargen.midi import MidiCodec, MidiVocab, ids_to_notes
-from chargen.midi.export import decode_to_midi
-from chargen.midi.texture import polyphony_cap
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.lookup import resolve_checkpoint
 from chargen.sampling import DecodeConfig, Generator, learnt_max_hold_s
@@ -163,7 +163,7 @@ class Row:
 
 @dataclass(frozen=True)
 class GrammarSettings:
-    """The MIDI grammar's settings for one row (see :class:`chargen.midi.grammar.MidiGrammar`)."""
+    """The MIDI grammar's settings for one row (see :class:`chargen.codecs.midi.grammar.MidiGrammar`)."""
 
     cap: int  # polyphony cap, 0 = none
     max_hold_s: float = 0.0  # longest note in seconds, 0 = no limit

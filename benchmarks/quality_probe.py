@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO
+from chargen.codecs.text import TextCodec
 from chargen.model import PRESETS, ModelConfig
-from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig, Trainer
 from chargen.training.data import split_tokens
 from chargen.training.trainer import Progress

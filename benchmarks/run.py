@@ -45,12 +45,12 @@ from benchmarks.common import (
     load_corpus,
     write_section,
 )
+from chargen.codecs.text import TextCodec
 from chargen.errors import ChargenError
 from chargen.machine.device import cpu_has_native_bf16
 from chargen.model import PRESETS, CharRNN, ModelConfig, flops_per_token
 from chargen.sampling import DecodeConfig, Generator
 from chargen.sampling.steppers import generation_threads
-from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig, Trainer
 from chargen.training.data import Split, StreamBatcher
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import REPO, cores, cpu_flags, cpu_model, load_corpus, publish
+from chargen.codecs.text import TextCodec
 from chargen.machine.calibrate import CANDIDATES_ENV
 from chargen.machine.device import cpu_has_native_bf16
 from chargen.machine.kernels import choose_kernel, single_thread_openblas
@@ -56,7 +57,6 @@ from chargen.machine.native import lstm_library
 from chargen.model import PRESETS, CharRNN, ModelConfig
 from chargen.runs.start import start_run
 from chargen.sampling import DecodeConfig, Generator
-from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig, TrainResult
 
 START = "<!-- benchmarks/speed_policy.py: start (generated) -->"

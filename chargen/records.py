@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
 from chargen.errors import ChargenError
 from chargen.files.atomic import sha256_file
 from chargen.runs.checkpoint import Checkpoint, load_checkpoint

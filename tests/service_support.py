@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import torch
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
+from chargen.codecs.text import TextCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.checkpoint import save_weights
-from chargen.text_codec import TextCodec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # As chargen.serve.serve does: in-thread test servers step tiny models, where OpenMP

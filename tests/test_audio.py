@@ -13,7 +13,7 @@ import mido
 import numpy as np
 import pytest
 
-from chargen.audio import find_synth, render_wav
+from chargen.codecs.midi.audio import find_synth, render_wav
 from chargen.errors import ChargenError
 from tests.conftest import REPO, assert_one_line_error, run_cli
 

@@ -28,11 +28,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from service_support import make_checkpoint, parse_sse, thread_server
 
+from chargen.codecs.text import TextCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.checkpoint import load_checkpoint as load_checkpoint_file
 from chargen.runs.checkpoint import save_weights
 from chargen.runs.layout import STATE
-from chargen.text_codec import TextCodec
 from tests.conftest import REPO, invoke
 from tests.test_checkpoint_faults import _one_line
 from tests.test_trainer import run_main, tiny

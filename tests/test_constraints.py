@@ -1,13 +1,13 @@
-"""chargen.constraints: rules and preferences as one constraint, and batch bans."""
+"""chargen.sampling.constraints: rules and preferences as one constraint, and batch bans."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from chargen.constraints import Constraints, ban_mask
-from chargen.midi import DEFAULT_VOCAB
-from chargen.midi.grammar import MidiGrammar
+from chargen.codecs.midi import DEFAULT_VOCAB
+from chargen.codecs.midi.grammar import MidiGrammar
 from chargen.sampling import NgramBlocker, advance_beams
+from chargen.sampling.constraints import Constraints, ban_mask
 
 V = DEFAULT_VOCAB
 ON, OFF, SHIFT = 0, V.note_off_base, V.shift_base

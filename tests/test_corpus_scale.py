@@ -14,15 +14,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import chargen.codecs.text as text_codec
+import chargen.codecs.text_scan as text_scan
 import chargen.scoring.evaluate as evaluation
-import chargen.text_codec as text_codec
-import chargen.text_scan as text_scan
+from chargen.codecs.text import TextCodec, code_points, iter_text_chunks
 from chargen.errors import CorpusError
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.metrics import read_metrics
 from chargen.runs.start import start_run
 from chargen.scoring.evaluate import mean_loss, scored_tokens, token_losses
-from chargen.text_codec import TextCodec, code_points, iter_text_chunks
 from chargen.training import StepBudget, TrainConfig, Trainer
 from chargen.training.config import EVAL_TOKENS_FLOOR
 from chargen.training.data import build_corpus, load_tokens, split_tokens, validation_batches, validation_layout

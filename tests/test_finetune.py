@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from chargen.codecs.text import TextCodec
 from chargen.files.atomic import sha256_file
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.layout import BEST, LAST, RUN_JSON, TOKENS, read_run_json
 from chargen.runs.lookup import resolve_checkpoint
 from chargen.runs.start import resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
-from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig
 from chargen.training.data import load_tokens
 from chargen.training.finetune import grow_vocabulary, prepare_finetune

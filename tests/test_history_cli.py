@@ -188,7 +188,7 @@ def test_unusable_database_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_export_midi_rebuilds_the_file(db: str, tmp_path: Path) -> None:
-    from chargen.codec_registry import codec_class
+    from chargen.codecs.registry import codec_class
 
     corpus = sorted((Path(__file__).resolve().parents[1] / "corpora" / "midi-basics").glob("*.mid"))
     codec = codec_class("midi")()

@@ -169,8 +169,8 @@ def test_draw_one_is_torch_multinomial_draw_for_draw() -> None:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_decoders_score_with_the_forward_pass_and_repeat_with_a_seed(cell: str) -> None:
+    from chargen.codecs.text import TextCodec
     from chargen.sampling import DecodeConfig, Generator, sequence_logprob
-    from chargen.text_codec import TextCodec
 
     codec = TextCodec("abcdefghij ")
     torch.manual_seed(1)
@@ -188,8 +188,8 @@ def test_decoders_score_with_the_forward_pass_and_repeat_with_a_seed(cell: str) 
 
 @pytest.mark.parametrize("length", [1, 2, 9, 10, 30])  # stepped up to SHORT_PRIME + 1 tokens, nn.LSTM beyond
 def test_prime_state_matches_the_forward_pass(length: int) -> None:
+    from chargen.codecs.text import TextCodec
     from chargen.sampling import Generator
-    from chargen.text_codec import TextCodec
 
     codec = TextCodec("abcdefghij ")
     torch.manual_seed(length)
@@ -203,8 +203,8 @@ def test_prime_state_matches_the_forward_pass(length: int) -> None:
 
 
 def test_beam_width_one_scores_exactly_like_greedy() -> None:
+    from chargen.codecs.text import TextCodec
     from chargen.sampling import DecodeConfig, Generator
-    from chargen.text_codec import TextCodec
 
     codec = TextCodec("abcdefghij ")
     torch.manual_seed(3)
@@ -216,8 +216,8 @@ def test_beam_width_one_scores_exactly_like_greedy() -> None:
 
 
 def test_prime_state_cache_returns_equal_fresh_tensors() -> None:
+    from chargen.codecs.text import TextCodec
     from chargen.sampling import Generator
-    from chargen.text_codec import TextCodec
 
     codec = TextCodec("abcdefghij ")
     torch.manual_seed(5)
@@ -237,8 +237,8 @@ def test_prime_state_cache_returns_equal_fresh_tensors() -> None:
 def test_building_the_beam_stepper_does_not_hold_the_prime_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each lock guards one thing: priming goes on while the first wide beam search packs its weights."""
     import chargen.sampling.generator as generator_module
+    from chargen.codecs.text import TextCodec
     from chargen.sampling import Generator
-    from chargen.text_codec import TextCodec
 
     codec = TextCodec("abcdefghij ")
     generator = Generator(CharRNN(ModelConfig(vocab_size=codec.vocab_size, layers=1, hidden=16, embedding=8)), codec)

@@ -22,6 +22,7 @@ from service_support import ServerProcess
 from test_service_scheduler import run_batched
 
 from chargen.cli import cli
+from chargen.codecs.text import TextCodec
 from chargen.errors import ChargenError
 from chargen.history import History
 from chargen.model import CharRNN, ModelConfig
@@ -31,7 +32,6 @@ from chargen.runs.start import resume_run, start_run
 from chargen.sampling import DecodeConfig, Generator
 from chargen.sampling.steppers import Stepper, batch_stepper
 from chargen.scoring.evaluate import label_loss_matrix
-from chargen.text_codec import TextCodec
 from chargen.training import TrainConfig
 from chargen.training.data import StreamBatcher, load_tokens, split_tokens
 from tests.conftest import FABLES, assert_one_line_error, run_cli

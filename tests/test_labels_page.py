@@ -9,10 +9,10 @@ import torch
 from service_support import reference, thread_server
 from test_service_browser import CHROMIUM, browser, open_page  # noqa: F401  (browser: the fixture)
 
+from chargen.codecs.text import TextCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.checkpoint import load_checkpoint, save_weights
 from chargen.serve import Limits, create_app
-from chargen.text_codec import TextCodec
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
 

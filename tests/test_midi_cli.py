@@ -10,7 +10,7 @@ import mido
 import numpy as np
 import pytest
 
-from chargen.midi import MidiCodec
+from chargen.codecs.midi import MidiCodec
 from tests.conftest import REPO, assert_one_line_error, invoke, run_cli, shared_path
 
 BASICS = REPO / "corpora" / "midi-basics"

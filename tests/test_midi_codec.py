@@ -15,9 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chargen.codec_registry import CODECS, codec_from_metadata
-from chargen.errors import ChargenError, CheckpointError, CorruptFileError
-from chargen.midi import (
+from chargen.codecs.midi import (
     DEFAULT_VOCAB,
     MidiCodec,
     MidiVocab,
@@ -32,6 +30,8 @@ from chargen.midi import (
     read_midi_bytes,
     token_name,
 )
+from chargen.codecs.registry import CODECS, codec_from_metadata
+from chargen.errors import ChargenError, CheckpointError, CorruptFileError
 
 V = DEFAULT_VOCAB
 VEL = V.velocity_base

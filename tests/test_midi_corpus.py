@@ -13,9 +13,9 @@ import mido
 import numpy as np
 import pytest
 
-from chargen.codec_registry import codec_class
-from chargen.midi import MidiCodec, ids_to_notes, midi_stats
-from chargen.midi.export import write_midi
+from chargen.codecs.midi import MidiCodec, ids_to_notes, midi_stats
+from chargen.codecs.midi.export import write_midi
+from chargen.codecs.registry import codec_class
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "corpora" / "midi-basics"

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chargen.codecs.midi import DEFAULT_VOCAB as V
+from chargen.codecs.midi import midi_stats
+from chargen.codecs.midi.export import decode_to_midi, midi_bytes, midi_notes, write_midi
 from chargen.errors import ChargenError
-from chargen.midi import DEFAULT_VOCAB as V
-from chargen.midi import midi_stats
-from chargen.midi.export import decode_to_midi, midi_bytes, midi_notes, write_midi
 
 pretty_midi = pytest.importorskip("pretty_midi")
 

@@ -10,16 +10,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargen.constraints import ban_lists, ban_mask
-from chargen.midi import DEFAULT_VOCAB, MidiCodec, ids_to_notes
-from chargen.midi.export import decode_to_midi, write_midi
-from chargen.midi.grammar import (
-    MidiGrammar,
-    corpus_polyphony_cap,
-    onset_polyphony_counts,
-    polyphony_cap,
-)
+from chargen.codecs.midi import DEFAULT_VOCAB, MidiCodec, ids_to_notes
+from chargen.codecs.midi.export import decode_to_midi, write_midi
+from chargen.codecs.midi.grammar import MidiGrammar, corpus_polyphony_cap, onset_polyphony_counts, polyphony_cap
 from chargen.sampling import NgramBlocker
+from chargen.sampling.constraints import ban_lists, ban_mask
 from tests.conftest import REPO
 
 V = DEFAULT_VOCAB

@@ -13,13 +13,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chargen.codecs.midi import MidiCodec, ids_to_notes
+from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S, decode_to_midi
+from chargen.codecs.text import TextCodec
 from chargen.errors import ChargenError
-from chargen.midi import MidiCodec, ids_to_notes
-from chargen.midi.export import DEFAULT_MAX_NOTE_S, decode_to_midi
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import DecodeConfig, Generator, sequence_logprob
 from chargen.sampling.config import DEFAULT_MAX_HOLD_S
-from chargen.text_codec import TextCodec
 from tests.test_midi_grammar import _check_stream, _longest_note_s, _read_back
 
 CAP = 4

@@ -19,8 +19,8 @@ import mido
 import numpy as np
 import pytest
 
-from chargen.midi import DEFAULT_VOCAB, MidiCodec, ids_to_notes
-from chargen.midi.export import write_midi
+from chargen.codecs.midi import DEFAULT_VOCAB, MidiCodec, ids_to_notes
+from chargen.codecs.midi.export import write_midi
 
 pretty_midi = pytest.importorskip("pretty_midi")
 

@@ -1,4 +1,4 @@
-"""What the MIDI grammar learns from a corpus (chargen.midi.texture): polyphony over time and note lengths."""
+"""What the MIDI grammar learns from a corpus (chargen.codecs.midi.texture): polyphony over time and note lengths."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chargen.midi import DEFAULT_VOCAB
-from chargen.midi.texture import HOLD_FLOOR_S, corpus_limits, hold_limit_s, texture
+from chargen.codecs.midi import DEFAULT_VOCAB
+from chargen.codecs.midi.texture import HOLD_FLOOR_S, corpus_limits, hold_limit_s, texture
 
 V = DEFAULT_VOCAB
 ON, OFF, SHIFT, VEL = 0, V.note_off_base, V.shift_base, V.velocity_base

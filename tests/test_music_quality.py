@@ -21,10 +21,10 @@ from benchmarks.music_quality import (
     sounding_time,
     total_variation,
 )
-from chargen.midi import DEFAULT_VOCAB, MidiCodec
+from chargen.codecs.midi import DEFAULT_VOCAB, MidiCodec
+from chargen.codecs.text import TextCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.checkpoint import save_weights
-from chargen.text_codec import TextCodec
 from tests.conftest import FABLES, REPO
 
 V = DEFAULT_VOCAB

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import chargen.machine.offload as offload
+from chargen.codecs.text import TextCodec
 from chargen.errors import ChargenError
 from chargen.machine.offload import DeviceStepper, Offload, cached_threshold, generation_device, threshold
 from chargen.model import CharRNN, ModelConfig
@@ -24,7 +25,6 @@ from chargen.runs.checkpoint import load_checkpoint
 from chargen.sampling import DecodeConfig, Generator
 from chargen.sampling.steppers import Stepper
 from chargen.serve import BatchScheduler, Job, Limits, create_app
-from chargen.text_codec import TextCodec
 from tests.conftest import assert_one_line_error, invoke
 from tests.service_support import make_checkpoint, thread_server
 

@@ -14,7 +14,7 @@ from conftest import invoke
 from service_support import make_checkpoint, thread_server
 
 import chargen
-from chargen.midi import MidiCodec
+from chargen.codecs.midi import MidiCodec
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.serve import Limits, create_app
 

@@ -17,7 +17,7 @@ import mido
 import pytest
 from service_support import make_checkpoint, thread_server
 
-from chargen.midi import MidiCodec
+from chargen.codecs.midi import MidiCodec
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.curve import read_curve, trend
 from chargen.runs.layout import METRICS

@@ -122,7 +122,7 @@ def test_forked_blockers_ban_exactly_the_repeats_of_their_own_sequence() -> None
 
 def test_extreme_settings_never_crash() -> None:
     """Found by fuzzing the service: a vanishing top-p, or an n-gram block that bans every token."""
-    from chargen.text_codec import TextCodec
+    from chargen.codecs.text import TextCodec
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=2, layers=1, hidden=8, embedding=4))
@@ -135,7 +135,7 @@ def test_extreme_settings_never_crash() -> None:
 
 
 def tiny_generator(seed: int = 0) -> Generator:
-    from chargen.text_codec import TextCodec
+    from chargen.codecs.text import TextCodec
 
     codec = TextCodec("abcde \n")
     torch.manual_seed(seed)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chargen.codecs.text import TextCodec
 from chargen.runs.checkpoint import load_checkpoint, load_state
 from chargen.runs.layout import BEST, LAST, RUN_JSON, STATE, TOKENS
 from chargen.scoring.files import score_files, tokenize_text
-from chargen.text_codec import TextCodec
 from chargen.training.data import load_tokens, split_tokens
 from tests.conftest import REPO, assert_one_line_error, run_cli
 

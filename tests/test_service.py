@@ -15,7 +15,7 @@ import httpx
 import pytest
 from service_support import ServerProcess, make_checkpoint, parse_sse, reference, thread_server
 
-from chargen.midi import MidiCodec
+from chargen.codecs.midi import MidiCodec
 from chargen.runs.checkpoint import Checkpoint, load_checkpoint
 from chargen.serve import Limits, create_app
 from chargen.serve.page import INDEX, STATIC_DIR

@@ -199,7 +199,7 @@ def test_page_beam_search_and_errors(browser: Browser, tmp_path: Path) -> None:
 
 
 def test_page_draws_a_piano_roll_for_music_models(browser: Browser, tmp_path: Path) -> None:
-    from chargen.midi import MidiCodec
+    from chargen.codecs.midi import MidiCodec
 
     checkpoint = load_checkpoint(make_checkpoint(tmp_path / "music.safetensors", MidiCodec(), seed=4))
     with thread_server(create_app({"music": checkpoint}, None, None, Limits())) as url:
@@ -232,7 +232,7 @@ PLAYHEAD_PIXELS = """(() => {
 
 
 def test_page_plays_music_with_a_moving_playhead(browser: Browser, tmp_path: Path) -> None:
-    from chargen.midi import MidiCodec
+    from chargen.codecs.midi import MidiCodec
 
     checkpoint = load_checkpoint(make_checkpoint(tmp_path / "music.safetensors", MidiCodec(), seed=4))
     database = f"sqlite:///{tmp_path / 'history.db'}"

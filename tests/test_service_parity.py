@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from service_support import ServerProcess, make_checkpoint
 
 from chargen.cli import cli
+from chargen.codecs.midi import MidiCodec
+from chargen.codecs.text import TextCodec
 from chargen.machine.kernels import KERNEL_ENV
-from chargen.midi import MidiCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.checkpoint import save_weights
-from chargen.text_codec import TextCodec
 from tests.test_midi_grammar_decoding import peak
 
 ALPHABET = "ab c\n"

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from chargen.codecs.text import TextCodec
 from chargen.model import CharRNN, ModelConfig
 from chargen.sampling import DecodeConfig, Generator
 from chargen.serve import NOISE_AHEAD, BatchScheduler, Job
-from chargen.text_codec import TextCodec
 
 
 def run_batched(generator: Generator, requests: list[tuple[str, DecodeConfig]]) -> list[Any]:

@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chargen.codec_registry import codec_from_metadata
+from chargen.codecs.registry import codec_from_metadata
+from chargen.codecs.text import TextCodec
 from chargen.errors import CorpusError, UnknownTokensError
-from chargen.text_codec import TextCodec
 from chargen.training.data import build_corpus, find_corpus_files, load_tokens, split_tokens, token_dtype
 
 
@@ -83,7 +83,7 @@ def test_split_is_first_90_last_10_and_too_small_says_how_much(tmp_path: Path) -
 def test_bom_is_dropped_and_crlf_becomes_lf_however_the_file_is_chunked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
 ) -> None:
-    import chargen.text_codec as text_codec
+    import chargen.codecs.text as text_codec
 
     monkeypatch.setattr(text_codec, "CHUNK_BYTES", chunk_bytes)
     corpus = tmp_path / "windows.txt"
@@ -115,7 +115,7 @@ def test_folder_with_text_and_midi_is_the_same_error_as_naming_the_files(tmp_pat
 
 
 def test_folder_discovery_uses_each_codecs_suffixes(tmp_path: Path) -> None:
-    from chargen.codec_registry import CODECS
+    from chargen.codecs.registry import CODECS
 
     for name, cls in CODECS.items():
         for i, suffix in enumerate(cls.suffixes):
@@ -140,7 +140,7 @@ def test_fifo_or_device_as_corpus_says_what_it_is(tmp_path: Path, special: str) 
 
 
 def test_a_corrupt_file_is_skipped_without_leaving_its_tokens_behind(tmp_path: Path) -> None:
-    from chargen.midi import MidiCodec
+    from chargen.codecs.midi import MidiCodec
 
     basics = sorted((Path(__file__).resolve().parents[1] / "corpora" / "midi-basics").glob("*.mid"))[:2]
     folder = tmp_path / "midi"
@@ -169,8 +169,8 @@ def test_codec_base_class_does_not_import_its_subclasses() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, chargen.codec; "
-            "print(sorted(m for m in sys.modules if m in ('chargen.text_codec', 'chargen.midi')))")
+    code = ("import sys, chargen.codecs.base; "
+            "print(sorted(m for m in sys.modules if m in ('chargen.codecs.text', 'chargen.codecs.midi')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"

@@ -15,9 +15,9 @@ from typing import Any
 
 from chargen.api.info import describe
 from chargen.api.report import Report, report_to_stderr
+from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM
 from chargen.errors import ArgumentError
 from chargen.history.errors import HistoryUnavailable
-from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM
 from chargen.options import unknown_keywords
 from chargen.runs.checkpoint import Checkpoint, load_checkpoint
 from chargen.runs.lookup import resolve_checkpoint
@@ -148,7 +148,7 @@ class Model:
                 "max_note_s": max_note_s}
 
     def _synth(self, output: str | Path | None) -> Any:
-        from chargen.audio import find_synth, is_audio_path
+        from chargen.codecs.midi.audio import find_synth, is_audio_path
 
         if output is None:
             return None
@@ -158,7 +158,7 @@ class Model:
 
     def _write(self, result: GenerationResult, output: str | Path, synth: Any, tempo_bpm: float, program: int,
                max_note_s: float) -> list[Path]:
-        from chargen.midi.export import output_paths
+        from chargen.codecs.midi.export import output_paths
 
         target = Path(output)
         paths = output_paths(target.with_suffix(".mid") if synth else target, len(result.samples))

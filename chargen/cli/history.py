@@ -242,12 +242,12 @@ def export(generation_id: str, output: Path | None, sample_number: int, no_prime
 def _export_midi(record: GenerationRecord, content: str, output: Path, tempo_bpm: float | None,
                  program: int | None) -> None:
     # Imported here: the MIDI stack (mido) is only needed for MIDI output.
-    from chargen.codec_registry import codec_from_metadata
+    from chargen.codecs.registry import codec_from_metadata
 
     try:
-        from chargen.midi.export import write_midi
+        from chargen.codecs.midi.export import write_midi
     except ImportError:
-        raise ChargenError("MIDI export is not available: chargen.midi.export is missing") from None
+        raise ChargenError("MIDI export is not available: chargen.codecs.midi.export is missing") from None
 
     def logged(key: str, default: Any) -> Any:
         return record.params.get(key, record.codec.get(key, default))

@@ -23,7 +23,7 @@ def midi() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print token ids and event names as JSON.")
 def midi_tokens(file: Path, as_json: bool) -> None:
     """Print FILE as its token stream (one printable character per event)."""
-    from chargen.midi import MidiCodec, midi_stats, token_name
+    from chargen.codecs.midi import MidiCodec, midi_stats, token_name
     from chargen.sampling.primes import midi_tokens
 
     codec = MidiCodec()

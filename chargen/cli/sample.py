@@ -60,9 +60,9 @@ def sample(checkpoint: str | None, prime: str | None, prime_file: Path | None, p
     reported on stderr; --format text prints the token stream instead.
     """
     from chargen.api import load
-    from chargen.audio import is_audio_path
+    from chargen.codecs.midi.audio import is_audio_path
+    from chargen.codecs.midi.export import output_paths
     from chargen.files.user_paths import read_text_file
-    from chargen.midi.export import output_paths
 
     if sum(x is not None for x in (prime, prime_file, prime_midi)) > 1:
         raise click.UsageError("give only one of --prime, --prime-file and --prime-midi")

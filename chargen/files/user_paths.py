@@ -12,8 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+from chargen.codecs.text import normalize_text
 from chargen.errors import ChargenError
-from chargen.text_codec import normalize_text
 
 #: the most a prime file may hold (a prime is a start, not a corpus)
 MAX_PRIME_BYTES = 1 << 20

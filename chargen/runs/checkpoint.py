@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from chargen.codec import Codec
-from chargen.codec_registry import codec_from_metadata
+from chargen.codecs.base import Codec
+from chargen.codecs.registry import codec_from_metadata
 from chargen.errors import ChargenError, CheckpointError
 from chargen.files.atomic import atomic_write, sha256_file
 from chargen.model import CharRNN, ModelConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
 from chargen.errors import ArgumentError, ChargenError
 from chargen.files.atomic import sha256_file
 from chargen.model import DEFAULT_PRESET, PRESETS, ModelConfig, check_label_names

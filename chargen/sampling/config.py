@@ -12,14 +12,14 @@ from chargen.errors import ArgumentError, ChargenError
 from chargen.options import check_fields, option
 
 if TYPE_CHECKING:
-    from chargen.codec import Codec
+    from chargen.codecs.base import Codec
     from chargen.sampling.grammar import MusicRules
 
 #: n-gram length blocked by default for the deterministic decoders, whose
 #: character-level output otherwise loops ("the same the same the same ...").
 DEFAULT_NO_REPEAT_NGRAM = 12
 #: Music models: the longest a note may be held under the grammar when the model knows no learnt hold
-#: (seconds; 0 = no limit): the export's held-note cap (chargen.midi.export.DEFAULT_MAX_NOTE_S), so the
+#: (seconds; 0 = no limit): the export's held-note cap (chargen.codecs.midi.export.DEFAULT_MAX_NOTE_S), so the
 #: model releases the notes the export would otherwise cut (BENCHMARKS.md, "Music quality").
 DEFAULT_MAX_HOLD_S = 5.0
 #: The longest prime, in tokens, of any codec: a prime is a start, not a corpus (it is run through the
@@ -136,7 +136,7 @@ class Sample:
     logprob: float  # natural log, the model's own (temperature 1)
     codec: Codec | None = field(default=None, repr=False, compare=False)  # what the ids mean (MIDI export)
     midi_path: Path | None = None  # where it was written as MIDI, if it was
-    midi_stats: Any = field(default=None, repr=False)  # what was written there (chargen.midi.MidiStats)
+    midi_stats: Any = field(default=None, repr=False)  # what was written there (chargen.codecs.midi.MidiStats)
     wav_path: Path | None = None  # where it was rendered as audio, if it was
     stopped: bool = False  # it ended at a stop string (DecodeConfig.stop), not at its length
 
@@ -147,7 +147,7 @@ class Sample:
     def write_midi(self, path: str | Path, tempo_bpm: float = 120.0, program: int = 0,
                    max_note_s: float | None = 5.0) -> Path:
         """Write a music model's sample as a Standard MIDI File (atomically); returns the path."""
-        from chargen.midi.export import write_midi
+        from chargen.codecs.midi.export import write_midi
 
         vocab = getattr(self.codec, "vocab", None)
         if vocab is None:
@@ -159,7 +159,7 @@ class Sample:
 
     def write_wav(self, path: str | Path, synth: Any = None, **midi_settings: Any) -> Path:
         """Write a music model's sample as audio (FluidSynth): the .mid beside the .wav, then the .wav."""
-        from chargen.audio import find_synth, render_wav
+        from chargen.codecs.midi.audio import find_synth, render_wav
 
         wav = Path(path)
         synth = synth or find_synth()  # before writing anything: fail with nothing written

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
+from chargen.codecs.midi import MidiCodec
+from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.machine.kernels import batch1_stepper
 from chargen.machine.offload import DeviceStepper, Offload, generation_device
-from chargen.midi import MidiCodec
-from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
 from chargen.runs.checkpoint import Checkpoint
 from chargen.sampling.beam import beam_search

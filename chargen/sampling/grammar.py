@@ -4,9 +4,9 @@
 resolution (its vocabulary, and the polyphony cap and longest hold learnt from its corpus);
 :func:`sequence_constraints` builds, for one generation, the per-sequence
 constraint every decoder (sampling, greedy, beam search, the service's batch
-scheduler) applies: the grammar (:class:`chargen.midi.grammar.MidiGrammar`, a
+scheduler) applies: the grammar (:class:`chargen.codecs.midi.grammar.MidiGrammar`, a
 rule) and the n-gram block (a preference), combined by
-:class:`chargen.constraints.Constraints` (grammar bans always stand).
+:class:`chargen.sampling.constraints.Constraints` (grammar bans always stand).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chargen.constraints import Constraints, TokenConstraint
-from chargen.midi import MidiVocab
-from chargen.midi.export import DEFAULT_MAX_NOTE_S
-from chargen.midi.grammar import MidiGrammar
-from chargen.midi.texture import corpus_limits
+from chargen.codecs.midi import MidiVocab
+from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S
+from chargen.codecs.midi.grammar import MidiGrammar
+from chargen.codecs.midi.texture import corpus_limits
+from chargen.sampling.constraints import Constraints, TokenConstraint
 from chargen.sampling.ngram import NgramBlocker
 
 if TYPE_CHECKING:

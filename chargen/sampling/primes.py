@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
 from chargen.errors import ChargenError
 from chargen.files.user_paths import MAX_PRIME_BYTES, require_file
 from chargen.sampling.config import check_prime_length

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from chargen.sampling.config import Sample
 
 if TYPE_CHECKING:
-    from chargen.codec import Codec
+    from chargen.codecs.base import Codec
 
 
 class StopWatch:

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
+from chargen.codecs.text import code_points, iter_text_chunks
 from chargen.errors import ChargenError
 from chargen.files.atomic import sha256_file
 from chargen.files.user_paths import require_file
 from chargen.runs.checkpoint import Checkpoint
 from chargen.scoring.evaluate import token_losses
-from chargen.text_codec import code_points, iter_text_chunks
 
 MIDI_SUFFIXES = (".mid", ".midi")
 NEWLINE = ord("\n")

@@ -14,9 +14,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from chargen.codec_registry import codec_from_metadata
+from chargen.codecs.midi.export import midi_notes
+from chargen.codecs.registry import codec_from_metadata
 from chargen.errors import ChargenError
-from chargen.midi.export import midi_notes
 from chargen.runs.curve import scan_curve, trend
 from chargen.sampling.config import DecodeConfig
 from chargen.serve.completions import CompletionRequest, complete

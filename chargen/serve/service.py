@@ -22,9 +22,9 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
 from chargen.errors import ChargenError
 from chargen.files.atomic import sha256_file
-from chargen.midi.export import DEFAULT_MAX_NOTE_S, DEFAULT_PROGRAM, DEFAULT_TEMPO_BPM, midi_bytes, midi_notes
 from chargen.runs.checkpoint import Checkpoint
 from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
 from chargen.sampling.config import ModelRef, NonFiniteOutput

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chargen.codec import Codec
-from chargen.codec_registry import CODECS, codec_class, codec_for_suffix
+from chargen.codecs.base import Codec
+from chargen.codecs.registry import CODECS, codec_class, codec_for_suffix
 from chargen.errors import ChargenError, CorpusError, CorruptFileError
 from chargen.files.atomic import atomic_write, sha256_files
 from chargen.files.user_paths import require_file_or_folder

@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from chargen.codec import Codec
-from chargen.codec_registry import codec_from_metadata
+from chargen.codecs.base import Codec
+from chargen.codecs.registry import codec_from_metadata
 from chargen.errors import ChargenError
 from chargen.model import State
 from chargen.training.budget import StepBudget

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
+from chargen.codecs.text import TextCodec, code_points, iter_code_points
+from chargen.codecs.text_scan import seen_code_points
 from chargen.errors import ArgumentError, ChargenError
 from chargen.files.atomic import sha256_file
 from chargen.model import CharRNN, ModelConfig
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.lookup import resolve_checkpoint
-from chargen.text_codec import TextCodec, code_points, iter_code_points
-from chargen.text_scan import seen_code_points
 from chargen.training.data import CorpusInfo, Warn, build_corpus, find_corpus_files
 
 #: Model options that change a tensor's shape: a fine-tuned run has its parent's shape.

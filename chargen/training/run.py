@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
 from chargen.errors import ChargenError, CheckpointError
 from chargen.files.atomic import sha256_file
 from chargen.machine.calibrate import choose_precision

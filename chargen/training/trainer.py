@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
+from chargen.codecs.midi import MidiCodec
+from chargen.codecs.midi.texture import corpus_limits
 from chargen.errors import ChargenError
 from chargen.machine.device import autocast_context, resolve_device, resolve_precision
 from chargen.machine.threads import ThreadTuner
-from chargen.midi import MidiCodec
-from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.runs.checkpoint import save_state, save_weights
 from chargen.runs.layout import BEST, LAST, STATE, TOKENS

@@ -8,8 +8,8 @@ from typing import Any
 import mido
 import numpy as np
 
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiVocab, Note
 from chargen.errors import CorruptFileError
-from chargen.midi.vocab import DEFAULT_VOCAB, MidiVocab, Note
 
 DRUM_CHANNEL = 9
 DEFAULT_TEMPO = 500_000  # microseconds per beat (120 bpm) until a set_tempo
@@ -110,7 +110,7 @@ def normalize_notes(notes: Iterable[Note]) -> list[Note]:
 
 
 def midi_notes(mid: mido.MidiFile, vocab: MidiVocab = DEFAULT_VOCAB, drop_drums: bool = True) -> list[Note]:
-    """Quantized, normalized notes of a parsed MIDI file (see :mod:`chargen.midi`)."""
+    """Quantized, normalized notes of a parsed MIDI file (see :mod:`chargen.codecs.midi`)."""
     segments = [[track] for track in mid.tracks] if mid.type == 2 else [list(mid.tracks)]
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []

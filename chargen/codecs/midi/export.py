@@ -18,10 +18,10 @@ from typing import Any
 import mido
 import numpy as np
 
+from chargen.codecs.midi.events import ids_to_notes, midi_stats
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab
 from chargen.errors import ChargenError
 from chargen.files.atomic import atomic_write
-from chargen.midi.events import ids_to_notes, midi_stats
-from chargen.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab
 
 BASE_TICKS_PER_BEAT = 960
 MAX_TICKS_PER_BEAT = 0x7FFF  # 15 bits: the top bit would mean an SMPTE division

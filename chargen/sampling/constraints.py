@@ -3,7 +3,7 @@
 A constraint follows one sequence (``push`` each token) and says which tokens
 may not come next (``banned``); beam search ``fork``s it for each extra child
 of a beam. :class:`chargen.sampling.NgramBlocker` (a preference: do not
-repeat) and :class:`chargen.midi.grammar.MidiGrammar` (a rule: what is
+repeat) and :class:`chargen.codecs.midi.grammar.MidiGrammar` (a rule: what is
 playable) both have this shape. A decoder masks the bans with -inf before it
 draws, takes the argmax or ranks beams, and reports the model's own
 log-probability of what it chose (the unmasked distribution's), as it does

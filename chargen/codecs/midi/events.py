@@ -7,9 +7,9 @@ from collections.abc import Iterable, Sequence
 import mido
 import numpy as np
 
+from chargen.codecs.midi.notes import midi_notes, normalize_notes
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab, Note
 from chargen.errors import ChargenError
-from chargen.midi.notes import midi_notes, normalize_notes
-from chargen.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab, Note
 
 
 def notes_to_ids(notes: Iterable[Note], vocab: MidiVocab = DEFAULT_VOCAB) -> list[int]:

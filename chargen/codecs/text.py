@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from chargen.codec import Codec
-from chargen.errors import CorpusError
-from chargen.text_scan import (
+from chargen.codecs.base import Codec
+from chargen.codecs.text_scan import (
     binary_file_error,
     fast_encoding,
     invalid_text_error,
@@ -28,6 +27,7 @@ from chargen.text_scan import (
     seen_code_points,
     utf8_code_points,
 )
+from chargen.errors import CorpusError
 
 CHUNK_BYTES = 8 << 20  # decode big corpora in pieces, never as one Python str
 BOM = "\ufeff"
@@ -94,7 +94,7 @@ def _decoded_chunks(path: Path, encoding: str, advice: str) -> Iterator[str]:
 def iter_code_points(path: Path, encoding: str = "utf-8") -> Iterator[np.ndarray]:
     """The code points of :func:`iter_text_chunks`'s text in pieces (``uint8`` or ``uint32`` arrays).
 
-    UTF-8 files go through :mod:`chargen.text_scan` (ASCII chunks are never decoded);
+    UTF-8 files go through :mod:`chargen.codecs.text_scan` (ASCII chunks are never decoded);
     other encodings through the incremental decoder.
     """
     if fast_encoding(encoding):

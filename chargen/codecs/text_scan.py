@@ -1,13 +1,13 @@
 """A UTF-8 text file as arrays of normalised code points, at disk speed and in bounded memory.
 
-The corpus reader of :mod:`chargen.text_codec` for UTF-8, the common case: the file is
+The corpus reader of :mod:`chargen.codecs.text` for UTF-8, the common case: the file is
 read in chunks of a fixed size, looked at in blocks of BLOCK_BYTES; a block of ASCII
 bytes (most of most corpora) is never decoded at all: its bytes are its code points
 (a ``uint8`` array), and the vocabulary pass and the encoder index lookup tables with
 it. Other blocks are decoded by CPython's UTF-8 decoder, in C, into ``uint32`` code points.
 
 The result is exactly what decoding the whole file and applying
-:func:`chargen.text_codec.normalize_text` gives (a byte-order mark at the start
+:func:`chargen.codecs.text.normalize_text` gives (a byte-order mark at the start
 dropped, CRLF as LF, a lone CR kept), whatever the chunking, and a bad file is
 the same one-line error at the same byte offset as the general reader's
 (``text_codec.iter_text_chunks``): the chunks are cut at the same offsets, and

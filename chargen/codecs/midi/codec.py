@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
+from chargen.codecs.midi.events import encode_midi
+from chargen.codecs.midi.smf import read_midi_file
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, SYMBOL_BASE, MidiVocab
 from chargen.errors import ChargenError, CheckpointError, CorruptFileError
-from chargen.midi.events import encode_midi
-from chargen.midi.smf import read_midi_file
-from chargen.midi.vocab import DEFAULT_VOCAB, SYMBOL_BASE, MidiVocab
 
 METADATA_FORMAT = 1
 

@@ -1,6 +1,6 @@
 """Which codecs exist: names (stored in checkpoints) and corpus suffixes to codec classes.
 
-The base class in ``chargen.codec`` knows nothing of its subclasses; this
+The base class in ``chargen.codecs.base`` knows nothing of its subclasses; this
 module is the one place that lists them.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from chargen.codec import Codec
+from chargen.codecs.base import Codec
+from chargen.codecs.midi import MidiCodec
+from chargen.codecs.text import TextCodec
 from chargen.errors import CheckpointError
-from chargen.midi import MidiCodec
-from chargen.text_codec import TextCodec
 
 CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (TextCodec, MidiCodec)}
 

@@ -43,15 +43,15 @@ Decisions (also in docs/midi.md):
 
 The package, one file per step: ``vocab`` (the token layout), ``smf`` (reading
 and cleaning files), ``notes`` (MIDI messages -> quantized notes), ``events``
-(notes <-> token ids), ``codec`` (the :class:`~chargen.codec.Codec`),
+(notes <-> token ids), ``codec`` (the :class:`~chargen.codecs.base.Codec`),
 ``export`` (ids -> .mid files) and ``grammar`` (what may come next while decoding).
 """
 
-from chargen.midi.codec import MidiCodec
-from chargen.midi.events import describe, encode_midi, ids_to_notes, midi_stats, notes_to_ids, token_name
-from chargen.midi.notes import midi_notes, normalize_notes
-from chargen.midi.smf import read_midi_bytes, read_midi_file
-from chargen.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab, Note
+from chargen.codecs.midi.codec import MidiCodec
+from chargen.codecs.midi.events import describe, encode_midi, ids_to_notes, midi_stats, notes_to_ids, token_name
+from chargen.codecs.midi.notes import midi_notes, normalize_notes
+from chargen.codecs.midi.smf import read_midi_bytes, read_midi_file
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab, Note
 
 __all__ = [
     "DEFAULT_VOCAB",

@@ -1,16 +1,16 @@
-"""The MIDI event grammar as a per-sequence decoding constraint (its limits are learnt: :mod:`chargen.midi.texture`).
+"""The MIDI event grammar as a per-sequence decoding constraint (its limits are learnt: :mod:`.texture`).
 
-A model trained on performance events (:mod:`chargen.midi`) can emit
+A model trained on performance events (:mod:`chargen.codecs.midi`) can emit
 events that make no sense as music: a NOTE_OFF for a key that is not down, or
 ever more NOTE_ONs without their NOTE_OFFs, until the export's held-note cap
 ends them (sampled chorales pile up 7.5 notes where the corpus has 4).
 :class:`MidiGrammar` follows one sequence and says which tokens may not come
 next; it has the shape of :class:`chargen.sampling.NgramBlocker`
-(``push``/``banned``/``fork``: :class:`chargen.constraints.TokenConstraint`),
+(``push``/``banned``/``fork``: :class:`chargen.sampling.constraints.TokenConstraint`),
 so a decoder applies it the same way for sampling, greedy and beam search.
 
 The rules. The first two match what every encoded corpus file already does
-(see "Canonical form" in :mod:`chargen.midi`), so they never forbid
+(see "Canonical form" in :mod:`chargen.codecs.midi`), so they never forbid
 anything the model learnt from data; the cap, at the corpus's 99th
 percentile of simultaneous notes over time, is what the corpus itself stays
 within 99 % of the time it sounds.
@@ -44,7 +44,7 @@ within 99 % of the time it sounds.
   cap: it started notes instead of releasing; BENCHMARKS.md, "Music quality".)
 
 Tokens pushed that break a rule (a prime is not checked, and a decoder may
-push anything) update the state the way :func:`chargen.midi.ids_to_notes`
+push anything) update the state the way :func:`chargen.codecs.midi.ids_to_notes`
 reads them (a stray NOTE_OFF is ignored, a repeated NOTE_ON restarts the
 note), so the state always mirrors what the export will write.
 
@@ -60,14 +60,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from chargen.midi.texture import (  # re-exported: the statistics were first defined here
+from chargen.codecs.midi.texture import (
     CAP_CHUNK,
     CAP_PERCENTILE,
     corpus_polyphony_cap,
     onset_polyphony_counts,
     polyphony_cap,
 )
-from chargen.midi.vocab import DEFAULT_VOCAB, MidiVocab
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiVocab
 
 __all__ = ["CAP_CHUNK", "CAP_PERCENTILE", "MidiGrammar", "corpus_polyphony_cap", "onset_polyphony_counts",
            "polyphony_cap"]
@@ -179,7 +179,7 @@ class MidiGrammar:
         """``banned()`` as a read-only boolean [V] row (True = banned); cached like ``banned()``.
 
         Read-only because it is shared: ``torch.from_numpy`` wants a copy
-        (:func:`chargen.constraints.ban_mask` makes one).
+        (:func:`chargen.sampling.constraints.ban_mask` makes one).
         """
         return _banned_row(*self._key())
 

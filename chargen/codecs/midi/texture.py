@@ -1,6 +1,6 @@
 """What a corpus teaches the MIDI grammar: its polyphony cap and its longest hold.
 
-The grammar (:mod:`chargen.midi.grammar`) limits a sequence by two numbers,
+The grammar (:mod:`chargen.codecs.midi.grammar`) limits a sequence by two numbers,
 both learnt from the training corpus's encoded stream and stored with the
 weights (``training["polyphony_cap"]``, ``training["max_hold_s"]``):
 
@@ -16,7 +16,7 @@ weights (``training["polyphony_cap"]``, ``training["max_hold_s"]``):
   all but 1 % of the corpus's own, and none is ever cut by the export.
 
 One vectorised pass per chunk (a memory-mapped ``tokens.npy`` is never read
-whole) reads the stream as :func:`chargen.midi.ids_to_notes` does: each note
+whole) reads the stream as :func:`chargen.codecs.midi.ids_to_notes` does: each note
 event changes its pitch's state from that of the pitch's previous event
 (carried across chunks), so the number sounding is a cumulative sum of those
 changes; a stray NOTE_OFF changes nothing, a repeated NOTE_ON ends the note
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chargen.midi.export import DEFAULT_MAX_NOTE_S
-from chargen.midi.vocab import DEFAULT_VOCAB, MidiVocab
+from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiVocab
 
 #: The percentile of the corpus's (time-weighted) polyphony taken as the default cap.
 CAP_PERCENTILE = 99.0
