@@ -42,6 +42,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's chargen, not an installed one
 
+from benchmarks.common import record  # noqa: E402
+
 SERVE = """
 import json, sys
 from chargen.serve import Limits, serve
@@ -155,36 +157,30 @@ def compare_apis(base: str, args: argparse.Namespace, body: dict[str, Any]) -> d
     return totals
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="weights file, run folder or run name")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=400, help="requests in the concurrent phase")
-    parser.add_argument("--sequential", type=int, default=100, help="requests in the one-client phase")
-    parser.add_argument("--length", type=int, default=200, help="tokens per request")
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--database", help="history database URL [default: a temporary SQLite file]")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (serve's --threads)")
-    parser.add_argument("--api", choices=["generate", "openai", "both"], default="generate",
-                        help="the route clients use; both: the concurrent phase through each, alternating")
-    parser.add_argument("--rounds", type=int, default=4, help="with --api both: alternating rounds of each")
-    args = parser.parse_args()
+@dataclass
+class Measured:
+    """One server's run of the benchmark: its phases, its scheduler's counters and CPU time around them."""
 
-    from chargen.runs.checkpoint import load_checkpoint
-    from chargen.runs.lookup import resolve_checkpoint
+    one: Phase
+    many: Phase
+    compared: dict[str, Phase] | None
+    stats: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+    cpu: tuple[float | None, float | None, float | None]
+    rows: tuple[int | None, int | None, int | None]
 
-    weights = resolve_checkpoint(args.checkpoint)
-    loaded = load_checkpoint(weights)
+
+def measure(args: argparse.Namespace, weights: Path, server_repo: Path) -> Measured:
+    """Start ``server_repo``'s chargen serve on ``weights`` and run both phases against it."""
     have_history = importlib.util.find_spec("chargen.history") is not None
     scratch = tempfile.TemporaryDirectory(prefix="chargen-load-")
     database = args.database or (f"sqlite:///{Path(scratch.name) / 'history.db'}" if have_history else None)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(server_repo))
     server = subprocess.Popen(
         [sys.executable, "-c", SERVE, json.dumps({"port": port, "checkpoint": str(weights), "database": database,
                                           "threads": args.threads})],
-        cwd=REPO, env=env)
+        cwd=server_repo, env=env)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -194,8 +190,7 @@ def main() -> int:
             except httpx.TransportError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                print("server did not start", file=sys.stderr)
-                return 1
+                raise SystemExit("server did not start")
             time.sleep(0.2)
         name = httpx.get(base + "/v1/models").json()["models"][0]["name"]
         body = {"model": name, "length": args.length, "temperature": args.temperature}
@@ -208,6 +203,7 @@ def main() -> int:
         cpu_mid = process_cpu_s(server.pid)
         rows_mid = count_rows(database)
         stats_mid = httpx.get(base + "/v1/stats").json()["models"][name]
+        compared = None
         if args.api == "both":
             compared = compare_apis(base, args, body)
             many = compared["generate"]
@@ -221,6 +217,70 @@ def main() -> int:
         server.terminate()
         server.wait(60)
         scratch.cleanup()
+    return Measured(one, many, compared, (stats_before, stats_mid, stats_after), (cpu_before, cpu_mid, cpu_after),
+                    (rows_before, rows_mid, rows_after))
+
+
+def compare_versions(args: argparse.Namespace, weights: Path) -> int:
+    """This checkout's server against ``--compare-with``'s, in alternating rounds: the ratios at 1 and N clients."""
+    other = args.compare_with.resolve()
+    runs: dict[str, list[Measured]] = {"before": [], "now": []}
+    for _ in range(args.rounds):
+        runs["before"].append(measure(args, weights, other))
+        runs["now"].append(measure(args, weights, REPO))
+    figures = {}
+    for version, measured in runs.items():
+        figures[version] = {"one": statistics.median(m.one.chars_per_s for m in measured),
+                            "many": statistics.median(m.many.chars_per_s for m in measured)}
+    ratio_one = figures["now"]["one"] / figures["before"]["one"]
+    ratio_many = figures["now"]["many"] / figures["before"]["many"]
+    command = "python benchmarks/load_service.py " + " ".join(sys.argv[1:])
+    print(f"### chargen serve, this checkout against {other} ({args.rounds} alternating rounds, medians)\n")
+    print(f"| version | 1 client chars/s | {args.clients} clients chars/s |")
+    print("|---|---:|---:|")
+    for version in ("before", "now"):
+        print(f"| {version} | {figures[version]['one']:,.0f} | {figures[version]['many']:,.0f} |")
+    print(f"\nnow / before: **{ratio_one:.3f}** at 1 client, **{ratio_many:.3f}** at {args.clients} clients.")
+    if args.record:
+        record(args.record, [
+            {"figure": "serving chars/s now / before, 1 client", "value": round(ratio_one, 3), "target": ">= 1"},
+            {"figure": f"serving chars/s now / before, {args.clients} clients", "value": round(ratio_many, 3),
+             "target": ">= 1"}], command, figures)
+    failures = sum(m.one.failures + m.many.failures for measured in runs.values() for m in measured)
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="weights file, run folder or run name")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=400, help="requests in the concurrent phase")
+    parser.add_argument("--sequential", type=int, default=100, help="requests in the one-client phase")
+    parser.add_argument("--length", type=int, default=200, help="tokens per request")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--database", help="history database URL [default: a temporary SQLite file]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (serve's --threads)")
+    parser.add_argument("--api", choices=["generate", "openai", "both"], default="generate",
+                        help="the route clients use; both: the concurrent phase through each, alternating")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating rounds (--api both: of each API; --compare-with: of each version)")
+    parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
+                        help="another chargen checkout (an earlier commit): its server and this one's, back to back")
+    parser.add_argument("--record", metavar="NAME", help="also write the headline to benchmarks/results/NAME.json")
+    args = parser.parse_args()
+
+    from chargen.runs.checkpoint import load_checkpoint
+    from chargen.runs.lookup import resolve_checkpoint
+
+    weights = resolve_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(weights)
+    if args.compare_with is not None:
+        return compare_versions(args, weights)
+    measured = measure(args, weights, REPO)
+    one, many, compared = measured.one, measured.many, measured.compared
+    stats_before, stats_mid, stats_after = measured.stats
+    cpu_before, cpu_mid, cpu_after = measured.cpu
+    rows_before, rows_mid, rows_after = measured.rows
 
     cfg = loaded.config
     expected_rows = 3 + args.sequential + args.requests
@@ -255,6 +315,12 @@ def main() -> int:
               f"/v1/completions {openai.chars_per_s:,.0f} chars/s: "
               f"**{openai.chars_per_s / generate.chars_per_s:.3f}** of /v1/generate's ({openai.failures} failures).")
         many.failures += openai.failures
+        if args.record:
+            record(args.record, [{"figure": f"/v1/completions / /v1/generate chars/s, {args.clients} clients",
+                                  "value": round(openai.chars_per_s / generate.chars_per_s, 3), "target": ">= 0.95"}],
+                   "python benchmarks/load_service.py " + " ".join(sys.argv[1:]),
+                   {"generate_chars_per_s": generate.chars_per_s, "openai_chars_per_s": openai.chars_per_s,
+                    "one_client_chars_per_s": one.chars_per_s})
     errors = one.errors + many.errors
     if errors:
         print(f"\nFirst errors: {statistics.multimode(errors)[:3]}")
