@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, cores, cpu_model, publish
+from benchmarks.common import REPO, cores, cpu_model, publish, record
 
 START = "<!-- benchmarks/big_corpus.py: start (generated) -->"
 END = "<!-- benchmarks/big_corpus.py: end -->"
@@ -169,9 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(s) for s in args.sizes.split(",")):
             print(f"big_corpus: {size} MB ...", file=sys.stderr, flush=True)
             results.append(measure(size, Path(scratch), args.whole_up_to))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
-                                     "results": results}, indent=1) + "\n")
+    small, large = results[0], results[-1]
+    record("big_corpus", [
+        {"figure": f"encoding MB/s, {large['size_mb']:,.0f} MB corpus", "value": round(large["encode_mb_s"]),
+         "target": ">= 50", "corpus": "Python stdlib source, repeated"},
+        {"figure": f"peak RSS MiB, train --size tiny, {large['size_mb']:,.0f} MB",
+         "value": round(large["train_peak_rss_mb"]), "target": "< 1024"},
+        {"figure": f"an evaluation's seconds, {large['size_mb']:,.0f} MB / {small['size_mb']:,.0f} MB",
+         "value": round(large["eval_s"] / small["eval_s"], 2), "target": "<= 1 (flat)"}],
+        command, results, args.json)
     return publish(markdown(results, command), args.out, START, END)
 
 
