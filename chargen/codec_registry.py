@@ -12,9 +12,10 @@ from typing import Any
 from chargen.codec import Codec
 from chargen.errors import CheckpointError
 from chargen.midi import MidiCodec
+from chargen.midi.note_codec import NoteCodec
 from chargen.text_codec import TextCodec
 
-CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (TextCodec, MidiCodec)}
+CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (TextCodec, MidiCodec, NoteCodec)}
 
 
 def codec_class(name: str) -> type[Codec]:
@@ -27,6 +28,12 @@ def codec_from_metadata(meta: dict[str, Any]) -> Codec:
     if not isinstance(name, str) or name not in CODECS:
         raise CheckpointError(f"checkpoint uses unknown codec {name!r}")
     return CODECS[name].from_metadata(meta)
+
+
+def is_music(name: str | None) -> bool:
+    """Whether the codec named ``name`` (as a checkpoint or history row stores it) is a music codec."""
+    cls = CODECS.get(name or "")
+    return bool(cls is not None and cls.music)
 
 
 def codec_for_suffix(path: Path) -> str | None:

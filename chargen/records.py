@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from chargen.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, sha256_file
 from chargen.codec import Codec
 from chargen.errors import ChargenError
+from chargen.midi.grammar import ALL_RULES
 from chargen.sampling import DecodeConfig, GenerationResult, Generator, Sample
 from chargen.training import TrainResult
 
@@ -154,8 +155,12 @@ def replay(database: str | None, generation_id: str) -> ReplayOutcome:
         )
     loaded = load_checkpoint(path)
     known = {f.name for f in fields(DecodeConfig)}
-    # Rows from before the MIDI grammar existed were decoded without it.
-    config = DecodeConfig(**{"grammar": False, **{k: v for k, v in record.params.items() if k in known}})
+    # Rows from before the MIDI grammar existed were decoded without it; rows from before its rules could be
+    # chosen were decoded with all of them.
+    params = {k: v for k, v in record.params.items() if k in known}
+    if params.get("grammar") and "grammar_rules" not in params:
+        params["grammar_rules"] = tuple(sorted(ALL_RULES))
+    config = DecodeConfig(**{"grammar": False, **params})
     result = Generator.from_checkpoint(loaded).generate(record.prime or None, config)
     recorded = [o.text for o in record.outputs]
     replayed = [s.text for s in result.samples]

@@ -126,7 +126,7 @@ def score_file(checkpoint: Checkpoint, path: Path, per_line: int = 0,
     if losses.size == 0:
         raise ChargenError(f"{path}: too short to score: it needs at least 2 tokens the model knows")
     return FileScore(
-        path=str(path), unit="token" if codec.name == "midi" else "char", tokens=len(ids), scored=int(losses.size),
+        path=str(path), unit="token" if codec.music else "char", tokens=len(ids), scored=int(losses.size),
         nats_per_token=float(losses.sum(dtype=np.float64) / losses.size),
         unknown=tokenized.unknown if tokenized else {},
         worst_lines=worst_lines(tokenized, losses, per_line) if tokenized and per_line else [],

@@ -99,7 +99,7 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
     if prime_file is not None:
         prime = read_text_file(prime_file)  # bounded; BOM and CRLF as in a corpus
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
-    is_midi = loaded.codec.name == "midi"
+    is_midi = loaded.codec.music
     output_format = output_format or ("midi" if is_midi else "text")
     if output_format == "midi" and not is_midi:
         raise click.UsageError(f"--format midi needs a MIDI model; this one uses the {loaded.codec.name} codec")
@@ -155,7 +155,8 @@ def sample(checkpoint: str | None, length: int, temperature: float | None, top_k
 
         midi_paths = output_paths(output.with_suffix(".mid") if synth and output else output, len(result.samples))
         for item, path in zip(result.samples, midi_paths):
-            stats = write_midi(item.ids, path, tempo_bpm=tempo, program=program, max_note_s=max_note_seconds)
+            stats = write_midi(item.ids, path, tempo_bpm=tempo, program=program, max_note_s=max_note_seconds,
+                               vocab=loaded.codec.vocab)
             if synth:  # the .mid stays beside its .wav: the history records it
                 render_wav(path, path.with_suffix(".wav"), synth)
             if not quiet:

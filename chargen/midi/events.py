@@ -106,7 +106,7 @@ def describe(ids: Sequence[int] | np.ndarray, vocab: MidiVocab = DEFAULT_VOCAB) 
 
 def midi_stats(ids: Sequence[int] | np.ndarray, vocab: MidiVocab = DEFAULT_VOCAB) -> MidiStats:
     """Note count, sounding length and pitch range of a token stream as it would be written."""
-    notes = ids_to_notes(ids, vocab)
+    notes = vocab.notes(ids)
     pitches = [n.pitch for n in notes]
     return MidiStats(
         tokens=len(ids),

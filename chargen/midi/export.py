@@ -20,7 +20,7 @@ import numpy as np
 
 from chargen.errors import ChargenError
 from chargen.fileio import atomic_write
-from chargen.midi.events import ids_to_notes, midi_stats
+from chargen.midi.events import midi_stats
 from chargen.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab
 
 BASE_TICKS_PER_BEAT = 960
@@ -58,7 +58,7 @@ def decode_to_midi(
         raise ChargenError(f"tempo must be between {MIN_BPM:g} and {MAX_BPM:g} bpm, not {tempo_bpm!r}")
     if not (isinstance(program, int) and not isinstance(program, bool) and 0 <= program <= 127):
         raise ChargenError(f"MIDI program must be an integer 0..127, not {program!r}")
-    notes = ids_to_notes(ids, vocab)  # closes dangling notes, drops stray offs, resolves overlaps
+    notes = vocab.notes(ids)  # closes dangling notes, drops stray offs, resolves overlaps
     if max_note_s is not None:
         longest = max(1, round(max_note_s * 1000 / vocab.step_ms))
         notes = [n._replace(end=min(n.end, n.start + longest)) for n in notes]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
+
+import numpy as np
 
 from chargen.errors import ChargenError
 
@@ -65,6 +68,12 @@ class MidiVocab:
         members = [v for v in range(1, 128) if self.velocity_bin(v) == vbin]
         return members[len(members) // 2]
 
+    def notes(self, ids: Sequence[int] | np.ndarray) -> list[Note]:
+        """The normalized notes of any token stream of this vocabulary (what export writes)."""
+        from chargen.midi.events import ids_to_notes  # events builds on this module
+
+        return ids_to_notes(ids, self)
+
 
 DEFAULT_VOCAB = MidiVocab()
 
@@ -85,3 +94,25 @@ class MidiStats:
     duration_s: float
     lowest: int | None
     highest: int | None
+
+
+class MusicVocab(Protocol):
+    """What export and the statistics need of a music codec's vocabulary (MidiVocab, NoteVocab)."""
+
+    @property
+    def step_ms(self) -> int: ...
+
+    @property
+    def step_s(self) -> float: ...
+
+    @property
+    def velocity_bins(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def velocity_bin(self, velocity: int) -> int: ...
+
+    def bin_velocity(self, vbin: int) -> int: ...
+
+    def notes(self, ids: Sequence[int] | np.ndarray) -> list[Note]: ...

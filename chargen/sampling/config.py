@@ -34,10 +34,12 @@ class DecodeConfig:
     seed: int | None = None
     label: str | None = None  # a labelled model's conditioning label; None: no label
     # The MIDI grammar (chargen.sampling.grammar): None = on for music models (off for text);
-    # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = its learnt hold, 0 = none.
+    # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = its learnt hold, 0 = none;
+    # grammar_rules None = the model's default rules (chargen.midi.grammar.RULES), () = only the limits.
     grammar: bool | None = None
     max_polyphony: int | None = None
     max_hold_s: float | None = None
+    grammar_rules: tuple[str, ...] | None = None
 
     @property
     def decoder(self) -> str:
@@ -54,12 +56,15 @@ class DecodeConfig:
         if data["grammar"] is None:
             data["grammar"] = music is not None
         if not data["grammar"]:
-            data["max_polyphony"], data["max_hold_s"] = 0, 0.0
+            data["max_polyphony"], data["max_hold_s"], data["grammar_rules"] = 0, 0.0, ()
         else:
             if data["max_polyphony"] is None:
                 data["max_polyphony"] = music.polyphony_cap if music is not None else 0
             if data["max_hold_s"] is None:
                 data["max_hold_s"] = music.max_hold_s if music is not None else DEFAULT_MAX_HOLD_S
+            if data["grammar_rules"] is None:
+                data["grammar_rules"] = music.rules if music is not None else ()
+            data["grammar_rules"] = tuple(sorted(set(data["grammar_rules"])))
         if data["seed"] is None:
             data["seed"] = random.SystemRandom().randrange(2**31)
         if data["no_repeat_ngram"] is None:
@@ -102,11 +107,18 @@ class DecodeConfig:
             raise ChargenError(f"max-polyphony must be >= 0, 0 = no cap (got {self.max_polyphony})")
         if self.max_hold_s is not None and not self.max_hold_s >= 0:  # NaN fails this too
             raise ChargenError(f"max-hold-s must be >= 0, 0 = no limit (got {self.max_hold_s})")
-        settings = self.max_polyphony or self.max_hold_s  # 0 is what "off" resolves them to: allowed
+        if self.grammar_rules is not None:
+            unknown = sorted(set(self.grammar_rules) - set(music.known_rules if music is not None else ()))
+            if unknown and music is not None:
+                raise ChargenError(f"unknown grammar rule(s) {', '.join(map(str, unknown))}; this model's are "
+                                   f"{', '.join(music.known_rules)}")
+        # 0 and () are what "off" resolves them to: allowed
+        settings = self.max_polyphony or self.max_hold_s or self.grammar_rules
         if music is None and (self.grammar or settings):
             raise ChargenError("the MIDI grammar (grammar, max-polyphony, max-hold-s) needs a music model")
         if self.grammar is False and settings:
-            raise ChargenError("max-polyphony and max-hold-s apply to the MIDI grammar, which is switched off")
+            raise ChargenError("max-polyphony, max-hold-s and grammar rules apply to the MIDI grammar, "
+                               "which is switched off")
 
 
 @dataclass

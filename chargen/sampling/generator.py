@@ -13,13 +13,13 @@ from chargen.checkpoint import Checkpoint
 from chargen.codec import Codec
 from chargen.inference import Stepper, batch_stepper, expand_state, generation_threads
 from chargen.kernels import batch1_stepper
-from chargen.midi import MidiCodec
 from chargen.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.model import CharRNN, State
 from chargen.sampling.beam import beam_search
 from chargen.sampling.config import DecodeConfig, GenerationResult, Sample
 from chargen.sampling.decoder import choose_tokens
-from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
+from chargen.sampling.grammar import MusicRules, sequence_constraints
+from chargen.sampling.music_defaults import default_rules, is_music_codec, music_rules
 
 TokenCallback = Callable[[int, str], None]
 #: Primes up to this many tokens (besides the last) are stepped, not run through ``nn.LSTM``.
@@ -33,14 +33,16 @@ class Generator:
     """Generation from one loaded model; reusable across calls (weights fused once) and across threads."""
 
     def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None,
-                 max_hold_s: float | None = None):
+                 max_hold_s: float | None = None, music: MusicRules | None = None):
         self.model = model.cpu().eval()
         self.codec = codec
-        # Music models decode under the MIDI grammar by default, with the checkpoint's cap (None: no cap) and
-        # longest hold (None: the export's held-note cap).
-        self.music = (MusicRules(codec.vocab, polyphony_cap or 0,
-                                 DEFAULT_MAX_NOTE_S if max_hold_s is None else max_hold_s)
-                      if isinstance(codec, MidiCodec) else None)
+        # Music models decode under their grammar by default: ``music`` (from_checkpoint: the checkpoint's
+        # defaults), else every rule with the cap given (None: no cap) and longest hold (None: the export's cap).
+        if music is None and is_music_codec(codec):
+            music = MusicRules(codec.vocab, polyphony_cap or 0,  # type: ignore[attr-defined]
+                               DEFAULT_MAX_NOTE_S if max_hold_s is None else max_hold_s,
+                               default_rules(codec.vocab))  # type: ignore[attr-defined]
+        self.music = music
         self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
         # Primed states of recent short primes (and their label): a server sees the same few (the default above all).
         self._primed: OrderedDict[tuple[int | None, tuple[int, ...]], tuple[torch.Tensor, State]] = OrderedDict()
@@ -51,11 +53,8 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> Generator:
-        """A generator for a loaded checkpoint, with its learnt polyphony cap and longest hold (music models)."""
-        if not isinstance(checkpoint.codec, MidiCodec):
-            return cls(checkpoint.model, checkpoint.codec)
-        return cls(checkpoint.model, checkpoint.codec, learnt_polyphony_cap(checkpoint)[0],
-                   learnt_max_hold_s(checkpoint)[0])
+        """A generator for a loaded checkpoint, decoding music under the checkpoint's default grammar."""
+        return cls(checkpoint.model, checkpoint.codec, music=music_rules(checkpoint))
 
     @property
     def beam_stepper(self) -> Stepper:

@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from chargen.codec_registry import codec_from_metadata
+from chargen.codec_registry import codec_from_metadata, is_music
 from chargen.curves import read_curve, trend
 from chargen.errors import ChargenError
 from chargen.midi.export import midi_notes
@@ -49,7 +49,7 @@ async def _read(call: Callable[[], Any]) -> Any:
 
 
 def _is_midi(record: dict[str, Any]) -> bool:
-    return (record.get("codec") or {}).get("name") == "midi"
+    return is_music((record.get("codec") or {}).get("name"))
 
 
 def _record_midi(record: dict[str, Any], index: int) -> bytes:

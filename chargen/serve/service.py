@@ -73,6 +73,7 @@ class Served:
             "sha256": self.sha256,
             "default_prime": ckpt.codec.default_prime,
             "labels": list(ckpt.config.labels),
+            "music": ckpt.codec.music,
             "polyphony_cap": self.generator.music.polyphony_cap if self.generator.music else None,
             "max_hold_s": self.generator.music.max_hold_s if self.generator.music else None,
         }
@@ -159,7 +160,7 @@ class Service:
             raise over_limit("num_samples", body.num_samples, "max_samples", limits.max_samples)
         if body.prime is not None and len(body.prime) > limits.max_prime_chars:
             raise over_limit("prime length", len(body.prime), "max_prime_chars", limits.max_prime_chars)
-        if body.format == "midi" and codec.name != "midi":
+        if body.format == "midi" and not codec.music:
             raise ServiceError(400, f"format 'midi' needs a music model; {served.name} uses the {codec.name} codec")
         # beam_width is passed only when given: set at all (even to 1) means beam search.
         beam = {} if body.beam_width is None else {"beam_width": body.beam_width}
@@ -216,7 +217,7 @@ class Service:
 
     async def result_body(self, served: Served, body: GenerateRequest, config: DecodeConfig,
                           samples: list[Sample], duration_s: float) -> dict[str, Any]:
-        is_midi = served.checkpoint.codec.name == "midi"
+        is_midi = served.checkpoint.codec.music
         # As `chargen sample` logs them: a music model's rows carry the export settings, whatever the format.
         export = {"format": body.format, **MIDI_SETTINGS} if is_midi else None
         history_id, history_error = await self.record(

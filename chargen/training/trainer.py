@@ -26,9 +26,8 @@ from chargen.data import CorpusInfo, Split
 from chargen.device import autocast_context, resolve_device, resolve_precision
 from chargen.errors import ChargenError
 from chargen.evaluation import mean_loss
-from chargen.midi import MidiCodec
-from chargen.midi.texture import corpus_limits
 from chargen.model import CharRNN, ModelConfig, detach_state
+from chargen.sampling.music_defaults import is_music_codec, music_training_info
 from chargen.threads import ThreadTuner
 from chargen.training.averaging import WeightAverage
 from chargen.training.budget import StepBudget
@@ -128,10 +127,11 @@ class Trainer:
         self.overhead_s = 0.0  # time in evaluations and saves this session (the budget's pace excludes it)
         self.evals_done = 0
         self.started = time.monotonic()
-        # Music runs: the corpus's polyphony cap and longest hold, stored with the weights for the MIDI grammar.
+        # Music runs: the corpus's polyphony cap, longest hold and texture, and the codec's default grammar,
+        # stored with the weights for decoding (chargen.sampling.music_defaults) and `chargen info`.
         tokens = run_dir / TOKENS if run_dir is not None else None
-        self.music_limits = corpus_limits(tokens, codec.vocab) \
-            if isinstance(codec, MidiCodec) and tokens is not None and tokens.is_file() else None
+        self.music_info = music_training_info(codec, tokens) \
+            if codec is not None and is_music_codec(codec) and tokens is not None and tokens.is_file() else {}
 
     def _augmentation(self) -> Callable[[np.ndarray, int], np.ndarray] | None:
         config, codec = self.config, self.codec
@@ -314,7 +314,7 @@ class Trainer:
             "corpus_paths": corpus.paths if corpus else None,
             "train_config": dict(self.config.to_dict(), **self.speed_info()),
             "world_size": self.dist.world_size,  # processes that trained together (torchrun)
-            **(dict(zip(("polyphony_cap", "max_hold_s"), self.music_limits)) if self.music_limits else {}),
+            **self.music_info,
             **({"parent": self.parent} if self.parent else {}),
         }
 
