@@ -15,7 +15,9 @@ from chargen.midi import MidiCodec
 from chargen.midi.note_codec import NoteCodec
 from chargen.text_codec import TextCodec
 
-CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (TextCodec, MidiCodec, NoteCodec)}
+# In order of preference where several read one suffix: .mid files are read by the note codec unless
+# --codec midi says otherwise (BENCHMARKS.md, "Music quality": its samples keep the corpus's texture).
+CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (TextCodec, NoteCodec, MidiCodec)}
 
 
 def codec_class(name: str) -> type[Codec]:

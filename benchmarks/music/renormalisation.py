@@ -3,7 +3,7 @@
 Sampling under a constraint masks the banned tokens and renormalises the
 rest: the banned mass is spread over the allowed tokens in proportion to
 their probability. This module samples exactly as ``Generator._sample`` does
-(same stepper, noise and token choice) and records, at every step, the
+(same stepper, noise and token choice: the same tokens) and records, at every step, the
 model's distribution before and after the mask: the mass banned, and the
 share of each token class (NOTE_ON / NOTE_OFF / TIME_SHIFT / VELOCITY, or
 PITCH / DURATION / ... for the note codec) and the expected NOTE_ON pitch,
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from chargen.constraints import ban_mask
+from chargen.inference import expand_state, generation_threads
 from chargen.sampling import DecodeConfig, Generator
 from chargen.sampling.decoder import choose_tokens
 from chargen.sampling.grammar import sequence_constraints
@@ -52,15 +54,18 @@ def token_classes(vocab: object) -> dict[str, slice]:
 
 
 @torch.inference_mode()
-def measure(generator: Generator, config: DecodeConfig) -> Shift:
-    """Sample ``config`` (sampling, not beam) and measure the mask's effect at every step."""
+def measure(generator: Generator, config: DecodeConfig) -> tuple[Shift, list[list[int]]]:
+    """Sample ``config`` (sampling, not beam) as ``Generator.generate`` does, measuring the mask at every step.
+
+    Returns the measurement and the samples' token ids (the same ids ``generate`` gives for this config).
+    """
     cfg = config.resolved(generator.music)
     prime_ids = generator.codec.encode(generator.codec.default_prime)
     n = cfg.num_samples
     rng = torch.Generator().manual_seed(cfg.seed)
     logits, state = generator.prime_state(prime_ids)
     bias = generator.stepper.label_bias(None, n)
-    logits, state = logits.expand(n, -1), tuple(s.expand(-1, n, -1).contiguous() for s in state)
+    logits, state = logits.expand(n, -1), expand_state(state, n)
     blockers = sequence_constraints(cfg, generator.music, prime_ids, n)
     vocab_size = logits.shape[-1]
     noise_buffer = torch.empty(n, vocab_size)
@@ -69,34 +74,33 @@ def measure(generator: Generator, config: DecodeConfig) -> Shift:
     before_sum = dict.fromkeys(classes, 0.0)
     after_sum = dict.fromkeys(classes, 0.0)
     banned_total = masked = pitch_b = pitch_a = weight = 0.0
-    steps = 0
-    for _ in range(cfg.length):
-        bans = [b.banned() for b in blockers] if blockers else None
-        probs = torch.softmax(logits.double(), dim=-1).numpy()
-        for row in range(n):
-            p = probs[row]
-            q = p.copy()
-            if bans and bans[row]:
-                q[list(bans[row])] = 0.0
-            mass = 1.0 - q.sum()
-            banned_total += mass
-            masked += mass > 1e-6
-            q = q / q.sum() if q.sum() > 0 else q
-            for name, ids in classes.items():
-                before_sum[name] += p[ids].sum()
-                after_sum[name] += q[ids].sum()
-            on_b, on_a = p[:128], q[:128]
-            if on_a.sum() > 0 and on_b.sum() > 0:
-                w = on_a.sum()
-                pitch_b += w * (on_b @ pitches) / on_b.sum()
-                pitch_a += w * (on_a @ pitches) / on_a.sum()
-                weight += w
-            steps += 1
-        choice = choose_tokens(logits, cfg, bans, lambda: noise_buffer.exponential_(1, generator=rng))
-        for i, token in enumerate(choice.tokens.tolist()):
-            if blockers:
-                blockers[i].push(token)
-        logits, state = generator.stepper.step(choice.tokens, state, bias)
-    return Shift(steps, banned_total / steps, masked / steps,
-                 {k: v / steps for k, v in before_sum.items()}, {k: v / steps for k, v in after_sum.items()},
-                 pitch_b / weight if weight else float("nan"), pitch_a / weight if weight else float("nan"))
+    ids: list[list[int]] = [[] for _ in range(n)]
+    with generation_threads():
+        for _ in range(cfg.length):
+            bans = [b.banned() for b in blockers] if blockers else None
+            p = torch.softmax(logits.double(), dim=-1).numpy()
+            q = p * ~ban_mask(blockers, vocab_size) if blockers else p.copy()
+            kept = q.sum(axis=1)
+            banned_total += float((1.0 - kept).sum())
+            masked += float((1.0 - kept > 1e-6).sum())
+            q /= np.maximum(kept, 1e-300)[:, None]
+            for name, span in classes.items():
+                before_sum[name] += float(p[:, span].sum())
+                after_sum[name] += float(q[:, span].sum())
+            on_b, on_a = p[:, :128], q[:, :128]
+            w, w_b = on_a.sum(axis=1), on_b.sum(axis=1)
+            ok = (w > 0) & (w_b > 0)
+            pitch_b += float((w * (on_b @ pitches) / np.maximum(w_b, 1e-300))[ok].sum())
+            pitch_a += float((on_a @ pitches)[ok].sum())
+            weight += float(w[ok].sum())
+            choice = choose_tokens(logits, cfg, bans, lambda: noise_buffer.exponential_(1, generator=rng))
+            for i, token in enumerate(choice.tokens.tolist()):
+                ids[i].append(token)
+                if blockers:
+                    blockers[i].push(token)
+            logits, state = generator.stepper.step(choice.tokens, state, bias)
+    steps = cfg.length * n
+    shift = Shift(steps, banned_total / steps, masked / steps,
+                  {k: v / steps for k, v in before_sum.items()}, {k: v / steps for k, v in after_sum.items()},
+                  pitch_b / weight if weight else float("nan"), pitch_a / weight if weight else float("nan"))
+    return shift, ids

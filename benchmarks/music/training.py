@@ -63,9 +63,11 @@ def plateaued(evals: list[tuple[int, float]], patience: int, min_delta: float) -
 
 
 def train(corpus: Path, codec: str, level: Level, out: Path, run_name: str, seed: int = 1337) -> Trained:
-    """Train (or reuse) one run; returns where its weights are."""
+    """Train (or reuse: the same level) one run; returns where its weights are."""
     run_dir = out / run_name
     done = run_dir / "benchmark.json"
+    if done.is_file() and json.loads(done.read_text()).get("level") != vars(level):
+        done.unlink()  # trained for another level: again
     if not done.is_file():
         if run_dir.exists():
             import shutil
@@ -91,6 +93,6 @@ def train(corpus: Path, codec: str, level: Level, out: Path, run_name: str, seed
         steps = max((s for s, _ in evals), default=0)
         weights = "best.safetensors" if level.patience else "last.safetensors"
         done.write_text(json.dumps({"steps": steps, "best_val": best_val, "best_step": best_step,
-                                    "weights": weights, "plateaued": stopped}))
+                                    "weights": weights, "plateaued": stopped, "level": vars(level)}))
     record = json.loads(done.read_text())
     return Trained(run_dir, run_dir / record["weights"], record["steps"], record["best_val"], record["best_step"])

@@ -21,12 +21,16 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     from chargen.checkpoint import load_checkpoint, read_run_json, resolve_checkpoint
     from chargen.curves import trend
     from chargen.sampling.grammar import learnt_max_hold_s, learnt_polyphony_cap
+    from chargen.sampling.music_defaults import corpus_statistics, stored_policy
 
     loaded = load_checkpoint(resolve_checkpoint(checkpoint))
     training = loaded.training
     best = training.get("best_val_loss")
-    cap, cap_source = learnt_polyphony_cap(loaded) if loaded.codec.name == "midi" else (None, "")
-    hold, hold_source = learnt_max_hold_s(loaded) if loaded.codec.name == "midi" else (None, "")
+    music = loaded.codec.music
+    cap, cap_source = learnt_polyphony_cap(loaded) if music else (None, "")
+    hold, hold_source = learnt_max_hold_s(loaded) if music else (None, "")
+    texture, texture_source = corpus_statistics(loaded) if music else (None, "")
+    policy = stored_policy(loaded) if music else None
     curve = trend(loaded.path.parent)
     data = {
         "path": str(loaded.path),
@@ -48,6 +52,8 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         "trend": curve.to_dict() if curve else None,
         "polyphony_cap": cap,
         "max_hold_s": hold,
+        "corpus_texture": texture,
+        "grammar_defaults": policy,
         "parent": training.get("parent"),
     }
     if as_json:
@@ -68,6 +74,14 @@ def info(checkpoint: str | None, as_json: bool) -> None:
     if cap_source:
         click.echo(f"polyphony    cap {cap}, {cap_source}" if cap is not None else f"polyphony    cap {cap_source}")
         click.echo(f"longest hold {hold:g} s, {hold_source}")
+        if texture:
+            click.echo(f"corpus       polyphony {texture['polyphony']:g}, median note {texture['median_note_s']:g} s, "
+                       f"{texture['notes_per_s']:g} notes/s, pitch {texture['pitch_mean']:g} "
+                       f"± {texture['pitch_sd']:g} ({texture_source})")
+        if policy is not None:
+            limits = [name for name, on in (("cap", policy["cap"]), ("hold", policy["hold"])) if on]
+            click.echo(f"decoding     grammar rules {', '.join(policy['rules']) or 'none'}; learnt limits applied: "
+                       f"{', '.join(limits) or 'none'} (sample --no-grammar: none)")
     if best is not None:
         click.echo(f"best val     {best:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:

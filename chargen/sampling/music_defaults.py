@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chargen.checkpoint import TOKENS
 from chargen.midi.grammar import RULES
 from chargen.midi.note_grammar import NOTE_RULES
 from chargen.midi.note_vocab import NoteVocab
@@ -30,10 +31,10 @@ if TYPE_CHECKING:
 POLICY_KEY = "grammar_defaults"
 #: How checkpoints without a stored policy decode (all rules, both limits): unchanged for them.
 LEGACY_POLICY: dict[str, Any] = {"rules": list(RULES), "cap": True, "hold": True}
-#: What new runs store, per codec.
+#: What new runs store, per codec (see the module docstring for how they were chosen).
 POLICIES: dict[str, dict[str, Any]] = {
-    "midi": {"rules": list(RULES), "cap": True, "hold": True},
-    "midi-notes": {"rules": list(NOTE_RULES), "cap": True, "hold": True},
+    "midi": {"rules": [], "cap": False, "hold": False},
+    "midi-notes": {"rules": list(NOTE_RULES), "cap": False, "hold": False},
 }
 
 
@@ -60,6 +61,25 @@ def music_training_info(codec: Codec, tokens: Path) -> dict[str, Any]:
     found = corpus_texture(tokens, vocab)
     return {"polyphony_cap": cap_of(found), "max_hold_s": hold_of(found, vocab),
             "corpus_texture": statistics_of(found, vocab), POLICY_KEY: training_policy(codec)}
+
+
+def corpus_statistics(checkpoint: Checkpoint) -> tuple[dict[str, Any] | None, str]:
+    """A music checkpoint's corpus texture (``chargen info``) and where it comes from (None: unknown).
+
+    Runs store it with the weights; for older ones it is computed from the
+    ``tokens.npy`` beside them, if it is still there.
+    """
+    stored = checkpoint.training.get("corpus_texture")
+    if isinstance(stored, dict):
+        return stored, "of the training corpus"
+    tokens = checkpoint.path.parent / TOKENS
+    vocab = getattr(checkpoint.codec, "vocab", None)
+    if vocab is not None and tokens.is_file():
+        try:
+            return statistics_of(corpus_texture(tokens, vocab), vocab), f"computed from {tokens}"
+        except (OSError, ValueError):
+            pass
+    return None, "unknown (older checkpoint without its run's tokens.npy)"
 
 
 def stored_policy(checkpoint: Checkpoint) -> dict[str, Any]:
