@@ -159,7 +159,7 @@ def replay(database: str | None, generation_id: str) -> ReplayOutcome:
     # chosen were decoded with all of them.
     params = {k: v for k, v in record.params.items() if k in known}
     if params.get("grammar") and "grammar_rules" not in params:
-        params["grammar_rules"] = tuple(sorted(ALL_RULES))
+        params["grammar_rules"] = sorted(ALL_RULES)
     config = DecodeConfig(**{"grammar": False, **params})
     result = Generator.from_checkpoint(loaded).generate(record.prime or None, config)
     recorded = [o.text for o in record.outputs]

@@ -68,6 +68,9 @@ def test_the_longest_hold_limits_durations() -> None:
     grammar.push(DUR + V.max_duration_steps - 1)
     assert allowed(grammar) & DURATIONS == set(range(DUR, DUR + 50))
     assert allowed(NoteGrammar(0, [60], max_hold=20)) == set(range(DUR, DUR + 20))
+    # Without the syntax rule any DURATIONs after a PITCH add up (as the decoder reads them): the hold counts all.
+    free = NoteGrammar(0, [60, DUR + 2], max_hold=4, rules=())  # 3 of 4 steps taken
+    assert allowed(free) & DURATIONS == {DUR}
 
 
 def test_fork_is_independent_and_masks_agree() -> None:

@@ -75,7 +75,7 @@ def info(checkpoint: str | None, as_json: bool) -> None:
         click.echo(f"polyphony    cap {cap}, {cap_source}" if cap is not None else f"polyphony    cap {cap_source}")
         click.echo(f"longest hold {hold:g} s, {hold_source}")
         if texture:
-            click.echo(f"corpus       polyphony {texture['polyphony']:g}, median note {texture['median_note_s']:g} s, "
+            click.echo(f"texture      polyphony {texture['polyphony']:g}, median note {texture['median_note_s']:g} s, "
                        f"{texture['notes_per_s']:g} notes/s, pitch {texture['pitch_mean']:g} "
                        f"± {texture['pitch_sd']:g} ({texture_source})")
         if policy is not None:

@@ -45,6 +45,11 @@ The package, one file per step: ``vocab`` (the token layout), ``smf`` (reading
 and cleaning files), ``notes`` (MIDI messages -> quantized notes), ``events``
 (notes <-> token ids), ``codec`` (the :class:`~chargen.codec.Codec`),
 ``export`` (ids -> .mid files) and ``grammar`` (what may come next while decoding).
+
+A second codec, ``midi-notes`` (``note_vocab``, ``note_codec``, ``note_grammar``),
+writes each note as a PITCH and its DURATION instead of NOTE_ON/NOTE_OFF events;
+it is the default for a folder of .mid files (docs/midi.md says why).
+``texture`` holds what a corpus teaches either grammar and ``chargen info``.
 """
 
 from chargen.midi.codec import MidiCodec

@@ -35,8 +35,10 @@ from chargen.midi.note_vocab import DEFAULT_NOTE_VOCAB, NoteVocab
 NOTE_RULES = ("duration", "restrike", "velocity")
 ALL_NOTE_RULES = frozenset(NOTE_RULES)
 _PITCHES = 128
-# What the last token was: what may follow depends on it.
-_OTHER, _PITCH, _LONG, _VELOCITY = 0, 1, 2, 3  # _LONG: a DURATION of the longest length
+# What the last token was: what may follow depends on it. A DURATION right after a PITCH or a DURATION
+# adds to that PITCH's note (as the decoder reads it); _LONG: one of the longest length, _SHORT: another.
+_OTHER, _PITCH, _LONG, _SHORT, _VELOCITY = 0, 1, 2, 3, 4
+_TAKING = (_PITCH, _LONG, _SHORT)  # a DURATION now would lengthen the current note
 
 
 @functools.lru_cache(maxsize=8192)
@@ -51,17 +53,16 @@ def _banned_ids(vocab: NoteVocab, sounding: int, full: bool, after: int, room: i
     no_pitch = full or ("restrike" in rules and sounding == (1 << _PITCHES) - 1)
     pitches = list(range(_PITCHES)) if no_pitch else \
         ([p for p in range(_PITCHES) if sounding >> p & 1] if "restrike" in rules else [])
-    durations_after = room if after in (_PITCH, _LONG) else 0  # DURATIONs that would extend the current note
     if "duration" in rules and after == _PITCH:  # its DURATION, nothing else
         allowed = range(dur_base, dur_base + max(1, min(room, vocab.max_duration_steps)))
         return tuple(t for t in range(vocab.size) if t not in allowed)
     if "velocity" in rules and after == _VELOCITY and not no_pitch:  # its PITCH, nothing else
         return tuple(pitches + list(range(dur_base, vocab.size)))
     banned = pitches
-    if "duration" in rules:
-        banned += range(dur_base + durations_after, shift_base)
-    elif durations_after < vocab.max_duration_steps and after in (_PITCH, _LONG):
-        banned += range(dur_base + durations_after, shift_base)  # the longest hold, without the syntax rule
+    if "duration" in rules:  # a DURATION only to go on from one of the longest, within the hold
+        banned += range(dur_base + (room if after == _LONG else 0), shift_base)
+    elif after in _TAKING and room < vocab.max_duration_steps:  # the longest hold, without the syntax rule
+        banned += range(dur_base + room, shift_base)
     if "velocity" in rules and (no_pitch or after == _VELOCITY):
         banned += range(vocab.velocity_base, vocab.size)
     return tuple(banned)
@@ -122,11 +123,11 @@ class NoteGrammar:
         """Add ``token``; returns what is banned next (``banned()``)."""
         vocab = self.vocab
         if vocab.duration_base <= token < vocab.shift_base:
-            if self.current is not None and self.after in (_PITCH, _LONG):
+            if self.current is not None and self.after in _TAKING:
                 n = token - vocab.duration_base + 1
                 pitch, start, steps = self.current
                 self.current = (pitch, start, steps + n)
-                self.after = _LONG if n == vocab.max_duration_steps else _OTHER
+                self.after = _LONG if n == vocab.max_duration_steps else _SHORT
             else:
                 self.after = _OTHER  # a stray DURATION: ignored
             return self.banned()
@@ -149,7 +150,7 @@ class NoteGrammar:
             bits |= 1 << pitch
         full = self.cap > 0 and len(sounding) >= self.cap
         room = self.vocab.max_duration_steps
-        if self.current is not None and self.after in (_PITCH, _LONG) and self.max_hold:
+        if self.current is not None and self.after in _TAKING and self.max_hold:
             room = max(0, min(room, self.max_hold - self.current[2]))
         return self.vocab, bits, full, self.after, room, self.rules
 

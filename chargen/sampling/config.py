@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,12 @@ class DecodeConfig:
     label: str | None = None  # a labelled model's conditioning label; None: no label
     # The MIDI grammar (chargen.sampling.grammar): None = on for music models (off for text);
     # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = its learnt hold, 0 = none;
-    # grammar_rules None = the model's default rules (chargen.midi.grammar.RULES), () = only the limits.
+    # grammar_rules None = the model's default rules (chargen.midi.grammar.RULES), [] = only the limits;
+    # resolved: a sorted list (as JSON gives it back, so a logged config and a fresh one compare equal).
     grammar: bool | None = None
     max_polyphony: int | None = None
     max_hold_s: float | None = None
-    grammar_rules: tuple[str, ...] | None = None
+    grammar_rules: Sequence[str] | None = None
 
     @property
     def decoder(self) -> str:
@@ -56,7 +58,7 @@ class DecodeConfig:
         if data["grammar"] is None:
             data["grammar"] = music is not None
         if not data["grammar"]:
-            data["max_polyphony"], data["max_hold_s"], data["grammar_rules"] = 0, 0.0, ()
+            data["max_polyphony"], data["max_hold_s"], data["grammar_rules"] = 0, 0.0, []
         else:
             if data["max_polyphony"] is None:
                 data["max_polyphony"] = music.polyphony_cap if music is not None else 0
@@ -64,7 +66,7 @@ class DecodeConfig:
                 data["max_hold_s"] = music.max_hold_s if music is not None else DEFAULT_MAX_HOLD_S
             if data["grammar_rules"] is None:
                 data["grammar_rules"] = music.rules if music is not None else ()
-            data["grammar_rules"] = tuple(sorted(set(data["grammar_rules"])))
+            data["grammar_rules"] = sorted(set(data["grammar_rules"]))
         if data["seed"] is None:
             data["seed"] = random.SystemRandom().randrange(2**31)
         if data["no_repeat_ngram"] is None:

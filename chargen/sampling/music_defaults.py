@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from chargen.codec import Codec
 
 POLICY_KEY = "grammar_defaults"
-#: How checkpoints without a stored policy decode (all rules, both limits): unchanged for them.
-LEGACY_POLICY: dict[str, Any] = {"rules": list(RULES), "cap": True, "hold": True}
+#: How checkpoints without a stored policy decode (every rule of their grammar, both limits): unchanged for them.
+LEGACY_POLICY: dict[str, Any] = {"rules": None, "cap": True, "hold": True}
 #: What new runs store, per codec (see the module docstring for how they were chosen).
 POLICIES: dict[str, dict[str, Any]] = {
     "midi": {"rules": [], "cap": False, "hold": False},
@@ -85,9 +85,9 @@ def corpus_statistics(checkpoint: Checkpoint) -> tuple[dict[str, Any] | None, st
 def stored_policy(checkpoint: Checkpoint) -> dict[str, Any]:
     """The checkpoint's stored policy, or the legacy one; malformed parts fall back to the legacy ones."""
     stored = checkpoint.training.get(POLICY_KEY)
-    if not isinstance(stored, dict):
-        return dict(LEGACY_POLICY)
     known = set(default_rules(checkpoint.codec.vocab))  # type: ignore[attr-defined]
+    if not isinstance(stored, dict):
+        return dict(LEGACY_POLICY, rules=sorted(known))
     rules = stored.get("rules")
     if not isinstance(rules, list) or not all(isinstance(r, str) and r in known for r in rules):
         rules = sorted(known)
