@@ -88,8 +88,7 @@ def run_all(args: argparse.Namespace) -> list[Result]:
                 trained[codec] = {"steps": run.steps, "best_val": run.best_val, "best_step": run.best_step,
                                   "weights": str(run.weights)}
                 models[codec] = evaluate_model(load_checkpoint(run.weights), reference, args.samples, args.length,
-                                               args.seed, args.beam_width, default=codec == args.codecs[0],
-                                               cache=run.run_dir)
+                                               args.seed, args.beam_width, cache=run.run_dir)
             results.append(Result(corpus.name, corpus.note, level, reference, trained, models))
     return results
 
@@ -125,8 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference = corpus_summary(args.corpus)
             if not reference.pieces:
                 raise ChargenError(f"{args.corpus}: no readable MIDI file with notes")
-            model = evaluate_model(loaded, reference, args.samples, args.length, args.seed, args.beam_width,
-                                   default=True)
+            model = evaluate_model(loaded, reference, args.samples, args.length, args.seed, args.beam_width)
             results = [Result(args.corpus.name, str(args.corpus), None, reference, {}, {loaded.codec.name: model})]
             print(markdown(results, command))
             return 0

@@ -7,9 +7,9 @@ alone (:data:`chargen.midi.grammar.RULES` for the event codec,
 limit alone (the polyphony cap, the longest hold), for the event codec its old
 default (every rule, cap and hold: what checkpoints without a stored default
 still decode under), the default (what a new run of this codec decodes under:
-``chargen.sampling.music_defaults.POLICIES``, made explicit), and for the
-default's codec beam search under the default (``--beam-width 4
---beam-sample``, one run per sample, seeds ``seed``, ``seed + 1``, ...).
+``chargen.sampling.music_defaults.POLICIES``, made explicit), and beam
+search under the default (``--beam-width 4 --beam-sample``, one run per
+sample, seeds ``seed``, ``seed + 1``, ...).
 Sampling settings draw all samples as one batch, measured by
 :func:`benchmarks.music.renormalisation.measure` (the same tokens as
 ``Generator.generate``, plus where the mask moved the probability).
@@ -50,12 +50,13 @@ class Evaluated:
     pieces: int
     shift: Shift | None = None
     further: dict[str, bool] = field(default_factory=dict)  # beyond the CI further from the corpus than unconstrained
+    further_z: dict[str, float] = field(default_factory=dict)  # that difference in standard errors
     summary: Summary | None = None  # not serialised
 
     def to_dict(self) -> dict[str, Any]:
         return {"figures": {k: v.to_dict() for k, v in self.figures.items()}, "pieces": self.pieces,
                 "renormalisation": self.shift.to_dict() if self.shift else None,
-                "further_than_unconstrained": self.further}
+                "further_than_unconstrained": self.further, "further_z": self.further_z}
 
 
 @dataclass
@@ -136,20 +137,20 @@ def evaluate_setting(generator: Generator, setting: Setting, reference: Summary,
 
 
 def evaluate_model(checkpoint: Checkpoint, reference: Summary, samples: int, length: int, seed: int,
-                   beam_width: int = 4, default: bool = True, cache: Path | None = None) -> Model:
-    """Every setting of one model (beam search only for the default's codec: ``default``); samples are kept
-    in the folder ``cache`` if given (:func:`sampled`)."""
+                   beam_width: int = 4, cache: Path | None = None) -> Model:
+    """Every setting of one model; samples are kept in the folder ``cache`` if given (:func:`sampled`)."""
     generator = Generator.from_checkpoint(checkpoint)
     music = generator.music
     assert music is not None
     out = {}
-    for setting in settings(generator, samples, length, seed, beam_width, beam=default):
+    for setting in settings(generator, samples, length, seed, beam_width):
         out[setting.name] = evaluate_setting(generator, setting, reference, cache)
     free = out[UNCONSTRAINED].summary
     assert free is not None
     for name, evaluated in out.items():
         if name != UNCONSTRAINED and evaluated.summary is not None:
-            evaluated.further = further_than(evaluated.summary, free, reference, reference.profile())
+            evaluated.further, evaluated.further_z = further_than(evaluated.summary, free, reference,
+                                                                  reference.profile())
     limits = {"cap": music.learnt_cap, "hold_s": music.learnt_hold_s, "default_rules": list(music.rules),
               "default_cap": music.polyphony_cap, "default_hold_s": music.max_hold_s}
     return Model(checkpoint.codec.name, limits, out)

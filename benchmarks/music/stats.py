@@ -50,6 +50,10 @@ STATISTICS: dict[str, tuple[str, str, int]] = {
     "pcp": ("PCP distance", "", 3),
 }
 BOOTSTRAP = 1000
+#: A rule's verdict asks about every statistic on every corpus and level at once (10 x 3 x 2 = 60 one-sided
+#: tests): a difference counts only beyond this many standard errors, the 2.5 % level shared among 60
+#: (Bonferroni), so that a rule without effect is not dropped for the one test in 40 that chance fails.
+FAMILY_Z = 3.34
 # Krumhansl-Kessler key profiles (C major, C minor); the other keys are rotations.
 _MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 _MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
@@ -201,15 +205,17 @@ def bootstrap(summary: Summary, corpus_profile: np.ndarray | None, seed: int = 0
 
 
 def further_than(summary: Summary, other: Summary, corpus: Summary, corpus_profile: np.ndarray, seed: int = 0,
-                 rounds: int = BOOTSTRAP) -> dict[str, bool]:
+                 rounds: int = BOOTSTRAP) -> tuple[dict[str, bool], dict[str, float]]:
     """Per statistic: is ``summary`` further from the corpus than ``other``, beyond the 95 % interval?
 
     The bootstrap resamples the pieces of all three settings independently and
     takes the difference of the two distances to the corpus's figure; True
-    where that difference's interval lies wholly above 0.
+    where that difference's interval lies wholly above 0 (its 2.5th percentile).
+    Also each difference standardised (bootstrap mean over its sd), for tests
+    that must hold across many statistics at once (:data:`FAMILY_Z`).
     """
     if not summary.pieces or not other.pieces:
-        return dict.fromkeys(STATISTICS, False)
+        return dict.fromkeys(STATISTICS, False), dict.fromkeys(STATISTICS, 0.0)
     rng = np.random.default_rng(seed)
     diffs: dict[str, list[float]] = {k: [] for k in STATISTICS}
     distance: Callable[[float, float], float] = lambda a, c: abs(a - c)  # noqa: E731
@@ -220,9 +226,11 @@ def further_than(summary: Summary, other: Summary, corpus: Summary, corpus_profi
         for key in STATISTICS:
             target = 0.0 if key == "pcp" else ref[key]
             diffs[key].append(distance(mine[key], target) - distance(theirs[key], target))
-    out = {}
+    out, z = {}, {}
     for key, values in diffs.items():
         column = np.array(values)
         column = column[np.isfinite(column)]
         out[key] = bool(column.size and np.percentile(column, 2.5) > 0)
-    return out
+        spread = float(column.std()) if column.size else 0.0
+        z[key] = float(column.mean() / spread) if spread > 0 else (np.inf if column.size and column.mean() > 0 else 0.0)
+    return out, z
