@@ -122,6 +122,34 @@ def _acceptance_table(results: Sequence[Result]) -> list[str]:
     return lines
 
 
+HEADLINE = ("polyphony", "pitch_mean", "pitch_sd", "median", "per_s")
+
+
+def _headline_table(results: Sequence[Result]) -> list[str]:
+    """The bounded statistics: the corpus, the event codec's old default, the default, and beam search."""
+    heads = [STATISTICS[k][0] for k in HEADLINE]
+    lines = ["| corpus | level | decoding | " + " | ".join(heads) + " |", "|---|---|---|" + "---:|" * len(heads)]
+    for result in results:
+        if not result.models or result.reference is None:
+            continue
+        level = result.level.name if result.level else ""
+        corpus = result.corpus_figures()
+        lines.append(f"| {result.corpus} | {level} | corpus | "
+                     + " | ".join(f"{corpus[k].value:.{STATISTICS[k][2]}f}" for k in HEADLINE) + " |")
+        default_codec = next(iter(result.models))
+        picks = [(codec, name) for codec, model in result.models.items() for name in model.settings
+                 if name == "old default" or (codec == default_codec and (name == DEFAULT or name.startswith("beam")))]
+        for codec, name in picks:
+            figures = result.models[codec].settings[name].figures
+            cells = []
+            for k in HEADLINE:
+                value, ref = figures[k].value, corpus[k].value
+                off = f"{value - ref:+.1f}" if k in ABSOLUTE else f"{100 * (value - ref) / ref:+.0f} %"
+                cells.append(f"{value:.{STATISTICS[k][2]}f} ({off})")
+            lines.append(f"| | | `{codec}` {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _figures_table(result: Result) -> list[str]:
     heads = [f"{title}{' (' + unit + ')' if unit else ''}" for title, unit, _ in STATISTICS.values()]
     lines = ["| model | setting | pieces | " + " | ".join(heads) + " |", "|---|---|---:|" + "---:|" * len(heads)]
@@ -163,6 +191,8 @@ def markdown(results: Sequence[Result], command: str) -> str:
              "of the corpus on polyphony, median note length, notes/s and pitch sd, within 1.5 semitones on "
              "the pitch mean.", "", "### Acceptance", ""]
     lines += _acceptance_table(results)
+    lines += ["", "### The event codec's old default against the default (the note codec) and beam search", ""]
+    lines += _headline_table(results)
     lines += ["", "### Which rule stays a default", "",
               "Each rule and each learnt limit alone against unconstrained sampling of the same model, on every "
               "corpus, level and statistic: a rule stays in the codec's default "

@@ -34,7 +34,7 @@ LEGACY_POLICY: dict[str, Any] = {"rules": None, "cap": True, "hold": True}
 #: What new runs store, per codec (see the module docstring for how they were chosen).
 POLICIES: dict[str, dict[str, Any]] = {
     "midi": {"rules": [], "cap": False, "hold": False},
-    "midi-notes": {"rules": list(NOTE_RULES), "cap": False, "hold": False},
+    "midi-notes": {"rules": ["duration", "restrike"], "cap": False, "hold": True},
 }
 
 
