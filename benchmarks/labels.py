@@ -9,7 +9,7 @@ the computation behind the validation loss. A model that uses its labels scores
 every row best in its own column (bold).
 
 For a MIDI run, samples are generated with each label (and without one) and
-read back as ``benchmarks.music_quality`` reads them; polyphony is its
+read back as ``benchmarks.music.stats`` reads them; polyphony is its
 time-weighted mean number of sounding notes, beside the same figure for each
 label's corpus files.
 """
@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.music_quality import MAX_NOTE_S, Row, corpus_row, read_back
+from benchmarks.music.settings import MAX_NOTE_S
+from benchmarks.music.stats import Summary, read_back
+from benchmarks.music_quality import corpus_summary
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.layout import LABELS, TOKENS, read_run_json
 from chargen.runs.lookup import resolve_checkpoint
 from chargen.sampling import DecodeConfig, Generator
 from chargen.scoring.evaluate import label_loss_matrix
-from chargen.training.data import find_corpus_files, load_tokens, split_tokens
+from chargen.training.data import load_tokens, split_tokens
 
 
 def loss_table(run: str) -> tuple[str, bool]:
@@ -66,13 +69,11 @@ def polyphony_table(run: str, samples: int, length: int, temperature: float, see
     for index, name in enumerate(names):
         corpus_cell = "–"
         if name is not None and len(corpus_paths) == len(loaded.config.labels):
-            _, files = find_corpus_files([corpus_paths[index]], "midi")
-            corpus, _ = corpus_row(files, loaded.codec, MAX_NOTE_S)
-            corpus_cell = f"{corpus.stats(np.zeros(12))['polyphony']:.2f}"
+            corpus = corpus_summary(Path(corpus_paths[index]))
+            corpus_cell = f"{corpus.statistics(None)['polyphony']:.2f}"
         result = generator.generate(None, DecodeConfig(length=length, temperature=temperature, num_samples=samples,
                                                        seed=seed, label=name))
-        row = Row("model", "", "", [read_back(s.ids, vocab, MAX_NOTE_S, MAX_NOTE_S) for s in result.samples])
-        stats = row.stats(np.zeros(12))
+        stats = Summary([read_back(s.ids, vocab, MAX_NOTE_S) for s in result.samples]).statistics(None)
         lines.append(f"| {name or '(none)'} | {corpus_cell} | {stats['polyphony']:.2f} | {stats['per_s']:.1f} |")
     return "\n".join(lines)
 
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table, right_best = loss_table(args.run)
     print(table)
     print(f"\nright label best in every row: {'yes' if right_best else 'NO'}")
-    if load_checkpoint(resolve_checkpoint(args.run)).codec.name == "midi":
+    if load_checkpoint(resolve_checkpoint(args.run)).codec.music:
         print()
         print(polyphony_table(args.run, args.samples, args.length, args.temperature, args.seed))
 

@@ -1,290 +1,147 @@
-"""How much a MIDI model's samples sound like its corpus: texture statistics as a Markdown table.
+"""Does sampled music sound like its corpus? Texture statistics per corpus, training level, codec and decoding.
 
-    python -m benchmarks.music_quality CHECKPOINT CORPUS_DIR [--length 3000] [--samples 3]
-        [--temperatures 0.8 1.0 1.2] [--beam-width 4] [--seed 1] [--cap K] [--max-hold-s S] [--out FILE]
+    python -m benchmarks.music_quality [--corpora midi-basics shared bach] [--samples 16] [--length 3000]
+        [--short-steps 600] [--max-steps 5000] [--eval-every 100] [--patience 4] [--work DIR] [--no-publish]
+    python -m benchmarks.music_quality --checkpoint RUN --corpus DIR [--samples 16] [--length 3000]
 
-Rows: the corpus, then samples at each temperature and one beam search, each
-decoded without the MIDI grammar (today's decoder) and with it
-(:mod:`chargen.codecs.midi.grammar`, polyphony cap K: the checkpoint's stored cap, or
-else the corpus's 99th percentile of simultaneous notes over time), the latter
-twice: the cap alone, and with ``max_hold`` set to the checkpoint's longest
-hold (the model must release a note before then: the decoder's default; the
-corpus's 99th percentile of note length, at most the export's held-note cap,
-or that cap for an older checkpoint without its run's tokens). Every piece, corpus file
-or sample, goes the same way: token ids (the corpus encoded by the checkpoint's
-codec) -> :func:`chargen.codecs.midi.export.decode_to_midi` -> a Standard MIDI File
-read back by pretty_midi, which the statistics are taken from. Samples are
-exported with the held-note cap ``--max-note-s`` (5 s, as ``chargen sample``
-does); the corpus without it, so that its own long notes count as such.
+For each corpus (:mod:`benchmarks.music.corpora`: midi-basics, the shared
+folder, music21's Bach chorales) and each training level (a short run, and one
+stopped when its validation loss plateaus: :mod:`benchmarks.music.training`),
+one ``small`` model per music codec (``midi-notes``, the note codec; ``midi``,
+the event codec), then for each model the decoding settings of
+:mod:`benchmarks.music.settings` at temperature 1.0: unconstrained, each grammar
+rule alone, each learnt limit alone, the event codec's old default (every rule,
+cap and hold), the default, and beam search under the default. Every piece is
+read back from its .mid by pretty_midi; each figure has a 95 % bootstrap
+interval over pieces (:mod:`benchmarks.music.stats`).
 
-The columns, pooled over all pieces of a row:
-
-* polyphony: time-weighted mean number of sounding notes while at least one
-  sounds, i.e. the total duration of all notes over the length of time during
-  which any note sounds (rests excluded; a four-voice chorale scores about 4).
-* pitch mean ± sd: mean and standard deviation of MIDI pitch over notes (each
-  note counts once, whatever its length).
-* PCP distance: distance of the row's pitch-class profile from the corpus's.
-  A piece's profile is its duration-weighted pitch-class histogram (seconds of
-  sounding per pitch class, 12 values summing to 1) sorted in descending order
-  ("key-sorted": the most-sounded class first, so the piece's key and any
-  transposition do not matter, only how its time spreads over the classes); a
-  row's profile is the mean of its pieces' sorted profiles; the distance is
-  the total variation 0.5 * sum |p_i - q_i|, in [0, 1] (0 for the corpus).
-* note length median and IQR: of note durations in seconds, as exported
-  (after the held-note cap), IQR = 75th - 25th percentile.
-* notes/s: number of notes over the summed length of the pieces (from 0 to
-  the last note's end).
-* cut: the share of notes that the held-note cap ends, i.e. notes longer than
-  ``--max-note-s`` in the token stream (for the corpus: longer in the corpus).
-
-Generation is on the CPU and takes minutes for the default 3,000 tokens; do
-not run it on a shared machine for figures that matter.
+The figures go to ``benchmarks/results/music_quality.json``, and a Markdown
+section (the command, the acceptance checks, the tables) to BENCHMARKS.md.
+With ``--checkpoint``, one existing model against one corpus folder, printed only.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import warnings
+import json
+import shlex
+import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
-from chargen.codecs.midi import MidiCodec, MidiVocab, ids_to_notes
-from chargen.codecs.midi.export import decode_to_midi
-from chargen.codecs.midi.texture import polyphony_cap
+from benchmarks.common import REPO, publish
+from benchmarks.music.corpora import corpora, default_cache
+from benchmarks.music.report import Result, acceptance, markdown
+from benchmarks.music.settings import evaluate_model
+from benchmarks.music.stats import Summary, read_back
+from benchmarks.music.training import Level, train
+from chargen.codecs.registry import codec_class, codec_for_suffix
 from chargen.errors import ChargenError, CorruptFileError
 from chargen.runs.checkpoint import load_checkpoint
 from chargen.runs.lookup import resolve_checkpoint
-from chargen.sampling import DecodeConfig, Generator, learnt_max_hold_s
 from chargen.training.data import find_corpus_files
 
-MAX_NOTE_S = 5.0
+START = "<!-- benchmarks/music_quality.py: start (generated) -->"
+END = "<!-- benchmarks/music_quality.py: end -->"
+RESULTS = REPO / "benchmarks" / "results" / "music_quality.json"
+CODECS = ("midi-notes", "midi")
 
 
-@dataclass
-class Notes:
-    """The notes of one exported piece as pretty_midi reads them, and how many the held-note cap cut."""
-
-    start: np.ndarray
-    end: np.ndarray
-    pitch: np.ndarray
-    cut: int = 0
-
-    @property
-    def duration(self) -> np.ndarray:
-        return self.end - self.start
-
-
-def read_back(ids: Sequence[int], vocab: MidiVocab, max_note_s: float | None, cut_s: float) -> Notes:
-    """Export ``ids`` as chargen writes a file (held-note cap ``max_note_s``) and read it with pretty_midi.
-
-    ``cut`` counts the notes of the stream longer than ``cut_s``: those the cap ends.
-    """
-    import pretty_midi
-
-    notes = ids_to_notes(ids, vocab)
-    longest = max(1, round(cut_s * 1000 / vocab.step_ms))
-    cut = sum(n.end - n.start > longest for n in notes)
-    if not notes:
-        empty = np.zeros(0)
-        return Notes(empty, empty, empty)
-    buffer = io.BytesIO()
-    decode_to_midi(ids, vocab=vocab, max_note_s=max_note_s).save(file=buffer)
-    buffer.seek(0)
-    with warnings.catch_warnings():  # pretty_midi warns about meta events it does not need
-        warnings.simplefilter("ignore")
-        read = [n for inst in pretty_midi.PrettyMIDI(buffer).instruments if not inst.is_drum for n in inst.notes]
-    return Notes(np.array([n.start for n in read]), np.array([n.end for n in read]),
-                 np.array([n.pitch for n in read]), cut)
-
-
-def sounding_time(notes: Notes) -> float:
-    """Seconds during which at least one note sounds (the union of the notes' intervals)."""
-    if not len(notes.start):
-        return 0.0
-    times = np.concatenate([notes.start, notes.end])
-    change = np.concatenate([np.ones(len(notes.start)), -np.ones(len(notes.end))])
-    order = np.lexsort((change, times))  # at one time, ends (-1) before starts
-    times, running = times[order], np.cumsum(change[order])
-    return float(np.sum(np.diff(times)[running[:-1] > 0]))
-
-
-def pitch_class_profile(notes: Notes) -> np.ndarray:
-    """Duration-weighted pitch-class histogram summing to 1, sorted descending (see the module docstring)."""
-    profile = np.bincount(notes.pitch.astype(np.int64) % 12, weights=notes.duration, minlength=12)
-    total = profile.sum()
-    return np.sort(profile / total)[::-1] if total > 0 else np.zeros(12)
-
-
-def total_variation(p: np.ndarray, q: np.ndarray) -> float:
-    return float(0.5 * np.abs(p - q).sum())
-
-
-@dataclass
-class Row:
-    source: str
-    decoder: str
-    grammar: str
-    pieces: list[Notes] = field(default_factory=list)
-
-    @property
-    def notes(self) -> Notes:
-        return Notes(*(np.concatenate([getattr(p, name) for p in self.pieces] or [np.zeros(0)])
-                       for name in ("start", "end", "pitch")), sum(p.cut for p in self.pieces))
-
-    def profile(self) -> np.ndarray:
-        profiles = [pitch_class_profile(p) for p in self.pieces if len(p.pitch)]
-        return np.mean(profiles, axis=0) if profiles else np.zeros(12)
-
-    def stats(self, corpus_profile: np.ndarray) -> dict[str, float]:
-        """The table's figures for this row (NaN where there are no notes)."""
-        pooled = self.notes
-        count = len(pooled.pitch)
-        if not count:
-            return dict.fromkeys(("polyphony", "pitch_mean", "pitch_sd", "pcp", "median", "iqr", "per_s", "cut"),
-                                 float("nan"))
-        q25, median, q75 = np.percentile(pooled.duration, [25, 50, 75])
-        span = sum(float(p.end.max()) for p in self.pieces if len(p.end))
-        return {
-            "polyphony": float(pooled.duration.sum()) / sum(sounding_time(p) for p in self.pieces),
-            "pitch_mean": float(pooled.pitch.mean()),
-            "pitch_sd": float(pooled.pitch.std()),
-            "pcp": total_variation(self.profile(), corpus_profile),
-            "median": float(median),
-            "iqr": float(q75 - q25),
-            "per_s": count / span if span > 0 else float("nan"),
-            "cut": pooled.cut / count,
-        }
-
-
-@dataclass(frozen=True)
-class GrammarSettings:
-    """The MIDI grammar's settings for one row (see :class:`chargen.codecs.midi.grammar.MidiGrammar`)."""
-
-    cap: int  # polyphony cap, 0 = none
-    max_hold_s: float = 0.0  # longest note in seconds, 0 = no limit
-
-    def label(self) -> str:
-        hold = f", hold <= {self.max_hold_s:g} s" if self.max_hold_s else ""
-        return f"on, cap {self.cap}{hold}"
-
-
-def decode_config(base: DecodeConfig, grammar: GrammarSettings | None) -> DecodeConfig:
-    """``base`` without the MIDI grammar (None: switched off explicitly, as it is on by default) or with it."""
-    if grammar is None:
-        return replace(base, grammar=False)
-    return replace(base, grammar=True, max_polyphony=grammar.cap, max_hold_s=grammar.max_hold_s)
-
-
-def corpus_row(files: Sequence[Path], codec: MidiCodec, max_note_s: float) -> tuple[Row, np.ndarray]:
-    """The corpus's row (exported without the held-note cap) and all its token ids; unreadable files left out."""
-    row = Row("corpus", "", "")
-    encoded = []
+def corpus_summary(folder: Path) -> Summary:
+    """The corpus's pieces, encoded by the default music codec, exported without a held-note cap, read back."""
+    codec = codec_class(codec_for_suffix(Path("x.mid")) or "midi").fit()
+    _, files = find_corpus_files([folder], codec.name)
+    pieces = []
     for path in files:
         try:
             ids = codec.encode_file(path)
         except CorruptFileError:
             continue
-        encoded.append(ids)
-        piece = read_back(ids.tolist(), codec.vocab, None, max_note_s)
-        if len(piece.pitch):
-            row.pieces.append(piece)
-    return row, (np.concatenate(encoded) if encoded else np.zeros(0, dtype=np.int64))
+        pieces.append(read_back(ids.tolist(), codec.vocab, None))  # type: ignore[attr-defined]
+    return Summary(pieces)
 
 
-def sample_rows(generator: Generator, grammars: Sequence[GrammarSettings], temperatures: Sequence[float],
-                beam_width: int, length: int, samples: int, seed: int, max_note_s: float) -> list[Row]:
-    """For each decoder setting, a row without the grammar and one per ``grammars``."""
-    settings = [(f"sample T={t:g}", DecodeConfig(length=length, temperature=t, num_samples=samples, seed=seed))
-                for t in temperatures]
-    if beam_width:
-        settings.append((f"beam {beam_width}", DecodeConfig(length=length, beam_width=beam_width, seed=seed)))
-    rows = []
-    for name, base in settings:
-        for grammar in (None, *grammars):
-            row = Row("model", name, "off" if grammar is None else grammar.label())
-            result = generator.generate(None, decode_config(base, grammar))
-            row.pieces = [read_back(s.ids, generator.codec.vocab, max_note_s, max_note_s) for s in result.samples]
-            rows.append(row)
-    return rows
+def run_all(args: argparse.Namespace) -> list[Result]:
+    cache = args.work or default_cache()
+    plateau = Level("plateau", args.max_steps, args.eval_every, patience=args.patience)
+    results = []
+    for corpus in corpora(cache, tuple(args.corpora)):
+        if corpus.folder is None:
+            results.append(Result(corpus.name, corpus.note, None, None, {}, {}))
+            print(f"{corpus.name}: {corpus.note}", file=sys.stderr)
+            continue
+        reference = corpus_summary(corpus.folder)
+        runs = {codec: train(corpus.folder, codec, plateau, cache / "runs", f"{corpus.name}-{codec}-plateau")
+                for codec in args.codecs}
+        # Short: --short-steps, or half the steps to the default codec's best validation if that is fewer
+        # (a small corpus plateaus early), so that it is always the less trained of the two.
+        best = runs[args.codecs[0]].best_step or args.short_steps
+        short = Level("short", max(args.eval_every, min(args.short_steps, best // 2)), args.eval_every)
+        for level in (short, plateau):
+            models = {}
+            trained = {}
+            for codec in args.codecs:
+                began = time.monotonic()
+                run = train(corpus.folder, codec, level, cache / "runs", f"{corpus.name}-{codec}-{level.name}")
+                print(f"{corpus.name} {level.name} {codec}: {run.steps} steps, best val {run.best_val} "
+                      f"({time.monotonic() - began:.0f} s)", file=sys.stderr)
+                trained[codec] = {"steps": run.steps, "best_val": run.best_val, "best_step": run.best_step,
+                                  "weights": str(run.weights)}
+                models[codec] = evaluate_model(load_checkpoint(run.weights), reference, args.samples, args.length,
+                                               args.seed, args.beam_width, cache=run.run_dir)
+            results.append(Result(corpus.name, corpus.note, level, reference, trained, models))
+    return results
 
 
-def fmt(value: float, digits: int = 2) -> str:
-    return "–" if value != value else f"{value:.{digits}f}"  # NaN: no notes
-
-
-def table(rows: Sequence[Row], corpus_profile: np.ndarray) -> str:
-    lines = ["| source | decoder | grammar | pieces | notes | polyphony | pitch mean ± sd | PCP distance | "
-             "note length median (IQR) s | notes/s | cut by the held-note cap |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        s = row.stats(corpus_profile)
-        lines.append(
-            f"| {row.source} | {row.decoder} | {row.grammar} | {len(row.pieces)} | {len(row.notes.pitch)} | "
-            f"{fmt(s['polyphony'])} | {fmt(s['pitch_mean'], 1)} ± {fmt(s['pitch_sd'], 1)} | {fmt(s['pcp'], 3)} | "
-            f"{fmt(s['median'])} ({fmt(s['iqr'])}) | {fmt(s['per_s'], 1)} | {fmt(100 * s['cut'], 1)} % |")
-    return "\n".join(lines)
-
-
-def report(checkpoint: str, corpus: Path, length: int, samples: int, temperatures: Sequence[float],
-           beam_width: int, seed: int, cap: int | None, max_note_s: float, max_hold_s: float | None = None) -> str:
-    loaded = load_checkpoint(resolve_checkpoint(checkpoint))
-    codec = loaded.codec
-    if not isinstance(codec, MidiCodec):
-        raise ChargenError(f"{loaded.path}: not a MIDI model (codec {codec.name})")
-    _, files = find_corpus_files([corpus], "midi")
-    corpus_stats, corpus_ids = corpus_row(files, codec, max_note_s)
-    if not corpus_stats.pieces:
-        raise ChargenError(f"{corpus}: no readable MIDI file with notes")
-    stored = loaded.training.get("polyphony_cap")
-    if cap is None:
-        cap, cap_source = ((int(stored), "stored in the checkpoint") if stored is not None else
-                           (polyphony_cap(corpus_ids, codec.vocab),
-                            "the corpus's 99th percentile of simultaneous notes over time"))
-    else:
-        cap_source = "given with --cap"
-    if max_hold_s is None:
-        max_hold_s, hold_source = learnt_max_hold_s(loaded)
-    else:
-        hold_source = "given with --max-hold-s"
-    # The cap alone, then with notes held at most as long as the decoder's default lets them (the learnt hold).
-    grammars = [GrammarSettings(cap), GrammarSettings(cap, max_hold_s)]
-    rows = [corpus_stats, *sample_rows(Generator.from_checkpoint(loaded), grammars, temperatures, beam_width, length,
-                                       samples, seed, max_note_s)]
-    head = (f"Checkpoint `{loaded.path}`, corpus `{corpus}` ({len(corpus_stats.pieces)} files with notes). "
-            f"{samples} samples of {length} tokens per temperature, one beam of {length}; seed {seed}; "
-            f"samples exported with a {max_note_s:g} s held-note cap. Polyphony cap {cap} ({cap_source}); "
-            f"longest hold {max_hold_s:g} s ({hold_source}).")
-    return head + "\n\n" + table(rows, corpus_stats.profile())
-
-
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="checkpoint file, run folder or run name")
-    parser.add_argument("corpus", type=Path, help="the folder of MIDI files the model was trained on")
+    parser.add_argument("--corpora", nargs="+", default=["midi-basics", "shared", "bach"])
+    parser.add_argument("--codecs", nargs="+", default=list(CODECS), help="the first is the default's codec")
+    parser.add_argument("--samples", type=int, default=16, help="samples per setting (one batch; beam: runs)")
     parser.add_argument("--length", type=int, default=3000, help="tokens per sample")
-    parser.add_argument("--samples", type=int, default=3, help="samples per temperature")
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.8, 1.0, 1.2])
-    parser.add_argument("--beam-width", type=int, default=4, help="0: no beam search row")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--cap", type=int, help="polyphony cap [default: the checkpoint's, else the corpus's]")
-    parser.add_argument("--max-hold-s", type=float, help="longest hold under the grammar [default: the checkpoint's]")
-    parser.add_argument("--max-note-s", type=float, default=MAX_NOTE_S, help="held-note cap of the export")
-    parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    parser.add_argument("--beam-width", type=int, default=4)
+    parser.add_argument("--short-steps", type=int, default=600)
+    parser.add_argument("--max-steps", type=int, default=5000, help="the plateau run's schedule")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=4, help="evaluations without improvement that stop a run")
+    parser.add_argument("--work", type=Path, help="corpora and runs [default: $CHARGEN_BENCH_CACHE or "
+                        "~/.cache/chargen-bench]")
+    parser.add_argument("--checkpoint", help="evaluate this model only (with --corpus)")
+    parser.add_argument("--corpus", type=Path, help="the folder of .mid files --checkpoint was trained on")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--no-publish", action="store_true", help="print, write neither JSON nor BENCHMARKS.md")
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.music_quality " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
-        text = report(args.checkpoint, args.corpus, args.length, args.samples, args.temperatures,
-                      args.beam_width, args.seed, args.cap, args.max_note_s, args.max_hold_s)
+        if args.checkpoint:
+            if args.corpus is None:
+                parser.error("--checkpoint needs --corpus")
+            loaded = load_checkpoint(resolve_checkpoint(args.checkpoint))
+            if not loaded.codec.music:
+                raise ChargenError(f"{loaded.path}: not a MIDI model (codec {loaded.codec.name})")
+            reference = corpus_summary(args.corpus)
+            if not reference.pieces:
+                raise ChargenError(f"{args.corpus}: no readable MIDI file with notes")
+            model = evaluate_model(loaded, reference, args.samples, args.length, args.seed, args.beam_width)
+            results = [Result(args.corpus.name, str(args.corpus), None, reference, {}, {loaded.codec.name: model})]
+            print(markdown(results, command))
+            return 0
+        results = run_all(args)
     except ChargenError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    body = markdown(results, command)
+    if args.no_publish:
+        print(body)
+        return 0
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"command": command, "results": [r.to_dict() for r in results],
+                                     "acceptance": acceptance(results)}, indent=1) + "\n")
+    return publish(body, args.out, START, END)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

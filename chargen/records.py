@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chargen.codecs.base import Codec
+from chargen.codecs.midi.grammar import ALL_RULES
 from chargen.errors import ChargenError
 from chargen.files.atomic import sha256_file
 from chargen.runs.checkpoint import Checkpoint, load_checkpoint
@@ -152,8 +153,12 @@ def replay(database: str | None, generation_id: str) -> ReplayOutcome:
         )
     loaded = load_checkpoint(path)
     known = {f.name for f in fields(DecodeConfig)}
-    # Rows from before the MIDI grammar existed were decoded without it.
-    config = DecodeConfig(**{"grammar": False, **{k: v for k, v in record.params.items() if k in known}})
+    # Rows from before the MIDI grammar existed were decoded without it; rows from before its rules could be
+    # chosen were decoded with all of them.
+    params = {k: v for k, v in record.params.items() if k in known}
+    if params.get("grammar") and "grammar_rules" not in params:
+        params["grammar_rules"] = sorted(ALL_RULES)
+    config = DecodeConfig(**{"grammar": False, **params})
     result = Generator.from_checkpoint(loaded).generate(record.prime or None, config)
     recorded = [o.text for o in record.outputs]
     replayed = [s.text for s in result.samples]

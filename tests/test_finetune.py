@@ -137,7 +137,8 @@ def test_fine_tuned_run_resumes_and_keeps_its_parent(corpora: tuple[Path, Path],
     assert json.loads((root / "B" / RUN_JSON).read_text())["parent"]["run"] == "A"
 
 
-def test_midi_run_fine_tunes_on_another_midi_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["midi-notes", "midi"])
+def test_midi_run_fine_tunes_on_another_midi_folder(tmp_path: Path, codec: str) -> None:
     basics = REPO / "corpora" / "midi-basics"
     folders = {"arpeggios": "arpeggio-*.mid", "chorales": "chorale-*.mid"}
     for name, pattern in folders.items():
@@ -146,13 +147,15 @@ def test_midi_run_fine_tunes_on_another_midi_folder(tmp_path: Path) -> None:
             shutil.copy(path, tmp_path / name)
     flags = ("--batch-size", "4", "--seq-len", "32", "--eval-every", "5", "--max-steps", "5", "--threads", "1",
              "--quiet", "--no-log", "--out", str(tmp_path / "runs"))
-    made = run_cli("train", str(tmp_path / "arpeggios"), "--size", "tiny", "--run-name", "arp", *flags)
+    made = run_cli("train", str(tmp_path / "arpeggios"), "--codec", codec, "--size", "tiny", "--run-name", "arp",
+                   *flags)
     assert made.returncode == 0, made.stderr
     tuned = run_cli("train", str(tmp_path / "chorales"), "--init-from", str(tmp_path / "runs" / "arp"),
                     "--run-name", "chorales", *flags)
     assert tuned.returncode == 0, tuned.stderr
     parent, child = (load_checkpoint(tmp_path / "runs" / name / LAST) for name in ("arp", "chorales"))
-    assert child.codec.name == "midi" and child.codec.symbols == parent.codec.symbols
+    # --codec auto reads the .mid files the parent's way (either music codec)
+    assert child.codec.name == codec and child.codec.symbols == parent.codec.symbols
     assert child.config == parent.config
     assert child.training["parent"]["run"] == "arp" and child.training["parent"]["new_symbols"] == ""
     assert child.training["corpus_paths"] == [str(tmp_path / "chorales")]

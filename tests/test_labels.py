@@ -34,7 +34,7 @@ from chargen.sampling.steppers import Stepper, batch_stepper
 from chargen.scoring.evaluate import label_loss_matrix
 from chargen.training import TrainConfig
 from chargen.training.data import StreamBatcher, load_tokens, split_tokens
-from tests.conftest import FABLES, assert_one_line_error, run_cli
+from tests.conftest import FABLES, REPO, assert_one_line_error, run_cli
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
 
@@ -259,3 +259,32 @@ def test_one_scheduler_batch_with_mixed_labels_gives_each_its_own() -> None:
         assert [s.ids for s in payload[0]] == [s.ids for s in expected], config.label
     assert len({tuple(payload[0][0].ids) for _, payload in results[:4]}) == 4
 
+
+
+@pytest.mark.parametrize("codec", ["auto", "midi"])
+def test_labels_from_folders_of_midi_files_in_either_music_codec(tmp_path: Path, codec: str) -> None:
+    """Subfolders of .mid files as labels: auto reads them with the note codec, --codec midi as events; each
+    label's tokens are its own files' and a labelled sample writes a .mid that pretty_midi reads."""
+    pretty_midi = pytest.importorskip("pretty_midi")
+    from chargen.codecs.registry import codec_class
+
+    basics = REPO / "corpora" / "midi-basics"
+    corpus = tmp_path / "corpus"
+    for label, pattern in (("chorales", "chorale-*.mid"), ("scales", "scale-*.mid")):
+        (corpus / label).mkdir(parents=True)
+        for path in sorted(basics.glob(pattern))[:4]:
+            (corpus / label / path.name).write_bytes(path.read_bytes())
+    result = start_run([corpus], TrainConfig(max_steps=4, **TINY), "tiny", run_name="music", out=tmp_path / "runs",
+                       progress=False, warn=lambda m: None, labels_from="folders", codec_name=codec)
+    loaded = load_checkpoint(result.run_dir / LAST)
+    expected_codec = "midi-notes" if codec == "auto" else codec
+    assert loaded.codec.name == expected_codec and loaded.config.labels == ["chorales", "scales"]
+    ids, labels = load_tokens(result.run_dir / TOKENS), load_tokens(result.run_dir / LABELS)
+    reader = codec_class(expected_codec)()
+    chorales = np.concatenate([reader.encode_file(p) for p in sorted((corpus / "chorales").glob("*.mid"))])
+    assert np.array_equal(ids[labels == 0], chorales)
+    out = tmp_path / "scale.mid"
+    sampled = run_cli("sample", "-c", str(result.run_dir), "--label", "scales", "--len", "200", "--seed", "1",
+                      "-o", str(out), "--no-log")
+    assert sampled.returncode == 0, sampled.stderr
+    assert [n for inst in pretty_midi.PrettyMIDI(str(out)).instruments for n in inst.notes]

@@ -95,14 +95,16 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path) -> None:
     assert_one_line_error(run_cli("score", str(binary), "-c", str(run)), "binary")
 
 
-def test_a_midi_file_is_scored_with_a_midi_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["auto", "midi"])  # auto: the note codec
+def test_a_midi_file_is_scored_with_a_midi_model(tmp_path: Path, codec: str) -> None:
     from chargen.runs.start import start_run
     from chargen.training import TrainConfig
 
     basics = REPO / "corpora" / "midi-basics"
     config = TrainConfig(batch_size=8, seq_len=32, lr=1e-2, max_steps=20, eval_every=10, seed=2, threads=1)
     result = start_run([basics], config, preset="tiny", run_name="m", out=tmp_path / "ck", progress=False,
-                       warn=lambda message: None)
+                       warn=lambda message: None, codec_name=codec)
+    assert load_checkpoint(result.run_dir / LAST).codec.name == ("midi-notes" if codec == "auto" else codec)
     piece = sorted(basics.glob("*.mid"))[0]
     out = run_cli("score", str(piece), "-c", str(result.run_dir), "--json")
     assert out.returncode == 0, out.stderr

@@ -15,7 +15,9 @@ import httpx
 import pytest
 from service_support import ServerProcess, make_checkpoint, parse_sse, reference, thread_server
 
-from chargen.codecs.midi import MidiCodec
+from chargen.codecs.base import Codec
+from chargen.codecs.midi import MidiCodec, stream_notes
+from chargen.codecs.midi.note_codec import NoteCodec
 from chargen.runs.checkpoint import Checkpoint, load_checkpoint
 from chargen.serve import Limits, create_app
 from chargen.serve.page import INDEX, STATIC_DIR
@@ -412,19 +414,26 @@ def test_body_limit_applies_after_auth(token_url: str) -> None:
 # -- music -----------------------------------------------------------------
 
 
-def test_midi_format_returns_a_midi_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", [MidiCodec(), NoteCodec()], ids=["midi", "midi-notes"])
+def test_midi_format_returns_a_midi_file(tmp_path: Path, codec: Codec) -> None:
     import io
 
     import mido
 
-    ckpt = load_checkpoint(make_checkpoint(tmp_path / "music.safetensors", MidiCodec(), seed=4))
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "music.safetensors", codec, seed=4))
     with thread_server(create_app({"music": ckpt}, None, None, LIMITS)) as base, \
             httpx.Client(base_url=base, timeout=60) as http:
-        assert http.get("/v1/models").json()["models"][0]["codec"] == "midi"
+        model = http.get("/v1/models").json()["models"][0]
+        assert model["codec"] == codec.name and model["music"] is True
         got = generate(http, length=200, seed=5, format="midi")
         sample = got["samples"][0]
         midi = mido.MidiFile(file=io.BytesIO(base64.b64decode(sample["midi_base64"])))
         assert midi.length >= 0
+        # The piano roll's notes are the notes the model's own codec reads from its tokens.
+        expected = stream_notes(codec.encode(sample["text"]), codec.vocab)  # type: ignore[attr-defined]
+        assert [(p, round(s, 2), round(e, 2)) for p, s, e, _ in sample["notes"]] == \
+            [(n.pitch, round(n.start * 0.01, 2), round(min(n.end - n.start, 500) * 0.01 + n.start * 0.01, 2))
+             for n in expected]
         for pitch, start, end, velocity in sample["notes"]:
             assert 0 <= pitch < 128 and 0 <= start <= end and 0 < velocity < 128
         assert_same(got, reference(ckpt, None, length=200, seed=5))
@@ -495,15 +504,16 @@ def test_midi_download_from_history(tmp_path: Path, database_url: str) -> None:
         assert http.get(f"/v1/generations/{got['history_id']}.mid", params={"index": 2}).status_code == 404
 
 
-@pytest.mark.parametrize("prime", [None, "primed"])
+@pytest.mark.parametrize("prime, codec", [(None, MidiCodec()), ("primed", MidiCodec()), ("primed", NoteCodec())],
+                         ids=["midi", "midi-primed", "midi-notes-primed"])
 @pytest.mark.slow
-def test_history_export_of_a_served_midi_generation_is_the_served_file(tmp_path: Path, prime: str | None) -> None:
+def test_history_export_of_a_served_midi_generation_is_the_served_file(tmp_path: Path, prime: str | None,
+                                                                       codec: Codec) -> None:
     """`chargen history export ID -o x.mid` writes, byte for byte, the .mid the service answered with."""
     from click.testing import CliRunner
 
     from chargen.cli import cli
 
-    codec = MidiCodec()
     path = make_checkpoint(tmp_path / "music.safetensors", codec, seed=4)
     database = f"sqlite:///{tmp_path / 'history.db'}"
     body: dict[str, Any] = {"length": 300, "seed": 5, "format": "midi", "num_samples": 2}

@@ -105,23 +105,28 @@ def test_bom_only_counts_at_the_start_of_a_file(tmp_path: Path) -> None:
 def test_folder_with_text_and_midi_is_the_same_error_as_naming_the_files(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("some text\n")
     (tmp_path / "tune.mid").write_bytes(b"MThd")
-    with pytest.raises(CorpusError, match="corpus mixes midi and text files; choose one with codec") as folder:
+    with pytest.raises(CorpusError, match="corpus mixes midi-notes and text files; choose one with codec") as folder:
         find_corpus_files([tmp_path])
     with pytest.raises(CorpusError) as one_by_one:
         find_corpus_files([tmp_path / "notes.txt", tmp_path / "tune.mid"])
     assert str(folder.value) == str(one_by_one.value)
     assert find_corpus_files([tmp_path], "text") == ("text", [tmp_path / "notes.txt"])
     assert find_corpus_files([tmp_path], "midi") == ("midi", [tmp_path / "tune.mid"])
+    assert find_corpus_files([tmp_path], "midi-notes") == ("midi-notes", [tmp_path / "tune.mid"])
 
 
 def test_folder_discovery_uses_each_codecs_suffixes(tmp_path: Path) -> None:
-    from chargen.codecs.registry import CODECS
+    from chargen.codecs.registry import CODECS, codec_for_suffix
 
     for name, cls in CODECS.items():
         for i, suffix in enumerate(cls.suffixes):
             (tmp_path / name).mkdir(exist_ok=True)
             (tmp_path / name / f"f{i}{suffix.upper()}").write_bytes(b"x")
-        assert find_corpus_files([tmp_path / name]) == (name, sorted((tmp_path / name).iterdir()))
+        files = sorted((tmp_path / name).iterdir())
+        # auto: the first codec of the registry that reads the suffix (.mid: the note codec); named: that one
+        assert find_corpus_files([tmp_path / name]) == (codec_for_suffix(files[0]), files)
+        assert find_corpus_files([tmp_path / name], name) == (name, files)
+    assert codec_for_suffix(tmp_path / "x.MID") == "midi-notes"
 
 
 @pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
@@ -140,7 +145,7 @@ def test_fifo_or_device_as_corpus_says_what_it_is(tmp_path: Path, special: str) 
 
 
 def test_a_corrupt_file_is_skipped_without_leaving_its_tokens_behind(tmp_path: Path) -> None:
-    from chargen.codecs.midi import MidiCodec
+    from chargen.codecs.midi.note_codec import NoteCodec as MidiCodec  # the codec auto picks for .mid
 
     basics = sorted((Path(__file__).resolve().parents[1] / "corpora" / "midi-basics").glob("*.mid"))[:2]
     folder = tmp_path / "midi"

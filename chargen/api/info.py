@@ -9,6 +9,7 @@ from chargen.runs.checkpoint import Checkpoint
 from chargen.runs.curve import trend
 from chargen.runs.layout import read_run_json
 from chargen.sampling.grammar import learnt_max_hold_s, learnt_polyphony_cap
+from chargen.sampling.music_defaults import corpus_statistics, stored_policy
 
 LN2 = math.log(2)
 
@@ -17,9 +18,10 @@ def describe(checkpoint: Checkpoint, sha256: str | None = None) -> dict[str, Any
     """Model, vocabulary, corpus, training progress and trend of a loaded checkpoint, as JSON-ready data."""
     training = checkpoint.training
     best = training.get("best_val_loss")
-    music = checkpoint.codec.name != "text"
+    music = checkpoint.codec.music
     cap, cap_source = learnt_polyphony_cap(checkpoint) if music else (None, "")
     hold, hold_source = learnt_max_hold_s(checkpoint) if music else (None, "")
+    texture, texture_source = corpus_statistics(checkpoint) if music else (None, "")
     curve = trend(checkpoint.path.parent)
     return {
         "path": str(checkpoint.path),
@@ -43,5 +45,8 @@ def describe(checkpoint: Checkpoint, sha256: str | None = None) -> dict[str, Any
         "polyphony_cap_source": cap_source or None,
         "max_hold_s": hold,
         "max_hold_source": hold_source or None,
+        "corpus_texture": texture,  # what the model aims at: the corpus's own polyphony, note length, density, pitch
+        "corpus_texture_source": texture_source or None,
+        "grammar_defaults": stored_policy(checkpoint) if music else None,
         "parent": training.get("parent"),
     }

@@ -72,7 +72,7 @@ class Model:
 
     @property
     def is_music(self) -> bool:
-        return self.codec.name != "text"
+        return bool(self.codec.music)
 
     @property
     def info(self) -> dict[str, Any]:

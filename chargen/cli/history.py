@@ -225,7 +225,9 @@ def export(generation_id: str, output: Path | None, sample_number: int, no_prime
     if sample_number > len(record.outputs):
         raise ChargenError(f"generation {record.short_id} has {len(record.outputs)} sample(s), not {sample_number}")
     content = ("" if no_prime else record.prime) + record.outputs[sample_number - 1].text
-    if record.codec.get("name") == "midi":
+    from chargen.codecs.registry import is_music
+
+    if is_music(record.codec.get("name")):
         if output is None:
             raise ChargenError("exporting a MIDI generation needs -o FILE.mid")
         _export_midi(record, content, output, tempo_bpm, program)

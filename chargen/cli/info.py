@@ -49,6 +49,15 @@ def _lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"polyphony    cap {cap}, {data['polyphony_cap_source']}" if cap is not None
                      else f"polyphony    cap {data['polyphony_cap_source']}")
         lines.append(f"longest hold {data['max_hold_s']:g} s, {data['max_hold_source']}")
+        if texture := data["corpus_texture"]:
+            lines.append(f"texture      polyphony {texture['polyphony']:g}, "
+                         f"median note {texture['median_note_s']:g} s, {texture['notes_per_s']:g} notes/s, "
+                         f"pitch {texture['pitch_mean']:g} "
+                         f"± {texture['pitch_sd']:g} ({printable(data['corpus_texture_source'])})")
+        if (policy := data["grammar_defaults"]) is not None:
+            limits = [name for name in ("cap", "hold") if policy[name]]
+            lines.append(f"decoding     grammar rules {', '.join(policy['rules']) or 'none'}; learnt limits applied: "
+                         f"{', '.join(limits) or 'none'} (sample --no-grammar: none)")
     if data["best_val_loss_nats"] is not None:
         lines.append(f"best val     {data['best_val_loss_nats']:.4f} nats/char ({data['best_val_loss_bpc']:.3f} bpc)")
     if data["status"]:

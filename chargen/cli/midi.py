@@ -21,16 +21,20 @@ def midi() -> None:
 @midi.command("tokens")
 @click.argument("file", type=InputFile())
 @click.option("--json", "as_json", is_flag=True, help="Print token ids and event names as JSON.")
-def midi_tokens(file: Path, as_json: bool) -> None:
+@click.option("--codec", "codec_name", type=click.Choice(["midi", "midi-notes"]),
+              help="The codec's tokens [default: the one training picks for .mid files].")
+def midi_tokens(file: Path, as_json: bool, codec_name: str | None) -> None:
     """Print FILE as its token stream (one printable character per event)."""
-    from chargen.codecs.midi import MidiCodec, midi_stats, token_name
+    from chargen.codecs.midi import midi_stats
+    from chargen.codecs.registry import codec_class, codec_for_suffix
     from chargen.sampling.primes import midi_tokens
 
-    codec = MidiCodec()
+    codec = codec_class(codec_name or codec_for_suffix(Path("x.mid")) or "midi").fit()
     ids = midi_tokens(codec, file).tolist()  # an error, not an empty line, for a file without notes
     if as_json:
-        stats = midi_stats(ids)
-        click.echo(json.dumps({"file": str(file), "ids": ids, "events": [token_name(i) for i in ids],
+        stats = midi_stats(ids, codec.vocab)  # type: ignore[attr-defined]
+        click.echo(json.dumps({"file": str(file), "codec": codec.name, "ids": ids,
+                               "events": [codec.token_name(i) for i in ids],  # type: ignore[attr-defined]
                                "text": codec.decode(ids), "notes": stats.notes, "duration_s": stats.duration_s},
                               ensure_ascii=False))
     else:

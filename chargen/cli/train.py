@@ -27,7 +27,7 @@ MODEL_FIELDS = ("cell", "layers", "hidden", "embedding", "dropout", "weight_drop
 @click.option("--init-from", metavar="RUN",
               help="Fine-tune: start from RUN's weights (best, else last) with a fresh optimizer and schedule; "
               "new characters extend its vocabulary.")
-@click.option("--codec", type=click.Choice(["auto", "text", "midi"]), default="auto", show_default=True,
+@click.option("--codec", type=click.Choice(["auto", "text", "midi", "midi-notes"]), default="auto", show_default=True,
               help="How to read the corpus; auto picks by file type.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus files.")
 @click.option("--size", type=click.Choice(PRESET_NAMES),

@@ -71,6 +71,8 @@ class Codec(ABC):
 
     #: whether :meth:`augment_window` does anything (training refuses --transpose otherwise)
     supports_transpose: ClassVar[bool] = False
+    #: music: token ids are notes (a ``vocab`` with ``notes(ids)``), written as .mid and decoded under a grammar
+    music: ClassVar[bool] = False
 
     def augment_window(self, window: np.ndarray, rng: np.random.Generator, low: int, high: int) -> np.ndarray:
         """Training-time augmentation of a batch window [B, T+1]; identity by default."""

@@ -6,14 +6,25 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chargen.errors import ArgumentError, ChargenError
 from chargen.options import check_fields, option
 
 if TYPE_CHECKING:
     from chargen.codecs.base import Codec
-    from chargen.sampling.grammar import MusicRules
+
+
+class MusicRules(Protocol):
+    """What a config needs of a music model's part in decoding (``chargen.sampling.grammar.MusicRules``,
+    declared here so that the grammar may import this module and not the other way round)."""
+
+    polyphony_cap: int
+    max_hold_s: float
+    rules: tuple[str, ...]
+
+    @property
+    def known_rules(self) -> tuple[str, ...]: ...
 
 #: n-gram length blocked by default for the deterministic decoders, whose
 #: character-level output otherwise loops ("the same the same the same ...").
@@ -60,21 +71,27 @@ class DecodeConfig:
     label: str | None = option(None, "A labelled model: generate for this label (chargen info lists them).",
                                metavar="NAME")
     # The MIDI grammar (chargen.sampling.grammar): None = on for music models (off for text);
-    # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = its learnt hold, 0 = none.
-    grammar: bool | None = option(None, "Music models: decode under the MIDI grammar (note-offs only for sounding "
-                                  "notes, no second note-on, a velocity only before a note-on, a polyphony cap, a "
-                                  "longest hold).", switch=True, default_text="on for music models")
+    # max_polyphony None = the checkpoint's learnt cap, 0 = no cap; max_hold_s None = its learnt hold, 0 = none;
+    # grammar_rules None = the model's default rules, [] = only the limits; resolved: a sorted list (as JSON
+    # gives it back, so a logged config and a fresh one compare equal).
+    grammar: bool | None = option(None, "Music models: decode under the MIDI grammar (its rules, a polyphony cap, "
+                                  "a longest hold).", switch=True, default_text="on for music models")
     max_polyphony: int | None = option(None, "MIDI grammar: at most N notes at once; 0 = no cap.", low=0, high=128,
                                        metavar="N", default_text="the cap learnt from the corpus")
     max_hold_s: float | None = option(None, "MIDI grammar: no note held longer than this, the model must release "
                                       "it; 0 = no limit.", low=0, high=3600, metavar="SECONDS",
                                       default_text="the hold learnt from the corpus, at most 5 s")
+    grammar_rules: list[str] | None = option(None, "MIDI grammar: apply this rule (repeatable; chargen info lists "
+                                             "the model's rules and its defaults).", flag="--grammar-rule",
+                                             high=16, metavar="RULE", default_text="the model's default rules")
     stop: list[str] = option(list, "End a sample where its text first contains this string (left out of the "
                              "output); repeatable.", high=MAX_STOPS, metavar="TEXT")
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, tuple):  # a repeated CLI option
             self.stop = list(self.stop)
+        if isinstance(self.grammar_rules, tuple):
+            self.grammar_rules = list(self.grammar_rules)
 
     @property
     def decoder(self) -> str:
@@ -91,12 +108,15 @@ class DecodeConfig:
         if data["grammar"] is None:
             data["grammar"] = music is not None
         if not data["grammar"]:
-            data["max_polyphony"], data["max_hold_s"] = 0, 0.0
+            data["max_polyphony"], data["max_hold_s"], data["grammar_rules"] = 0, 0.0, []
         else:
             if data["max_polyphony"] is None:
                 data["max_polyphony"] = music.polyphony_cap if music is not None else 0
             if data["max_hold_s"] is None:
                 data["max_hold_s"] = music.max_hold_s if music is not None else DEFAULT_MAX_HOLD_S
+            if data["grammar_rules"] is None:
+                data["grammar_rules"] = music.rules if music is not None else ()
+            data["grammar_rules"] = sorted(set(data["grammar_rules"]))
         if data["seed"] is None:
             data["seed"] = random.SystemRandom().randrange(2**31)
         if data["no_repeat_ngram"] is None:
@@ -120,11 +140,19 @@ class DecodeConfig:
         self._validate_grammar(music)
 
     def _validate_grammar(self, music: MusicRules | None) -> None:
-        settings = self.max_polyphony or self.max_hold_s  # 0 is what "off" resolves them to: allowed
+        if self.grammar_rules is not None and music is not None:
+            unknown = sorted(set(self.grammar_rules) - set(music.known_rules))
+            if unknown:
+                raise ArgumentError(f"unknown grammar rule(s) {', '.join(unknown)}; this model's are "
+                                    f"{', '.join(music.known_rules)}")
+        # 0 and [] are what "off" resolves them to: allowed
+        settings = self.max_polyphony or self.max_hold_s or self.grammar_rules
         if music is None and (self.grammar or settings):
-            raise ArgumentError("the MIDI grammar (grammar, max_polyphony, max_hold_s) needs a music model")
+            raise ArgumentError("the MIDI grammar (grammar, max_polyphony, max_hold_s, grammar_rules) needs a music "
+                                "model")
         if self.grammar is False and settings:
-            raise ArgumentError("max_polyphony and max_hold_s apply to the MIDI grammar, which is switched off")
+            raise ArgumentError("max_polyphony, max_hold_s and grammar_rules apply to the MIDI grammar, which is "
+                                "switched off")
 
 
 @dataclass

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from chargen.codecs.base import Codec
-from chargen.codecs.midi import MidiCodec
 from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S
 from chargen.machine.kernels import batch1_stepper
 from chargen.machine.offload import DeviceStepper, Offload, generation_device
@@ -27,7 +26,8 @@ from chargen.sampling.config import (
     check_prime_length,
 )
 from chargen.sampling.decoder import choose_tokens
-from chargen.sampling.grammar import MusicRules, learnt_max_hold_s, learnt_polyphony_cap, sequence_constraints
+from chargen.sampling.grammar import MusicRules, sequence_constraints
+from chargen.sampling.music_defaults import default_rules, is_music_codec, music_rules
 from chargen.sampling.steppers import Stepper, batch_stepper, expand_state, generation_threads
 from chargen.sampling.stop import RowTexts, truncate_at_stop
 
@@ -53,16 +53,19 @@ class Generator:
     """Generation from one loaded model; reusable across calls (weights fused once) and across threads."""
 
     def __init__(self, model: CharRNN, codec: Codec, polyphony_cap: int | None = None,
-                 max_hold_s: float | None = None, device: str | torch.device = "cpu", device_rows: int | None = None):
+                 max_hold_s: float | None = None, device: str | torch.device = "cpu", device_rows: int | None = None,
+                 music: MusicRules | None = None):
         """``device``: where batched steps may run (``chargen.machine.offload``: auto is CUDA where present), from the
         batch size measured to pay there, or ``device_rows``; priming and batch-1 steps stay on the CPU."""
         self.model = model.cpu().eval()
         self.codec = codec
-        # Music models decode under the MIDI grammar by default, with the checkpoint's cap (None: no cap) and
-        # longest hold (None: the export's held-note cap).
-        self.music = (MusicRules(codec.vocab, polyphony_cap or 0,
-                                 DEFAULT_MAX_NOTE_S if max_hold_s is None else max_hold_s)
-                      if isinstance(codec, MidiCodec) else None)
+        # Music models decode under their grammar by default: ``music`` (from_checkpoint: the checkpoint's
+        # defaults), else every rule with the cap given (None: no cap) and longest hold (None: the export's cap).
+        if music is None and is_music_codec(codec):
+            music = MusicRules(codec.vocab, polyphony_cap or 0,  # type: ignore[attr-defined]
+                               DEFAULT_MAX_NOTE_S if max_hold_s is None else max_hold_s,
+                               default_rules(codec.vocab))  # type: ignore[attr-defined]
+        self.music = music
         self.stepper = batch1_stepper(self.model)  # torch's or numpy's mat-vecs, whichever is faster here
         # Batched steps on an accelerator from the rows where it pays; None on the CPU.
         self.offload = Offload.for_generator(self.model, generation_device(device), self.stepper, device_rows)
@@ -75,11 +78,8 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "cpu") -> Generator:
-        """A generator for a loaded checkpoint, with its learnt polyphony cap and longest hold (music models)."""
-        if not isinstance(checkpoint.codec, MidiCodec):
-            return cls(checkpoint.model, checkpoint.codec, device=device)
-        return cls(checkpoint.model, checkpoint.codec, learnt_polyphony_cap(checkpoint)[0],
-                   learnt_max_hold_s(checkpoint)[0], device=device)
+        """A generator for a loaded checkpoint, decoding music under the checkpoint's default grammar."""
+        return cls(checkpoint.model, checkpoint.codec, device=device, music=music_rules(checkpoint))
 
     def steps_for(self, rows: int) -> Stepper:
         """The stepper for steps of ``rows`` rows: the device's where it pays there (``chargen.machine.offload``)."""

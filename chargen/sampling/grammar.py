@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from chargen.codecs.midi import MidiVocab
 from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S
-from chargen.codecs.midi.grammar import MidiGrammar
+from chargen.codecs.midi.grammar import ALL_RULES, RULES, MidiGrammar
+from chargen.codecs.midi.note_grammar import NOTE_RULES, NoteGrammar
+from chargen.codecs.midi.note_vocab import NoteVocab
 from chargen.codecs.midi.texture import corpus_limits
 from chargen.sampling.constraints import Constraints, TokenConstraint
 from chargen.sampling.ngram import NgramBlocker
@@ -32,9 +34,34 @@ if TYPE_CHECKING:
 class MusicRules:
     """A music model's part in decoding: its event vocabulary and the limits learnt from its corpus."""
 
-    vocab: MidiVocab
+    vocab: MidiVocab | NoteVocab
     polyphony_cap: int = 0  # the checkpoint's learnt cap; 0 = none known (no cap)
     max_hold_s: float = DEFAULT_MAX_NOTE_S  # the checkpoint's learnt longest hold; else the export's held-note cap
+    rules: tuple[str, ...] = tuple(sorted(ALL_RULES))  # the rules on by default (chargen.codecs.midi.grammar.RULES)
+    # What the corpus taught, whether or not the default uses it (None: the default's figure).
+    corpus_cap: int | None = None
+    corpus_hold_s: float | None = None
+
+    @property
+    def learnt_cap(self) -> int:
+        return self.polyphony_cap if self.corpus_cap is None else self.corpus_cap
+
+    @property
+    def learnt_hold_s(self) -> float:
+        return self.max_hold_s if self.corpus_hold_s is None else self.corpus_hold_s
+
+    @property
+    def known_rules(self) -> tuple[str, ...]:
+        """Every rule this model's grammar knows (what ``grammar_rules`` may name)."""
+        return NOTE_RULES if isinstance(self.vocab, NoteVocab) else RULES
+
+    def grammar(self, config: DecodeConfig, prime_ids: list[int]) -> TokenConstraint:
+        """The grammar of a resolved ``config`` for this model's codec, after ``prime_ids``."""
+        chosen = self.known_rules if config.grammar_rules is None else config.grammar_rules
+        hold = self.hold_steps(config.max_hold_s or 0.0)
+        if isinstance(self.vocab, NoteVocab):
+            return NoteGrammar(config.max_polyphony or 0, prime_ids, self.vocab, hold, chosen)
+        return MidiGrammar(config.max_polyphony or 0, prime_ids, self.vocab, hold, chosen)
 
     def hold_steps(self, seconds: float) -> int:
         """``seconds`` as the grammar's ``max_hold`` in time steps (0 = no limit)."""
@@ -53,8 +80,7 @@ def sequence_constraints(config: DecodeConfig, music: MusicRules | None, prime_i
     if config.grammar:
         if music is None:
             raise ValueError("the MIDI grammar needs a music model")
-        rules.append(MidiGrammar(config.max_polyphony or 0, prime_ids, music.vocab,
-                                 music.hold_steps(config.max_hold_s or 0.0)))
+        rules.append(music.grammar(config, prime_ids))
     preferences: list[TokenConstraint] = [NgramBlocker(config.no_repeat_ngram, prime_ids)] \
         if config.no_repeat_ngram else []
     if rules and preferences:
@@ -73,7 +99,7 @@ def _from_run_tokens(checkpoint: Checkpoint) -> tuple[tuple[int, float], str] | 
 
     vocab = getattr(checkpoint.codec, "vocab", None)
     tokens = checkpoint.path.parent / TOKENS
-    if isinstance(vocab, MidiVocab) and tokens.is_file():
+    if isinstance(vocab, MidiVocab | NoteVocab) and tokens.is_file():
         try:
             stat = tokens.stat()
             return _limits_of(tokens, stat.st_mtime_ns, stat.st_size, vocab), f"computed from {tokens}"
@@ -83,7 +109,7 @@ def _from_run_tokens(checkpoint: Checkpoint) -> tuple[tuple[int, float], str] | 
 
 
 @functools.lru_cache(maxsize=8)
-def _limits_of(tokens: Path, mtime_ns: int, size: int, vocab: MidiVocab) -> tuple[int, float]:
+def _limits_of(tokens: Path, mtime_ns: int, size: int, vocab: MidiVocab | NoteVocab) -> tuple[int, float]:
     """One pass over a corpus for both limits: the cap and the hold are asked for apart (keyed by the file's
     state, so a rewritten tokens.npy is read again)."""
     return corpus_limits(tokens, vocab)

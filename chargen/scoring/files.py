@@ -147,7 +147,7 @@ def _score(checkpoint: Checkpoint, name: str, ids: np.ndarray, tokenized: Tokeni
         raise ChargenError(f"{name}: the model's loss is not a usable number ({nats:g} nats/token): its weights "
                            "overflow or are damaged; use another checkpoint")
     return FileScore(
-        path=name, unit="char" if checkpoint.codec.name == "text" else "token", tokens=len(ids),
+        path=name, unit="token" if checkpoint.codec.music else "char", tokens=len(ids),
         scored=int(losses.size), nats_per_token=nats,
         unknown=tokenized.unknown if tokenized else {},
         worst_lines=worst_lines(tokenized, losses, per_line) if tokenized and per_line else [],

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 from chargen.codecs.midi.export import midi_notes
-from chargen.codecs.registry import codec_from_metadata
+from chargen.codecs.registry import codec_from_metadata, is_music
 from chargen.errors import ChargenError
 from chargen.runs.curve import scan_curve, trend
 from chargen.sampling.config import DecodeConfig
@@ -53,7 +53,7 @@ async def _read(call: Callable[[], Any]) -> Any:
 
 
 def _is_midi(record: dict[str, Any]) -> bool:
-    return (record.get("codec") or {}).get("name") == "midi"
+    return is_music((record.get("codec") or {}).get("name"))
 
 
 def _record_midi(record: dict[str, Any], index: int) -> bytes:

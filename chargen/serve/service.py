@@ -91,6 +91,7 @@ class Served:
             "sha256": self.sha256,
             "default_prime": ckpt.codec.default_prime,
             "labels": list(ckpt.config.labels),
+            "music": ckpt.codec.music,
             "polyphony_cap": self.generator.music.polyphony_cap if self.generator.music else None,
             "max_hold_s": self.generator.music.max_hold_s if self.generator.music else None,
         }
@@ -179,7 +180,7 @@ class Service:
             raise over_limit("num_samples", config.num_samples, "max_samples", limits.max_samples)
         if prime is not None and len(prime) > limits.max_prime_chars:
             raise over_limit("prime length", len(prime), "max_prime_chars", limits.max_prime_chars)
-        if midi and codec.name == "text":
+        if midi and not codec.music:
             raise ServiceError(400, f"format 'midi' needs a music model; {served.name} uses the {codec.name} codec")
         return served.generator.prepare(prime, config)
 

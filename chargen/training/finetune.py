@@ -94,6 +94,8 @@ def prepare_finetune(parent_spec: str, corpus_paths: Sequence[str | Path], token
     parent_sha256 = sha256_file(weights_path)  # before loading: the file the weights came from
     parent = load_checkpoint(weights_path)
     codec = parent.codec
+    if codec_name == "auto" and codec.music:  # .mid files have two codecs: read them the parent's way
+        codec_name = codec.name
     found_codec, files = find_corpus_files(corpus_paths, codec_name)
     if found_codec != codec.name:
         raise ChargenError(f"init_from {parent_spec}: that model uses the {codec.name} codec, "

@@ -20,14 +20,13 @@ import torch
 from torch import nn
 
 from chargen.codecs.base import Codec
-from chargen.codecs.midi import MidiCodec
-from chargen.codecs.midi.texture import corpus_limits
 from chargen.errors import ChargenError
 from chargen.machine.device import autocast_context, resolve_device, resolve_precision
 from chargen.machine.threads import ThreadTuner
 from chargen.model import CharRNN, ModelConfig, detach_state
 from chargen.runs.checkpoint import save_state, save_weights
 from chargen.runs.layout import BEST, LAST, STATE, TOKENS
+from chargen.sampling.music_defaults import is_music_codec, music_training_info
 from chargen.scoring.evaluate import mean_loss, scored_tokens
 from chargen.training.averaging import WeightAverage
 from chargen.training.budget import WHOLE_SHARE, StepBudget
@@ -137,10 +136,11 @@ class Trainer:
         self.eval_s = 0.0  # of overhead_s: in the evaluations during training (what the whole split's is told from)
         self.whole_skipped_s: float | None = None  # the whole split's estimated cost, when the end skipped it
         self.started = time.monotonic()
-        # Music runs: the corpus's polyphony cap and longest hold, stored with the weights for the MIDI grammar.
+        # Music runs: the corpus's polyphony cap, longest hold and texture, and the codec's default grammar,
+        # stored with the weights for decoding (chargen.sampling.music_defaults) and `chargen info`.
         tokens = run_dir / TOKENS if run_dir is not None else None
-        self.music_limits = corpus_limits(tokens, codec.vocab) \
-            if isinstance(codec, MidiCodec) and tokens is not None and tokens.is_file() else None
+        self.music_info = music_training_info(codec, tokens) \
+            if codec is not None and is_music_codec(codec) and tokens is not None and tokens.is_file() else {}
 
     def _augmentation(self) -> Callable[[np.ndarray, int], np.ndarray] | None:
         config, codec = self.config, self.codec
@@ -367,7 +367,7 @@ class Trainer:
             "corpus_paths": corpus.paths if corpus else None,
             "train_config": dict(self.config.to_dict(), **self.speed_info()),
             "world_size": self.dist.world_size,  # processes that trained together (torchrun)
-            **(dict(zip(("polyphony_cap", "max_hold_s"), self.music_limits)) if self.music_limits else {}),
+            **self.music_info,
             **({"parent": self.parent} if self.parent else {}),
         }
 

@@ -45,12 +45,18 @@ The package, one file per step: ``vocab`` (the token layout), ``smf`` (reading
 and cleaning files), ``notes`` (MIDI messages -> quantized notes), ``events``
 (notes <-> token ids), ``codec`` (the :class:`~chargen.codecs.base.Codec`),
 ``export`` (ids -> .mid files) and ``grammar`` (what may come next while decoding).
+
+A second codec, ``midi-notes`` (``note_vocab``, ``note_codec``, ``note_grammar``),
+writes each note as a PITCH and its DURATION instead of NOTE_ON/NOTE_OFF events;
+it is the default for a folder of .mid files (docs/midi.md says why).
+``texture`` holds what a corpus teaches either grammar and ``chargen info``.
 """
 
 from chargen.codecs.midi.codec import MidiCodec
-from chargen.codecs.midi.events import describe, encode_midi, ids_to_notes, midi_stats, notes_to_ids, token_name
+from chargen.codecs.midi.events import describe, encode_midi, ids_to_notes, notes_to_ids, token_name
 from chargen.codecs.midi.notes import midi_notes, normalize_notes
 from chargen.codecs.midi.smf import read_midi_bytes, read_midi_file
+from chargen.codecs.midi.streams import midi_stats, stream_notes
 from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab, Note
 
 __all__ = [
@@ -64,6 +70,7 @@ __all__ = [
     "ids_to_notes",
     "midi_notes",
     "midi_stats",
+    "stream_notes",
     "normalize_notes",
     "notes_to_ids",
     "read_midi_bytes",

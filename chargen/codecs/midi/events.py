@@ -8,7 +8,7 @@ import mido
 import numpy as np
 
 from chargen.codecs.midi.notes import midi_notes, normalize_notes
-from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab, Note
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiVocab, Note
 from chargen.errors import ChargenError
 
 
@@ -102,16 +102,3 @@ def token_name(token: int, vocab: MidiVocab = DEFAULT_VOCAB) -> str:
 def describe(ids: Sequence[int] | np.ndarray, vocab: MidiVocab = DEFAULT_VOCAB) -> str:
     """Space-separated readable names of a token stream."""
     return " ".join(token_name(t, vocab) for t in _check_ids(ids, vocab))
-
-
-def midi_stats(ids: Sequence[int] | np.ndarray, vocab: MidiVocab = DEFAULT_VOCAB) -> MidiStats:
-    """Note count, sounding length and pitch range of a token stream as it would be written."""
-    notes = ids_to_notes(ids, vocab)
-    pitches = [n.pitch for n in notes]
-    return MidiStats(
-        tokens=len(ids),
-        notes=len(notes),
-        duration_s=max((n.end for n in notes), default=0) * vocab.step_s,
-        lowest=min(pitches, default=None),
-        highest=max(pitches, default=None),
-    )

@@ -18,7 +18,7 @@ from typing import Any
 import mido
 import numpy as np
 
-from chargen.codecs.midi.events import ids_to_notes, midi_stats
+from chargen.codecs.midi.streams import midi_stats, stream_notes
 from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiStats, MidiVocab
 from chargen.errors import ChargenError
 from chargen.files.atomic import atomic_write
@@ -58,7 +58,7 @@ def decode_to_midi(
         raise ChargenError(f"tempo must be between {MIN_BPM:g} and {MAX_BPM:g} bpm, not {tempo_bpm!r}")
     if not (isinstance(program, int) and not isinstance(program, bool) and 0 <= program <= 127):
         raise ChargenError(f"MIDI program must be an integer 0..127, not {program!r}")
-    notes = ids_to_notes(ids, vocab)  # closes dangling notes, drops stray offs, resolves overlaps
+    notes = stream_notes(ids, vocab)  # closes dangling notes, drops stray offs, resolves overlaps
     if max_note_s is not None:
         longest = max(1, round(max_note_s * 1000 / vocab.step_ms))
         notes = [n._replace(end=min(n.end, n.start + longest)) for n in notes]

@@ -69,44 +69,57 @@ from chargen.codecs.midi.texture import (
 )
 from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiVocab
 
-__all__ = ["CAP_CHUNK", "CAP_PERCENTILE", "MidiGrammar", "corpus_polyphony_cap", "onset_polyphony_counts",
-           "polyphony_cap"]
+__all__ = ["ALL_RULES", "CAP_CHUNK", "CAP_PERCENTILE", "RULES", "MidiGrammar", "corpus_polyphony_cap",
+           "onset_polyphony_counts", "polyphony_cap"]
 
 _PITCHES = 128
 
 
+#: The rules a grammar can apply beside its two limits (the cap and the longest hold, on when > 0):
+#: "offs" (a NOTE_OFF only for a pitch that sounds, not in its first step), "restrike" (no NOTE_ON of a
+#: sounding pitch), "velocity" (a VELOCITY only right before a NOTE_ON).
+RULES = ("offs", "restrike", "velocity")
+ALL_RULES = frozenset(RULES)
+
+
 @functools.lru_cache(maxsize=8192)
 def _banned_ids(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int,
-                after_velocity: bool = False) -> tuple[int, ...]:
+                after_velocity: bool = False, rules: frozenset[str] = ALL_RULES) -> tuple[int, ...]:
     """Banned ids for one state (pure, so cached: a piece revisits few states).
 
     ``full``: at the polyphony cap. ``room``: steps the longest-held note may
     still sound (``max_shift_steps`` or more: no limit; 0: it must end now).
-    ``after_velocity``: the last token was a VELOCITY.
+    ``after_velocity``: the last token was a VELOCITY. ``rules``: which of
+    :data:`RULES` apply.
     """
     offs_allowed = sounding & ~fresh
     due = room <= 0  # a note must end now: only a NOTE_OFF may come, no new note, nothing that lets time pass
-    no_note_on = full or due or sounding == (1 << _PITCHES) - 1
-    banned = list(range(_PITCHES)) if no_note_on else [p for p in range(_PITCHES) if sounding >> p & 1]
-    if after_velocity and not no_note_on:  # the VELOCITY's NOTE_ON, nothing else
+    no_note_on = full or due or ("restrike" in rules and sounding == (1 << _PITCHES) - 1)
+    if no_note_on:
+        banned = list(range(_PITCHES))
+    else:
+        banned = [p for p in range(_PITCHES) if sounding >> p & 1] if "restrike" in rules else []
+    velocity = "velocity" in rules
+    if velocity and after_velocity and not no_note_on:  # the VELOCITY's NOTE_ON, nothing else
         return tuple(banned + list(range(vocab.note_off_base, vocab.size)))
-    banned += [vocab.note_off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
+    if "offs" in rules or due:  # a due note's release is the only way on: never a NOTE_OFF that ends nothing
+        banned += [vocab.note_off_base + p for p in range(_PITCHES) if not offs_allowed >> p & 1]
     if due:
         banned += range(vocab.shift_base, vocab.size)
     else:
         if room < vocab.max_shift_steps:
             banned += range(vocab.shift_base + room, vocab.velocity_base)  # TIME_SHIFT n has id shift_base + n - 1
-        if no_note_on or after_velocity:  # a VELOCITY only where its NOTE_ON may follow
+        if velocity and (no_note_on or after_velocity):  # a VELOCITY only where its NOTE_ON may follow
             banned += range(vocab.velocity_base, vocab.size)
     return tuple(banned)
 
 
 @functools.lru_cache(maxsize=8192)
 def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: int,
-                after_velocity: bool = False) -> np.ndarray:
+                after_velocity: bool = False, rules: frozenset[str] = ALL_RULES) -> np.ndarray:
     """``_banned_ids`` as a read-only boolean row of the vocabulary (True = banned), for masks."""
     row = np.zeros(vocab.size, dtype=bool)
-    row[list(_banned_ids(vocab, sounding, fresh, full, room, after_velocity))] = True
+    row[list(_banned_ids(vocab, sounding, fresh, full, room, after_velocity, rules))] = True
     row.flags.writeable = False
     return row
 
@@ -114,14 +127,18 @@ def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: i
 class MidiGrammar:
     """Which MIDI events may come next in one sequence (see the module docstring for the rules)."""
 
-    __slots__ = ("cap", "max_hold", "vocab", "sounding", "fresh", "lingering", "now", "onsets", "after_velocity")
+    __slots__ = ("cap", "max_hold", "vocab", "rules", "sounding", "fresh", "lingering", "now", "onsets",
+                 "after_velocity")
 
     def __init__(self, cap: int, history: Iterable[int] = (), vocab: MidiVocab = DEFAULT_VOCAB,
-                 max_hold: int = 0):
+                 max_hold: int = 0, rules: Iterable[str] = ALL_RULES):
         if cap < 0:
             raise ValueError(f"polyphony cap must be >= 0 (0 = off), not {cap}")
         if max_hold < 0:
             raise ValueError(f"longest hold must be >= 0 steps (0 = off), not {max_hold}")
+        self.rules = frozenset(rules)
+        if not self.rules <= ALL_RULES:
+            raise ValueError(f"unknown MIDI grammar rule(s): {', '.join(sorted(self.rules - ALL_RULES))}")
         self.cap = cap
         self.max_hold = max_hold
         self.vocab = vocab
@@ -165,12 +182,12 @@ class MidiGrammar:
             self.lingering = 0
         return self.banned()
 
-    def _key(self) -> tuple[MidiVocab, int, int, bool, int, bool]:
+    def _key(self) -> tuple[MidiVocab, int, int, bool, int, bool, frozenset[str]]:
         full = self.cap > 0 and self.polyphony >= self.cap
         room = self.vocab.max_shift_steps
         if self.max_hold and self.onsets:
             room = max(0, min(room, self.onsets[0][1] + self.max_hold - self.now))
-        return self.vocab, self.sounding, self.fresh, full, room, self.after_velocity
+        return self.vocab, self.sounding, self.fresh, full, room, self.after_velocity, self.rules
 
     def banned(self) -> tuple[int, ...]:
         return _banned_ids(*self._key())
@@ -188,7 +205,7 @@ class MidiGrammar:
 
     def fork(self) -> MidiGrammar:
         twin = MidiGrammar.__new__(MidiGrammar)
-        twin.cap, twin.max_hold, twin.vocab = self.cap, self.max_hold, self.vocab
+        twin.cap, twin.max_hold, twin.vocab, twin.rules = self.cap, self.max_hold, self.vocab, self.rules
         twin.sounding, twin.fresh, twin.lingering = self.sounding, self.fresh, self.lingering
         twin.now, twin.onsets = self.now, self.onsets  # all immutable: shared until either changes them
         twin.after_velocity = self.after_velocity

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from chargen.codecs.midi.export import DEFAULT_MAX_NOTE_S
-from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiVocab
+from chargen.codecs.midi.streams import stream_notes
+from chargen.codecs.midi.vocab import DEFAULT_VOCAB, MidiVocab, MusicVocab, Note
 
 #: The percentile of the corpus's (time-weighted) polyphony taken as the default cap.
 CAP_PERCENTILE = 99.0
@@ -54,10 +55,33 @@ class Texture:
     onsets: np.ndarray  # [129]: NOTE_ONs after which k notes sound
     time: np.ndarray  # [129]: time steps during which k notes sound
     lengths: np.ndarray  # [_LENGTH_BINS]: notes lasting n steps (ended notes only)
+    pitches: np.ndarray  # [128]: NOTE_ONs of each pitch
 
 
-def texture(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB, chunk: int = CAP_CHUNK) -> Texture:
+def notes_texture(notes: Sequence[Note]) -> Texture:
+    """The :class:`Texture` of decoded notes (the note codec's streams, whose notes carry their lengths)."""
+    onsets = np.zeros(_PITCHES + 1, dtype=np.int64)
+    time = np.zeros(_PITCHES + 1, dtype=np.int64)
+    lengths = np.zeros(_LENGTH_BINS, dtype=np.int64)
+    if not notes:
+        return Texture(onsets, time, lengths, np.zeros(_PITCHES, dtype=np.int64))
+    table = np.array([(n.start, n.end) for n in notes], dtype=np.int64)
+    pitches = np.bincount([n.pitch for n in notes], minlength=_PITCHES).astype(np.int64)
+    lengths += np.bincount(np.minimum(table[:, 1] - table[:, 0], _LENGTH_BINS - 1), minlength=_LENGTH_BINS)
+    times = np.concatenate([table[:, 0], table[:, 1]])
+    change = np.concatenate([np.ones(len(table), np.int64), -np.ones(len(table), np.int64)])
+    order = np.lexsort((change, times))  # at one step, ends before starts
+    times, change = times[order], change[order]
+    running = np.cumsum(change)  # sounding after each event
+    onsets += np.bincount(running[change > 0], minlength=_PITCHES + 1)[: _PITCHES + 1]
+    time += np.bincount(running[:-1], weights=np.diff(times), minlength=_PITCHES + 1)[: _PITCHES + 1].astype(np.int64)
+    return Texture(onsets, time, lengths, pitches)
+
+
+def texture(ids: np.ndarray | Sequence[int], vocab: MusicVocab = DEFAULT_VOCAB, chunk: int = CAP_CHUNK) -> Texture:
     """The :class:`Texture` of ``ids`` (see the module docstring for how it is read)."""
+    if not isinstance(vocab, MidiVocab):  # the note codec: decoded, since each note gives its own length
+        return notes_texture(stream_notes(np.asarray(ids), vocab))
     tokens = np.asarray(ids)
     state = np.zeros(_PITCHES, dtype=np.int8)  # 1 = sounding, after everything seen so far
     last_time = np.zeros(_PITCHES, dtype=np.int64)  # step of each pitch's last event (its onset while sounding)
@@ -65,6 +89,7 @@ def texture(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB, c
     onsets = np.zeros(_PITCHES + 1, dtype=np.int64)
     time = np.zeros(_PITCHES + 1, dtype=np.int64)
     lengths = np.zeros(_LENGTH_BINS, dtype=np.int64)
+    pitches = np.zeros(_PITCHES, dtype=np.int64)
     for begin in range(0, len(tokens), chunk):
         part = np.asarray(tokens[begin : begin + chunk], dtype=np.int64)
         is_shift = (part >= vocab.shift_base) & (part < vocab.velocity_base)
@@ -97,10 +122,11 @@ def texture(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB, c
             last_time[by_pitch[last]] = at[last]
         running = sounding + np.cumsum(delta_all)  # notes sounding after each token
         onsets += np.bincount(running[part < vocab.note_off_base], minlength=_PITCHES + 1)
+        pitches += np.bincount(part[part < vocab.note_off_base], minlength=_PITCHES)
         time += np.bincount(running[is_shift], weights=steps[is_shift], minlength=_PITCHES + 1).astype(np.int64)
         if len(part):
             sounding, clock = int(running[-1]), int(now[-1])
-    return Texture(onsets, time, lengths)
+    return Texture(onsets, time, lengths, pitches)
 
 
 def _percentile_bin(hist: np.ndarray, percentile: float) -> int:
@@ -108,7 +134,7 @@ def _percentile_bin(hist: np.ndarray, percentile: float) -> int:
     return int(np.searchsorted(np.cumsum(hist), hist.sum() * percentile / 100.0 - 1e-9))
 
 
-def onset_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
+def onset_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MusicVocab = DEFAULT_VOCAB,
                            chunk: int = CAP_CHUNK) -> np.ndarray:
     """Histogram of polyphony at note onsets: ``counts[k]`` = NOTE_ONs after which k notes sound.
 
@@ -118,7 +144,7 @@ def onset_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MidiVocab = D
     return texture(ids, vocab, chunk).onsets
 
 
-def time_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
+def time_polyphony_counts(ids: np.ndarray | Sequence[int], vocab: MusicVocab = DEFAULT_VOCAB,
                           chunk: int = CAP_CHUNK) -> np.ndarray:
     """Histogram of polyphony over time: ``counts[k]`` = time steps during which k notes sound."""
     return texture(ids, vocab, chunk).time
@@ -130,7 +156,7 @@ def cap_of(found: Texture, percentile: float = CAP_PERCENTILE) -> int:
     return 1 + _percentile_bin(sounding, percentile) if sounding.sum() else 0
 
 
-def hold_of(found: Texture, vocab: MidiVocab = DEFAULT_VOCAB, percentile: float = HOLD_PERCENTILE) -> float:
+def hold_of(found: Texture, vocab: MusicVocab = DEFAULT_VOCAB, percentile: float = HOLD_PERCENTILE) -> float:
     """The longest hold of a :class:`Texture` in seconds: the export's cap where no note ends."""
     if not found.lengths.sum():
         return DEFAULT_MAX_NOTE_S
@@ -138,7 +164,7 @@ def hold_of(found: Texture, vocab: MidiVocab = DEFAULT_VOCAB, percentile: float 
     return round(min(max(seconds, HOLD_FLOOR_S), DEFAULT_MAX_NOTE_S), 6)
 
 
-def polyphony_cap(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
+def polyphony_cap(ids: np.ndarray | Sequence[int], vocab: MusicVocab = DEFAULT_VOCAB,
                   percentile: float = CAP_PERCENTILE) -> int:
     """The corpus's polyphony cap: the ``percentile`` of simultaneous notes weighted by time.
 
@@ -149,18 +175,46 @@ def polyphony_cap(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VO
     return cap_of(texture(ids, vocab), percentile)
 
 
-def hold_limit_s(ids: np.ndarray | Sequence[int], vocab: MidiVocab = DEFAULT_VOCAB,
+def hold_limit_s(ids: np.ndarray | Sequence[int], vocab: MusicVocab = DEFAULT_VOCAB,
                  percentile: float = HOLD_PERCENTILE) -> float:
     """The corpus's longest hold: the ``percentile`` of its note lengths, in [HOLD_FLOOR_S, the export's cap]."""
     return hold_of(texture(ids, vocab), vocab, percentile)
 
 
-def corpus_limits(tokens_path: Path, vocab: MidiVocab = DEFAULT_VOCAB) -> tuple[int, float]:
+def statistics_of(found: Texture, vocab: MusicVocab = DEFAULT_VOCAB) -> dict[str, float | None]:
+    """The corpus's own texture, as ``chargen info`` shows it beside the limits (None where there are no notes).
+
+    polyphony: time-weighted mean of notes sounding while any sounds; median note length (s); notes per
+    second of the whole stream; mean and standard deviation of pitch over notes.
+    """
+    sounding = found.time[1:]
+    notes = int(found.pitches.sum())
+    if not notes or not sounding.sum():
+        return dict.fromkeys(("polyphony", "median_note_s", "notes_per_s", "pitch_mean", "pitch_sd"), None)
+    levels = np.arange(1, len(found.time))
+    keys = np.arange(_PITCHES)
+    mean = float(found.pitches @ keys / notes)
+    return {
+        "polyphony": round(float(sounding @ levels / sounding.sum()), 3),
+        "median_note_s": round(_percentile_bin(found.lengths, 50.0) * vocab.step_s, 3)
+        if found.lengths.sum() else None,
+        "notes_per_s": round(notes / (float(found.time.sum()) * vocab.step_s), 3),
+        "pitch_mean": round(mean, 2),
+        "pitch_sd": round(float(np.sqrt(found.pitches @ (keys - mean) ** 2 / notes)), 2),
+    }
+
+
+def corpus_texture(tokens_path: Path, vocab: MusicVocab = DEFAULT_VOCAB) -> Texture:
+    """The :class:`Texture` of a run's encoded corpus (``tokens.npy``, memory-mapped)."""
+    return texture(np.load(tokens_path, mmap_mode="r"), vocab)
+
+
+def corpus_limits(tokens_path: Path, vocab: MusicVocab = DEFAULT_VOCAB) -> tuple[int, float]:
     """The polyphony cap and the longest hold (s) of a run's encoded corpus (``tokens.npy``, memory-mapped)."""
     found = texture(np.load(tokens_path, mmap_mode="r"), vocab)
     return cap_of(found), hold_of(found, vocab)
 
 
-def corpus_polyphony_cap(tokens_path: Path, vocab: MidiVocab = DEFAULT_VOCAB) -> int:
+def corpus_polyphony_cap(tokens_path: Path, vocab: MusicVocab = DEFAULT_VOCAB) -> int:
     """:func:`polyphony_cap` of a run's encoded corpus (``tokens.npy``, memory-mapped)."""
     return corpus_limits(tokens_path, vocab)[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from chargen.errors import ChargenError
 
@@ -85,3 +85,23 @@ class MidiStats:
     duration_s: float
     lowest: int | None
     highest: int | None
+
+
+class MusicVocab(Protocol):
+    """What export and the statistics need of a music codec's vocabulary (MidiVocab, NoteVocab)."""
+
+    @property
+    def step_ms(self) -> int: ...
+
+    @property
+    def step_s(self) -> float: ...
+
+    @property
+    def velocity_bins(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def velocity_bin(self, velocity: int) -> int: ...
+
+    def bin_velocity(self, vbin: int) -> int: ...

@@ -23,7 +23,7 @@ function historyModels() {
 }
 
 function isMusic(record) {
-  return (record.codec || {}).name === "midi";
+  return Boolean(record.midi_url);  // the server marks music records
 }
 
 function describe(record) {

@@ -69,7 +69,7 @@ function syncDecoder() {
 function requestBody() {
   const model = currentModel();
   const body = { model: model.name, length: Number($("length").value), stream: true,
-                 format: model.codec === "midi" ? "midi" : "text" };
+                 format: model.music ? "midi" : "text" };
   const prime = $("prime").value;
   if (prime) body.prime = prime;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
@@ -216,7 +216,7 @@ $("stop").addEventListener("click", () => controller && controller.abort());
 $("decoder").addEventListener("change", syncDecoder);
 $("model").addEventListener("change", () => {
   const model = currentModel();
-  $("prime").placeholder = model && model.codec === "midi" ? "MIDI tokens (printable form)" : "text to continue";
+  $("prime").placeholder = model && model.music ? "MIDI tokens (printable form)" : "text to continue";
   syncLabels();
 });
 $("token").value = sessionStorage.getItem("chargen-token") || "";
