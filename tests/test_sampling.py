@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,28 @@ def test_logprobs_are_the_models_own_summed_in_order() -> None:
     for sample in result.samples:
         expected = sequence_logprob(generator.model, generator.codec.encode("abc"), sample.ids)
         assert sample.logprob == pytest.approx(expected, abs=1e-6)
+
+
+def test_unbiased_beams_are_draws_from_the_model_without_replacement() -> None:
+    """Stochastic beam search (beam_unbiased): one beam is a sample of the model's sequence distribution, so
+    over many seeds the two-token sequences come as often as the model gives them (a likeliest-first beam
+    would pick one every time), and K beams of one token are K different tokens."""
+    gen = tiny_generator(3)
+    base = DecodeConfig(length=2, beam_width=1, beam_unbiased=True, no_repeat_ngram=0)
+    prime = gen.codec.decode([0])
+    logits, state = gen.prime_state([0])
+    first = torch.log_softmax(logits[0].double(), -1)
+    seen: dict[tuple[int, ...], int] = {}
+    draws = 3000
+    for seed in range(draws):
+        ids = tuple(gen.generate(prime, DecodeConfig(**{**base.__dict__, "seed": seed})).samples[0].ids)
+        seen[ids] = seen.get(ids, 0) + 1
+    for ids, count in sorted(seen.items(), key=lambda kv: -kv[1])[:4]:
+        step_logits, _ = gen.stepper.step(torch.tensor([ids[0]]), state, None)
+        expected = math.exp(first[ids[0]] + torch.log_softmax(step_logits[0].double(), -1)[ids[1]])
+        assert abs(count / draws - expected) < 4 * math.sqrt(expected * (1 - expected) / draws) + 1e-3, ids
+    assert len(seen) > 4  # sequences the likeliest-first beam never gives
+    wide = gen.generate(prime, DecodeConfig(length=1, beam_width=7, num_samples=7, beam_unbiased=True, seed=1))
+    assert len({tuple(s.ids) for s in wide.samples}) == 7
+    with pytest.raises(Exception, match="different stochastic beam searches"):
+        DecodeConfig(beam_width=2, beam_unbiased=True, beam_sample=True).validate(gen.codec.vocab_size)

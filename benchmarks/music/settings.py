@@ -8,8 +8,9 @@ limit alone (the polyphony cap, the longest hold), for the event codec its old
 default (every rule, cap and hold: what checkpoints without a stored default
 still decode under), the default (what a new run of this codec decodes under:
 ``chargen.sampling.music_defaults.POLICIES``, made explicit), and beam
-search under the default (``--beam-width 4 --beam-sample``, one run per
-sample, seeds ``seed``, ``seed + 1``, ...).
+search under the default (``--beam-width 4``, which for new music runs
+draws its beams: ``beam_unbiased``; one run per sample, seeds ``seed``,
+``seed + 1``, ...).
 Sampling settings draw all samples as one batch, measured by
 :func:`benchmarks.music.renormalisation.measure` (the same tokens as
 ``Generator.generate``, plus where the mask moved the probability).
@@ -33,6 +34,9 @@ from chargen.sampling.music_defaults import POLICIES
 
 MAX_NOTE_S = 5.0  # the export's held-note cap, as `chargen sample` writes files
 UNCONSTRAINED, OLD_DEFAULT, DEFAULT = "unconstrained", "old default", "default"
+
+#: DecodeConfig fields newer than the benchmark's first cached samples.
+LATER_OPTIONS = ("beam_unbiased",)
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ def settings(generator: Generator, samples: int, length: int, seed: int, beam_wi
     yield Setting(DEFAULT, policy_config(base, generator))
     if beam:
         yield Setting(f"beam {beam_width}, default", replace(policy_config(base, generator), beam_width=beam_width,
-                                                              beam_sample=True, num_samples=1), runs=samples)
+                                                              num_samples=1), runs=samples)
 
 
 def policy_config(base: DecodeConfig, generator: Generator) -> DecodeConfig:
@@ -102,13 +106,16 @@ def policy_config(base: DecodeConfig, generator: Generator) -> DecodeConfig:
     policy = POLICIES[generator.codec.name]
     return replace(base, grammar=True, grammar_rules=tuple(policy["rules"]),
                    max_polyphony=music.learnt_cap if policy["cap"] else 0,
-                   max_hold_s=music.learnt_hold_s if policy["hold"] else 0.0)
+                   max_hold_s=music.learnt_hold_s if policy["hold"] else 0.0,
+                   beam_unbiased=policy.get("beam_unbiased", False))
 
 
 def sampled(generator: Generator, setting: Setting, cache: Path | None = None) -> tuple[Shift | None, list[list[int]]]:
     """The setting's token ids (and the mask's measurement, for sampling), kept in ``cache`` (a folder) by
     the setting's exact configuration, so that a rerun samples only what changed."""
-    key = hashlib.sha256(json.dumps([asdict(setting.config), setting.runs], sort_keys=True).encode()).hexdigest()
+    # Options added since a sample was cached, left at their default (None), do not change its key.
+    config = {k: v for k, v in asdict(setting.config).items() if not (k in LATER_OPTIONS and v is None)}
+    key = hashlib.sha256(json.dumps([config, setting.runs], sort_keys=True).encode()).hexdigest()
     path = cache / f"samples-{key[:16]}.json" if cache is not None else None
     if path is not None and path.is_file():
         stored = json.loads(path.read_text())

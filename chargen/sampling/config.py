@@ -22,6 +22,7 @@ class MusicRules(Protocol):
     polyphony_cap: int
     max_hold_s: float
     rules: tuple[str, ...]
+    beam_unbiased: bool
 
     @property
     def known_rules(self) -> tuple[str, ...]: ...
@@ -63,6 +64,10 @@ class DecodeConfig:
     beam_width: int | None = option(None, "Beam search with K beams advanced as one batch; given at all (even 1) "
                                     "means beam search.", low=1, high=1024, metavar="K")
     beam_sample: bool = option(False, "Stochastic beam search: draw candidates, keep the likeliest.")
+    beam_unbiased: bool | None = option(
+        None, "Beam search whose beams are draws from the model (Gumbel top-k stochastic beam search, Kool et al. "
+        "2019): the likeliest of K samples, without the likeliest-first pull toward repetition.", switch=True,
+        default_text="on for music runs that store it (new runs), off otherwise")
     num_samples: int = option(1, "Samples generated together as one batch.", short="-n", low=1, high=1024)
     no_repeat_ngram: int | None = option(None, "Never repeat an n-gram of this length; 0 = off.", low=0, high=HUGE,
                                          metavar="N", default_text="12 for greedy and beam search, off for sampling")
@@ -119,8 +124,12 @@ class DecodeConfig:
             data["grammar_rules"] = sorted(set(data["grammar_rules"]))
         if data["seed"] is None:
             data["seed"] = random.SystemRandom().randrange(2**31)
-        if data["no_repeat_ngram"] is None:
-            data["no_repeat_ngram"] = DEFAULT_NO_REPEAT_NGRAM if self.decoder in ("greedy", "beam") else 0
+        if data["beam_unbiased"] is None:  # a music run's stored default; never beside the other stochastic beam
+            data["beam_unbiased"] = bool(self.decoder == "beam" and not self.beam_sample and music is not None
+                                         and music.beam_unbiased)
+        if data["no_repeat_ngram"] is None:  # unbiased beams are samples: no n-gram block, as for sampling
+            deterministic = self.decoder == "greedy" or (self.decoder == "beam" and not data["beam_unbiased"])
+            data["no_repeat_ngram"] = DEFAULT_NO_REPEAT_NGRAM if deterministic else 0
         return DecodeConfig(**data)
 
     def validate(self, vocab_size: int, music: MusicRules | None = None) -> None:
@@ -132,6 +141,8 @@ class DecodeConfig:
                                 "the likeliest token")
         if self.greedy and self.decoder == "beam":
             raise ArgumentError("greedy and beam search are different decoders; choose one")
+        if self.beam_unbiased and self.beam_sample:
+            raise ArgumentError("beam_sample and beam_unbiased are different stochastic beam searches; choose one")
         width = self.beam_width or 1
         if width > vocab_size:
             raise ArgumentError(f"beam_width {self.beam_width} exceeds the model's vocabulary of {vocab_size} tokens")

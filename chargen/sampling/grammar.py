@@ -37,7 +37,8 @@ class MusicRules:
     vocab: MidiVocab | NoteVocab
     polyphony_cap: int = 0  # the checkpoint's learnt cap; 0 = none known (no cap)
     max_hold_s: float = DEFAULT_MAX_NOTE_S  # the checkpoint's learnt longest hold; else the export's held-note cap
-    rules: tuple[str, ...] = tuple(sorted(ALL_RULES))  # the rules on by default (chargen.codecs.midi.grammar.RULES)
+    rules: tuple[str, ...] = tuple(sorted(ALL_RULES))  # the rules on by default (chargen.codecs.midi.grammar)
+    beam_unbiased: bool = False  # beam search draws its beams (DecodeConfig.beam_unbiased): the run's default
     # What the corpus taught, whether or not the default uses it (None: the default's figure).
     corpus_cap: int | None = None
     corpus_hold_s: float | None = None

@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 
 POLICY_KEY = "grammar_defaults"
 #: How checkpoints without a stored policy decode (every rule of their grammar, both limits): unchanged for them.
-LEGACY_POLICY: dict[str, Any] = {"rules": None, "cap": True, "hold": True}
+LEGACY_POLICY: dict[str, Any] = {"rules": None, "cap": True, "hold": True, "beam_unbiased": False}
 #: What new runs store, per codec (see the module docstring for how they were chosen).
 POLICIES: dict[str, dict[str, Any]] = {
-    "midi": {"rules": [], "cap": False, "hold": False},
-    "midi-notes": {"rules": ["duration", "restrike"], "cap": False, "hold": True},
+    "midi": {"rules": [], "cap": False, "hold": False, "beam_unbiased": True},
+    "midi-notes": {"rules": ["duration", "restrike"], "cap": False, "hold": True, "beam_unbiased": True},
 }
 
 
@@ -91,7 +91,8 @@ def stored_policy(checkpoint: Checkpoint) -> dict[str, Any]:
     rules = stored.get("rules")
     if not isinstance(rules, list) or not all(isinstance(r, str) and r in known for r in rules):
         rules = sorted(known)
-    return {"rules": rules, "cap": stored.get("cap") is not False, "hold": stored.get("hold") is not False}
+    return {"rules": rules, "cap": stored.get("cap") is not False, "hold": stored.get("hold") is not False,
+            "beam_unbiased": stored.get("beam_unbiased") is True}
 
 
 def music_rules(checkpoint: Checkpoint) -> MusicRules | None:
@@ -103,4 +104,4 @@ def music_rules(checkpoint: Checkpoint) -> MusicRules | None:
     hold = learnt_max_hold_s(checkpoint)[0]
     policy = stored_policy(checkpoint)
     return MusicRules(codec.vocab, cap if policy["cap"] else 0, hold if policy["hold"] else 0.0,  # type: ignore
-                      tuple(sorted(policy["rules"])), corpus_cap=cap, corpus_hold_s=hold)
+                      tuple(sorted(policy["rules"])), policy["beam_unbiased"], corpus_cap=cap, corpus_hold_s=hold)
