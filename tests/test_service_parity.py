@@ -1,6 +1,10 @@
 """One decoder: the service over real HTTP and `chargen sample` give the same tokens, the same
-log-probabilities (equal floats, so equal as printed) and the same error, whatever the settings,
+log-probabilities and the same error, whatever the settings,
 for a text model and for a music model with the MIDI grammar on and off.
+
+Log-probabilities agree to float32's rounding: they are summed from the same kernels' logits, but two
+processes may add a step's products in another order (torch promises equal sequences across runs and threads,
+not equal last bits), so they are compared to 1e-6, the texts exactly.
 
 The server is a real `chargen serve` process on a loopback port; the CLI runs in-process
 through click's CliRunner. The vocabulary is tiny (5 symbols) so that short n-gram blocks
@@ -10,6 +14,7 @@ ban every token within a few steps, the case where the two used to part ways.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +87,15 @@ def via_cli(checkpoint: Path, options: dict[str, Any], extra: list[str] | None =
     return "ok", [(s["text"], s["logprob"]) for s in data["samples"]]
 
 
+def same(first: Any, second: Any) -> bool:
+    """Two results alike: the same kind, the same texts (or error), log-probabilities equal to float32's rounding."""
+    (kind, value), (other_kind, other_value) = first, second
+    if kind != other_kind or kind != "ok":
+        return first == second
+    return [t for t, _ in value] == [t for t, _ in other_value] and all(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) for (_, a), (_, b) in zip(value, other_value))
+
+
 def via_http(url: str, options: dict[str, Any]) -> tuple[str, Any]:
     body = {key: value for key, value in options.items() if value is not None}
     response = httpx.post(url + "/v1/generate", json=body, timeout=60)
@@ -97,7 +111,7 @@ def test_service_and_cli_decode_alike(server: str, checkpoint: Path, options: di
     http_kind, http_result = via_http(server, options)
     assert cli_kind == http_kind, (options, cli_result, http_result)
     if cli_kind == "ok":
-        assert http_result == cli_result, options  # texts and log-probabilities, float for float
+        assert same((http_kind, http_result), (cli_kind, cli_result)), (options, http_result, cli_result)
     else:
         status, detail = http_result
         assert status == 400 and detail in cli_result, (detail, cli_result)  # the same rule, the same words
@@ -108,16 +122,17 @@ def test_the_rules_that_used_to_differ(server: str, checkpoint: Path) -> None:
     base = {"length": 30, "seed": 5, "num_samples": 1, "temperature": None, "top_k": None, "top_p": None}
     ban_all = {**base, "greedy": False, "no_repeat_ngram": 1}
     kind, result = via_http(server, ban_all)
-    assert kind == "ok" and (kind, result) == via_cli(checkpoint, ban_all)  # the ban yields: no 400
+    assert kind == "ok" and same((kind, result), via_cli(checkpoint, ban_all))  # the ban yields: no 400
     greedy_ban_all = {**base, "greedy": True, "no_repeat_ngram": 1}
     kind, result = via_http(server, greedy_ban_all)
-    assert kind == "ok" and (kind, result) == via_cli(checkpoint, greedy_ban_all)
+    assert kind == "ok" and same((kind, result), via_cli(checkpoint, greedy_ban_all))
     assert result[0][0] != TextCodec(ALPHABET).symbols[0] * 30  # not token 0 over and over
     greedy_hot = {**base, "greedy": True, "no_repeat_ngram": 0, "temperature": 0.5}
     assert via_http(server, greedy_hot)[0] == "error" and via_cli(checkpoint, greedy_hot)[0] == "error"
     tiny_t = {**base, "greedy": False, "no_repeat_ngram": 0, "temperature": 1e-320}
     greedy = {**base, "greedy": True, "no_repeat_ngram": 0}
-    assert via_cli(checkpoint, tiny_t) == via_cli(checkpoint, greedy) == via_http(server, tiny_t)
+    assert via_cli(checkpoint, tiny_t) == via_cli(checkpoint, greedy)  # one process: equal floats
+    assert same(via_cli(checkpoint, tiny_t), via_http(server, tiny_t))
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +202,7 @@ def test_service_and_cli_decode_music_alike_with_the_grammar_on_and_off(
         status, detail = http_result
         assert status == 400 and detail in cli_result, (detail, cli_result)
         return
-    assert http_result == cli_result, options  # tokens and log-probabilities, float for float
+    assert same((http_kind, http_result), (cli_kind, cli_result)), (options, http_result, cli_result)
 
 
 def test_music_defaults_are_the_grammar_with_the_learnt_cap_on_both_sides(music_server: str,
