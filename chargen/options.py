@@ -9,6 +9,7 @@ options (``chargen.cli.options``) and the service's request schema
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -55,10 +56,11 @@ def spec_of(field: dataclasses.Field[Any]) -> Spec | None:
     return field.metadata.get(METADATA_KEY)
 
 
-def specified_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Spec, Any]]:
+@functools.cache  # typing.get_type_hints costs about 100 us: the service asks once per request
+def specified_fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Spec, Any], ...]:
     """(field, spec, resolved type) of each field of dataclass ``cls`` declared with :func:`option`."""
     hints = typing.get_type_hints(cls)
-    return [(f, s, hints[f.name]) for f in dataclasses.fields(cls) if (s := spec_of(f)) is not None]
+    return tuple((f, s, hints[f.name]) for f in dataclasses.fields(cls) if (s := spec_of(f)) is not None)
 
 
 def base_type(annotation: Any) -> Any:

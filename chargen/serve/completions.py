@@ -25,7 +25,7 @@ from chargen.sampling import DecodeConfig, Sample
 from chargen.sampling.generator import Prepared
 from chargen.sampling.logprobs import token_logprobs
 from chargen.serve.limits import ServiceError
-from chargen.serve.schemas import decode_fields
+from chargen.serve.schemas import decode_field_names, decode_fields
 from chargen.serve.service import Handle, Served, Service
 
 #: OpenAI's default max_tokens for completions.
@@ -79,7 +79,7 @@ def decode_config(body: Any) -> DecodeConfig:
         raise ServiceError(400, "prompt must not be an empty list", param="prompt")
     if body.stream and body.logprobs is not None:
         raise ServiceError(400, "logprobs are not available with stream; ask without streaming", param="logprobs")
-    options = {name: getattr(body, name) for name in decode_fields() if name not in COVERED}
+    options = {name: getattr(body, name) for name in decode_field_names() if name not in COVERED}
     options = {k: v for k, v in options.items() if v is not None and v is not False}
     stops = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     greedy = body.temperature == 0

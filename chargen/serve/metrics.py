@@ -10,11 +10,13 @@ endpoint needs the token like every other (Prometheus: ``authorization:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import bisect
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,13 +46,14 @@ class ServiceMetrics:
                                 ["route", "method", "status"], registry=r)
         self.tokens = Counter("chargen_tokens_generated", "Tokens generated (finished generations)", ["model"],
                               registry=r)
-        self.batch_rows = Histogram("chargen_batch_rows", "Rows stepped together in each scheduler step", ["model"],
-                                    buckets=ROWS_BUCKETS, registry=r)
+        # Observed every scheduler step: lock-light histograms of our own (prometheus_client's cost ~8 us a step).
+        self.batch_rows = StepHistogram("chargen_batch_rows", "Rows stepped together in each scheduler step",
+                                        ROWS_BUCKETS)
         self.first_token = Histogram("chargen_time_to_first_token_seconds", "From a request's arrival at its "
                                      "scheduler to its first token", ["model"], buckets=FIRST_TOKEN_BUCKETS,
                                      registry=r)
-        self.token_latency = Histogram("chargen_token_latency_seconds", "Seconds per scheduler step: each active "
-                                       "stream gets one token per step", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.token_latency = StepHistogram("chargen_token_latency_seconds", "Seconds per scheduler step: each "
+                                           "active stream gets one token per step", LATENCY_BUCKETS)
         self.queue_wait = Histogram("chargen_queue_wait_seconds", "From a request's arrival at its scheduler to its "
                                     "admission into the running batch", ["model"], buckets=WAIT_BUCKETS, registry=r)
         self.history_rows = Counter("chargen_history_rows_written", "Generations recorded in the history",
@@ -60,6 +63,8 @@ class ServiceMetrics:
         self.history_failures = Counter("chargen_history_write_failures", "Generations the history could not "
                                         "record", registry=r)
         self.registry.register(_ServiceState(service))
+        self.registry.register(self.batch_rows)
+        self.registry.register(self.token_latency)
 
     def scheduler(self, model: str) -> SchedulerObserver:
         return _SchedulerMetrics(self, model)
@@ -87,6 +92,52 @@ class _SchedulerMetrics(SchedulerObserver):
     def stepped(self, rows: int, seconds: float) -> None:
         self.rows.observe(rows)
         self.latency.observe(seconds)
+
+
+class StepHistogram:
+    """A histogram per model, observed by one scheduler thread per model at every step and read at scrape time:
+    a bisect and two additions under one uncontended lock per observation."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]):
+        self.name, self.documentation, self.bounds = name, documentation, list(buckets)
+        self.lock = threading.Lock()  # guards every model's counts and sums (a scrape reads them whole)
+        self.counts: dict[str, list[int]] = {}  # per model: one count per bucket, the last for +Inf
+        self.sums: dict[str, float] = {}
+
+    def labels(self, model: str) -> StepSeries:
+        with self.lock:
+            self.counts.setdefault(model, [0] * (len(self.bounds) + 1))
+            self.sums.setdefault(model, 0.0)
+        return StepSeries(self, model)
+
+    def describe(self) -> Iterator[Any]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=["model"])
+
+    def collect(self) -> Iterator[Any]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
+        with self.lock:
+            snapshot = {model: (list(counts), self.sums[model]) for model, counts in self.counts.items()}
+        for model, (counts, total) in snapshot.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip([*map(str, self.bounds), "+Inf"], counts):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([model], buckets, total)
+        yield family
+
+
+class StepSeries:
+    """One model's series of a :class:`StepHistogram`."""
+
+    def __init__(self, histogram: StepHistogram, model: str):
+        self.histogram, self.counts = histogram, histogram.counts[model]
+        self.model = model
+
+    def observe(self, value: float) -> None:
+        slot = bisect.bisect_left(self.histogram.bounds, value)  # le: a value on a bound counts in its bucket
+        with self.histogram.lock:
+            self.counts[slot] += 1
+            self.histogram.sums[self.model] += value
 
 
 class _HistoryMetrics(HistoryObserver):

@@ -12,6 +12,7 @@ them, as for the CLI and the API.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -78,9 +79,15 @@ else:
                                    **_REQUEST_FIELDS)
 
 
+@functools.cache
+def decode_field_names() -> tuple[str, ...]:
+    """The service's decode option names (what :func:`decode_fields` defines), worked out once."""
+    return tuple(name for name in decode_fields() if name != "length")
+
+
 def decode_options(body: BaseModel) -> dict[str, Any]:
     """The DecodeConfig keywords a request gave (beam_width only when given: given at all means beam search)."""
-    values = {name: getattr(body, name) for name in decode_fields() if name != "length"}
+    values = {name: getattr(body, name) for name in decode_field_names()}
     if values.get("beam_width") is None:
         values.pop("beam_width", None)
     return values
