@@ -95,12 +95,13 @@ class _SchedulerMetrics(SchedulerObserver):
 
 
 class StepHistogram:
-    """A histogram per model, observed by one scheduler thread per model at every step and read at scrape time:
-    a bisect and two additions under one uncontended lock per observation."""
+    """A histogram per model, observed by its scheduler's thread at every step and read at scrape time: a
+    bisect and two additions per observation, no lock (one writer per model; a scrape copies the counts, and
+    its buckets are made cumulative from them, so they never decrease; the sum may trail by one step)."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float]):
         self.name, self.documentation, self.bounds = name, documentation, list(buckets)
-        self.lock = threading.Lock()  # guards every model's counts and sums (a scrape reads them whole)
+        self.lock = threading.Lock()  # guards adding a model (its counts and sum), not the observations
         self.counts: dict[str, list[int]] = {}  # per model: one count per bucket, the last for +Inf
         self.sums: dict[str, float] = {}
 
@@ -116,7 +117,8 @@ class StepHistogram:
     def collect(self) -> Iterator[Any]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
         with self.lock:
-            snapshot = {model: (list(counts), self.sums[model]) for model, counts in self.counts.items()}
+            models = list(self.counts)
+        snapshot = {model: (list(self.counts[model]), self.sums[model]) for model in models}
         for model, (counts, total) in snapshot.items():
             cumulative, buckets = 0, []
             for bound, count in zip([*map(str, self.bounds), "+Inf"], counts):
@@ -134,10 +136,8 @@ class StepSeries:
         self.model = model
 
     def observe(self, value: float) -> None:
-        slot = bisect.bisect_left(self.histogram.bounds, value)  # le: a value on a bound counts in its bucket
-        with self.histogram.lock:
-            self.counts[slot] += 1
-            self.histogram.sums[self.model] += value
+        self.counts[bisect.bisect_left(self.histogram.bounds, value)] += 1  # le: a value on a bound is in
+        self.histogram.sums[self.model] += value
 
 
 class _HistoryMetrics(HistoryObserver):
