@@ -38,7 +38,7 @@ test: install
 # PostgreSQL (marked slow / postgres), without coverage.
 test-fast: install
 	$(BIN)/ruff check chargen tests benchmarks scripts
-	$(BIN)/python -m pytest -q -m "not slow and not postgres"
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 -m "not slow and not postgres"
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -225,9 +225,12 @@ def compare_versions(args: argparse.Namespace, weights: Path) -> int:
     """This checkout's server against ``--compare-with``'s, in alternating rounds: the ratios at 1 and N clients."""
     other = args.compare_with.resolve()
     runs: dict[str, list[Measured]] = {"before": [], "now": []}
-    for _ in range(args.rounds):
+    for number in range(args.rounds):
         runs["before"].append(measure(args, weights, other))
         runs["now"].append(measure(args, weights, REPO))
+        before, now = runs["before"][-1], runs["now"][-1]
+        print(f"round {number + 1}: 1 client {before.one.chars_per_s:,.0f} -> {now.one.chars_per_s:,.0f}, "
+              f"{args.clients} clients {before.many.chars_per_s:,.0f} -> {now.many.chars_per_s:,.0f}", file=sys.stderr)
     figures = {}
     for version, measured in runs.items():
         figures[version] = {"one": statistics.median(m.one.chars_per_s for m in measured),
