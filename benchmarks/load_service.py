@@ -286,10 +286,12 @@ def main() -> int:
     rows_before, rows_mid, rows_after = measured.rows
 
     cfg = loaded.config
-    expected_rows = 3 + args.sequential + args.requests
+    per_round = max(1, args.requests // args.rounds)  # --api both: a warm-up round, then each API's rounds
+    concurrent = per_round * (1 + len(APIS) * args.rounds) if args.api == "both" else args.requests
+    expected_rows = 3 + args.sequential + concurrent
     new_rows = "n/a (chargen.history not installed)" if rows_before is None else \
         f"{rows_after - rows_before} (of {expected_rows} requests), {rows_after - rows_mid} in the concurrent " \
-        f"phase (of {args.requests})"
+        f"phase (of {concurrent})"
     print(f"### chargen serve load test: {weights.name} of {weights.parent.name} (`{' '.join(sys.argv[1:])}`)\n")
     print(f"{cfg.layers}x{cfg.hidden} {cfg.cell.upper()}, vocab {cfg.vocab_size}; {args.length} tokens per request, "
           f"temperature {args.temperature}; {platform.processor() or platform.machine()}, "

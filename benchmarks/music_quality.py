@@ -23,16 +23,15 @@ With ``--checkpoint``, one existing model against one corpus folder, printed onl
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import REPO, publish
+from benchmarks.common import REPO, publish, record
 from benchmarks.music.corpora import corpora, default_cache
-from benchmarks.music.report import Result, acceptance, markdown
+from benchmarks.music.report import Result, acceptance, headline, markdown
 from benchmarks.music.settings import evaluate_model
 from benchmarks.music.stats import Summary, read_back
 from benchmarks.music.training import Level, train
@@ -137,9 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_publish:
         print(body)
         return 0
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": command, "results": [r.to_dict() for r in results],
-                                     "acceptance": acceptance(results)}, indent=1) + "\n")
+    rows = acceptance(results)
+    record("music_quality", headline(rows), command, {"results": [r.to_dict() for r in results], "acceptance": rows},
+           args.json)
     return publish(body, args.out, START, END)
 
 

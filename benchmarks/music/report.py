@@ -218,3 +218,19 @@ def markdown(results: Sequence[Result], command: str) -> str:
         lines += [""] + _figures_table(result) + ["", "Where the mask moved the probability (sampling settings):",
                                                    ""] + _mask_table(result)
     return "\n".join(lines)
+
+
+def headline(rows: Sequence[dict[str, Any]]) -> list[dict[str, object]]:
+    """The summary's rows: per corpus and decoder, each level's verdict on the bounds (from :func:`acceptance`)."""
+    names = {"polyphony": "polyphony", "median": "median note", "per_s": "notes/s", "pitch_sd": "pitch sd",
+             "pitch_mean": "pitch mean"}
+    out: list[dict[str, object]] = []
+    for corpus in dict.fromkeys(row["corpus"] for row in rows):
+        for key, decoder in (("default_within", "default sampling"), ("beam_within", "beam 4")):
+            verdicts = []
+            for row in (r for r in rows if r["corpus"] == corpus and r[key] is not None):
+                missed = [names.get(k, k) for k, ok in row[key].items() if not ok]
+                verdicts.append(f"{row['level']}: " + (f"no ({', '.join(missed)})" if missed else "yes"))
+            out.append({"figure": f"{decoder} within the corpus's bounds, by training level", "value":
+                        "; ".join(verdicts), "target": "yes at both levels", "corpus": corpus})
+    return out
