@@ -1,10 +1,11 @@
-"""The MIDI codec: files -> token ids, and the vocabulary's settings in a checkpoint."""
+"""The MIDI codecs' common part (``MusicCodec``) and the event codec (``midi``): files -> token ids, and the
+vocabulary's settings in a checkpoint."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from chargen.codecs.midi.vocab import DEFAULT_VOCAB, SYMBOL_BASE, MidiVocab
 from chargen.errors import ChargenError, CheckpointError, CorruptFileError
 
 METADATA_FORMAT = 1
+_Self = TypeVar("_Self", bound="MusicCodec")
 
 
 def transpose_rows(window: np.ndarray, note_limit: int, rng: np.random.Generator, low: int, high: int) -> np.ndarray:
@@ -37,24 +39,25 @@ def transpose_rows(window: np.ndarray, note_limit: int, rng: np.random.Generator
     return out
 
 
-class MidiCodec(Codec):
-    name = "midi"
-    suffixes = (".mid", ".midi")
+class MusicCodec(Codec):
+    """What both MIDI codecs share: a fixed vocabulary of printable symbols, files read by mido, transposition.
 
-    supports_transpose = True
-    music = True
+    A subclass names its vocabulary's pitch-carrying tokens (``note_limit``), how a read file becomes ids
+    (``encode_midi``) and how its settings are stored (``vocab_metadata``/``from_metadata``).
+    """
 
-    def augment_window(self, window: np.ndarray, rng: np.random.Generator, low: int, high: int) -> np.ndarray:
-        """Each row of a batch window [B, T+1] transposed by its own random shift in [low, high]."""
-        return transpose_rows(window, self.vocab.shift_base, rng, low, high)
+    suffixes: ClassVar[tuple[str, ...]] = (".mid", ".midi")
+    supports_transpose: ClassVar[bool] = True
+    music: ClassVar[bool] = True
+    what: ClassVar[str] = "MIDI"  # how errors name the codec
 
-    def __init__(self, vocab: MidiVocab = DEFAULT_VOCAB):
+    def __init__(self, vocab: Any):
         self.vocab = vocab
         self._symbols = "".join(chr(SYMBOL_BASE + i) for i in range(vocab.size))
 
     @classmethod
-    def fit(cls, paths: Sequence[Path] = (), encoding: str = "utf-8") -> MidiCodec:
-        """Same shape as TextCodec.fit; the MIDI vocabulary never depends on the data."""
+    def fit(cls: type[_Self], paths: Sequence[Path] = (), encoding: str = "utf-8") -> _Self:
+        """Same shape as TextCodec.fit; a MIDI vocabulary never depends on the data."""
         return cls()
 
     @property
@@ -66,23 +69,66 @@ class MidiCodec(Codec):
         # A mezzo-forte velocity token: what almost every encoded file starts with.
         return self._symbols[self.vocab.velocity_base + self.vocab.velocity_bin(80)]
 
+    @property
+    def note_limit(self) -> int:
+        """Ids below this carry a pitch (``id % 128``): what transposition moves."""
+        raise NotImplementedError
+
+    def augment_window(self, window: np.ndarray, rng: np.random.Generator, low: int, high: int) -> np.ndarray:
+        """Each row of a batch window [B, T+1] transposed by its own random shift in [low, high]."""
+        return transpose_rows(window, self.note_limit, rng, low, high)
+
+    def encode_midi(self, mid: Any) -> list[int]:
+        """The ids of a read file (``mido.MidiFile``)."""
+        raise NotImplementedError
+
+    def encode_file(self, path: Path) -> np.ndarray:
+        mid = read_midi_file(path)
+        try:
+            ids = self.encode_midi(mid)
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{path}: {exc}") from None
+        return np.asarray(ids, dtype=np.int64)
+
+    def vocab_metadata(self) -> dict[str, Any]:
+        """The vocabulary's settings as stored (beside the name, format and symbol base)."""
+        raise NotImplementedError
+
     def to_metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "format": METADATA_FORMAT,
-            "step_ms": self.vocab.step_ms,
-            "max_shift_steps": self.vocab.max_shift_steps,
-            "velocity_bins": self.vocab.velocity_bins,
-            "drums": "dropped",
-            "symbol_base": SYMBOL_BASE,
-        }
+        return {"name": self.name, "format": METADATA_FORMAT, **self.vocab_metadata(), "drums": "dropped",
+                "symbol_base": SYMBOL_BASE}
+
+    @classmethod
+    def check_format(cls, meta: dict[str, Any]) -> None:
+        """CheckpointError unless ``meta`` is this version's format of the codec's metadata."""
+        if meta.get("format") != METADATA_FORMAT or meta.get("symbol_base") != SYMBOL_BASE:
+            raise CheckpointError(
+                f"checkpoint's {cls.what} codec (format {meta.get('format')!r}) is not supported by this version"
+            )
+
+
+class MidiCodec(MusicCodec):
+    """MIDI files as Performance-RNN events: NOTE_ON, NOTE_OFF, TIME_SHIFT, VELOCITY."""
+
+    name = "midi"
+
+    def __init__(self, vocab: MidiVocab = DEFAULT_VOCAB):
+        super().__init__(vocab)
+
+    @property
+    def note_limit(self) -> int:
+        return self.vocab.shift_base  # note-ons and note-offs
+
+    def encode_midi(self, mid: Any) -> list[int]:
+        return encode_midi(mid, self.vocab)
+
+    def vocab_metadata(self) -> dict[str, Any]:
+        return {"step_ms": self.vocab.step_ms, "max_shift_steps": self.vocab.max_shift_steps,
+                "velocity_bins": self.vocab.velocity_bins}
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> MidiCodec:
-        if meta.get("format") != METADATA_FORMAT or meta.get("symbol_base") != SYMBOL_BASE:
-            raise CheckpointError(
-                f"checkpoint's MIDI codec (format {meta.get('format')!r}) is not supported by this version"
-            )
+        cls.check_format(meta)
         try:
             vocab = MidiVocab(meta["step_ms"], meta["max_shift_steps"], meta["velocity_bins"])
         except (KeyError, ChargenError) as exc:
@@ -92,11 +138,3 @@ class MidiCodec(Codec):
     def token_name(self, token: int) -> str:
         """Readable name of one id (``on60``, ``off60``, ``+120ms``, ``v20``)."""
         return token_name(token, self.vocab)
-
-    def encode_file(self, path: Path) -> np.ndarray:
-        mid = read_midi_file(path)
-        try:
-            ids = encode_midi(mid, self.vocab)
-        except CorruptFileError as exc:
-            raise CorruptFileError(f"{path}: {exc}") from None
-        return np.asarray(ids, dtype=np.int64)

@@ -124,6 +124,18 @@ def _banned_row(vocab: MidiVocab, sounding: int, fresh: int, full: bool, room: i
     return row
 
 
+
+def checked_rules(cap: int, max_hold: int, rules: Iterable[str], known: frozenset[str], what: str) -> frozenset[str]:
+    """A grammar's rules, after ValueError for a negative cap or hold or a rule ``known`` lacks (both grammars)."""
+    if cap < 0:
+        raise ValueError(f"polyphony cap must be >= 0 (0 = off), not {cap}")
+    if max_hold < 0:
+        raise ValueError(f"longest hold must be >= 0 steps (0 = off), not {max_hold}")
+    chosen = frozenset(rules)
+    if not chosen <= known:
+        raise ValueError(f"unknown {what} rule(s): {', '.join(sorted(chosen - known))}")
+    return chosen
+
 class MidiGrammar:
     """Which MIDI events may come next in one sequence (see the module docstring for the rules)."""
 
@@ -132,13 +144,7 @@ class MidiGrammar:
 
     def __init__(self, cap: int, history: Iterable[int] = (), vocab: MidiVocab = DEFAULT_VOCAB,
                  max_hold: int = 0, rules: Iterable[str] = ALL_RULES):
-        if cap < 0:
-            raise ValueError(f"polyphony cap must be >= 0 (0 = off), not {cap}")
-        if max_hold < 0:
-            raise ValueError(f"longest hold must be >= 0 steps (0 = off), not {max_hold}")
-        self.rules = frozenset(rules)
-        if not self.rules <= ALL_RULES:
-            raise ValueError(f"unknown MIDI grammar rule(s): {', '.join(sorted(self.rules - ALL_RULES))}")
+        self.rules = checked_rules(cap, max_hold, rules, ALL_RULES, "MIDI grammar")
         self.cap = cap
         self.max_hold = max_hold
         self.vocab = vocab

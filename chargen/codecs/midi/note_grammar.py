@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from chargen.codecs.midi.grammar import checked_rules
 from chargen.codecs.midi.note_vocab import DEFAULT_NOTE_VOCAB, NoteVocab
 
 NOTE_RULES = ("duration", "restrike", "velocity")
@@ -84,13 +85,7 @@ class NoteGrammar:
 
     def __init__(self, cap: int, history: Iterable[int] = (), vocab: NoteVocab = DEFAULT_NOTE_VOCAB,
                  max_hold: int = 0, rules: Iterable[str] = ALL_NOTE_RULES):
-        if cap < 0:
-            raise ValueError(f"polyphony cap must be >= 0 (0 = off), not {cap}")
-        if max_hold < 0:
-            raise ValueError(f"longest hold must be >= 0 steps (0 = off), not {max_hold}")
-        self.rules = frozenset(rules)
-        if not self.rules <= ALL_NOTE_RULES:
-            raise ValueError(f"unknown note grammar rule(s): {', '.join(sorted(self.rules - ALL_NOTE_RULES))}")
+        self.rules = checked_rules(cap, max_hold, rules, ALL_NOTE_RULES, "note grammar")
         self.cap, self.max_hold, self.vocab = cap, max_hold, vocab
         self.now = 0
         self.notes: tuple[tuple[int, int], ...] = ()  # (pitch, end step) of earlier notes still sounding

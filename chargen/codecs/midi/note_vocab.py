@@ -34,14 +34,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from chargen.codecs.midi.notes import normalize_notes
-from chargen.codecs.midi.vocab import SYMBOL_BASE, SYMBOL_LIMIT, Note
+from chargen.codecs.midi.vocab import Note, TimedVocab
 from chargen.errors import ChargenError
 
 _PITCHES = 128
 
 
 @dataclass(frozen=True)
-class NoteVocab:
+class NoteVocab(TimedVocab):
     """The note vocabulary; fixed entirely by these settings, never by data."""
 
     step_ms: int = 10
@@ -50,20 +50,8 @@ class NoteVocab:
     velocity_bins: int = 32
 
     def __post_init__(self) -> None:
-        for field, low, high in (
-            ("step_ms", 1, 1000),
-            ("max_shift_steps", 1, 1000),
-            ("max_duration_steps", 1, 1000),
-            ("velocity_bins", 1, 127),
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise ChargenError(f"MIDI {field} must be an integer in {low}..{high}, not {value!r}")
-        if SYMBOL_BASE + self.size > SYMBOL_LIMIT:
-            raise ChargenError(
-                f"MIDI vocabulary of {self.size} tokens is too large for one character each "
-                f"(at most {SYMBOL_LIMIT - SYMBOL_BASE})"
-            )
+        self.check_settings((("step_ms", 1, 1000), ("max_shift_steps", 1, 1000), ("max_duration_steps", 1, 1000),
+                             ("velocity_bins", 1, 127)))
 
     # Id layout: PITCH 0..127, DURATION, TIME_SHIFT, VELOCITY.
     @property
@@ -82,18 +70,6 @@ class NoteVocab:
     def size(self) -> int:
         return self.velocity_base + self.velocity_bins
 
-    @property
-    def step_s(self) -> float:
-        return self.step_ms / 1000.0
-
-    def velocity_bin(self, velocity: int) -> int:
-        """Bin of a MIDI velocity 1..127 (equal-width bins over 1..127, as the event codec's)."""
-        return (min(max(velocity, 1), 127) - 1) * self.velocity_bins // 127
-
-    def bin_velocity(self, vbin: int) -> int:
-        """A velocity inside ``vbin`` (its upper median), so it re-encodes to ``vbin``."""
-        members = [v for v in range(1, 128) if self.velocity_bin(v) == vbin]
-        return members[len(members) // 2]
 
 
 DEFAULT_NOTE_VOCAB = NoteVocab()
