@@ -32,7 +32,7 @@ test: install
 	@scripts/ensure_postgres.sh
 	@scripts/ensure_fluidsynth.sh
 	$(BIN)/ruff check chargen tests benchmarks scripts
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --cov=chargen --cov-report=term:skip-covered
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal --cov=chargen --cov-report=term:skip-covered
 
 # The quick loop before a commit: everything but the tests of real processes, servers, the browser and
 # PostgreSQL (marked slow / postgres), without coverage.
