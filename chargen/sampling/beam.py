@@ -8,7 +8,7 @@ import torch
 
 from chargen.model import State
 from chargen.sampling.config import DecodeConfig
-from chargen.sampling.decoder import filter_logits, temper
+from chargen.sampling.decoder import sampling_logits, temper
 from chargen.sampling.grammar import MusicRules, sequence_constraints
 from chargen.sampling.ngram import advance_beams, effective_ban
 from chargen.sampling.steppers import Stepper, reorder_state
@@ -52,7 +52,7 @@ def beam_search(stepper: Stepper, logits: torch.Tensor, state: State, prime_ids:
             chosen_scores = candidates.view(-1)[chosen]
         elif cfg.beam_sample:
             # Magenta-style: draw candidates from the tempered distribution, keep the likeliest.
-            probs = torch.softmax(filter_logits(temper(logits.float(), cfg.temperature), cfg.top_k, cfg.top_p), -1)
+            probs = torch.softmax(sampling_logits(logits.float(), cfg), -1)
             allowed = torch.isfinite(candidates)
             probs = probs.masked_fill(~allowed, 0.0)
             alive = allowed.any(-1)
@@ -99,7 +99,7 @@ def unbiased_step(candidates: torch.Tensor, logits: torch.Tensor, cfg: DecodeCon
     The K largest keys of the last step are K samples without replacement from that distribution, so the
     beams keep the texture of sampling; banned candidates (-inf in ``candidates``) get no key.
     """
-    tempered = filter_logits(temper(logits.float(), cfg.temperature), cfg.top_k, cfg.top_p).double()
+    tempered = sampling_logits(logits.float(), cfg).double()
     tempered = tempered.masked_fill(~torch.isfinite(candidates), float("-inf"))
     phi = drawn_lp + torch.log_softmax(tempered, dim=-1)  # [K, V]; a row with no allowed token is all -inf
     uniform = torch.rand(phi.shape, generator=rng, dtype=torch.float64).clamp_(min=1e-300)

@@ -64,6 +64,14 @@ def temper(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     return scaled
 
 
+def sampling_logits(scores: torch.Tensor, config: DecodeConfig) -> torch.Tensor:
+    """The logits sampling draws from [B, V]: ``scores`` tempered (a temperature of 1 changes nothing and is
+    skipped), then top-k and top-p filtered. Sampling and both stochastic beam searches draw from these."""
+    if config.temperature != 1.0:
+        scores = temper(scores, config.temperature)
+    return filter_logits(scores, config.top_k, config.top_p)
+
+
 @dataclass
 class Choice:
     tokens: torch.Tensor  # [B] long
@@ -93,9 +101,7 @@ def choose_tokens(logits: torch.Tensor, config: DecodeConfig, bans: Sequence[tup
     else:
         if noise is None:
             raise ValueError("sampling needs a noise source")
-        if config.temperature != 1.0:  # x / 1.0 == x: skipping it changes nothing
-            scores = temper(scores, config.temperature)
-        probs = torch.softmax(filter_logits(scores, config.top_k, config.top_p), dim=-1)
+        probs = torch.softmax(sampling_logits(scores, config), dim=-1)
         tokens = (probs / noise()).argmax(dim=-1)
     # The model's own log-probabilities, in float64 as beam search scores them.
     chosen = torch.log_softmax(logits, dim=-1, dtype=torch.float64).gather(1, tokens[:, None])  # cast first
