@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from chargen.codecs.base import Codec
 
 
-class MusicRules(Protocol):
+class MusicPart(Protocol):
     """What a config needs of a music model's part in decoding (``chargen.sampling.grammar.MusicRules``,
     declared here so that the grammar may import this module and not the other way round)."""
 
@@ -104,7 +104,7 @@ class DecodeConfig:
             return "beam"
         return "greedy" if self.greedy else "sample"
 
-    def resolved(self, music: MusicRules | None = None) -> DecodeConfig:
+    def resolved(self, music: MusicPart | None = None) -> DecodeConfig:
         """A copy with every default made explicit (a seed drawn if none), for logging and replay.
 
         ``music``: the model's part (None for text models): the grammar's defaults come from it.
@@ -132,7 +132,7 @@ class DecodeConfig:
             data["no_repeat_ngram"] = DEFAULT_NO_REPEAT_NGRAM if deterministic else 0
         return DecodeConfig(**data)
 
-    def validate(self, vocab_size: int, music: MusicRules | None = None) -> None:
+    def validate(self, vocab_size: int, music: MusicPart | None = None) -> None:
         """The decoder's rules, the same for the API, the CLI and the service: ArgumentError naming the first
         broken one. ``music``: the model's part, None for a text model (which takes no MIDI grammar settings)."""
         check_fields(self)
@@ -150,7 +150,7 @@ class DecodeConfig:
             raise ArgumentError(f"num_samples {self.num_samples} exceeds beam_width {self.beam_width}")
         self._validate_grammar(music)
 
-    def _validate_grammar(self, music: MusicRules | None) -> None:
+    def _validate_grammar(self, music: MusicPart | None) -> None:
         if self.grammar_rules is not None and music is not None:
             unknown = sorted(set(self.grammar_rules) - set(music.known_rules))
             if unknown:
