@@ -26,6 +26,15 @@ from tests.conftest import FABLES, assert_one_line_error, invoke
 LINES = 50_000
 
 
+def curve_and_peak(run: Path) -> tuple[list, int]:
+    """``read_curve(run)`` and the most memory Python held while it read (tracemalloc's peak, bytes)."""
+    tracemalloc.start()
+    try:
+        return read_curve(run), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def long_curve(run_dir: Path, lines: int = LINES) -> None:
     """A curve of ``lines`` points (a long run logging every step), its best evaluation in the middle."""
     with open(run_dir / METRICS, "w") as handle:
@@ -41,12 +50,7 @@ def test_a_long_curve_is_thinned_in_bounded_memory(run: Path) -> None:
 
     long_curve(run)
     found = trend(run)
-    tracemalloc.start()
-    try:
-        points = read_curve(run)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    points, peak = curve_and_peak(run)
     assert 100 <= len(points) <= MAX_POINTS
     assert [p.step for p in points] == sorted(p.step for p in points)
     assert points[0].step == 1 and points[-1].step == LINES
@@ -62,12 +66,7 @@ def test_an_overlong_line_is_skipped_unread(run: Path) -> None:
         handle.write('{"step": 1, "val_loss": 2.0, "train_loss": 2.5}\n')
         handle.write('{"step": 2, "junk": "' + "x" * (20 << 20) + '"}\n')  # 20 MB on one line
         handle.write('{"step": 3, "val_loss": 1.5, "train_loss": 2.0}\n')
-    tracemalloc.start()
-    try:
-        points = read_curve(run)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    points, peak = curve_and_peak(run)
     assert [p.step for p in points] == [1, 3] and peak < 4 << 20
 
 
